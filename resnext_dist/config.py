@@ -1,0 +1,460 @@
+"""The typed configuration: one dataclass per concern, composed into `TrainConfig`.
+
+    cfg = load_config("configs/quickstart.yaml", ["data.batch_size=64", "train.epochs=2"])
+
+Recipes in configs/ are YAML merged over these defaults; `key=value` overrides from the command line
+are merged last. Every error (unknown key, wrong type, bad value, cross-field mismatch) raises
+`ConfigError` with one line naming the key, before any process group, GPU or Slurm time is used.
+No OmegaConf object leaves this module: callers get plain dataclasses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message is one line naming the culprit."""
+
+
+# Each field's docstring is the string after it; `--help` prints them (see `describe_keys`).
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnext50_32x4d"
+    "preset: resnext50_32x4d | resnext101_32x4d | resnext101_32x8d | resnext101_64x4d | resnext152_32x4d"
+    stem: str = "imagenet"
+    "imagenet (7x7/2 conv + max-pool) or cifar (3x3/1 conv, no pool) for small images"
+    num_classes: int = 1000
+    "number of output classes"
+    layers: Optional[List[int]] = None
+    "blocks per stage, overriding the preset (e.g. [1,1,1,1] for a tiny test net)"
+    cardinality: Optional[int] = None
+    "groups in each 3x3 conv, overriding the preset"
+    group_width: Optional[int] = None
+    "channels per group in the first stage, overriding the preset"
+    base_channels: int = 64
+    "stem channels and first-stage width (outputs are 4x); 64 in the paper, smaller for tiny nets"
+    zero_init_residual: bool = True
+    "start each block's last BN gamma at 0 so every block begins as the identity"
+    blurpool: bool = False
+    "anti-aliased downsampling: blur before every strided conv with >= 16 input channels"
+
+
+@dataclass
+class DataConfig:
+    loader: str = "synthetic"
+    "ffcv | torchvision | synthetic"
+    train: str = ""
+    "training data: a .beton file (ffcv) or an ImageFolder directory (torchvision)"
+    val: str = ""
+    "validation data, same kind as data.train; empty = no validation"
+    batch_size: int = 256
+    "images per process per micro-step"
+    num_workers: int = 8
+    "decoding workers per process"
+    train_res: int = 224
+    "training crop size (final size when progressive resizing is on)"
+    val_res: int = 224
+    "validation center-crop size"
+    val_crop_ratio: float = 0.875
+    "validation crop = val_res / val_crop_ratio resized, then center-cropped (224/256)"
+    min_train_res: int = 0
+    "progressive resizing: start at this size (0 = off), ramp linearly to train_res"
+    ramp_start_epoch: int = 0
+    "progressive resizing: first epoch of the ramp"
+    ramp_end_epoch: int = 0
+    "progressive resizing: epoch at which train_res is reached"
+    random_crop: bool = True
+    "random-resized-crop + flip for training; false = center crop, no flip (deterministic)"
+    os_cache: bool = True
+    "ffcv: let the OS page cache hold the .beton (shared by the processes of a node)"
+    batches_ahead: int = 3
+    "ffcv: batches prepared ahead of the training step"
+    synthetic_size: int = 2048
+    "synthetic: images per epoch (split across ranks)"
+    val_synthetic_size: int = 256
+    "synthetic: validation images"
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 90
+    "passes over the training data"
+    precision: str = "bf16"
+    "bf16 | fp16 | fp32 (bf16 and fp16 use autocast; fp16 adds a GradScaler)"
+    channels_last: bool = True
+    "NHWC memory format for the model and inputs (faster convolutions on tensor cores)"
+    compile: bool = False
+    "torch.compile the model"
+    seed: int = 0
+    "seed for weights, data order and augmentation"
+    grad_clip_norm: float = 0.0
+    "clip the gradient norm to this value (0 = off)"
+    ema_decay: float = 0.0
+    "exponential moving average of the weights per optimizer step (0 = off); the EMA is evaluated too"
+    tta_flip: bool = False
+    "evaluation adds the logits of the horizontally flipped image"
+    log_every_steps: int = 50
+    "log loss, lr, img/s to log.jsonl every N optimizer steps (the only host sync in the step)"
+    eval_every_epochs: int = 1
+    "run validation every N epochs (and always after the last)"
+    max_steps: int = 0
+    "stop after this many optimizer steps (0 = run all epochs); for smoke tests and benchmarks"
+    cudnn_benchmark: bool = True
+    "let cuDNN pick the fastest kernels (GPU only)"
+    deterministic: bool = False
+    "use deterministic algorithms (slower); resume-equality tests set it"
+    progress_bar: bool = True
+    "tqdm bar on rank 0 when stdout is a terminal"
+    nan_check: bool = True
+    "all ranks agree on a finite loss before each optimizer step (one small all-reduce per step)"
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 0.1
+    "peak learning rate per 256 images (scaled by global batch / 256 when scale_lr)"
+    scale_lr: bool = True
+    "multiply lr by global_batch_size / 256"
+    momentum: float = 0.9
+    "SGD momentum"
+    nesterov: bool = True
+    "Nesterov momentum"
+    weight_decay: float = 5e-5
+    "L2 weight decay (not applied to BN parameters or biases)"
+    label_smoothing: float = 0.1
+    "label smoothing of the cross-entropy"
+    schedule: str = "cosine"
+    "cosine | step | linear (all per iteration, after the warm-up)"
+    warmup_epochs: float = 0.0
+    "linear warm-up from lr*warmup_start_factor to lr over this many epochs"
+    warmup_start_factor: float = 0.01
+    "warm-up starts at this fraction of the peak lr"
+    milestones: List[int] = field(default_factory=lambda: [30, 60, 80])
+    "step schedule: epochs at which the lr is multiplied by gamma"
+    gamma: float = 0.1
+    "step schedule: factor at each milestone"
+    global_batch_size: int = 0
+    "images per optimizer step over all processes; 0 = data.batch_size x world size (more = accumulation)"
+
+
+@dataclass
+class DistConfig:
+    backend: str = "auto"
+    "auto (nccl on GPU, gloo on CPU) | nccl | gloo"
+    timeout_s: int = 600
+    "collective timeout: a rank stuck this long ends the job with an error instead of hanging"
+    bucket_cap_mb: int = 25
+    "DDP gradient bucket size"
+    gradient_as_bucket_view: bool = True
+    "DDP gradients alias the all-reduce buckets (saves a copy and memory)"
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 1000
+    "save every N optimizer steps (0 = only at epoch ends)"
+    resume: str = "auto"
+    "auto (newest valid checkpoint in the run dir) | never | PATH to a checkpoint file"
+    keep: int = 3
+    "keep the newest K checkpoints"
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    "mirror log.jsonl into MLflow (rank 0 only)"
+    uri: str = ""
+    "MLflow tracking URI; empty = sqlite store in the runs root (run.root/mlflow.db)"
+    experiment: str = "resnext_dist"
+    "MLflow experiment name"
+    system_metrics: bool = False
+    "log CPU/memory/GPU usage through MLflow's system-metrics monitor"
+    timeout_s: float = 5.0
+    "HTTP timeout of one MLflow request; unsent metrics are retried at the next epoch end"
+
+
+@dataclass
+class SlurmConfig:
+    nodes: int = 1
+    "nodes per job"
+    gpus_per_node: int = 8
+    "GPUs per node (0 for a CPU job)"
+    tasks_per_node: int = 0
+    "tasks (processes) per node; 0 = gpus_per_node (one task per GPU), or 1 when gpus_per_node is 0"
+    cpus_per_task: int = 10
+    "CPU cores per task (data-loading workers + 1)"
+    mem_gb: int = 0
+    "memory per node in GB (0 = the partition's default)"
+    timeout_min: int = 1440
+    "wall-clock limit per job in minutes"
+    partition: str = ""
+    "Slurm partition (empty = the cluster's default)"
+    account: str = ""
+    "Slurm account"
+    qos: str = ""
+    "Slurm QOS"
+    constraint: str = ""
+    "Slurm node constraint"
+    exclusive: bool = False
+    "whole nodes only"
+    job_name: str = "resnext_dist"
+    "Slurm job name"
+    signal_delay_s: int = 120
+    "seconds before the time limit at which the job is signalled to checkpoint and requeue"
+    max_num_timeout: int = 3
+    "requeues after a timeout before the job fails (preemptions always requeue)"
+    folder: str = "${run.dir}/slurm"
+    "submitit's folder for job scripts, pickles and logs (%j = job id)"
+    additional_parameters: Dict[str, Any] = field(default_factory=dict)
+    "extra sbatch options, e.g. {mail-type: END}"
+
+
+@dataclass
+class RunConfig:
+    name: str = MISSING
+    "run name; defaults to the config file's name"
+    root: str = "runs"
+    "folder holding run directories and the default MLflow store"
+    dir: str = "${run.root}/${run.name}"
+    "run directory: config.yaml, log.jsonl, checkpoints/, DONE"
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainingConfig = field(default_factory=TrainingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+CHOICES = {
+    "model.stem": ("imagenet", "cifar"),
+    "data.loader": ("ffcv", "torchvision", "synthetic"),
+    "train.precision": ("bf16", "fp16", "fp32"),
+    "optim.schedule": ("cosine", "step", "linear"),
+    "dist.backend": ("auto", "nccl", "gloo"),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> TrainConfig:
+    """Defaults <- YAML recipe <- `key=value` overrides, validated; raises ConfigError."""
+    schema = OmegaConf.structured(TrainConfig)
+    layers = [schema]
+    if path:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            recipe = OmegaConf.load(path)
+        except Exception as e:  # yaml syntax errors
+            raise ConfigError(f"{path}: not valid YAML: {_one_line(e)}") from None
+        _check_keys(recipe, source=path)
+        layers.append(recipe)
+    dotlist = list(overrides or [])
+    for item in dotlist:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+    try:
+        cli = OmegaConf.from_dotlist(dotlist)
+    except Exception as e:
+        raise ConfigError(f"bad override: {_one_line(e)}") from None
+    _check_keys(cli, source="command line")
+    layers.append(cli)
+    try:
+        merged = OmegaConf.merge(*layers)
+        if OmegaConf.is_missing(merged.run, "name"):
+            merged.run.name = os.path.splitext(os.path.basename(path))[0] if path else "run"
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_explain(e)) from None
+    validate(cfg)
+    return cfg
+
+
+def _check_keys(node, source: str, prefix: str = "") -> None:
+    """Reject unknown keys with the nearest valid one (OmegaConf's own message lacks the hint)."""
+    valid = _all_keys()
+    for key, value in OmegaConf.to_container(node, resolve=False).items() if node is not None else []:
+        full = f"{prefix}{key}"
+        if full not in valid:
+            near = difflib.get_close_matches(full, sorted(valid), n=1, cutoff=0.5)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise ConfigError(f"unknown config key {full!r} in {source}{hint}")
+        if isinstance(value, dict) and _is_section(full):
+            _check_keys(OmegaConf.create(value), source, prefix=full + ".")
+
+
+def _section_types() -> Dict[str, type]:
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        out[f.name] = f.default_factory().__class__
+    return out
+
+
+def _is_section(key: str) -> bool:
+    return key in _section_types()
+
+
+def _all_keys() -> set:
+    keys = set()
+    for section, cls in _section_types().items():
+        keys.add(section)
+        for f in dataclasses.fields(cls):
+            keys.add(f"{section}.{f.name}")
+    return keys
+
+
+def _explain(e: OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", None) or ""
+    msg = _one_line(e.msg if hasattr(e, "msg") else e)
+    if "Missing mandatory value" in msg:
+        return f"config key {key!r} is required but has no value"
+    return f"config key {key!r}: {msg}" if key else msg
+
+
+def _one_line(e) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation: values and cross-field rules that types alone cannot express
+
+
+def validate(cfg: TrainConfig, world_size: int = 1) -> None:
+    """Raise ConfigError for the first bad value; `world_size` enables the batch-division checks."""
+    from resnext_dist.models.resnext import PRESETS  # local: keep config import light
+
+    for key, allowed in CHOICES.items():
+        value = get_key(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}: must be one of {', '.join(allowed)}")
+    m, d, t, o = cfg.model, cfg.data, cfg.train, cfg.optim
+    if m.arch not in PRESETS:
+        near = difflib.get_close_matches(m.arch, PRESETS, n=1)
+        hint = f" (did you mean {near[0]}?)" if near else ""
+        raise ConfigError(f"model.arch={m.arch!r} is not a known preset{hint}; known: {', '.join(PRESETS)}")
+    _positive(cfg, "model.num_classes", "model.base_channels", "data.batch_size", "data.train_res", "data.val_res",
+              "train.epochs", "train.log_every_steps", "train.eval_every_epochs",
+              "checkpoint.keep", "dist.timeout_s", "dist.bucket_cap_mb")
+    _non_negative(cfg, "data.num_workers", "train.max_steps", "checkpoint.every_steps",
+                  "optim.weight_decay", "optim.warmup_epochs", "optim.global_batch_size",
+                  "train.grad_clip_norm", "slurm.gpus_per_node", "slurm.tasks_per_node")
+    if o.lr <= 0:
+        raise ConfigError(f"optim.lr={o.lr}: must be > 0")
+    if not 0 <= o.label_smoothing < 1:
+        raise ConfigError(f"optim.label_smoothing={o.label_smoothing}: must be in [0, 1)")
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay={t.ema_decay}: must be in [0, 1)")
+    if m.layers is not None and (len(m.layers) != 4 or min(m.layers) < 1):
+        raise ConfigError(f"model.layers={list(m.layers)}: must be 4 positive block counts")
+    for key in ("model.cardinality", "model.group_width"):
+        v = get_key(cfg, key)
+        if v is not None and v < 1:
+            raise ConfigError(f"{key}={v}: must be >= 1")
+    if d.loader != "synthetic" and not d.train:
+        raise ConfigError(f"data.train is required when data.loader={d.loader}")
+    if d.min_train_res:
+        if not d.min_train_res <= d.train_res:
+            raise ConfigError(f"data.min_train_res={d.min_train_res} must be <= data.train_res={d.train_res}")
+        if not d.ramp_start_epoch <= d.ramp_end_epoch:
+            raise ConfigError("data.ramp_start_epoch must be <= data.ramp_end_epoch")
+    if o.schedule == "step" and list(o.milestones) != sorted(o.milestones):
+        raise ConfigError(f"optim.milestones={list(o.milestones)}: must be increasing")
+    if cfg.checkpoint.resume not in ("auto", "never") and not os.path.isfile(cfg.checkpoint.resume):
+        raise ConfigError(f"checkpoint.resume={cfg.checkpoint.resume!r}: no such checkpoint file")
+    if not cfg.run.name or "/" in cfg.run.name:
+        raise ConfigError(f"run.name={cfg.run.name!r}: must be a non-empty name without '/'")
+    if world_size > 1 or o.global_batch_size:
+        grad_accum_steps(cfg, world_size)
+
+
+def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
+    """Micro-steps per optimizer step so that the global batch stays `optim.global_batch_size`."""
+    per_step = cfg.data.batch_size * world_size
+    target = cfg.optim.global_batch_size or per_step
+    if target % per_step:
+        raise ConfigError(
+            f"optim.global_batch_size={target} is not a multiple of data.batch_size={cfg.data.batch_size}"
+            f" x world size {world_size}")
+    return target // per_step
+
+
+def _positive(cfg, *keys):
+    for key in keys:
+        if get_key(cfg, key) <= 0:
+            raise ConfigError(f"{key}={get_key(cfg, key)}: must be > 0")
+
+
+def _non_negative(cfg, *keys):
+    for key in keys:
+        if get_key(cfg, key) < 0:
+            raise ConfigError(f"{key}={get_key(cfg, key)}: must be >= 0")
+
+
+def get_key(cfg: TrainConfig, key: str):
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Output
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_flat_dict(cfg: TrainConfig) -> Dict[str, Any]:
+    """{'model.arch': ..., ...}: MLflow params and config hashes use this."""
+    out = {}
+    for section, cls in _section_types().items():
+        for f in dataclasses.fields(cls):
+            out[f"{section}.{f.name}"] = getattr(getattr(cfg, section), f.name)
+    return out
+
+
+def describe_keys() -> str:
+    """One line per key with its default and docstring, for --help."""
+    lines = []
+    for section, cls in _section_types().items():
+        docs = _field_docs(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else "")
+            if default is MISSING:
+                default = "(required)"
+            lines.append(f"  {section}.{f.name} = {default}\n      {docs.get(f.name, '')}")
+    return "\n".join(lines)
+
+
+def _field_docs(cls) -> Dict[str, str]:
+    """Read the string literal that follows each field in the class body."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = nxt.value.value
+    return docs
