@@ -74,6 +74,8 @@ class DataConfig:
     "progressive resizing: epoch at which train_res is reached"
     random_crop: bool = True
     "random-resized-crop + flip for training; false = center crop, no flip (deterministic)"
+    pad_crop: int = 0
+    "> 0: CIFAR-style training crops instead (pad by this many pixels, random train_res crop, flip)"
     os_cache: bool = True
     "ffcv: let the OS page cache hold the .beton (shared by the processes of a node)"
     batches_ahead: int = 3
