@@ -1,0 +1,45 @@
+"""The run's own log: one JSON object per line in <run dir>/log.jsonl, written by rank 0 only.
+
+This file is the source of truth (it is written first and never depends on the network); MLflow is
+a mirror of it (tracking.py). Each record carries `kind` ("step", "epoch", "event"), the global `step`
+and wall-clock `time`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any, Dict
+
+
+class RunLog:
+    def __init__(self, path: str, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+        self._file = open(path, "a", buffering=1) if enabled else None  # line-buffered: a crash loses no line
+
+    def write(self, kind: str, step: int, **fields: Any) -> Dict[str, Any]:
+        record = {"kind": kind, "step": int(step), "time": round(time.time(), 3), **fields}
+        if self._file:
+            self._file.write(json.dumps(record, default=_jsonable) + "\n")
+        return record
+
+    def close(self) -> None:
+        if self._file:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+
+
+def _jsonable(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return str(x)
+
+
+def read_log(path: str):
+    """All records of a log.jsonl (tests and the bench read it back)."""
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]

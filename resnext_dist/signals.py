@@ -1,0 +1,55 @@
+"""Stop requests from the outside world (Slurm's pre-timeout signal, preemption, scancel, Ctrl-C).
+
+The handler only records the signal: no I/O happens inside a signal handler. The training loop
+checks `requested` at each step boundary, all ranks agree through one all-reduce, every rank saves,
+and the run ends with exit status 128 + signal number (140 for SIGUSR2, 143 for SIGTERM), which the
+Slurm launchers read as "checkpointed, requeue me" (USR2) or "cancelled" (TERM).
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Dict, Optional
+
+# USR2 is Slurm's/submitit's "you are about to be timed out or preempted" (NCCL may use USR1).
+STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
+
+
+class StopRequested(Exception):
+    """Raised by the trainer after it saved a checkpoint in answer to a signal."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} after saving a checkpoint")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopFlag:
+    """Install with `install()`; `requested` is the first signal number seen (0 = none)."""
+
+    def __init__(self):
+        self.requested = 0
+        self._previous: Dict[int, object] = {}
+
+    def install(self) -> "StopFlag":
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signal handlers can only be set from the main thread
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if not self.requested:
+            self.requested = signum
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before (e.g. submitit's requeue handler)."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def previous_handler(self, signum: int) -> Optional[object]:
+        return self._previous.get(signum)
