@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as tdist
+from torch.distributed.rendezvous import rendezvous
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,14 @@ def init_distributed(cfg) -> DistInfo:
         # A hung peer must end the job, not stall it forever: every collective times out after timeout_s,
         # and NCCL's watchdog tears the process down (3 = the default "tear down" error handling).
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
-        tdist.init_process_group(backend, init_method="env://", rank=info["rank"], world_size=info["world_size"],
-                                 timeout=datetime.timedelta(seconds=cfg.timeout_s))
+        timeout = datetime.timedelta(seconds=cfg.timeout_s)
+        # torchrun keeps one store across restarts; keys left by the previous attempt (a dead rank's address)
+        # would be read by the new one, so each attempt gets its own key prefix.
+        store, _, _ = next(rendezvous("env://", info["rank"], info["world_size"], timeout=timeout))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        store = tdist.PrefixStore(f"resnext_dist/attempt_{attempt}", store)
+        tdist.init_process_group(backend, store=store, rank=info["rank"], world_size=info["world_size"],
+                                 timeout=timeout)
     return DistInfo(info["rank"], info["local_rank"], info["world_size"], info["local_world_size"], device)
 
 

@@ -70,8 +70,17 @@ def run(cfg: TrainConfig) -> None:
     try:
         validate(cfg, dist.world_size)
         _train(cfg, dist)
+    except RuntimeError as e:
+        if dist.is_distributed and "timed out" in str(e).lower():
+            raise CollectiveTimeout(f"a collective did not finish within dist.timeout_s={cfg.dist.timeout_s} s: "
+                                    f"another rank is stuck or gone") from e
+        raise
     finally:
         close_distributed()
+
+
+class CollectiveTimeout(RuntimeError):
+    """A peer never reached a collective: the job ends instead of hanging forever."""
 
 
 def _train(cfg: TrainConfig, dist: DistInfo) -> None:

@@ -1,0 +1,9 @@
+"""Test session setup: run from the repo root, and the service fixtures (MLflow server, Slurm cluster)."""
+import os
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.chdir(REPO)  # recipes and data paths in the tests are relative to the repo root
+
+# Service fixtures live in tests/plugins/ (each starts a real service once per session, on demand).
+pytest_plugins = [f"tests.plugins.{name[:-3]}" for name in sorted(os.listdir(os.path.join(REPO, "tests", "plugins")))
+                  if name.endswith(".py") and name != "__init__.py"]

@@ -1,0 +1,128 @@
+"""The trainer under every launcher: DDP equals one process, multi-node torchrun, srun-style env, NaN agreement."""
+import os
+import subprocess
+
+import pytest
+import torch
+
+from resnext_dist.runlog import read_log
+from tests.tiny import PYTHON, REPO, TINY, env, free_port, params, run_train
+
+pytestmark = pytest.mark.slow
+
+
+def ok(result):
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def test_ddp_equals_single_process(tmp_path):
+    """2 ranks x batch 8 == 1 process with global batch 16 on the same samples, to 1e-5 relative.
+
+    The single process takes the 16 images as 2 micro-batches of 8 (optim.global_batch_size=16): BatchNorm
+    normalizes over each micro-batch, exactly as it does over each rank's batch under DDP, so the gradients
+    agree; one batch of 16 would normalize over 16 and differ by design.
+    """
+    common = ["train.epochs=1", "train.max_steps=6", "train.deterministic=true"]
+    ok(run_train(tmp_path / "ddp", common, nproc=2))
+    ok(run_train(tmp_path / "single", common + ["optim.global_batch_size=16"], nproc=1))
+    a, b = params(tmp_path / "ddp"), params(tmp_path / "single")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    logs = [r for r in read_log(tmp_path / "ddp" / "log.jsonl") if r["kind"] == "step"]
+    assert logs[-1]["step"] == 6
+
+
+def test_run_directory_contract_and_done_means_done(tmp_path):
+    run = tmp_path / "run"
+    r = ok(run_train(run, ["train.epochs=2"], nproc=2))
+    assert sorted(os.listdir(run)) == ["DONE", "checkpoints", "config.yaml", "final_weights.pt", "log.jsonl"]
+    records = read_log(run / "log.jsonl")
+    epochs = [x for x in records if x["kind"] == "epoch"]
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    for e in epochs:  # exact evaluation: 50 images over 2 ranks, each counted once
+        assert e["val_images"] == 50 and 0 <= e["val_top1"] <= e["val_top5"] <= 1
+    steps = [x for x in records if x["kind"] == "step"]
+    assert {"loss", "lr", "img_per_s", "data_wait", "peak_mem_mb", "epoch"} <= steps[0].keys()
+    assert "done" in r.stdout
+    # started again: exits 0 at once, trains nothing
+    before = (run / "log.jsonl").read_text()
+    r = ok(run_train(run, ["train.epochs=2"], nproc=1))
+    assert "already finished" in r.stdout and (run / "log.jsonl").read_text() == before
+
+
+def test_two_torchrun_nodes_with_c10d_rendezvous(tmp_path):
+    port = free_port()
+    cmd = lambda node: [PYTHON, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
+                        "--nproc_per_node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+                        "--rdzv-id=test", "-m", "resnext_dist.train", *TINY, f"run.dir={tmp_path / 'run'}",
+                        "train.epochs=1"]
+    procs = [subprocess.Popen(cmd(n), cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for n in (0, 1)]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert (tmp_path / "run" / "DONE").exists()
+    assert torch.load(_latest(tmp_path / "run"), weights_only=False)["world_size"] == 2
+
+
+def _latest(run):
+    from resnext_dist.checkpoint import find_latest
+    return find_latest(str(run / "checkpoints"))
+
+
+def test_srun_style_environment_without_torchrun(tmp_path):
+    """Two tasks with only SLURM_* variables (as srun sets them) join one process group."""
+    port = free_port()
+    procs = []
+    for rank in (0, 1):
+        e = env(SLURM_PROCID=rank, SLURM_LOCALID=rank, SLURM_NTASKS=2, SLURM_NNODES=1, SLURM_JOB_ID=77,
+                MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            e.pop(k, None)
+        procs.append(subprocess.Popen([PYTHON, "-m", "resnext_dist.train", *TINY, f"run.dir={tmp_path / 'run'}",
+                                       "train.epochs=1"], cwd=REPO, env=e, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert torch.load(_latest(tmp_path / "run"), weights_only=False)["world_size"] == 2
+
+
+@pytest.mark.parametrize("extra", [
+    ["train.precision=bf16", "train.channels_last=true"],
+    ["train.precision=fp16"],
+    ["train.compile=true"],
+    ["train.ema_decay=0.9", "train.tta_flip=true", "model.blurpool=true", "optim.global_batch_size=16",
+     "data.min_train_res=8", "data.ramp_start_epoch=0", "data.ramp_end_epoch=1", "optim.schedule=step",
+     "optim.milestones=[1]", "train.grad_clip_norm=1.0"],
+], ids=["bf16-channels_last", "fp16-gradscaler", "compile", "ema-tta-blurpool-accum-progressive"])
+def test_precision_and_features_run_on_cpu(tmp_path, extra):
+    r = ok(run_train(tmp_path / "run", ["train.epochs=2", "train.max_steps=4", *extra], nproc=1, timeout=600))
+    records = read_log(tmp_path / "run" / "log.jsonl")
+    losses = [x["loss"] for x in records if x["kind"] == "step"]
+    assert losses and all(l == l and l < 100 for l in losses), r.stdout
+
+
+def test_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    r = run_train(tmp_path / "run", ["train.epochs=5", "checkpoint.every_steps=1"], nproc=2, timeout=180,
+                  RESNEXT_DIST_FAULT="nan@1:3")
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    for rank in (0, 1):  # both ranks raised, naming the step
+        assert f"[rank{rank}]: resnext_dist.loop.NonFiniteLoss: non-finite loss at step 3" in out, out[-3000:]
+    from resnext_dist.checkpoint import list_checkpoints
+    names = [os.path.basename(p) for p in list_checkpoints(str(tmp_path / "run" / "checkpoints"))]
+    assert names[-1] == "step_00000002.pt"  # nothing from the poisoned step was saved
+    assert not (tmp_path / "run" / "DONE").exists()
+
+
+def test_learning_rate_schedule_is_per_iteration_with_warmup(tmp_path):
+    ok(run_train(tmp_path / "run", ["train.epochs=2", "optim.warmup_epochs=1", "train.log_every_steps=1",
+                                    "optim.lr=0.256", "optim.scale_lr=true"], nproc=1))
+    lrs = [x["lr"] for x in read_log(tmp_path / "run" / "log.jsonl") if x["kind"] == "step"]
+    peak = 0.256 * 8 / 256
+    steps_per_epoch = 256 // 8
+    assert lrs[:steps_per_epoch] == sorted(lrs[:steps_per_epoch])  # warm-up rises
+    assert max(lrs) == pytest.approx(peak, rel=1e-6)
+    assert lrs[steps_per_epoch:] == sorted(lrs[steps_per_epoch:], reverse=True)  # cosine falls
+    assert lrs[-1] == pytest.approx(0, abs=1e-9)
