@@ -182,6 +182,10 @@ class TrackingConfig:
     "log CPU/memory/GPU usage through MLflow's system-metrics monitor"
     timeout_s: float = 5.0
     "HTTP timeout of one MLflow request; unsent metrics are retried at the next epoch end"
+    close_timeout_s: float = 30.0
+    "at the end, wait up to this long for unsent metrics/artifacts; the rest goes to run.dir/mlflow_outbox.jsonl"
+    system_metrics_interval_s: float = 10.0
+    "seconds between two samples of the system metrics"
 
 
 @dataclass

@@ -129,7 +129,9 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> None:
         del sd
 
     log = RunLog(os.path.join(run_dir, "log.jsonl"), enabled=dist.is_main)
-    tracker = Tracker(cfg, dist, run_dir, run_id=state.mlflow_run_id)
+    # A checkpoint of another run (checkpoint.resume=PATH elsewhere) starts a new MLflow run, not that run's.
+    own = resume_from and os.path.abspath(resume_from).startswith(os.path.abspath(ckpt_dir) + os.sep)
+    tracker = Tracker(cfg, dist, run_dir, run_id=state.mlflow_run_id if own else None)
     state.mlflow_run_id = tracker.run_id
     if resume_from and dist.is_main:
         _emit(log, tracker, {"kind": "event", "step": state.step, "event": "resumed", "checkpoint": resume_from,
@@ -147,6 +149,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> None:
 
     def save():
         if last_saved["step"] != state.step:
+            state.mlflow_run_id = tracker.run_id or state.mlflow_run_id  # the tracker may connect late
             ckpt.save(state, ckpt_dir, cfg.checkpoint.keep, dist)
             last_saved["step"] = state.step
 

@@ -1,0 +1,146 @@
+"""FFCV loaders: .beton files decoded by FFCV's JIT-compiled pipelines (the fast path).
+
+Training: RandomResizedCrop decode at the epoch's resolution + horizontal flip (or, with
+data.random_crop=false, a deterministic center-crop decode and no flip), ToDevice (non-blocking),
+NCHW in channels_last, uint8; normalization to float32 runs on the device (normalize.py). Progressive
+resizing sets the decoder's output size before each epoch, as FFCV's ImageNet example does (the buffers
+are re-allocated per epoch; the compiled code is reused).
+
+Order: FFCV's own distributed RANDOM order is DistributedSampler(drop_last=False), which pads the shards
+with duplicates, and it can only start an epoch at its first batch. This loader installs sharding.py's
+order instead (the same sampler with drop_last=True, seeded, epoch set explicitly), cut to whole
+batches and started `skip` batches in, so resuming mid-epoch reads no skipped image. It replaces the
+Loader's `traversal_order` after construction because the Loader's custom-order argument differs between
+ffcv 1.0.2 (an instance) and ffcv main (a class).
+
+Validation: a center-crop decode (ratio data.val_crop_ratio) at data.val_res, SEQUENTIAL, no drop_last,
+over this rank's block of explicit `indices` (sharding.eval_shard): every image once over all ranks.
+
+data.num_workers is FFCV's number of decoding threads (numba's), kept within [1, cores]. Costs: importing
+FFCV takes ~10 s (numba, OpenCV) and the first epoch of each pipeline compiles it with numba (~15-20 s
+for the random-resized-crop pipeline, ~5 s for center crop, on a 2-core machine). FFCV also sets torch's
+intra-op thread count to its worker count (ffcv.pipeline.Compiler.set_num_threads) at every epoch.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Tuple
+
+import numpy as np
+import torch
+from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, RandomResizedCropRGBImageDecoder
+from ffcv.loader import Loader, OrderOption
+from ffcv.traversal_order.base import TraversalOrder
+from ffcv.transforms import RandomHorizontalFlip, ToDevice, ToTensor, ToTorchImage
+
+from resnext_dist.data.normalize import DeviceNormalize
+from resnext_dist.data.sharding import batches_per_epoch, eval_shard, train_shard
+
+
+def ffcv_workers(num_workers: int) -> int:
+    """FFCV's worker threads are numba threads: at least 1 (FFCV reads 0 as 'all cores') and at most
+    numba's thread pool size (the machine's cores; numba refuses more)."""
+    import numba
+
+    return max(1, min(num_workers, numba.config.NUMBA_NUM_THREADS))
+
+
+def _image_pipeline(decoder, flip: bool, device: torch.device) -> list:
+    ops = [decoder] + ([RandomHorizontalFlip()] if flip else [])
+    # uint8 NHWC is what crosses to the device; ToTorchImage makes it an NCHW view in channels_last.
+    return ops + [ToTensor(), ToDevice(device, non_blocking=True), ToTorchImage(channels_last=True)]
+
+
+def _label_pipeline(device: torch.device) -> list:
+    # (B, 1) labels; flattened by the loader (FFCV's Squeeze would turn a last batch of one into a scalar)
+    return [IntDecoder(), ToTensor(), ToDevice(device, non_blocking=True)]
+
+
+class _EpochShards(TraversalOrder):
+    """sharding.train_shard's order for `sample_order(epoch)`, cut to whole batches, from batch `skip`."""
+
+    def __init__(self, loader: Loader, rank: int, world_size: int):
+        super().__init__(loader)
+        self.rank, self.world_size = rank, world_size
+        self.skip = 0
+
+    def sample_order(self, epoch: int) -> np.ndarray:
+        shard = train_shard(len(self.indices), seed=self.seed, epoch=epoch, rank=self.rank,
+                            world_size=self.world_size, batch_size=self.loader.batch_size)
+        b = self.loader.batch_size
+        whole = len(shard) // b * b
+        return self.indices[shard[self.skip * b:whole]]
+
+
+class FfcvTrain:
+    """`batches_per_epoch`, `epoch(epoch, res, skip=0)` -> (float32 images on device, int64 labels)."""
+
+    def __init__(self, path: str, data_cfg, dist, *, seed: int, channels_last: bool, num_images: int):
+        self.path, self.num_images = path, num_images
+        self.batch_size = data_cfg.batch_size
+        self.batches_per_epoch = batches_per_epoch(num_images, dist.world_size, self.batch_size)
+        res = data_cfg.train_res
+        if data_cfg.random_crop:
+            self.decoder = RandomResizedCropRGBImageDecoder((res, res))
+        else:
+            self.decoder = CenterCropRGBImageDecoder((res, res), ratio=data_cfg.val_crop_ratio)
+        self.loader = Loader(
+            path, batch_size=self.batch_size, num_workers=ffcv_workers(data_cfg.num_workers),
+            os_cache=data_cfg.os_cache, order=OrderOption.SEQUENTIAL, seed=seed, drop_last=True,
+            batches_ahead=data_cfg.batches_ahead,
+            pipelines={"image": _image_pipeline(self.decoder, data_cfg.random_crop, dist.device),
+                       "label": _label_pipeline(dist.device)})
+        self.order = _EpochShards(self.loader, dist.rank, dist.world_size)
+        self.loader.traversal_order = self.order  # see the module docstring
+        self.loader.first_traversal_order = self.order.sample_order(0)  # what len(loader) counts
+        self.normalize = DeviceNormalize(dist.device, channels_last)
+
+    def epoch(self, epoch: int, res: int, skip: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        if skip < 0 or res < 1:
+            raise ValueError(f"epoch({epoch}, res={res}, skip={skip}): res must be >= 1 and skip >= 0")
+        self.decoder.output_size = (res, res)
+        self.order.skip = skip
+        self.loader.next_epoch = epoch  # the order is a function of (seed, epoch) only
+        return self._batches()
+
+    def _batches(self):
+        it = iter(self.loader)
+        try:
+            for images, labels in it:
+                # FFCV reuses its output buffers batches_ahead+2 batches later: hand out copies only
+                # (normalize makes a new image tensor; the labels are cloned).
+                yield self.normalize(images, labels.reshape(-1).clone())
+        finally:
+            it.close()  # stop the prefetch thread when the caller leaves the epoch early
+
+
+class FfcvVal:
+    """This rank's share of the validation set; iterate for (images, labels); `num_images` = all ranks."""
+
+    def __init__(self, path: str, data_cfg, dist, *, channels_last: bool, num_images: int):
+        self.path, self.num_images = path, num_images
+        self.indices = eval_shard(num_images, rank=dist.rank, world_size=dist.world_size)
+        self.batch_size = data_cfg.batch_size
+        self.loader = None
+        if len(self.indices):  # a rank may have nothing to evaluate when images < ranks
+            decoder = CenterCropRGBImageDecoder((data_cfg.val_res, data_cfg.val_res), ratio=data_cfg.val_crop_ratio)
+            self.loader = Loader(
+                path, batch_size=self.batch_size, num_workers=ffcv_workers(data_cfg.num_workers),
+                os_cache=data_cfg.os_cache, order=OrderOption.SEQUENTIAL, indices=self.indices,
+                seed=0,  # unused by SEQUENTIAL; without one FFCV draws from numpy's global generator
+                drop_last=False, batches_ahead=data_cfg.batches_ahead,
+                pipelines={"image": _image_pipeline(decoder, False, dist.device),
+                           "label": _label_pipeline(dist.device)})
+        self.normalize = DeviceNormalize(dist.device, channels_last)
+
+    def __len__(self) -> int:
+        return -(-len(self.indices) // self.batch_size)
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        if self.loader is None:
+            return
+        it = iter(self.loader)
+        try:
+            for images, labels in it:
+                yield self.normalize(images, labels.reshape(-1).clone())
+        finally:
+            it.close()

@@ -1,0 +1,209 @@
+"""MLflow tracking of real training runs (2 ranks under torchrun or srun-style env, tiny net, synthetic data)
+against a real `mlflow server`: one MLflow run per training run, across a torchrun restart, a signal and a
+resume; the MLflow history mirrors log.jsonl step for step; a server outage neither slows training nor leaves
+holes; an exception marks the run FAILED."""
+import json
+import os
+import signal
+import subprocess
+import time
+import uuid
+from collections import defaultdict
+
+import pytest
+
+from resnext_dist.config import load_config
+from resnext_dist.runlog import read_log
+from resnext_dist.tracking import RUN_FILE, config_params
+from tests.tiny import PYTHON, REPO, TINY, env, free_port, run_train
+
+pytestmark = [pytest.mark.slow, pytest.mark.mlflow]
+
+NOT_METRICS = {"kind", "step", "time", "epoch"}  # log.jsonl fields that are not MLflow metrics
+
+
+def ok(result):
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result
+
+
+def tracked(uri, *more):
+    """Overrides that turn tracking on, into a fresh experiment, with a short HTTP timeout."""
+    return ["tracking.enabled=true", f"tracking.uri={uri}", f"tracking.experiment=train-{uuid.uuid4().hex[:8]}",
+            "tracking.timeout_s=1", *more]
+
+
+def experiment_of(overrides):
+    return next(o.split("=", 1)[1] for o in overrides if o.startswith("tracking.experiment="))
+
+
+def client_for(uri):
+    from mlflow import MlflowClient
+    return MlflowClient(tracking_uri=uri)
+
+
+def runs_in(client, experiment):
+    from mlflow.entities import ViewType
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL)
+
+
+def history(client, run_id, key):
+    return sorted(((m.step, m.value) for m in client.get_metric_history(run_id, key)))
+
+
+def logged_metrics(run_dir):
+    """key -> step -> set of values, from log.jsonl (a resumed run may log a step twice)."""
+    out = defaultdict(lambda: defaultdict(set))
+    for r in read_log(os.path.join(run_dir, "log.jsonl")):
+        for k, v in r.items():
+            if k not in NOT_METRICS and isinstance(v, (int, float)):
+                out[k][r["step"]].add(float(v))
+    return out
+
+
+def assert_mirrors_log(client, run_id, run_dir):
+    """Every numeric log.jsonl field is an MLflow metric with every logged step exactly once."""
+    logged = logged_metrics(run_dir)
+    assert {"loss", "lr", "img_per_s", "data_wait", "val_top1", "val_top5", "val_loss", "epoch_time_s"} <= logged.keys()
+    for key, steps in logged.items():
+        got = history(client, run_id, key)
+        assert [s for s, _ in got] == sorted(steps), f"{key}: MLflow steps differ from log.jsonl"
+        assert all(v in steps[s] for s, v in got), f"{key}: a value that log.jsonl does not have"
+
+
+def test_two_rank_run_is_one_mlflow_run_mirroring_the_log(mlflow_server, tmp_path):
+    run = tmp_path / "run"
+    overrides = tracked(mlflow_server, "train.epochs=2")
+    ok(run_train(run, overrides, nproc=2))
+    client = client_for(mlflow_server)
+    runs = runs_in(client, experiment_of(overrides))
+    assert len(runs) == 1, "one MLflow run for a 2-rank training run, not one per rank"
+    info, data = runs[0].info, runs[0].data
+    assert info.status == "FINISHED" and info.run_name == "run"
+    assert data.params == config_params(load_config(None, [*TINY, f"run.dir={run}", *overrides]))
+    assert data.tags["world_size"] == "2" and data.tags["num_nodes"] == "1" and data.tags["device"] == "cpu"
+    for key in ("git.commit", "git.dirty", "host", "version.torch", "version.ffcv", "version.resnext_dist"):
+        assert data.tags.get(key), key
+    assert_mirrors_log(client, info.run_id, run)
+    assert sorted(a.path for a in client.list_artifacts(info.run_id)) == \
+        ["config.yaml", "final_weights.pt", "log.jsonl"]
+    assert json.loads((run / RUN_FILE).read_text())["run_id"] == info.run_id
+    from tests.tiny import last_checkpoint
+    assert last_checkpoint(run)["mlflow_run_id"] == info.run_id  # what a resume reopens
+
+
+def test_resume_after_rank0_is_killed_continues_the_same_run(mlflow_server, tmp_path):
+    """Rank 0 (the one that talks to MLflow) is SIGKILLed after step 7: the MLflow run is left RUNNING. The job
+    is started again (a requeue) and resumes from the checkpoint at step 4: steps 5-6 are logged again, and
+    must not be doubled in MLflow."""
+    run = tmp_path / "run"
+    overrides = tracked(mlflow_server, "train.epochs=2", "train.log_every_steps=1", "checkpoint.every_steps=4",
+                        "train.deterministic=true")
+    assert run_train(run, overrides, nproc=2, RESNEXT_DIST_FAULT="kill@0:7").returncode != 0
+    client = client_for(mlflow_server)
+    runs = runs_in(client, experiment_of(overrides))
+    assert len(runs) == 1 and runs[0].info.status == "RUNNING"  # nobody was left to end it
+    ok(run_train(run, overrides, nproc=2))
+    events = [r for r in read_log(run / "log.jsonl") if r["kind"] == "event"]
+    assert events[0]["event"] == "resumed" and events[0]["step"] == 4
+    runs = runs_in(client, experiment_of(overrides))
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["attempt"] == "2"
+    assert_mirrors_log(client, runs[0].info.run_id, run)
+    assert [s for s, _ in history(client, runs[0].info.run_id, "loss")] == list(range(1, 33))
+
+
+def test_torchrun_restart_after_a_rank_dies_continues_the_same_run(mlflow_server, tmp_path):
+    run = tmp_path / "run"
+    overrides = tracked(mlflow_server, "train.epochs=2", "train.log_every_steps=1", "checkpoint.every_steps=4")
+    ok(run_train(run, overrides, nproc=2, extra_torchrun=["--max-restarts=1"], RESNEXT_DIST_FAULT="kill@1:6:0"))
+    events = [r for r in read_log(run / "log.jsonl") if r["kind"] == "event"]
+    assert events[0]["event"] == "resumed" and events[0]["restart"] == 1
+    client = client_for(mlflow_server)
+    runs = runs_in(client, experiment_of(overrides))
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["attempt"] == "2" and runs[0].data.tags["torchrun.restart_count"] == "1"
+    assert_mirrors_log(client, runs[0].info.run_id, run)
+
+
+def _launch_two(run_dir, overrides):
+    """Two ranks with only the env:// variables (as srun + our launcher set them): each can be signalled."""
+    port = free_port()
+    procs = []
+    for rank in (0, 1):
+        e = env(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=2, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=port)
+        procs.append(subprocess.Popen([PYTHON, "-m", "resnext_dist.train", *TINY, f"run.dir={run_dir}", *overrides],
+                                      cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _last_step(log_path):
+    if not os.path.exists(log_path):
+        return 0
+    steps = [r["step"] for r in read_log(log_path) if r["kind"] == "step"]
+    return max(steps, default=0)
+
+
+def _wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_outage_then_sigterm_then_resume_is_one_complete_run(mlflow_server_factory, tmp_path):
+    """The server stops mid-run and comes back: training keeps its pace and the history is backfilled at an
+    epoch end; SIGTERM marks the run KILLED; the resume continues the same run to FINISHED, no step twice."""
+    server = mlflow_server_factory()
+    run, log = tmp_path / "run", tmp_path / "run" / "log.jsonl"
+    overrides = tracked(server.uri, "train.epochs=1000", "train.log_every_steps=2")
+    procs = _launch_two(run, overrides)
+    try:
+        _wait_until(lambda: _last_step(log) >= 10, 180, "training to start")
+        server.stop()
+        down_from = _last_step(log)
+        _wait_until(lambda: _last_step(log) >= down_from + 40, 120, "training to go on while MLflow is down")
+        server.start()
+        up_at = _last_step(log)
+        client = client_for(server.uri)
+        runs = runs_in(client, experiment_of(overrides))
+        assert len(runs) == 1
+        run_id = runs[0].info.run_id
+        # backfill at the next epoch ends, while training goes on
+        _wait_until(lambda: len(history(client, run_id, "loss")) >= up_at // 2, 60, "the backlog to be sent")
+        assert procs[0].poll() is None, "training is still running"
+        procs[1].send_signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [143, 143], [o[1][-2000:] for o in outs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    records = [r for r in read_log(log) if r["kind"] == "step"]
+    gaps = [b["time"] - a["time"] for a, b in zip(records, records[1:])]
+    assert max(gaps) < 5.0, f"a step waited on MLflow: {max(gaps):.1f} s"  # loose: seconds, not minutes
+    assert client.get_run(run_id).info.status == "KILLED"
+    assert_mirrors_log(client, run_id, run)
+
+    from tests.tiny import last_checkpoint
+    epochs_done = last_checkpoint(run)["epoch"]
+    resume = [o for o in overrides if not o.startswith("train.epochs=")] + [f"train.epochs={epochs_done + 1}"]
+    ok(run_train(run, resume, nproc=2))
+    runs = runs_in(client, experiment_of(overrides))
+    assert [r.info.run_id for r in runs] == [run_id] and runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["attempt"] == "2"
+    assert "changed_on_attempt_2" in runs[0].data.tags  # train.epochs differs; params keep the first value
+    assert_mirrors_log(client, run_id, run)
+
+
+def test_exception_marks_the_run_failed(mlflow_server, tmp_path):
+    run = tmp_path / "run"
+    overrides = tracked(mlflow_server, "train.epochs=1", "train.log_every_steps=1")
+    r = run_train(run, overrides, nproc=1, RESNEXT_DIST_FAULT="nan@0:3")
+    assert r.returncode not in (0, 2) and "NonFiniteLoss" in r.stderr, r.stderr[-2000:]
+    client = client_for(mlflow_server)
+    runs = runs_in(client, experiment_of(overrides))
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    assert [s for s, _ in history(client, runs[0].info.run_id, "loss")] == [1, 2]

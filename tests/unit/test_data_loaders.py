@@ -1,0 +1,145 @@
+"""The three loaders behind one interface, in one process: order, skip, resolution, exact validation.
+
+The same 37 training and 11 validation images (3 classes, 24x20 px PNGs) are read as an ImageFolder by
+the torchvision loader and as a raw-mode .beton by the FFCV loader; synthetic needs no files. FFCV
+compiles each pipeline on its first epoch (~5 s center crop, ~15-20 s random-resized crop), so loaders
+are built once per module.
+"""
+import numpy as np
+import pytest
+import torch
+
+from resnext_dist.data import build_loaders
+from resnext_dist.data.sharding import train_shard
+from resnext_dist.data.sources import ImageFolderSource
+from resnext_dist.dist import DistInfo
+from tests.data_helpers import data_cfg, make_image_folder, unnormalize, write
+
+SEED, BATCH, N = 5, 5, 37
+KINDS = ["ffcv", "torchvision", "synthetic"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loaders")
+    make_image_folder(root / "train", classes=("a", "b"), per_class=12, size=(24, 20))
+    make_image_folder(root / "train", classes=("c",), per_class=13, size=(24, 20), seed=9)  # 37 images
+    make_image_folder(root / "val", classes=("a", "b"), per_class=4, size=(24, 20), seed=1)
+    make_image_folder(root / "val", classes=("c",), per_class=3, size=(24, 20), seed=2)  # 11: a last batch of 1
+    train_src, val_src = ImageFolderSource(str(root / "train")), ImageFolderSource(str(root / "val"))
+    write(train_src, root / "train.beton", write_mode="raw")
+    write(val_src, root / "val.beton", write_mode="raw")
+    paths = {"ffcv": (str(root / "train.beton"), str(root / "val.beton")),
+             "torchvision": (str(root / "train"), str(root / "val")), "synthetic": ("", "")}
+    return {"paths": paths, "train_labels": train_src.labels, "val_labels": val_src.labels}
+
+
+def build(dataset, kind, channels_last=True, **fields):
+    train, val = dataset["paths"][kind]
+    fields = {"random_crop": False, **fields}
+    cfg = data_cfg(loader=kind, train=train, val=val, batch_size=BATCH, synthetic_size=N, val_synthetic_size=11,
+                   **fields)
+    return build_loaders(cfg, DistInfo(), seed=SEED, num_classes=3, channels_last=channels_last)
+
+
+@pytest.fixture(scope="module")
+def loaders(dataset):
+    return {kind: build(dataset, kind) for kind in KINDS}
+
+
+def epoch(train, e, res=16, skip=0):
+    batches = list(train.epoch(e, res, skip))
+    return [x for x, _ in batches], [y for _, y in batches]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_batches_are_normalized_float_channels_last_with_int64_labels(loaders, kind):
+    train, _ = loaders[kind]
+    assert train.batches_per_epoch == N // BATCH
+    images, labels = epoch(train, 0)
+    assert len(images) == N // BATCH
+    x, y = images[0], labels[0]
+    assert x.shape == (BATCH, 3, 16, 16) and x.dtype == torch.float32 and x.device.type == "cpu"
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert y.shape == (BATCH,) and y.dtype == torch.int64 and 0 <= y.min() and y.max() < 3
+    assert -2.2 < x.min() < 0 < x.max() < 2.7  # ImageNet normalization of 0..255
+
+
+@pytest.mark.parametrize("kind", ["ffcv", "torchvision"])
+def test_epoch_order_is_the_sharded_permutation_of_seed_and_epoch(dataset, loaders, kind):
+    train, _ = loaders[kind]
+    for e in (0, 3):
+        expected = dataset["train_labels"][train_shard(N, seed=SEED, epoch=e, rank=0, world_size=1, batch_size=train.batch_size)]
+        got = torch.cat(epoch(train, e)[1]).numpy()  # also: earlier batches were not overwritten later
+        assert np.array_equal(got, expected[:len(got)])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_skip_resumes_inside_an_epoch_exactly(loaders, kind):
+    train, _ = loaders[kind]
+    images, labels = epoch(train, 2)
+    images_skip, labels_skip = epoch(train, 2, skip=3)
+    assert len(labels_skip) == len(labels) - 3
+    for a, b, ya, yb in zip(images[3:], images_skip, labels[3:], labels_skip):
+        assert torch.equal(ya, yb) and torch.equal(a, b)
+    assert epoch(train, 2, skip=train.batches_per_epoch)[1] == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_order_has_no_hidden_state(loaders, kind):
+    train, _ = loaders[kind]
+    first = torch.cat(epoch(train, 4)[1])
+    epoch(train, 1)
+    for x, _ in train.epoch(0, 16):  # leaving an epoch early must not disturb the next one
+        break
+    assert torch.equal(torch.cat(epoch(train, 4)[1]), first)
+    assert not torch.equal(torch.cat(epoch(train, 5)[1]), first)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_resolution_can_change_every_epoch(loaders, kind):
+    train, _ = loaders[kind]
+    for e, res in enumerate((16, 24, 8, 16)):
+        images, _ = epoch(train, e, res=res)
+        assert images[0].shape == (BATCH, 3, res, res) and images[0].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_validation_reads_every_image_once_without_dropping_the_last_batch(dataset, loaders, kind):
+    _, val = loaders[kind]
+    batches = list(val)
+    assert val.num_images == 11 and len(val) == len(batches) == 3
+    assert [tuple(y.shape) for _, y in batches] == [(5,), (5,), (1,)]
+    assert batches[0][0].shape == (5, 3, 16, 16)
+    if kind != "synthetic":
+        assert np.array_equal(torch.cat([y for _, y in batches]).numpy(), dataset["val_labels"])
+
+
+def test_ffcv_and_torchvision_give_the_same_batches(loaders):
+    ffcv_images, ffcv_labels = epoch(loaders["ffcv"][0], 1)
+    tv_images, tv_labels = epoch(loaders["torchvision"][0], 1)
+    assert all(torch.equal(a, b) for a, b in zip(ffcv_labels, tv_labels))
+    # Same crop box; OpenCV INTER_AREA vs PIL's antialiased bilinear resize (24x20 -> 16x16 after the crop).
+    diff = np.abs(unnormalize(torch.cat(ffcv_images)).astype(int) - unnormalize(torch.cat(tv_images)).astype(int))
+    assert diff.mean() < 12, diff.mean()
+    ffcv_val = torch.cat([y for _, y in loaders["ffcv"][1]])
+    assert torch.equal(ffcv_val, torch.cat([y for _, y in loaders["torchvision"][1]]))
+
+
+@pytest.mark.slow  # compiling FFCV's random-resized-crop pipeline takes 15-30 s
+@pytest.mark.parametrize("kind", ["ffcv", "torchvision"])
+def test_random_resized_crop_and_flip_for_training(dataset, kind):
+    train, _ = build(dataset, kind, random_crop=True, train_res=32)
+    a, labels_a = epoch(train, 0, res=32)
+    b, labels_b = epoch(train, 0, res=32)
+    assert all(torch.equal(x, y) for x, y in zip(labels_a, labels_b))  # same order ...
+    assert not torch.equal(a[0], b[0])  # ... different crops
+    assert a[0].shape == (BATCH, 3, 32, 32) and torch.isfinite(a[0]).all()
+
+
+def test_channels_last_off_gives_contiguous_nchw(dataset):
+    for kind in KINDS:
+        train, val = build(dataset, kind, channels_last=False)
+        x, _ = next(iter(train.epoch(0, 16)))
+        assert x.is_contiguous(), kind
+        assert next(iter(val))[0].is_contiguous(), kind

@@ -1,0 +1,109 @@
+"""tracking.py without a server: URIs, params/metric-name formatting, provenance tags, and the off switches."""
+import os
+import subprocess
+import sys
+
+import torch
+
+from resnext_dist.config import load_config, to_flat_dict
+from resnext_dist.dist import DistInfo
+from resnext_dist.provenance import git_state, provenance_tags
+from resnext_dist.tracking import MAX_PARAM_VALUE, config_params, metric_key, resolve_uri, ui_command
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_default_store_is_absolute_sqlite_in_runs_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["run.root=runs"])
+    db = os.path.join(str(tmp_path), "runs", "mlflow.db")
+    assert resolve_uri(cfg) == "sqlite:///" + db  # sqlite:////abs/... : absolute, works from any folder
+    assert ui_command(cfg) == f"mlflow ui --backend-store-uri sqlite:///{db}"
+
+
+def test_ui_command_for_a_tracking_server_is_its_address():
+    cfg = load_config(None, ["tracking.uri=http://127.0.0.1:5000"])
+    assert ui_command(cfg) == "http://127.0.0.1:5000"
+
+
+def test_params_are_the_flattened_config_within_mlflow_limits():
+    cfg = load_config(None, ["model.layers=[1,1,1,1]", "slurm.additional_parameters={mail-type: END}"])
+    cfg.data.train = "x" * 10000  # a long path must not make MLflow refuse the whole batch
+    params = config_params(cfg)
+    flat = to_flat_dict(cfg)
+    assert set(flat) - {"slurm.additional_parameters"} <= set(params)
+    assert params["slurm.additional_parameters.mail-type"] == "END"
+    assert params["model.layers"] == "[1, 1, 1, 1]"
+    assert params["model.cardinality"] == "None"
+    assert params["optim.lr"] == str(cfg.optim.lr)
+    assert len(params["data.train"]) == MAX_PARAM_VALUE and params["data.train"].endswith("(truncated)")
+    assert all(isinstance(v, str) and len(v) <= MAX_PARAM_VALUE for v in params.values())
+
+
+def test_metric_names_are_made_acceptable_to_mlflow():
+    assert metric_key("loss") == "loss"
+    assert metric_key("img/s") == "img/s"
+    assert metric_key("val top-1:ema") == "val top-1:ema"
+    assert metric_key("acc%") == "acc_"
+    assert metric_key("/a//b/") == "a/b"
+    assert metric_key("../x") == "_/x"
+    assert len(metric_key("k" * 400)) == 250
+
+
+def _git(cwd, *args):
+    subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True,
+                   env=dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+                            GIT_COMMITTER_EMAIL="t@t"))
+
+
+def test_git_state_reports_commit_and_dirty(tmp_path):
+    assert git_state(tmp_path) == {"commit": "unknown", "dirty": "unknown"}  # not a checkout
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    _git(tmp_path, "add", "a.py")
+    _git(tmp_path, "commit", "-q", "-m", "one")
+    head = subprocess.run(["git", "-C", str(tmp_path), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    assert git_state(tmp_path) == {"commit": head, "dirty": "false"}
+    (tmp_path / "notes.txt").write_text("untracked files do not make a run dirty\n")
+    assert git_state(tmp_path)["dirty"] == "false"
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert git_state(tmp_path) == {"commit": head, "dirty": "true"}
+
+
+def test_provenance_tags_describe_the_launch(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    dist = DistInfo(rank=0, local_rank=0, world_size=4, local_world_size=2, device=torch.device("cpu"))
+    tags = provenance_tags(dist, str(tmp_path))
+    assert tags["world_size"] == "4" and tags["num_nodes"] == "2" and tags["device"] == "cpu"
+    assert tags["slurm.job_id"] == "4242"
+    assert tags["version.torch"] == torch.__version__
+    assert tags["run_dir"] == str(tmp_path)
+    for key in ("git.commit", "git.dirty", "mlflow.source.git.commit", "host", "version.ffcv", "version.mlflow",
+                "version.resnext_dist", "version.python"):
+        assert tags[key], key
+    assert all(isinstance(v, str) for v in tags.values())
+
+
+# Off means off: no thread, no run, no mlflow import (seconds) -- checked in a fresh interpreter.
+_OFF = r"""
+import sys, torch
+from resnext_dist.config import load_config
+from resnext_dist.dist import DistInfo
+from resnext_dist.tracking import Tracker
+root = sys.argv[1]
+off = Tracker(load_config(None, ["tracking.enabled=false", f"run.root={root}"]), DistInfo(), root + "/a")
+rank1 = Tracker(load_config(None, [f"run.root={root}"]), DistInfo(rank=1, world_size=2), root + "/b")
+for t in (off, rank1):
+    assert t.run_id is None and not t.enabled
+    t.log_metrics({"loss": 1.0}, step=1); t.log_artifact(root + "/x"); t.flush(); t.close("FINISHED")
+assert "mlflow" not in sys.modules, "mlflow imported although tracking is off"
+print("ok")
+"""
+
+
+def test_disabled_or_not_main_rank_is_a_no_op(tmp_path):
+    r = subprocess.run([sys.executable, "-c", _OFF, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    assert os.listdir(tmp_path) == []  # no store, no run file
