@@ -1,7 +1,8 @@
 """FFCV loaders: .beton files decoded by FFCV's JIT-compiled pipelines (the fast path).
 
-Training: RandomResizedCrop decode at the epoch's resolution + horizontal flip (or, with
-data.random_crop=false, a deterministic center-crop decode and no flip), ToDevice (non-blocking),
+Training: RandomResizedCrop decode at the epoch's resolution + horizontal flip (data.pad_crop > 0: a
+center-crop decode, flip, then a random shift by up to pad_crop pixels, CIFAR-style; data.random_crop=false:
+a deterministic center-crop decode and no flip), ToDevice (non-blocking),
 NCHW in channels_last, uint8; normalization to float32 runs on the device (normalize.py). Progressive
 resizing sets the decoder's output size before each epoch, as FFCV's ImageNet example does (the buffers
 are re-allocated per epoch; the compiled code is reused).
@@ -30,7 +31,7 @@ import torch
 from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, RandomResizedCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.traversal_order.base import TraversalOrder
-from ffcv.transforms import RandomHorizontalFlip, ToDevice, ToTensor, ToTorchImage
+from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, ToDevice, ToTensor, ToTorchImage
 
 from resnext_dist.data.normalize import DeviceNormalize
 from resnext_dist.data.sharding import batches_per_epoch, eval_shard, train_shard
@@ -44,8 +45,10 @@ def ffcv_workers(num_workers: int) -> int:
     return max(1, min(num_workers, numba.config.NUMBA_NUM_THREADS))
 
 
-def _image_pipeline(decoder, flip: bool, device: torch.device) -> list:
+def _image_pipeline(decoder, flip: bool, device: torch.device, pad_crop: int = 0) -> list:
     ops = [decoder] + ([RandomHorizontalFlip()] if flip else [])
+    if pad_crop:  # CIFAR-style: shift by up to pad_crop pixels, zero fill = pad, then crop back to size
+        ops.append(RandomTranslate(padding=pad_crop))
     # uint8 NHWC is what crosses to the device; ToTorchImage makes it an NCHW view in channels_last.
     return ops + [ToTensor(), ToDevice(device, non_blocking=True), ToTorchImage(channels_last=True)]
 
@@ -79,7 +82,7 @@ class FfcvTrain:
         self.batch_size = data_cfg.batch_size
         self.batches_per_epoch = batches_per_epoch(num_images, dist.world_size, self.batch_size)
         res = data_cfg.train_res
-        if data_cfg.random_crop:
+        if data_cfg.random_crop and not data_cfg.pad_crop:
             self.decoder = RandomResizedCropRGBImageDecoder((res, res))
         else:
             self.decoder = CenterCropRGBImageDecoder((res, res), ratio=data_cfg.val_crop_ratio)
@@ -87,7 +90,8 @@ class FfcvTrain:
             path, batch_size=self.batch_size, num_workers=ffcv_workers(data_cfg.num_workers),
             os_cache=data_cfg.os_cache, order=OrderOption.SEQUENTIAL, seed=seed, drop_last=True,
             batches_ahead=data_cfg.batches_ahead,
-            pipelines={"image": _image_pipeline(self.decoder, data_cfg.random_crop, dist.device),
+            pipelines={"image": _image_pipeline(self.decoder, data_cfg.random_crop, dist.device,
+                                                data_cfg.pad_crop if data_cfg.random_crop else 0),
                        "label": _label_pipeline(dist.device)})
         self.order = _EpochShards(self.loader, dist.rank, dist.world_size)
         self.loader.traversal_order = self.order  # see the module docstring

@@ -43,13 +43,16 @@ class CenterCropRatio:
 class SourceDataset(Dataset):
     """`dataset[(index, res)] -> (uint8 CHW tensor, label)` with the train or center-crop transform."""
 
-    def __init__(self, source: Source, random_crop: bool, crop_ratio: float):
-        self.source, self.random_crop, self.crop_ratio = source, random_crop, crop_ratio
+    def __init__(self, source: Source, random_crop: bool, crop_ratio: float, pad_crop: int = 0):
+        self.source, self.random_crop, self.crop_ratio, self.pad_crop = source, random_crop, crop_ratio, pad_crop
         self._transforms: Dict[int, v2.Compose] = {}
 
     def transform(self, res: int) -> v2.Compose:
         if res not in self._transforms:
-            if self.random_crop:
+            if self.random_crop and self.pad_crop:  # CIFAR-style: pad, random crop back to res, flip
+                ops = [CenterCropRatio(self.crop_ratio), v2.Resize((res, res), antialias=True),
+                       v2.RandomCrop(res, padding=self.pad_crop), v2.RandomHorizontalFlip()]
+            elif self.random_crop:
                 ops = [v2.RandomResizedCrop(res, antialias=True), v2.RandomHorizontalFlip()]
             else:
                 ops = [CenterCropRatio(self.crop_ratio), v2.Resize((res, res), antialias=True)]
@@ -96,8 +99,8 @@ class TorchvisionTrain:
         self.batches_per_epoch = batches_per_epoch(self.num_images, dist.world_size, self.batch_size)
         self.keys = _Keys()
         self.loader = DataLoader(
-            SourceDataset(source, data_cfg.random_crop, data_cfg.val_crop_ratio), batch_size=self.batch_size,
-            sampler=self.keys, drop_last=True, num_workers=data_cfg.num_workers,
+            SourceDataset(source, data_cfg.random_crop, data_cfg.val_crop_ratio, data_cfg.pad_crop),
+            batch_size=self.batch_size, sampler=self.keys, drop_last=True, num_workers=data_cfg.num_workers,
             pin_memory=dist.device.type == "cuda", persistent_workers=data_cfg.num_workers > 0)
         self.normalize = DeviceNormalize(dist.device, channels_last)
 

@@ -143,3 +143,17 @@ def test_channels_last_off_gives_contiguous_nchw(dataset):
         x, _ = next(iter(train.epoch(0, 16)))
         assert x.is_contiguous(), kind
         assert next(iter(val))[0].is_contiguous(), kind
+
+
+@pytest.mark.parametrize("kind", ["ffcv", "torchvision"])
+def test_cifar_style_pad_crop_shifts_the_whole_image(dataset, kind):
+    """data.pad_crop=4: the whole image at train_res, shifted by up to 4 px (zero padding shows), flipped."""
+    train, _ = build(dataset, kind, random_crop=True, pad_crop=4, val_crop_ratio=1.0, train_res=16)
+    plain, _ = build(dataset, kind, random_crop=False, val_crop_ratio=1.0, train_res=16)
+    shifted = torch.cat(epoch(train, 0, res=16)[0])
+    centered = torch.cat(epoch(plain, 0, res=16)[0])
+    assert shifted.shape == centered.shape
+    assert not torch.equal(shifted, centered)
+    # the padding shows as black pixels, which the source images do not have
+    black = lambda x: unnormalize(x).max(axis=3) == 0  # (N, H, W): pixels black in every channel
+    assert black(shifted).any() and not black(centered).any()
