@@ -2,7 +2,7 @@
 
     tags = provenance_tags(dist, run_dir)    # {"git.commit": "3f2a...", "git.dirty": "false", "world_size": "8", ...}
 
-Used for MLflow run tags (tracking.py); cheap (two `git` calls with a timeout) and never raises: what cannot
+Used for MLflow run tags (resnext_dist.tracking); cheap (two `git` calls with a timeout) and never raises: what cannot
 be found is "unknown". No MLflow import here.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The run's own log: one JSON object per line in <run dir>/log.jsonl, written by rank 0 only.
 
 This file is the source of truth (it is written first and never depends on the network); MLflow is
-a mirror of it (tracking.py). Each record carries `kind` ("step", "epoch", "event"), the global `step`
+a mirror of it (the tracking package). Each record carries `kind` ("step", "epoch", "event"), the global `step`
 and wall-clock `time`.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""tracking.py without a server: URIs, params/metric-name formatting, provenance tags, and the off switches."""
+"""resnext_dist.tracking without a server: URIs, params/metric-name formatting, provenance tags, and the off switches."""
 import os
 import subprocess
 import sys
