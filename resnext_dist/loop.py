@@ -1,8 +1,8 @@
 """One epoch of training, and exact evaluation.
 
 The step, top to bottom: fetch a batch (timed: that is the data wait) -> forward under autocast ->
-backward (gradient all-reduce only on the last micro-step) -> agree on a finite loss and on stop
-requests (one all-reduce; the step's only host sync) -> optimizer step -> schedule -> EMA -> log at the
+agree on a finite loss and on stop requests (one tiny all-reduce; the step's only host sync) ->
+backward (gradient all-reduce only on the last micro-step) -> optimizer step -> schedule -> EMA -> log at the
 interval -> checkpoint at the interval. Evaluation counts every validation image exactly once over
 all ranks (each rank holds a disjoint share) and all-reduces counts, not averages.
 """
@@ -71,25 +71,24 @@ def train_epoch(state, loader, ctx: StepContext, res: int, steps_in_epoch: int, 
                     loss = F.cross_entropy(logits.float(), labels, label_smoothing=ctx.label_smoothing)
                 loss = faults.maybe_poison_loss(loss, dist.rank, state.step + 1)
                 nonfinite |= (~torch.isfinite(loss.detach())).int()
-                if last:
-                    # Launch the agreement all-reduce before backward so it overlaps the backward kernels.
-                    flags = torch.cat([nonfinite, nonfinite.new_tensor([ctx.stop_flag.requested])])
-                    if ctx.nan_check:
-                        rdist.all_reduce(flags, "max")
+                stop_signal = 0
+                if last and ctx.nan_check:
+                    # Agree on (any loss non-finite, any rank signalled) before the backward. Sync point: the
+                    # host waits for the forward and this tiny all-reduce, then queues the backward, the
+                    # optimizer step and the next batch while the device runs the backward. (torch.full is a
+                    # device fill, not a blocking host-to-device copy.)
+                    flags = torch.cat([nonfinite, torch.full((1,), ctx.stop_flag.requested, dtype=torch.int32,
+                                                              device=dist.device)])
+                    bad, stop_signal = rdist.all_reduce(flags, "max").tolist()
+                    if bad:
+                        raise NonFiniteLoss(f"non-finite loss at step {state.step + 1} (epoch {state.epoch}) on at "
+                                            f"least one rank; every rank stopped before the optimizer step")
                 scaled = loss / ctx.accum_steps
                 (state.scaler.scale(scaled) if state.scaler else scaled).backward()
             loss_sum += loss.detach()
             loss_count += 1
 
-        # ---- agree, then step. Sync point: the host waits for the forward and the flag all-reduce only;
-        # the backward is already queued on the device.
-        if ctx.nan_check:
-            bad, stop_signal = flags.tolist()
-            if bad:
-                raise NonFiniteLoss(f"non-finite loss at step {state.step + 1} (epoch {state.epoch}) on at least "
-                                    f"one rank; every rank stopped before the optimizer step")
-        else:
-            stop_signal = 0
+        # ---- step
         if ctx.grad_clip_norm > 0:
             if state.scaler:
                 state.scaler.unscale_(state.optimizer)

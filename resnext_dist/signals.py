@@ -42,7 +42,9 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if not self.requested:
+        # The first signal wins, except that USR2 ("checkpoint and requeue") beats TERM: submitit's interrupt
+        # and some schedulers send TERM and USR2 together, and the job must come back.
+        if not self.requested or signum == signal.SIGUSR2:
             self.requested = signum
 
     def restore(self) -> None:

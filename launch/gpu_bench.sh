@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# The prepared GPU benchmark (issue 8): one GPU, under 6 minutes, the summary table printed LAST.
+#
+#   bash launch/gpu_bundle.sh            # on the build machine, once: .gpu/ (FFCV + pure-Python wheels)
+#   bash launch/gpu_bench.sh             # on the GPU host, from the checkout (with .gpu/ copied along)
+#   GPU_BENCH_SMOKE=1 bash launch/gpu_bench.sh    # the same steps with a tiny net on a CPU (~5 min on 2 cores)
+#
+# Steps (ResNeXt-50 32x4d, batch 256, bf16 autocast, channels_last, FFCV with 16 workers):
+#   0. write the FFCV .beton: 12,800 synthetic JPEGs, 384x384, quality 90, in $GPU_BENCH_DIR (default
+#      /tmp/resnext_bench; kept, so a second run skips this)
+#   1. 224 px eager:     ceiling (bare step), trainer on synthetic input, trainer on FFCV
+#   2. 224 px compiled:  ceiling compiled, trainer compiled on FFCV          (target: >= 5,000 img/s on an H200)
+#   3. 176 px eager:     ceiling, trainer on FFCV
+#   4. as the time left allows: ResNeXt-101 at 224 px eager (ceiling + trainer on FFCV); 224 px eager on
+#      synthetic input with train.nan_check=false (what the per-step flag agreement costs); ResNeXt-152 at
+#      224 px eager; 176 px compiled
+# A step runs only if its estimated time fits in GPU_BENCH_BUDGET_S (default 330 s) from the start, and is
+# stopped at the budget's end whatever its estimate; a failed or stopped step is reported and the rest go on.
+# Each step writes JSON to $GPU_BENCH_RESULTS (default $OUT/bench when $OUT is set, else $GPU_BENCH_DIR/results)
+# and its output to a .log beside it; the last lines are `python -m resnext_dist.bench report` over them all.
+#
+# Environment: PYTHON (default .venv/bin/python if present, else python3), GPU_BENCH_WORKERS (16),
+# GPU_BENCH_BUDGET_S (330), GPU_BENCH_DIR, GPU_BENCH_RESULTS, GPU_BENCH_SMOKE (1 = tiny, CPU-sized),
+# GPU_BENCH_ONLY ("r50_224_compiled r101_224_eager": run only these steps; names as in the summary).
+# The trainer runs with tracking.enabled=false (no mlflow on the host); PYTHONPATH / LD_LIBRARY_PATH point at
+# .gpu/ as ../shared/reference/gpu-machine.md says, when .gpu/ is there.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+T0=$SECONDS
+SMOKE=${GPU_BENCH_SMOKE:-0}
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+BUDGET=${GPU_BENCH_BUDGET_S:-330}
+WORK=${GPU_BENCH_DIR:-/tmp/resnext_bench}
+RESULTS=${GPU_BENCH_RESULTS:-${OUT:+$OUT/bench}}
+RESULTS=${RESULTS:-$WORK/results}
+WORKERS=${GPU_BENCH_WORKERS:-16}
+ONLY=${GPU_BENCH_ONLY:-}
+
+if [ -d .gpu/site ]; then
+  export PYTHONPATH="$REPO/.gpu/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
+  export LD_LIBRARY_PATH="$REPO/.gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+else
+  export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONUNBUFFERED=1
+
+if [ "$SMOKE" = 1 ]; then
+  # Every step of the real script, with a net and sizes a 2-core CPU runs in seconds.
+  NET_50="--layers 1,1,1,1 --cardinality 2 --group-width 4 --base-channels 8 --stem cifar --num-classes 10"
+  NET_101="$NET_50 --arch resnext101_32x4d"; NET_152="$NET_50 --arch resnext152_32x4d"
+  COMMON="--batch 8 --steps 4 --log-every 2 --ceiling-steps 4 --ceiling-warmup 1 --threads 1"
+  RES_HI=32; RES_LO=24; IMAGES=128; SIZE=48; CLASSES=10; WORKERS=${GPU_BENCH_WORKERS:-1}
+  EST_EAGER=40; EST_COMPILED=150; EST_DEEP=40; EST_NOCHECK=30
+else
+  NET_50="--arch resnext50_32x4d"; NET_101="--arch resnext101_32x4d"; NET_152="--arch resnext152_32x4d"
+  COMMON="--batch 256 --steps 100 --log-every 20 --ceiling-steps 50 --ceiling-warmup 10"
+  RES_HI=224; RES_LO=176; IMAGES=12800; SIZE=384; CLASSES=1000
+  # Seconds per step on one H100/H200, with margin (compile: ~50 s for the ceiling, less for the trainer's
+  # second compile of the same graph, which the inductor caches serve).
+  EST_EAGER=75; EST_COMPILED=150; EST_DEEP=75; EST_NOCHECK=40
+fi
+
+mkdir -p "$WORK" "$RESULTS" || { echo "gpu_bench: cannot create $WORK / $RESULTS" >&2; exit 2; }
+rm -f "$RESULTS"/*.json
+BETON=$WORK/synthetic_${IMAGES}x${SIZE}.beton
+declare -a STATUS=() ORDER=()
+
+elapsed() { echo $((SECONDS - T0)); }
+note() { echo "gpu_bench [$(elapsed) s] $*"; }
+
+# run_step NAME ESTIMATE_S COMMAND...: run if it fits the budget, stop it at the budget's end.
+run_step() {
+  local name=$1 est=$2; shift 2
+  local left=$((BUDGET - $(elapsed)))
+  if [ -n "$ONLY" ] && [ "$name" != write_beton ] && [[ " $ONLY " != *" $name "* ]]; then
+    STATUS+=("$name: not selected (GPU_BENCH_ONLY)"); return
+  fi
+  if [ "$est" -gt "$left" ]; then
+    STATUS+=("$name: skipped (needs ~${est} s, ${left} s left)"); note "skip $name (needs ~${est} s, ${left} s left)"
+    return
+  fi
+  note "start $name (~${est} s, ${left} s left): $*"
+  local t=$SECONDS
+  timeout -k 20 "$left" "$@" 2>&1 | tee "$RESULTS/$name.log"
+  local rc=${PIPESTATUS[0]}
+  case $rc in
+    0) STATUS+=("$name: ok in $((SECONDS - t)) s") ;;
+    124|137) STATUS+=("$name: STOPPED at the time budget after $((SECONDS - t)) s (see $name.log)") ;;
+    *) STATUS+=("$name: FAILED with exit $rc after $((SECONDS - t)) s (see $name.log)") ;;
+  esac
+  note "end $name: exit $rc"
+}
+
+bench_train() {  # NAME ESTIMATE ARGS...: a `bench train` step writing RESULTS/NAME.json
+  local name=$1 est=$2; shift 2
+  ORDER+=("$RESULTS/$name.json")
+  # shellcheck disable=SC2086
+  run_step "$name" "$est" "$PY" -m resnext_dist.bench train $COMMON --data "$BETON" --workers "$WORKERS" \
+    --out "$RESULTS/$name.json" "$@"
+}
+
+# --- 0. preflight: the packages and the device, in one line each; stop early if they are not there
+note "python: $PY; results: $RESULTS; budget ${BUDGET} s; smoke=$SMOKE"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit \
+  --format=csv,noheader | sed 's/^/gpu_bench: /'
+# One interpreter start (importing torch and FFCV takes seconds): the packages, then the device.
+GPU_BENCH_SMOKE=$SMOKE "$PY" - <<'EOF' || exit 2
+import os, sys
+try:
+    import torch, ffcv, omegaconf, resnext_dist.train, resnext_dist.bench.train  # noqa: F401
+except Exception as e:
+    sys.exit(f"gpu_bench: the packages do not import ({type(e).__name__}: {e}); did launch/gpu_bundle.sh build .gpu/?")
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU (CPU run)"
+print(f"gpu_bench: python {sys.version.split()[0]}, torch {torch.__version__}, cuda {torch.version.cuda}, {gpu}, "
+      f"{torch.cuda.device_count()} GPU(s), ffcv from {os.path.dirname(ffcv.__file__)}")
+if os.environ["GPU_BENCH_SMOKE"] != "1" and not torch.cuda.is_available():
+    sys.exit("gpu_bench: no CUDA device visible (GPU_BENCH_SMOKE=1 runs the tiny CPU version)")
+EOF
+
+# --- 0. the .beton (synthetic JPEGs), once per host
+if [ -f "$BETON" ]; then
+  note "beton: $BETON exists"
+else
+  run_step write_beton 60 "$PY" -m resnext_dist.data.write --source synthetic --num-images "$IMAGES" \
+    --num-classes "$CLASSES" --size "$SIZE" --write-mode jpg --jpeg-quality 90 --workers "$WORKERS" \
+    --output "$BETON"
+  [ -f "$BETON" ] || { echo "gpu_bench: writing $BETON failed (see $RESULTS/write_beton.log)" >&2; exit 1; }
+fi
+
+# --- 1-4. ceiling vs trainer
+bench_train r50_${RES_HI}_eager "$EST_EAGER" $NET_50 --res "$RES_HI" --inputs synthetic,ffcv
+bench_train r50_${RES_HI}_compiled "$EST_COMPILED" $NET_50 --res "$RES_HI" --compile --inputs ffcv
+bench_train r50_${RES_LO}_eager "$EST_EAGER" $NET_50 --res "$RES_LO" --inputs ffcv
+bench_train r101_${RES_HI}_eager "$EST_DEEP" $NET_101 --res "$RES_HI" --inputs ffcv
+# The trainer's per-step host syncs (the flag agreement) against the same run without train.nan_check.
+bench_train r50_${RES_HI}_eager_nocheck "$EST_NOCHECK" $NET_50 --res "$RES_HI" --inputs synthetic \
+  --set train.nan_check=false
+bench_train r152_${RES_HI}_eager "$((EST_DEEP + 15))" $NET_152 --res "$RES_HI" --inputs ffcv
+bench_train r50_${RES_LO}_compiled "$EST_COMPILED" $NET_50 --res "$RES_LO" --compile --inputs ffcv
+
+# --- summary: the table last
+echo
+echo "==== gpu_bench: $(elapsed) s in all (budget ${BUDGET} s) ===="
+for s in "${STATUS[@]}"; do echo "  $s"; done
+jsons=()
+for f in "${ORDER[@]}"; do [ -f "$f" ] && jsons+=("$f"); done
+if [ ${#jsons[@]} -eq 0 ]; then
+  echo "gpu_bench: no results" >&2
+  exit 1
+fi
+"$PY" -m resnext_dist.bench report "${jsons[@]}" \
+  --title "resnext_dist gpu_bench $(date -u +%Y-%m-%dT%H:%MZ) (img/s: trainer log intervals after warm-up; vs ceiling = trainer / bare step, same run)"

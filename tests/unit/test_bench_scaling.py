@@ -1,0 +1,45 @@
+"""`bench scaling`: 1 process vs 2 (torchrun, gloo) on a tiny net on CPU (structure, never speed)."""
+import json
+
+import pytest
+import torch
+
+from resnext_dist.bench import main
+
+TINY = ["--layers", "1,1,1,1", "--cardinality", "2", "--group-width", "4", "--base-channels", "8",
+        "--stem", "cifar", "--num-classes", "10", "--res", "16", "--batch", "4"]
+
+
+@pytest.mark.slow
+def test_scaling_one_vs_two_processes(tmp_path, capsys):
+    out = tmp_path / "scaling.json"
+    assert main(["scaling", *TINY, "--device", "cpu", "--steps", "4", "--log-every", "2",
+                 "--run-root", str(tmp_path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "bench scaling:" in printed and "efficiency" in printed and "1 intra-op thread" in printed
+    result = json.loads(out.read_text())
+    one, two, independent = result["rows"]
+    assert (one["world_size"], two["world_size"], independent["world_size"]) == (1, 2, 2)
+    assert one["efficiency"] == 1.0
+    assert two["per_rank_img_per_s"] == pytest.approx(two["img_per_s"] / 2)
+    assert two["efficiency"] == pytest.approx(two["img_per_s"] / (2 * one["img_per_s"]))
+    assert "torch.distributed.run" in two["command"] and "--nproc_per_node=2" in two["command"]
+    assert "torch.distributed.run" not in one["command"]
+    assert "torch.distributed.run" not in independent["command"] and "x2 at once" in independent["command"]
+    assert result["params"]["threads_per_process"] == 1 and result["params"]["nproc"] == 2
+    summary = result["summary"]
+    assert summary["efficiency"] == two["efficiency"]
+    assert summary["ddp_vs_independent"] == pytest.approx(two["img_per_s"] / independent["img_per_s"])
+    assert isinstance(summary["meets_target"], bool)
+    assert list(tmp_path.glob("resnext-scaling-*")) == []
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["--device", "cpu", "--nproc", "1"], "--nproc 1"),
+    (["--device", "cpu", "--repeats", "0"], "--repeats"),
+    (["--device", "cpu", "--set", "dist.bakend=gloo"], "dist.bakend"),
+] + ([(["--device", "cuda"], "GPU(s) visible")] if torch.cuda.device_count() < 2 else []))
+def test_scaling_bad_input_exits_2(args, culprit, capsys):
+    assert main(["scaling", *TINY, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and culprit in err
