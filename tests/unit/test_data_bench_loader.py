@@ -18,7 +18,7 @@ def test_bench_loader_writes_rows_and_the_ffcv_to_torchvision_ratio(tmp_path, ca
                for r in result["rows"])
     ratio = result["summary"]["ffcv_vs_torchvision_1_workers"]
     assert ratio == pytest.approx(result["rows"][0]["img_per_s"] / result["rows"][1]["img_per_s"])
-    assert result["summary"]["ffcv_vs_torchvision_1_workers_per_cpu_s"] > 0
+    assert not result["summary"]["ffcv_vs_torchvision_1_workers_per_cpu_s"] <= 0  # NaN allowed, as above
     printed = capsys.readouterr().out
     assert "ffcv, 1 worker" in printed and "ffcv_vs_torchvision_1_workers" in printed
     assert len(list((tmp_path / "w" / "photos").rglob("*.jpg"))) == 40  # the JPEGs are kept with --workdir
