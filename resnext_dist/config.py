@@ -437,6 +437,20 @@ def to_flat_dict(cfg: TrainConfig) -> Dict[str, Any]:
     return out
 
 
+def arg_parser(prog: str, description: str, example: str):
+    """The command line every entry point shares: --config, --print-config, key=value overrides, --help
+    listing every key."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"overrides are key=value pairs, e.g. {example}\n\nconfig keys:\n" + describe_keys())
+    parser.add_argument("--config", help="YAML recipe (see configs/)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    return parser
+
+
 def describe_keys() -> str:
     """One line per key with its default and docstring, for --help."""
     lines = []

@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Tuple
 import submitit
 from submitit.core.utils import UncompletedJobError
 
-from resnext_dist.config import ConfigError, TrainConfig, describe_keys, load_config, to_yaml, validate
+from resnext_dist.config import ConfigError, TrainConfig, arg_parser, load_config, to_yaml, validate
 from resnext_dist.signals import StopRequested
 
 
@@ -440,17 +440,11 @@ def describe(job: submitit.Job, cfg: TrainConfig) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python launch/submit.py", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Submit resnext_dist training to Slurm (submitit; one task per GPU; requeue on timeout "
-                    "or preemption).",
-        epilog="overrides are key=value pairs, e.g. slurm.nodes=2 slurm.gpus_per_node=8 slurm.partition=gpu\n\n"
-               "config keys:\n" + describe_keys())
-    parser.add_argument("--config", help="YAML recipe (see configs/)")
+    parser = arg_parser("python launch/submit.py", "Submit resnext_dist training to Slurm (submitit; one task per "
+                        "GPU; requeue on timeout or preemption).",
+                        "slurm.nodes=2 slurm.gpus_per_node=8 slurm.partition=gpu")
     parser.add_argument("--wait", action="store_true", help="follow the job to its end and exit with its status")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script and exit; submit nothing")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
     return parser.parse_args(argv)
 
 

@@ -22,7 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from resnext_dist import checkpoint as ckpt
-from resnext_dist.config import ConfigError, TrainConfig, describe_keys, grad_accum_steps, load_config, to_yaml, \
+from resnext_dist.config import ConfigError, TrainConfig, arg_parser, grad_accum_steps, load_config, to_yaml, \
     validate
 from resnext_dist.dist import DistInfo, close_distributed, init_distributed
 from resnext_dist.loop import StepContext, evaluate, train_epoch
@@ -33,15 +33,9 @@ from resnext_dist.signals import StopFlag, StopRequested
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m resnext_dist.train", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train a ResNeXt image classifier (single process, torchrun, srun or submitit).",
-        epilog="overrides are key=value pairs, e.g. data.batch_size=128 optim.lr=0.2\n\nconfig keys:\n"
-               + describe_keys())
-    parser.add_argument("--config", help="YAML recipe (see configs/)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
-    return parser.parse_args(argv)
+    return arg_parser("python -m resnext_dist.train",
+                      "Train a ResNeXt image classifier (single process, torchrun, srun or submitit).",
+                      "data.batch_size=128 optim.lr=0.2").parse_args(argv)
 
 
 def main(argv=None) -> int:
