@@ -29,23 +29,18 @@ import os
 import random
 import re
 import shlex
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict
 
 import submitit
 from submitit.core.utils import UncompletedJobError
 
 from resnext_dist.config import ConfigError, TrainConfig, arg_parser, load_config, to_yaml, validate
 from resnext_dist.signals import StopRequested
-
-
-class SlurmOptionError(ConfigError):
-    """A slurm.* setting the cluster cannot run (one line naming the key)."""
+from resnext_dist.slurm_checks import SlurmOptionError, check_against_cluster, check_run_dir_free, run, \
+    tasks_per_node
 
 
 # Job states after which nothing more happens (squeue/scontrol names); REQUEUED and PREEMPTED with
@@ -148,11 +143,6 @@ def export_dist_env(env, gpus: bool) -> None:
 # From config to sbatch parameters
 
 
-def tasks_per_node(s) -> int:
-    """One task per GPU; 1 for a CPU job unless tasks_per_node says otherwise."""
-    return s.tasks_per_node or s.gpus_per_node or 1
-
-
 def check_slurm_config(cfg: TrainConfig) -> None:
     """Slurm settings that are wrong whatever the cluster; raises SlurmOptionError."""
     s = cfg.slurm
@@ -221,110 +211,6 @@ def sbatch_script(cfg: TrainConfig) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# Checking the options against the cluster (cheap: one sinfo and one sbatch --test-only)
-
-
-def _run(cmd: List[str], timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-
-
-def _gpus_in(gres: str) -> int:
-    """GPUs in an sinfo %G field, e.g. 'gpu:8', 'gpu:a100:4(S:0-1),gpu:v100:2' -> 8, 6; '(null)' -> 0."""
-    total = 0
-    for item in gres.split(","):
-        m = re.match(r"gpu(?::[^:(]+)?:(\d+)", item.strip())
-        if m:
-            total += int(m.group(1))
-    return total
-
-
-def cluster_nodes() -> Tuple[Dict[str, List[Dict[str, Any]]], str]:
-    """({partition: [{node, cpus, gpus, mem_mb, state}]}, name of the default partition or '')."""
-    out = _run(["sinfo", "-h", "-N", "-o", "%N|%P|%c|%G|%m|%t"])
-    if out.returncode != 0:
-        last = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise SlurmOptionError(f"sinfo failed: {last[0]}")
-    parts: Dict[str, List[Dict[str, Any]]] = {}
-    default = ""
-    for line in out.stdout.splitlines():
-        fields = line.strip().split("|")
-        if len(fields) != 6:
-            continue
-        node, part, cpus, gres, mem, state = fields
-        if part.endswith("*"):
-            part = default = part[:-1]
-        mem_mb = int(re.sub(r"\D.*", "", mem) or 0)
-        parts.setdefault(part, []).append(
-            dict(node=node, cpus=int(cpus), gpus=_gpus_in(gres), mem_mb=mem_mb, state=state))
-    return parts, default
-
-
-def check_against_cluster(cfg: TrainConfig, script: str) -> None:
-    """SlurmOptionError (one line, naming the slurm.* key) if this cluster can never run the job."""
-    s = cfg.slurm
-    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
-        raise SlurmOptionError("sbatch/sinfo not found: run this on a Slurm login node (or start the local "
-                               "cluster: eval \"$(bash slurm/dev-cluster/start.sh)\")")
-    parts, default = cluster_nodes()
-    name = s.partition or default
-    if name not in parts:
-        known = ", ".join(sorted(parts)) or "none"
-        what = f"slurm.partition={s.partition!r}: no such partition" if s.partition else \
-            "slurm.partition is empty and the cluster has no default partition"
-        raise SlurmOptionError(f"{what} (partitions: {known})")
-    nodes = parts[name]
-    tasks = tasks_per_node(s)
-    if s.nodes > len(nodes):
-        raise SlurmOptionError(f"slurm.nodes={s.nodes}: partition {name} has only {len(nodes)} node(s)")
-    need = [("cpus", tasks * s.cpus_per_task, "CPUs",
-             f"slurm.cpus_per_task={s.cpus_per_task} x {tasks} task(s) per node = {tasks * s.cpus_per_task} CPUs"),
-            ("gpus", s.gpus_per_node, "GPUs", f"slurm.gpus_per_node={s.gpus_per_node}"),
-            ("mem_mb", s.mem_gb * 1024, "MB", f"slurm.mem_gb={s.mem_gb}")]
-    for key, amount, unit, label in need:
-        most = max(n[key] for n in nodes)
-        if amount > most:
-            raise SlurmOptionError(f"{label}: nodes of partition {name} have at most {most} {unit}")
-    fit = [n for n in nodes if all(n[key] >= amount for key, amount, _, _ in need)]
-    if len(fit) < s.nodes:
-        raise SlurmOptionError(f"slurm.nodes={s.nodes}: only {len(fit)} node(s) of partition {name} have "
-                               f"{tasks * s.cpus_per_task} CPUs, {s.gpus_per_node} GPUs and {s.mem_gb} GB")
-    up = [n for n in fit if not _unusable(n["state"])]
-    if len(up) < s.nodes:  # may come back: say so, but submit
-        print(f"warning: only {len(up)} of the {len(fit)} nodes of partition {name} that fit the job are up "
-              f"(the others are down or drained); the job waits until {s.nodes} are", file=sys.stderr)
-    # Everything else (account, qos, constraint, additional_parameters): ask Slurm without submitting.
-    with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as f:
-        f.write(script)
-    try:
-        out = _run(["sbatch", "--test-only", f.name])
-    finally:
-        os.unlink(f.name)
-    if out.returncode != 0:
-        lines = [re.sub(r"^sbatch: (error: )?", "", ln.strip()) for ln in (out.stderr + out.stdout).splitlines()
-                 if ln.strip() and not ln.startswith("Try ")]
-        reason = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else "unknown reason")
-        raise SlurmOptionError(f"Slurm refuses these slurm.* options: {reason}")
-
-
-def _unusable(state: str) -> bool:
-    """sinfo %t states of a node that takes no jobs now ('*' = not responding)."""
-    return state.endswith("*") or state.startswith(("down", "drain", "drng", "fail", "inval", "maint"))
-
-
-def check_run_dir_free(cfg: TrainConfig) -> None:
-    """Refuse a second job on a run directory that already has one queued or running (they would fight
-    over its checkpoints)."""
-    out = _run(["squeue", "--me", "-h", "-t", "PENDING,RUNNING,REQUEUED,SUSPENDED,COMPLETING", "-o", "%i|%T|%o"])
-    for line in out.stdout.splitlines() if out.returncode == 0 else []:
-        job_id, state, command = (line.split("|", 2) + ["", ""])[:3]
-        folder = cfg.slurm.folder.replace("%j", job_id.split("_")[0])
-        if os.path.dirname(command) == folder:
-            raise SlurmOptionError(
-                f"run.dir={cfg.run.dir} already has job {job_id} ({state}); wait for it, cancel it "
-                f"(scancel {job_id}), or choose another run.name")
-
-
-# ----------------------------------------------------------------------------------------------
 # Submitting and following
 
 
@@ -353,7 +239,7 @@ def submit(cfg: TrainConfig, check_cluster: bool = True) -> submitit.Job:
 
 def job_state(job_id: str) -> Dict[str, str]:
     """scontrol's view of the job: JobState, Reason, ExitCode, Restarts, NodeList ({} once purged)."""
-    out = _run(["scontrol", "-o", "show", "job", job_id])
+    out = run(["scontrol", "-o", "show", "job", job_id])
     if out.returncode != 0:
         return {}
     return dict(re.findall(r"(\w+)=(\S*)", out.stdout))

@@ -8,7 +8,7 @@ import cloudpickle
 import pytest
 import submitit
 
-from resnext_dist import slurm
+from resnext_dist import slurm, slurm_checks
 from resnext_dist.config import load_config
 from resnext_dist.signals import StopFlag
 from tests.tiny import TINY
@@ -100,10 +100,10 @@ def test_no_slurm_on_this_machine_is_a_clear_error(tmp_path, monkeypatch, capsys
 
 
 def test_gpu_counts_read_from_sinfo_gres():
-    assert slurm._gpus_in("(null)") == 0
-    assert slurm._gpus_in("gpu:8") == 8
-    assert slurm._gpus_in("gpu:a100:4(S:0-1)") == 4
-    assert slurm._gpus_in("gpu:a100:4(S:0),gpu:v100:2,nic:1") == 6
+    assert slurm_checks._gpus_in("(null)") == 0
+    assert slurm_checks._gpus_in("gpu:8") == 8
+    assert slurm_checks._gpus_in("gpu:a100:4(S:0-1)") == 4
+    assert slurm_checks._gpus_in("gpu:a100:4(S:0),gpu:v100:2,nic:1") == 6
 
 
 # ---- the job side
