@@ -23,7 +23,7 @@ class ConfigError(ValueError):
     """A bad config key or value; the message is one line naming the culprit."""
 
 
-# Each field's docstring is the string after it; `--help` prints them (see `describe_keys`).
+# Each field's docstring is the string after it; `--help` prints them (resnext_dist/cli.py).
 
 
 @dataclass
@@ -435,46 +435,3 @@ def to_flat_dict(cfg: TrainConfig) -> Dict[str, Any]:
         for f in dataclasses.fields(cls):
             out[f"{section}.{f.name}"] = getattr(getattr(cfg, section), f.name)
     return out
-
-
-def arg_parser(prog: str, description: str, example: str):
-    """The command line every entry point shares: --config, --print-config, key=value overrides, --help
-    listing every key."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"overrides are key=value pairs, e.g. {example}\n\nconfig keys:\n" + describe_keys())
-    parser.add_argument("--config", help="YAML recipe (see configs/)")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
-    return parser
-
-
-def describe_keys() -> str:
-    """One line per key with its default and docstring, for --help."""
-    lines = []
-    for section, cls in _section_types().items():
-        docs = _field_docs(cls)
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else "")
-            if default is MISSING:
-                default = "(required)"
-            lines.append(f"  {section}.{f.name} = {default}\n      {docs.get(f.name, '')}")
-    return "\n".join(lines)
-
-
-def _field_docs(cls) -> Dict[str, str]:
-    """Read the string literal that follows each field in the class body."""
-    import ast
-    import inspect
-    import textwrap
-
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = nxt.value.value
-    return docs

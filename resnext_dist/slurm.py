@@ -37,7 +37,8 @@ from typing import Any, Dict
 import submitit
 from submitit.core.utils import UncompletedJobError
 
-from resnext_dist.config import ConfigError, TrainConfig, arg_parser, load_config, to_yaml, validate
+from resnext_dist.cli import arg_parser
+from resnext_dist.config import ConfigError, TrainConfig, load_config, to_yaml, validate
 from resnext_dist.signals import StopRequested
 from resnext_dist.slurm_checks import SlurmOptionError, check_against_cluster, check_run_dir_free, run, \
     tasks_per_node

@@ -22,7 +22,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from resnext_dist import checkpoint as ckpt
-from resnext_dist.config import ConfigError, TrainConfig, arg_parser, grad_accum_steps, load_config, to_yaml, \
+from resnext_dist.cli import arg_parser
+from resnext_dist.config import ConfigError, TrainConfig, grad_accum_steps, load_config, to_yaml, \
     validate
 from resnext_dist.dist import DistInfo, close_distributed, init_distributed
 from resnext_dist.loop import StepContext, evaluate, train_epoch
