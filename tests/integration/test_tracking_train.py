@@ -16,6 +16,7 @@ from resnext_dist.config import load_config
 from resnext_dist.runlog import read_log
 from resnext_dist.tracking import RUN_FILE, config_params
 from tests.tiny import PYTHON, REPO, TINY, env, free_port, run_train
+from tests.plugins.mlflow_server import client_for, runs_in
 
 pytestmark = [pytest.mark.slow, pytest.mark.mlflow]
 
@@ -35,17 +36,6 @@ def tracked(uri, *more):
 
 def experiment_of(overrides):
     return next(o.split("=", 1)[1] for o in overrides if o.startswith("tracking.experiment="))
-
-
-def client_for(uri):
-    from mlflow import MlflowClient
-    return MlflowClient(tracking_uri=uri)
-
-
-def runs_in(client, experiment):
-    from mlflow.entities import ViewType
-    exp = client.get_experiment_by_name(experiment)
-    return [] if exp is None else client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL)
 
 
 def history(client, run_id, key):

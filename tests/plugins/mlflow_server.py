@@ -184,3 +184,17 @@ def mlflow_server_factory(mlflow_server_handle, tmp_path):
     finally:
         for server in started:
             server.stop()
+
+
+# Reading back what a test logged (shared by the tracking tests)
+
+
+def client_for(uri):
+    from mlflow import MlflowClient
+    return MlflowClient(tracking_uri=uri)
+
+
+def runs_in(client, experiment):
+    from mlflow.entities import ViewType
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL)

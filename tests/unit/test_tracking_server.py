@@ -13,6 +13,7 @@ import pytest
 from resnext_dist.config import load_config
 from resnext_dist.dist import DistInfo
 from resnext_dist.tracking import OUTBOX_FILE, RUN_FILE, Tracker, config_params
+from tests.plugins.mlflow_server import client_for, runs_in
 
 pytestmark = pytest.mark.mlflow
 
@@ -25,17 +26,6 @@ def make_cfg(tmp_path, uri, *overrides):
     return load_config(None, [f"tracking.uri={uri}", f"tracking.experiment={experiment}", f"run.root={tmp_path}",
                               "run.name=tiny", "tracking.timeout_s=1", "tracking.close_timeout_s=20",
                               *overrides])
-
-
-def client_for(uri):
-    from mlflow import MlflowClient
-    return MlflowClient(tracking_uri=uri)
-
-
-def runs_in(client, experiment):
-    from mlflow.entities import ViewType
-    exp = client.get_experiment_by_name(experiment)
-    return [] if exp is None else client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL)
 
 
 def history(client, run_id, key):
