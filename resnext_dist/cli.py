@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import inspect
 import textwrap
 from typing import Dict
@@ -17,15 +18,28 @@ from resnext_dist.config import _section_types
 def arg_parser(prog: str, description: str, example: str):
     """The command line every entry point shares: --config, --print-config, key=value overrides, --help
     listing every key."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"overrides are key=value pairs, e.g. {example}\n\nconfig keys:\n" + describe_keys())
+    parser = _KeysHelpParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                             epilog=f"overrides are key=value pairs, e.g. {example}\n\nconfig keys:\n")
     parser.add_argument("--config", help="YAML recipe (see configs/)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     return parser
 
 
+class _KeysHelpParser(argparse.ArgumentParser):
+    """Lists the config keys at the end of --help, built only when the help is printed: reading the field
+    docs parses config.py's source, which parsing a command line has no need for."""
+
+    @property
+    def epilog(self) -> str:
+        return self._epilog_head + describe_keys()
+
+    @epilog.setter
+    def epilog(self, head: str) -> None:
+        self._epilog_head = head
+
+
+@functools.lru_cache(maxsize=1)
 def describe_keys() -> str:
     """One line per key with its default and docstring, for --help."""
     lines = []
