@@ -6,14 +6,16 @@
 #   GPU_BENCH_SMOKE=1 bash launch/gpu_bench.sh    # the same steps with a tiny net on a CPU (~5 min on 2 cores)
 #
 # Steps (ResNeXt-50 32x4d, batch 256, bf16 autocast, channels_last, FFCV with 16 workers):
-#   0. write the FFCV .beton: 12,800 synthetic JPEGs, 384x384, quality 90, in $GPU_BENCH_DIR (default
-#      /tmp/resnext_bench; kept, so a second run skips this)
+#   0. the data, once per host, in $GPU_BENCH_DIR (default /tmp/resnext_bench; kept, so a second run skips it):
+#      12,800 JPEGs of 300x400 px (quality 90; crops of scikit-learn's sample photos, the kind the reference
+#      figures in ../shared/reference/measured.md were taken on) and their .beton (jpg mode)
 #   1. 224 px eager:     ceiling (bare step), trainer on synthetic input, trainer on FFCV
-#   2. 224 px compiled:  ceiling compiled, trainer compiled on FFCV          (target: >= 5,000 img/s on an H200)
-#   3. 176 px eager:     ceiling, trainer on FFCV
-#   4. as the time left allows: ResNeXt-101 at 224 px eager (ceiling + trainer on FFCV); 224 px eager on
-#      synthetic input with train.nan_check=false (what the per-step flag agreement costs); ResNeXt-152 at
-#      224 px eager; 176 px compiled
+#   2. FFCV alone at 224 px (no model): the loader's supply, the figure the data wait is explained by
+#   3. 224 px compiled:  ceiling compiled, trainer compiled on FFCV          (target: >= 5,000 img/s on an H200)
+#   4. 176 px eager:     ceiling, trainer on FFCV
+#   5. as the time left allows: the trainer on FFCV at 224 px with one worker less than the cores (is the
+#      training thread starved of a core?); ResNeXt-101 at 224 px eager; 224 px eager on synthetic input with
+#      train.nan_check=false (what the per-step flag agreement costs); ResNeXt-152; 176 px compiled
 # A step runs only if its estimated time fits in GPU_BENCH_BUDGET_S (default 330 s) from the start, and is
 # stopped at the budget's end whatever its estimate; a failed or stopped step is reported and the rest go on.
 # Each step writes JSON to $GPU_BENCH_RESULTS (default $OUT/bench when $OUT is set, else $GPU_BENCH_DIR/results)
@@ -49,21 +51,23 @@ if [ "$SMOKE" = 1 ]; then
   # Every step of the real script, with a net and sizes a 2-core CPU runs in seconds.
   NET_50="--layers 1,1,1,1 --cardinality 2 --group-width 4 --base-channels 8 --stem cifar --num-classes 10"
   NET_101="$NET_50 --arch resnext101_32x4d"; NET_152="$NET_50 --arch resnext152_32x4d"
-  COMMON="--batch 8 --steps 4 --log-every 2 --ceiling-steps 4 --ceiling-warmup 1 --threads 1"
-  RES_HI=32; RES_LO=24; IMAGES=128; SIZE=48; CLASSES=10; WORKERS=${GPU_BENCH_WORKERS:-1}
-  EST_EAGER=40; EST_COMPILED=150; EST_DEEP=40; EST_NOCHECK=30
+  BATCH=8
+  COMMON="--batch $BATCH --steps 4 --log-every 2 --ceiling-steps 4 --ceiling-warmup 1 --threads 1"
+  RES_HI=32; RES_LO=24; IMAGES=128; PHOTO=40x48; WORKERS=${GPU_BENCH_WORKERS:-1}; LOADER_EPOCHS=1
+  EST_EAGER=40; EST_COMPILED=150; EST_DEEP=40; EST_NOCHECK=30; EST_LOADER=40
 else
   NET_50="--arch resnext50_32x4d"; NET_101="--arch resnext101_32x4d"; NET_152="--arch resnext152_32x4d"
-  COMMON="--batch 256 --steps 100 --log-every 20 --ceiling-steps 50 --ceiling-warmup 10"
-  RES_HI=224; RES_LO=176; IMAGES=12800; SIZE=384; CLASSES=1000
+  BATCH=256
+  COMMON="--batch $BATCH --steps 100 --log-every 20 --ceiling-steps 50 --ceiling-warmup 10"
+  RES_HI=224; RES_LO=176; IMAGES=12800; PHOTO=300x400; LOADER_EPOCHS=2
   # Seconds per step on one H100/H200, with margin (compile: ~50 s for the ceiling, less for the trainer's
   # second compile of the same graph, which the inductor caches serve).
-  EST_EAGER=75; EST_COMPILED=150; EST_DEEP=75; EST_NOCHECK=40
+  EST_EAGER=75; EST_COMPILED=150; EST_DEEP=75; EST_NOCHECK=40; EST_LOADER=35
 fi
 
 mkdir -p "$WORK" "$RESULTS" || { echo "gpu_bench: cannot create $WORK / $RESULTS" >&2; exit 2; }
 rm -f "$RESULTS"/*.json
-BETON=$WORK/synthetic_${IMAGES}x${SIZE}.beton
+BETON=$WORK/photos_${IMAGES}_${PHOTO}_jpg.beton  # the name bench loader --prepare-only gives it
 declare -a STATUS=() ORDER=()
 
 elapsed() { echo $((SECONDS - T0)); }
@@ -118,20 +122,26 @@ if os.environ["GPU_BENCH_SMOKE"] != "1" and not torch.cuda.is_available():
     sys.exit("gpu_bench: no CUDA device visible (GPU_BENCH_SMOKE=1 runs the tiny CPU version)")
 EOF
 
-# --- 0. the .beton (synthetic JPEGs), once per host
+# --- 0. the photos and their .beton, once per host
 if [ -f "$BETON" ]; then
   note "beton: $BETON exists"
 else
-  run_step write_beton 60 "$PY" -m resnext_dist.data.write --source synthetic --num-images "$IMAGES" \
-    --num-classes "$CLASSES" --size "$SIZE" --write-mode jpg --jpeg-quality 90 --workers "$WORKERS" \
-    --output "$BETON"
+  run_step write_beton 60 "$PY" -m resnext_dist.bench loader --prepare-only --workdir "$WORK" \
+    --images "$IMAGES" --photo-size "$PHOTO"
   [ -f "$BETON" ] || { echo "gpu_bench: writing $BETON failed (see $RESULTS/write_beton.log)" >&2; exit 1; }
 fi
 
-# --- 1-4. ceiling vs trainer
+# --- 1-5. ceiling vs trainer, and the loader alone
 bench_train r50_${RES_HI}_eager "$EST_EAGER" $NET_50 --res "$RES_HI" --inputs synthetic,ffcv
+ORDER+=("$RESULTS/ffcv_${RES_HI}.json")
+run_step ffcv_${RES_HI} "$EST_LOADER" "$PY" -m resnext_dist.bench loader --workdir "$WORK" --images "$IMAGES" \
+  --photo-size "$PHOTO" --loaders ffcv --workers "$WORKERS" --res "$RES_HI" --batch "$BATCH" \
+  --epochs "$LOADER_EPOCHS" --device "$([ "$SMOKE" = 1 ] && echo cpu || echo cuda)" --out "$RESULTS/ffcv_${RES_HI}.json"
 bench_train r50_${RES_HI}_compiled "$EST_COMPILED" $NET_50 --res "$RES_HI" --compile --inputs ffcv
 bench_train r50_${RES_LO}_eager "$EST_EAGER" $NET_50 --res "$RES_LO" --inputs ffcv
+# One decoding thread less than the cores: does the training thread need a core of its own?
+bench_train r50_${RES_HI}_eager_fewer_workers "$EST_NOCHECK" $NET_50 --res "$RES_HI" --inputs ffcv \
+  --workers "$((WORKERS > 1 ? WORKERS - 1 : 1))"
 bench_train r101_${RES_HI}_eager "$EST_DEEP" $NET_101 --res "$RES_HI" --inputs ffcv
 # The trainer's per-step host syncs (the flag agreement) against the same run without train.nan_check.
 bench_train r50_${RES_HI}_eager_nocheck "$EST_NOCHECK" $NET_50 --res "$RES_HI" --inputs synthetic \

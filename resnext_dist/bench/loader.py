@@ -2,9 +2,14 @@
 
     python -m resnext_dist.bench loader                              # 2,048 photos, 176 px, 1 and 2 workers
     python -m resnext_dist.bench loader --workers 8,16 --res 224 --images 8000 --out bench_results/loader.json
+    python -m resnext_dist.bench loader --workdir /tmp/photos --images 12800 --photo-size 300x400 \
+        --loaders ffcv --workers 16 --res 224 --device cuda     # FFCV's supply alone on a GPU host
 
-It makes N JPEGs (quality 90) of 467x350 px, random crops (and mirror images) of scikit-learn's two sample
-photographs, stores them as an ImageFolder and, with the real writer, as a .beton in jpg mode. Then it
+It makes N JPEGs (quality 90) of --photo-size (default 350x467 px), random crops (and mirror images) of
+scikit-learn's two sample photographs, stores them as an ImageFolder and, with the real writer, as a .beton
+(jpg mode; --write-mode proportion stores a random half raw, as FFCV's ImageNet recipe does). With --workdir
+both are kept and reused: WORKDIR/photos_HxW/ and WORKDIR/photos_N_HxW_MODE.beton (--prepare-only stops
+there, for scripts that train on the .beton). Then it
 times the trainer's own loaders (resnext_dist.data.build_loaders) on them: the same random-resized crop
 at --res + flip, the same batch size and number of workers, uint8 to the device and normalization there.
 Reported: images per second of the best timed epoch after --warmup untimed ones (the first FFCV epoch
@@ -29,20 +34,19 @@ from resnext_dist.config import DataConfig
 from resnext_dist.dist import DistInfo
 
 LOADERS = ("ffcv", "torchvision", "synthetic")
-PHOTO_SIZE = (350, 467)  # height, width: ~350 px photos, the shape the targets were measured on
+PHOTO_SIZE = (350, 467)  # height, width: ~350 px photos, the shape the CPU targets were measured on
+MAX_PHOTO_SIZE = (427, 640)  # scikit-learn's sample photographs
+WRITE_MODES = ("jpg", "proportion")
 
 
-def make_photos(folder: str, n: int, *, classes: int = 10, quality: int = 90, seed: int = 0) -> None:
-    """`n` JPEGs in folder/class_k/: random crops of load_sample_images' photos, half of them mirrored."""
+def _save_photos(folder: str, start: int, stop: int, size, classes: int, quality: int, seed: int) -> None:
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
     photos = load_sample_images().images  # two 427x640 RGB photographs
-    rng = np.random.default_rng(seed)
-    h, w = PHOTO_SIZE
-    for k in range(classes):
-        os.makedirs(os.path.join(folder, f"class_{k}"), exist_ok=True)
-    for i in range(n):
+    h, w = size
+    for i in range(start, stop):
+        rng = np.random.default_rng([seed, i])  # image i is the same whichever process makes it
         photo = photos[i % len(photos)]
         top = rng.integers(0, photo.shape[0] - h + 1)
         left = rng.integers(0, photo.shape[1] - w + 1)
@@ -51,6 +55,23 @@ def make_photos(folder: str, n: int, *, classes: int = 10, quality: int = 90, se
             crop = crop[:, ::-1]
         Image.fromarray(np.ascontiguousarray(crop)).save(
             os.path.join(folder, f"class_{i % classes}", f"{i:06d}.jpg"), quality=quality)
+
+
+def make_photos(folder: str, n: int, *, size=PHOTO_SIZE, classes: int = 10, quality: int = 90,
+                seed: int = 0) -> None:
+    """`n` JPEGs of `size` (h, w) in folder/class_k/: random crops of load_sample_images' photos, half of
+    them mirrored; made by one process per core (12,800 of them take minutes in one)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    for k in range(classes):
+        os.makedirs(os.path.join(folder, f"class_{k}"), exist_ok=True)
+    procs = min(len(os.sched_getaffinity(0)), max(1, n // 500))
+    bounds = np.linspace(0, n, procs + 1).astype(int)
+    with ProcessPoolExecutor(procs) as pool:
+        jobs = [pool.submit(_save_photos, folder, int(a), int(b), size, classes, quality, seed)
+                for a, b in zip(bounds[:-1], bounds[1:])]
+        for job in jobs:
+            job.result()
 
 
 def cpu_seconds() -> float:
@@ -69,6 +90,43 @@ def cpu_seconds() -> float:
         except psutil.NoSuchProcess:
             pass
     return total
+
+
+def per_image_costs(folder: str, res: int, n: int = 200) -> Dict[str, float]:
+    """Milliseconds per image, in this thread, of the work each loader does for one training image (here a
+    centered crop of half the image's area, resized to res px): FFCV's libjpeg-turbo decode and OpenCV
+    INTER_AREA resize (what its random-resized-crop decoder runs, called here through ffcv.libffcv), and
+    PIL's decode, torchvision's antialiased bilinear resize and the uint8 tensor. Where the time goes, with
+    no workers, threads or batches involved."""
+    from ffcv.libffcv import imdecode, resize_crop
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    files = sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names if f.endswith(".jpg"))[:n]
+    costs = dict.fromkeys(("ffcv_decode", "ffcv_resize", "pil_decode", "pil_resize", "pil_to_tensor"), 0.0)
+    out = np.empty((res, res, 3), np.uint8)
+    for path in files:
+        with open(path, "rb") as f:
+            data = np.frombuffer(f.read(), np.uint8)
+        w, h = Image.open(path).size
+        ch, cw = int(h * 0.5 ** 0.5), int(w * 0.5 ** 0.5)
+        top, left = (h - ch) // 2, (w - cw) // 2
+        buf = np.empty((h, w, 3), np.uint8)
+        t0 = time.perf_counter()
+        if imdecode(data, buf, h, w, h, w, 0, 0, 1, 1, False, False) != 0:
+            raise BenchError(f"{path}: libjpeg-turbo could not decode it")
+        t1 = time.perf_counter()
+        resize_crop(buf, top, top + ch, left, left + cw, out)
+        t2 = time.perf_counter()
+        img = Image.open(path).convert("RGB")
+        t3 = time.perf_counter()
+        img = v2.functional.resized_crop(img, top, left, ch, cw, [res, res], antialias=True)
+        t4 = time.perf_counter()
+        v2.functional.pil_to_tensor(img)
+        t5 = time.perf_counter()
+        for key, dt in zip(costs, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            costs[key] += dt
+    return {f"ms_per_image_{key}": 1e3 * total / max(1, len(files)) for key, total in costs.items()}
 
 
 def time_epochs(loaders: Dict[str, object], res: int, warmup: int, epochs: int, device: torch.device,
@@ -107,9 +165,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=2, help="timed epochs (the best counts)")
     p.add_argument("--warmup", type=int, default=1, help="untimed epochs first")
     p.add_argument("--no-os-cache", action="store_true", help="FFCV: its process cache instead of the OS's")
+    p.add_argument("--photo-size", default=f"{PHOTO_SIZE[0]}x{PHOTO_SIZE[1]}",
+                   help=f"HxW of the JPEGs, at most {MAX_PHOTO_SIZE[0]}x{MAX_PHOTO_SIZE[1]}")
+    p.add_argument("--write-mode", default="jpg", choices=WRITE_MODES,
+                   help="the .beton's storage: all JPEG, or proportion (a random half JPEG, half raw pixels)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where batches go")
     p.add_argument("--workdir", default="", help="keep the JPEGs and the .beton here (default: a temporary "
                    "directory, removed afterwards); reused when it already holds them")
+    p.add_argument("--prepare-only", action="store_true",
+                   help="make the JPEGs and the .beton in --workdir, print the .beton's path, time nothing")
     report.add_output_args(p)
     return p
 
@@ -130,24 +194,39 @@ def _parse_args(argv):
         raise BenchError(f"--images {args.images} must be >= --batch {args.batch} >= 1, and --res {args.res} >= 8")
     if args.epochs < 1 or args.warmup < 0:
         raise BenchError(f"--epochs {args.epochs} must be >= 1 and --warmup {args.warmup} >= 0")
+    try:
+        args.size = tuple(int(v) for v in args.photo_size.lower().split("x"))
+    except ValueError:
+        args.size = ()
+    if len(args.size) != 2 or not all(8 <= v <= m for v, m in zip(args.size, MAX_PHOTO_SIZE)):
+        raise BenchError(f"--photo-size {args.photo_size!r}: expected HxW between 8x8 and "
+                         f"{MAX_PHOTO_SIZE[0]}x{MAX_PHOTO_SIZE[1]}, e.g. 300x400")
+    if args.prepare_only and not args.workdir:
+        raise BenchError("--prepare-only needs --workdir (where the .beton is kept)")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise BenchError("--device cuda: no CUDA device is visible")
     return args
 
 
-def prepare_data(workdir: str, n: int) -> Dict[str, str]:
-    """The ImageFolder and the jpg-mode .beton of the same photos, made unless already there."""
+def prepare_data(workdir: str, n: int, size=PHOTO_SIZE, write_mode: str = "jpg") -> Dict[str, str]:
+    """The ImageFolder and the .beton of the same photos, each made unless already there (a marker file
+    written last says a folder is complete; the writer itself writes the .beton atomically)."""
     from resnext_dist.data.sources import ImageFolderSource
     from resnext_dist.data.write import write_beton
 
-    folder, beton = os.path.join(workdir, "photos"), os.path.join(workdir, "photos.beton")
-    marker = os.path.join(workdir, f"photos-{n}.done")
+    h, w = size
+    folder = os.path.join(workdir, f"photos_{h}x{w}")
+    beton = os.path.join(workdir, f"photos_{n}_{h}x{w}_{write_mode}.beton")
+    marker = folder + f".{n}.done"
     if not os.path.exists(marker):
         shutil.rmtree(folder, ignore_errors=True)
-        print(f"making {n} JPEGs in {folder} ...", flush=True)
-        make_photos(folder, n)
-        write_beton(ImageFolderSource(folder), beton, write_mode="jpg", jpeg_quality=90, force=True)
+        if os.path.exists(beton):
+            os.remove(beton)  # made from the images just removed
+        print(f"making {n} JPEGs of {h}x{w} in {folder} ...", flush=True)
+        make_photos(folder, n, size=size)
         open(marker, "w").close()
+    if not os.path.exists(beton):
+        write_beton(ImageFolderSource(folder), beton, write_mode=write_mode, jpeg_quality=90)
     return {"ffcv": beton, "torchvision": folder, "synthetic": ""}
 
 
@@ -160,10 +239,15 @@ def run(argv=None) -> int:
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench_loader_")
     os.makedirs(workdir, exist_ok=True)
     try:
-        paths = prepare_data(workdir, args.images)
+        paths = prepare_data(workdir, args.images, args.size, args.write_mode)
+        if args.prepare_only:
+            print(paths["ffcv"])
+            return 0
         torch_threads = torch.get_num_threads()
         rows: List[Dict] = []
-        summary: Dict[str, float] = {}
+        summary: Dict[str, float] = per_image_costs(paths["torchvision"], args.res)
+        print("per image, one thread: " + ", ".join(f"{key[len('ms_per_image_'):]} {ms:.2f} ms"
+                                                    for key, ms in summary.items()), flush=True)
         for workers in args.worker_counts:
             loaders = {}
             for name in args.loader_list:
@@ -185,18 +269,22 @@ def run(argv=None) -> int:
                 summary[f"ffcv_vs_torchvision_{workers}_workers"] = ffcv["img_per_s"] / tv["img_per_s"]
                 summary[f"ffcv_vs_torchvision_{workers}_workers_per_cpu_s"] = \
                     ffcv["img_per_cpu_s"] / tv["img_per_cpu_s"]
-        params = {"images": args.images, "photo_hw": list(PHOTO_SIZE), "jpeg_quality": 90, "res": args.res,
+        params = {"images": args.images, "photo_hw": list(args.size), "write_mode": args.write_mode,
+                  "jpeg_quality": 90, "res": args.res,
                   "batch": args.batch, "workers": args.worker_counts, "loaders": args.loader_list,
                   "epochs": args.epochs, "warmup": args.warmup, "os_cache": not args.no_os_cache}
         notes = ["img/s: best timed epoch after the warm-up; same JPEGs, crop, flip, batch and workers for all",
                  "ffcv_vs_torchvision_N_workers: FFCV img/s / torchvision img/s at N workers (target >= 2.0)",
                  "..._per_cpu_s: the same ratio of images per CPU second (all processes), robust to other load",
+                 "ms_per_image_*: one thread, one image (a centered crop of half its area to --res px): "
+                 "FFCV's libjpeg-turbo decode + OpenCV INTER_AREA resize vs PIL decode + antialiased resize",
                  f"load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} on "
                  f"{len(os.sched_getaffinity(0))} cores"]
         result = report.make_report("loader", device, argv=argv, params=params, rows=rows, summary=summary,
                                     notes=notes)
-        return report.finish(result, args, title=f"bench loader: {args.images} JPEGs 467x350 -> {args.res} px "
-                                                  f"random-resized crop + flip, on {device.type}")
+        return report.finish(result, args, title=f"bench loader: {args.images} JPEGs {args.size[0]}x{args.size[1]} "
+                                                  f"({args.write_mode}) -> {args.res} px random-resized crop + "
+                                                  f"flip, on {device.type}")
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
