@@ -122,14 +122,24 @@ if os.environ["GPU_BENCH_SMOKE"] != "1" and not torch.cuda.is_available():
     sys.exit("gpu_bench: no CUDA device visible (GPU_BENCH_SMOKE=1 runs the tiny CPU version)")
 EOF
 
-# --- 0. the photos and their .beton, once per host
+# --- 0. the photos and their .beton, once per host. The photos are cut from scikit-learn's sample images; a
+# host without scikit-learn gets smooth synthetic square JPEGs of the photos' height instead (said in the log
+# and the summary).
+if ! "$PY" -c "import sklearn" 2>/dev/null; then
+  note "no scikit-learn on this host: synthetic JPEGs instead of photos"
+  STATUS+=("data: synthetic JPEGs (no scikit-learn for the photos)")
+  BETON=$WORK/synthetic_${IMAGES}_${PHOTO}.beton
+fi
 if [ -f "$BETON" ]; then
   note "beton: $BETON exists"
+elif [[ $BETON == */synthetic_* ]]; then
+  run_step write_beton 60 "$PY" -m resnext_dist.data.write --source synthetic --num-images "$IMAGES" \
+    --num-classes 10 --size "${PHOTO%x*}" --write-mode jpg --jpeg-quality 90 --output "$BETON"
 else
   run_step write_beton 60 "$PY" -m resnext_dist.bench loader --prepare-only --workdir "$WORK" \
     --images "$IMAGES" --photo-size "$PHOTO"
-  [ -f "$BETON" ] || { echo "gpu_bench: writing $BETON failed (see $RESULTS/write_beton.log)" >&2; exit 1; }
 fi
+[ -f "$BETON" ] || { echo "gpu_bench: writing $BETON failed (see $RESULTS/write_beton.log)" >&2; exit 1; }
 
 # --- 1-5. ceiling vs trainer, and the loader alone
 bench_train r50_${RES_HI}_eager "$EST_EAGER" $NET_50 --res "$RES_HI" --inputs synthetic,ffcv
