@@ -36,7 +36,7 @@ import torch
 
 from resnext_dist.bench import BenchError, report
 from resnext_dist.bench.model import Workload, add_workload_args, workload_columns, workload_from_args
-from resnext_dist.bench.train import median_try, summarize_log, trainer_overrides
+from resnext_dist.bench.train import add_trainer_timing_args, median_try, summarize_log, trainer_overrides
 from resnext_dist.config import load_config
 from resnext_dist.runlog import read_log
 
@@ -129,9 +129,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
                    help="auto = all GPUs when there are several, else the CPU")
     p.add_argument("--nproc", type=int, default=0, help="processes of the N-process run (0 = GPUs, or 2 on a CPU)")
-    p.add_argument("--steps", type=int, default=60, help="timed steps per run (rounded up to whole log intervals)")
-    p.add_argument("--log-every", type=int, default=10, help="steps per log interval")
-    p.add_argument("--warmup-intervals", type=int, default=1, help="log intervals left out at the start")
+    add_trainer_timing_args(p, steps=60, log_every=10)
     p.add_argument("--repeats", type=int, default=1, help="alternate the runs this many times; median of each")
     p.add_argument("--independent", action=argparse.BooleanOptionalAction, default=True,
                    help="also run N single processes at once (no DDP): the machine's own parallel ceiling")

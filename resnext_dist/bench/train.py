@@ -106,6 +106,13 @@ def run_trainer(overrides: List[str], run_dir: str, *, global_batch: int, warmup
 # Command line
 
 
+def add_trainer_timing_args(p, *, steps: int, log_every: int) -> None:
+    """How long each trainer run is and which of its log intervals count (bench train and bench scaling)."""
+    p.add_argument("--steps", type=int, default=steps, help="timed trainer steps (rounded up to whole log intervals)")
+    p.add_argument("--log-every", type=int, default=log_every, help="steps per log interval (train.log_every_steps)")
+    p.add_argument("--warmup-intervals", type=int, default=1, help="log intervals left out at the start")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m resnext_dist.bench train",
                                 description="The trainer end to end (synthetic and FFCV input) against the "
@@ -117,9 +124,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=8, help="FFCV decoding workers (data.num_workers)")
     g.add_argument("--inputs", default="", help="comma-separated trainer inputs to run: synthetic, ffcv "
                    "(default: synthetic, plus ffcv when --data is given)")
-    g.add_argument("--steps", type=int, default=100, help="timed trainer steps (rounded up to whole log intervals)")
-    g.add_argument("--log-every", type=int, default=20, help="steps per log interval (train.log_every_steps)")
-    g.add_argument("--warmup-intervals", type=int, default=1, help="log intervals left out at the start")
+    add_trainer_timing_args(g, steps=100, log_every=20)
     g.add_argument("--ceiling-steps", type=int, default=50, help="timed steps of the ceiling")
     g.add_argument("--ceiling-warmup", type=int, default=10, help="untimed steps of the ceiling first")
     g.add_argument("--no-ceiling", action="store_true", help="skip the ceiling (ratios are then not reported)")
