@@ -10,7 +10,8 @@
 #      12,800 JPEGs of 300x400 px (quality 90; crops of scikit-learn's sample photos, the kind the reference
 #      figures in ../shared/reference/measured.md were taken on) and their .beton (jpg mode)
 #   1. 224 px eager:     ceiling (bare step), trainer on synthetic input, trainer on FFCV
-#   2. FFCV alone at 224 px (no model): the loader's supply, the figure the data wait is explained by
+#   2. FFCV alone at 224 px (no model): the loader's supply, the figure the data wait is explained by; decoding
+#      only each crop (data.crop_decode, the default) and whole JPEGs (ffcv-full)
 #   3. 224 px compiled:  ceiling compiled, trainer compiled on FFCV          (target: >= 5,000 img/s on an H200)
 #   4. 176 px eager:     ceiling, trainer on FFCV
 #   5. as the time left allows: the trainer on FFCV at 224 px with one worker less than the cores (is the
@@ -42,6 +43,10 @@ ONLY=${GPU_BENCH_ONLY:-}
 if [ -d .gpu/site ]; then
   export PYTHONPATH="$REPO/.gpu/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
   export LD_LIBRARY_PATH="$REPO/.gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  # the partial JPEG decoder (data.crop_decode) is git-ignored: the bundle carries it, the package loads it
+  for so in .gpu/native/_jpegcrop*.so; do
+    [ -f "$so" ] && [ ! -f "resnext_dist/data/$(basename "$so")" ] && cp "$so" resnext_dist/data/
+  done
 else
   export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 fi
@@ -54,7 +59,7 @@ if [ "$SMOKE" = 1 ]; then
   BATCH=8
   COMMON="--batch $BATCH --steps 4 --log-every 2 --ceiling-steps 4 --ceiling-warmup 1 --threads 1"
   RES_HI=32; RES_LO=24; IMAGES=128; PHOTO=40x48; WORKERS=${GPU_BENCH_WORKERS:-1}; LOADER_EPOCHS=1
-  EST_EAGER=40; EST_COMPILED=150; EST_DEEP=40; EST_NOCHECK=30; EST_LOADER=40
+  EST_EAGER=40; EST_COMPILED=150; EST_DEEP=40; EST_NOCHECK=30; EST_LOADER=60
 else
   NET_50="--arch resnext50_32x4d"; NET_101="--arch resnext101_32x4d"; NET_152="--arch resnext152_32x4d"
   BATCH=256
@@ -62,7 +67,7 @@ else
   RES_HI=224; RES_LO=176; IMAGES=12800; PHOTO=300x400; LOADER_EPOCHS=2
   # Seconds per step on one H100/H200, with margin (compile: ~50 s for the ceiling, less for the trainer's
   # second compile of the same graph, which the inductor caches serve).
-  EST_EAGER=75; EST_COMPILED=150; EST_DEEP=75; EST_NOCHECK=40; EST_LOADER=35
+  EST_EAGER=75; EST_COMPILED=150; EST_DEEP=75; EST_NOCHECK=40; EST_LOADER=55
 fi
 
 mkdir -p "$WORK" "$RESULTS" || { echo "gpu_bench: cannot create $WORK / $RESULTS" >&2; exit 2; }
@@ -116,8 +121,10 @@ try:
 except Exception as e:
     sys.exit(f"gpu_bench: the packages do not import ({type(e).__name__}: {e}); did launch/gpu_bundle.sh build .gpu/?")
 gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU (CPU run)"
+from resnext_dist.data import crop_decode
 print(f"gpu_bench: python {sys.version.split()[0]}, torch {torch.__version__}, cuda {torch.version.cuda}, {gpu}, "
-      f"{torch.cuda.device_count()} GPU(s), ffcv from {os.path.dirname(ffcv.__file__)}")
+      f"{torch.cuda.device_count()} GPU(s), ffcv from {os.path.dirname(ffcv.__file__)}, partial JPEG decode "
+      f"(data.crop_decode) {'on' if crop_decode.available() else 'NOT BUILT: FFCV decodes whole images'}")
 if os.environ["GPU_BENCH_SMOKE"] != "1" and not torch.cuda.is_available():
     sys.exit("gpu_bench: no CUDA device visible (GPU_BENCH_SMOKE=1 runs the tiny CPU version)")
 EOF
@@ -145,7 +152,7 @@ fi
 bench_train r50_${RES_HI}_eager "$EST_EAGER" $NET_50 --res "$RES_HI" --inputs synthetic,ffcv
 ORDER+=("$RESULTS/ffcv_${RES_HI}.json")
 run_step ffcv_${RES_HI} "$EST_LOADER" "$PY" -m resnext_dist.bench loader --workdir "$WORK" --images "$IMAGES" \
-  --photo-size "$PHOTO" --loaders ffcv --workers "$WORKERS" --res "$RES_HI" --batch "$BATCH" \
+  --photo-size "$PHOTO" --loaders ffcv,ffcv-full --workers "$WORKERS" --res "$RES_HI" --batch "$BATCH" \
   --epochs "$LOADER_EPOCHS" --device "$([ "$SMOKE" = 1 ] && echo cpu || echo cuda)" --out "$RESULTS/ffcv_${RES_HI}.json"
 bench_train r50_${RES_HI}_compiled "$EST_COMPILED" $NET_50 --res "$RES_HI" --compile --inputs ffcv
 bench_train r50_${RES_LO}_eager "$EST_EAGER" $NET_50 --res "$RES_LO" --inputs ffcv

@@ -11,8 +11,11 @@
 #                                        ffcv/benchmarks); the compiled
 #                                        _libffcv gets a second name with the 3.12 ABI tag (FFCV loads it through
 #                                        ctypes, so only the import name has to match the host's Python)
-#   .gpu/lib/*.so*                       every library ldd lists for _libffcv (libturbojpeg, OpenCV, ...), except
-#                                        the C/C++ runtime every host has (libc, libm, libstdc++, libgcc_s, ld-linux)
+#   .gpu/lib/*.so*                       every library ldd lists for _libffcv (libturbojpeg, OpenCV, ...) and for
+#                                        our partial JPEG decoder (libjpeg), except the C/C++ runtime every host
+#                                        has (libc, libm, libstdc++, libgcc_s, ld-linux)
+#   .gpu/native/_jpegcrop.abi3.so        resnext_dist/data/_jpegcrop (data.crop_decode), built by pip install -e .;
+#                                        git ignores it, so gpu_bench.sh copies it back into the package there
 #   .gpu/site/distutils/                 a two-file shim: Python 3.12 has no distutils, FFCV imports distutils.log.warn
 #   .gpu/site/{omegaconf,antlr4,submitit,cloudpickle,...}
 #                                        pure-Python wheels at the versions in constraints.txt, installed with
@@ -38,6 +41,8 @@ ASSERTPY_DIR=$("$PY" -c "import os, assertpy; print(os.path.dirname(assertpy.__f
   || die "assertpy is not importable with $PY"
 SO=$(ls "$FFCV_DIR"/_libffcv.cpython-*-x86_64-linux-gnu.so 2>/dev/null | head -n1)
 [ -n "$SO" ] || die "$FFCV_DIR: no compiled _libffcv.cpython-*.so"
+JPEGCROP=$(ls resnext_dist/data/_jpegcrop*.so 2>/dev/null | head -n1)
+[ -n "$JPEGCROP" ] || die "resnext_dist/data/_jpegcrop*.so is not built (bash launch/setup.sh builds it; needs libjpeg-dev)"
 command -v ldd >/dev/null || die "ldd not found"
 
 # Build into a fresh folder beside the old bundle and swap at the end: a failed build leaves the old one.
@@ -58,19 +63,28 @@ so_name=$(basename "$SO")
 target_name="_libffcv.${PY_TAG}-x86_64-linux-gnu.so"
 [ "$so_name" = "$target_name" ] || cp "$SO" "$tmp/site/ffcv/$target_name"
 
-# --- 3. the shared libraries it links, minus the C/C++ runtime (resolved paths, copied under their sonames)
+# --- 3. the shared libraries they link, minus the C/C++ runtime (resolved paths, copied under their sonames)
 n_libs=0
-while read -r name arrow path _; do
-  [ "$arrow" = "=>" ] || continue
-  case "$name" in
-    libc.so.*|libm.so.*|libstdc++.so.*|libgcc_s.so.*|ld-linux*|linux-vdso*) continue ;;
-  esac
-  [ -f "$path" ] || die "ldd: $name => $path: not found (install the build dependencies: launch/setup.sh)"
-  cp -L "$path" "$tmp/lib/$name"
-  n_libs=$((n_libs + 1))
-done < <(ldd "$SO")
-missing=$(ldd "$SO" | grep "not found" || true)
-[ -z "$missing" ] || die "ldd $SO: missing libraries: $missing"
+copy_libs() {  # SO: copy what ldd lists for it into $tmp/lib
+  local name arrow path _
+  while read -r name arrow path _; do
+    [ "$arrow" = "=>" ] || continue
+    case "$name" in
+      libc.so.*|libm.so.*|libstdc++.so.*|libgcc_s.so.*|ld-linux*|linux-vdso*) continue ;;
+    esac
+    [ -f "$path" ] || die "ldd: $name => $path: not found (install the build dependencies: launch/setup.sh)"
+    [ -f "$tmp/lib/$name" ] || n_libs=$((n_libs + 1))
+    cp -L "$path" "$tmp/lib/$name"
+  done < <(ldd "$1")
+  local missing
+  missing=$(ldd "$1" | grep "not found" || true)
+  [ -z "$missing" ] || die "ldd $1: missing libraries: $missing"
+}
+copy_libs "$SO"
+copy_libs "$JPEGCROP"
+# our partial JPEG decoder (abi3: loads in the host's Python as it is); gpu_bench.sh puts it in the package
+mkdir -p "$tmp/native"
+cp "$JPEGCROP" "$tmp/native/"
 
 # --- 4. distutils shim for Python >= 3.12
 mkdir -p "$tmp/site/distutils"
@@ -101,6 +115,7 @@ rm -rf "$OUT"
 mv "$tmp" "$OUT"
 trap - EXIT
 size=$(du -sh "$OUT" | cut -f1)
-echo "gpu_bundle: $OUT ($size): ffcv ($so_name + $target_name), $n_libs libraries in $OUT/lib, distutils shim," \
+echo "gpu_bundle: $OUT ($size): ffcv ($so_name + $target_name), $(basename "$JPEGCROP"), $n_libs libraries in" \
+     "$OUT/lib, distutils shim," \
      "wheels:$pins"
 echo "gpu_bundle: on the host: export PYTHONPATH=\$PWD/$OUT/site:\$PWD LD_LIBRARY_PATH=\$PWD/$OUT/lib:\$LD_LIBRARY_PATH"

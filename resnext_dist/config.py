@@ -80,6 +80,8 @@ class DataConfig:
     "ffcv: let the OS page cache hold the .beton (shared by the processes of a node)"
     batches_ahead: int = 3
     "ffcv: batches prepared ahead of the training step"
+    crop_decode: bool = True
+    "ffcv: decode only each crop's rows and columns of a JPEG (faster); false = FFCV's whole-image decode"
     synthetic_size: int = 2048
     "synthetic: images per epoch (split across ranks)"
     val_synthetic_size: int = 256

@@ -33,7 +33,7 @@ from resnext_dist.bench import BenchError, report
 from resnext_dist.config import DataConfig
 from resnext_dist.dist import DistInfo
 
-LOADERS = ("ffcv", "torchvision", "synthetic")
+LOADERS = ("ffcv", "ffcv-full", "torchvision", "synthetic")  # ffcv-full: data.crop_decode=false
 PHOTO_SIZE = (350, 467)  # height, width: ~350 px photos, the shape the CPU targets were measured on
 MAX_PHOTO_SIZE = (427, 640)  # scikit-learn's sample photographs
 WRITE_MODES = ("jpg", "proportion")
@@ -94,16 +94,21 @@ def cpu_seconds() -> float:
 
 def per_image_costs(folder: str, res: int, n: int = 200) -> Dict[str, float]:
     """Milliseconds per image, in this thread, of the work each loader does for one training image (here a
-    centered crop of half the image's area, resized to res px): FFCV's libjpeg-turbo decode and OpenCV
-    INTER_AREA resize (what its random-resized-crop decoder runs, called here through ffcv.libffcv), and
-    PIL's decode, torchvision's antialiased bilinear resize and the uint8 tensor. Where the time goes, with
-    no workers, threads or batches involved."""
+    centered crop of half the image's area, resized to res px): FFCV's libjpeg-turbo decode of the whole
+    JPEG, our decode of the crop only (crop_decode.py; when built) and OpenCV INTER_AREA resize (what the
+    random-resized-crop decoders run, called directly), and PIL's decode, torchvision's antialiased
+    bilinear resize and the uint8 tensor. Where the time goes, with no workers, threads or batches."""
     from ffcv.libffcv import imdecode, resize_crop
     from PIL import Image
     from torchvision.transforms import v2
 
+    from resnext_dist.data import crop_decode
+
     files = sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names if f.endswith(".jpg"))[:n]
-    costs = dict.fromkeys(("ffcv_decode", "ffcv_resize", "pil_decode", "pil_resize", "pil_to_tensor"), 0.0)
+    steps = ["ffcv_decode", "ffcv_crop_decode", "ffcv_resize", "pil_decode", "pil_resize", "pil_to_tensor"]
+    if not crop_decode.available():
+        steps.remove("ffcv_crop_decode")
+    costs = dict.fromkeys(steps, 0.0)
     out = np.empty((res, res, 3), np.uint8)
     for path in files:
         with open(path, "rb") as f:
@@ -111,21 +116,25 @@ def per_image_costs(folder: str, res: int, n: int = 200) -> Dict[str, float]:
         w, h = Image.open(path).size
         ch, cw = int(h * 0.5 ** 0.5), int(w * 0.5 ** 0.5)
         top, left = (h - ch) // 2, (w - cw) // 2
-        buf = np.empty((h, w, 3), np.uint8)
-        t0 = time.perf_counter()
+        buf, part = np.empty((h, w, 3), np.uint8), np.empty((h, w, 3), np.uint8)
+        times = [time.perf_counter()]
         if imdecode(data, buf, h, w, h, w, 0, 0, 1, 1, False, False) != 0:
             raise BenchError(f"{path}: libjpeg-turbo could not decode it")
-        t1 = time.perf_counter()
+        times.append(time.perf_counter())
+        if "ffcv_crop_decode" in costs:
+            if crop_decode.decode_crop(data, part, top, left, ch, cw, 3 * w) < 0:
+                raise BenchError(f"{path}: libjpeg could not decode its crop")
+            times.append(time.perf_counter())
         resize_crop(buf, top, top + ch, left, left + cw, out)
-        t2 = time.perf_counter()
+        times.append(time.perf_counter())
         img = Image.open(path).convert("RGB")
-        t3 = time.perf_counter()
+        times.append(time.perf_counter())
         img = v2.functional.resized_crop(img, top, left, ch, cw, [res, res], antialias=True)
-        t4 = time.perf_counter()
+        times.append(time.perf_counter())
         v2.functional.pil_to_tensor(img)
-        t5 = time.perf_counter()
-        for key, dt in zip(costs, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
-            costs[key] += dt
+        times.append(time.perf_counter())
+        for key, t0, t1 in zip(costs, times, times[1:]):
+            costs[key] += t1 - t0
     return {f"ms_per_image_{key}": 1e3 * total / max(1, len(files)) for key, total in costs.items()}
 
 
@@ -161,7 +170,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--res", type=int, default=176, help="random-resized-crop output size")
     p.add_argument("--batch", type=int, default=64, help="batch size")
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts to compare at")
-    p.add_argument("--loaders", default="ffcv,torchvision", help=f"comma-separated, of {', '.join(LOADERS)}")
+    p.add_argument("--loaders", default="ffcv,ffcv-full,torchvision",
+                   help=f"comma-separated, of {', '.join(LOADERS)} (ffcv-full: FFCV decoding whole JPEGs, "
+                   "data.crop_decode=false)")
     p.add_argument("--epochs", type=int, default=2, help="timed epochs (the best counts)")
     p.add_argument("--warmup", type=int, default=1, help="untimed epochs first")
     p.add_argument("--no-os-cache", action="store_true", help="FFCV: its process cache instead of the OS's")
@@ -251,9 +262,10 @@ def run(argv=None) -> int:
         for workers in args.worker_counts:
             loaders = {}
             for name in args.loader_list:
-                cfg = DataConfig(loader=name, train=paths[name], batch_size=args.batch, num_workers=workers,
+                loader = "ffcv" if name == "ffcv-full" else name
+                cfg = DataConfig(loader=loader, train=paths[loader], batch_size=args.batch, num_workers=workers,
                                  train_res=args.res, random_crop=True, os_cache=not args.no_os_cache,
-                                 synthetic_size=args.images)
+                                 crop_decode=name != "ffcv-full", synthetic_size=args.images)
                 loaders[name], _ = build_loaders(cfg, DistInfo(device=device), seed=0, num_classes=10,
                                                  channels_last=True)
             timings = time_epochs(loaders, args.res, args.warmup, args.epochs, device, torch_threads)
@@ -269,6 +281,9 @@ def run(argv=None) -> int:
                 summary[f"ffcv_vs_torchvision_{workers}_workers"] = ffcv["img_per_s"] / tv["img_per_s"]
                 summary[f"ffcv_vs_torchvision_{workers}_workers_per_cpu_s"] = \
                     ffcv["img_per_cpu_s"] / tv["img_per_cpu_s"]
+            if "ffcv" in timings and "ffcv-full" in timings:
+                summary[f"crop_decode_speedup_{workers}_workers"] = \
+                    timings["ffcv"]["img_per_s"] / timings["ffcv-full"]["img_per_s"]
         params = {"images": args.images, "photo_hw": list(args.size), "write_mode": args.write_mode,
                   "jpeg_quality": 90, "res": args.res,
                   "batch": args.batch, "workers": args.worker_counts, "loaders": args.loader_list,
@@ -276,8 +291,11 @@ def run(argv=None) -> int:
         notes = ["img/s: best timed epoch after the warm-up; same JPEGs, crop, flip, batch and workers for all",
                  "ffcv_vs_torchvision_N_workers: FFCV img/s / torchvision img/s at N workers (target >= 2.0)",
                  "..._per_cpu_s: the same ratio of images per CPU second (all processes), robust to other load",
+                 "crop_decode_speedup_N_workers: FFCV decoding only each crop (data.crop_decode=true, the "
+                 "default) / FFCV decoding whole JPEGs (ffcv-full)",
                  "ms_per_image_*: one thread, one image (a centered crop of half its area to --res px): "
-                 "FFCV's libjpeg-turbo decode + OpenCV INTER_AREA resize vs PIL decode + antialiased resize",
+                 "FFCV's libjpeg-turbo decode (whole image, or crop only) + OpenCV INTER_AREA resize vs PIL "
+                 "decode + antialiased resize",
                  f"load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} on "
                  f"{len(os.sched_getaffinity(0))} cores"]
         result = report.make_report("loader", device, argv=argv, params=params, rows=rows, summary=summary,

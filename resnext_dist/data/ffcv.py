@@ -1,5 +1,9 @@
 """FFCV loaders: .beton files decoded by FFCV's JIT-compiled pipelines (the fast path).
 
+Decoders: crop_decode.py's (data.crop_decode=true, when its compiled part is installed) decode only the
+crop of each JPEG; otherwise FFCV's, which decode whole images. Same crops and pixels either way (up to
+chroma rounding along crop edges).
+
 Training: RandomResizedCrop decode at the epoch's resolution + horizontal flip (data.pad_crop > 0: a
 center-crop decode, flip, then a random shift by up to pad_crop pixels, CIFAR-style; data.random_crop=false:
 a deterministic center-crop decode and no flip), ToDevice (non-blocking),
@@ -33,6 +37,7 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, ToDevice, ToTensor, ToTorchImage
 
+from resnext_dist.data import crop_decode
 from resnext_dist.data.normalize import DeviceNormalize
 from resnext_dist.data.sharding import batches_per_epoch, eval_shard, train_shard
 
@@ -43,6 +48,14 @@ def ffcv_workers(num_workers: int) -> int:
     import numba
 
     return max(1, min(num_workers, numba.config.NUMBA_NUM_THREADS))
+
+
+def _decoders(data_cfg):
+    """(random-resized-crop class, center-crop class): crop_decode.py's, which decode only the crop, unless
+    data.crop_decode=false or the compiled part is not installed; then FFCV's, which decode whole images."""
+    if data_cfg.crop_decode and crop_decode.available():
+        return crop_decode.CropFirstRandomResizedCrop, crop_decode.CropFirstCenterCrop
+    return RandomResizedCropRGBImageDecoder, CenterCropRGBImageDecoder
 
 
 def _image_pipeline(decoder, flip: bool, device: torch.device, pad_crop: int = 0) -> list:
@@ -82,10 +95,11 @@ class FfcvTrain:
         self.batch_size = data_cfg.batch_size
         self.batches_per_epoch = batches_per_epoch(num_images, dist.world_size, self.batch_size)
         res = data_cfg.train_res
+        random_resized_crop, center_crop = _decoders(data_cfg)
         if data_cfg.random_crop and not data_cfg.pad_crop:
-            self.decoder = RandomResizedCropRGBImageDecoder((res, res))
+            self.decoder = random_resized_crop((res, res))
         else:
-            self.decoder = CenterCropRGBImageDecoder((res, res), ratio=data_cfg.val_crop_ratio)
+            self.decoder = center_crop((res, res), ratio=data_cfg.val_crop_ratio)
         self.loader = Loader(
             path, batch_size=self.batch_size, num_workers=ffcv_workers(data_cfg.num_workers),
             os_cache=data_cfg.os_cache, order=OrderOption.SEQUENTIAL, seed=seed, drop_last=True,
@@ -126,7 +140,8 @@ class FfcvVal:
         self.batch_size = data_cfg.batch_size
         self.loader = None
         if len(self.indices):  # a rank may have nothing to evaluate when images < ranks
-            decoder = CenterCropRGBImageDecoder((data_cfg.val_res, data_cfg.val_res), ratio=data_cfg.val_crop_ratio)
+            _, center_crop = _decoders(data_cfg)
+            decoder = center_crop((data_cfg.val_res, data_cfg.val_res), ratio=data_cfg.val_crop_ratio)
             self.loader = Loader(
                 path, batch_size=self.batch_size, num_workers=ffcv_workers(data_cfg.num_workers),
                 os_cache=data_cfg.os_cache, order=OrderOption.SEQUENTIAL, indices=self.indices,

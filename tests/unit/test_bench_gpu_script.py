@@ -20,16 +20,18 @@ def test_gpu_bench_smoke_runs_and_ends_with_the_table(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.rstrip().splitlines()
     # Last: the title, the header, the rule and one row per measure of the selected steps.
-    assert lines[-7].startswith("resnext_dist gpu_bench")
-    assert lines[-6].split()[:2] == ["bench", "measure"] and set(lines[-5]) <= {"-", " "}
-    assert [re.split(r"\s{2,}", line)[:2] for line in lines[-4:]] == [
+    assert lines[-8].startswith("resnext_dist gpu_bench")
+    assert lines[-7].split()[:2] == ["bench", "measure"] and set(lines[-6]) <= {"-", " "}
+    assert [re.split(r"\s{2,}", line)[:2] for line in lines[-5:]] == [
         ["train", "ceiling (bare step)"], ["train", "trainer (synthetic)"], ["train", "trainer (ffcv)"],
-        ["loader", "ffcv, 1 worker"]]
+        ["loader", "ffcv, 1 worker"], ["loader", "ffcv-full, 1 worker"]]
     for step in ("write_beton", "r50_32_eager", "ffcv_32"):
         assert f"  {step}: ok" in proc.stdout
     assert "  r50_32_compiled: not selected" in proc.stdout
     result = json.loads((tmp_path / "results" / "r50_32_eager.json").read_text())
     assert [r["measure"] for r in result["rows"]] == ["ceiling (bare step)", "trainer (synthetic)", "trainer (ffcv)"]
     loader = json.loads((tmp_path / "results" / "ffcv_32.json").read_text())
-    assert [(r["measure"], r["res"], r["batch"]) for r in loader["rows"]] == [("ffcv, 1 worker", 32, 8)]
+    assert [(r["measure"], r["res"], r["batch"]) for r in loader["rows"]] == [("ffcv, 1 worker", 32, 8),
+                                                                           ("ffcv-full, 1 worker", 32, 8)]
+    assert "partial JPEG decode (data.crop_decode) on" in proc.stdout
     assert (tmp_path / "work" / "photos_128_40x48_jpg.beton").is_file()

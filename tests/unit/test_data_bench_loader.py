@@ -10,18 +10,20 @@ def test_bench_loader_writes_rows_and_the_ffcv_to_torchvision_ratio(tmp_path, ca
 
     out = tmp_path / "loader.json"
     assert run(["--images", "40", "--batch", "8", "--res", "32", "--workers", "1", "--epochs", "1", "--warmup", "0",
-                "--loaders", "ffcv,torchvision,synthetic", "--workdir", str(tmp_path / "w"), "--out", str(out)]) == 0
+                "--loaders", "ffcv,ffcv-full,torchvision,synthetic", "--workdir", str(tmp_path / "w"), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert [r["loader"] for r in result["rows"]] == ["ffcv", "torchvision", "synthetic"]
+    assert [r["loader"] for r in result["rows"]] == ["ffcv", "ffcv-full", "torchvision", "synthetic"]
     # images per CPU second is NaN when an epoch this small used less CPU than psutil's clock tick can see
     assert all(r["img_per_s"] > 0 and not r["img_per_cpu_s"] <= 0 and r["res"] == 32 and r["workers"] == 1
                for r in result["rows"])
     ratio = result["summary"]["ffcv_vs_torchvision_1_workers"]
-    assert ratio == pytest.approx(result["rows"][0]["img_per_s"] / result["rows"][1]["img_per_s"])
+    assert ratio == pytest.approx(result["rows"][0]["img_per_s"] / result["rows"][2]["img_per_s"])
+    speedup = result["summary"]["crop_decode_speedup_1_workers"]  # data.crop_decode on vs off
+    assert speedup == pytest.approx(result["rows"][0]["img_per_s"] / result["rows"][1]["img_per_s"])
     assert not result["summary"]["ffcv_vs_torchvision_1_workers_per_cpu_s"] <= 0  # NaN allowed, as above
     costs = {k: v for k, v in result["summary"].items() if k.startswith("ms_per_image_")}
-    assert sorted(costs) == [f"ms_per_image_{k}" for k in ("ffcv_decode", "ffcv_resize", "pil_decode",
-                                                           "pil_resize", "pil_to_tensor")]
+    assert sorted(costs) == [f"ms_per_image_{k}" for k in ("ffcv_crop_decode", "ffcv_decode", "ffcv_resize",
+                                                           "pil_decode", "pil_resize", "pil_to_tensor")]
     assert all(0 < ms < 1000 for ms in costs.values()), costs
     printed = capsys.readouterr().out
     assert "ffcv, 1 worker" in printed and "ffcv_vs_torchvision_1_workers" in printed

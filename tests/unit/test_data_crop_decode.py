@@ -1,0 +1,134 @@
+"""Decoding only the crop (resnext_dist/data/crop_decode.py, _jpegcrop.c) against FFCV's whole-image decode.
+
+The compiled part is built by the dev setup (pip install -e .); these tests fail, not skip, without it,
+so a setup that silently stopped building it is caught.
+"""
+import io
+
+import numpy as np
+import pytest
+import torch
+from ffcv.fields.decoders import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
+from ffcv.libffcv import imdecode
+from PIL import Image
+
+from resnext_dist.data import build_loaders, crop_decode
+from resnext_dist.data.sources import ImageFolderSource
+from resnext_dist.dist import DistInfo
+from tests.data_helpers import data_cfg, make_image_folder, unnormalize, write
+
+H, W = 75, 101  # not multiples of the 8/16 px JPEG blocks
+
+
+def photo(seed=0) -> np.ndarray:
+    """Gradients plus noise: JPEG-compressible, and every block different."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:H, 0:W]
+    base = np.stack([(xx * 2.5) % 256, (yy * 3) % 256, (xx + yy) % 256], -1)
+    return np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+def jpeg(pixels, **save) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", quality=90, **save)
+    return np.frombuffer(buf.getvalue(), np.uint8)
+
+
+def whole(data) -> np.ndarray:
+    out = np.empty((H, W, 3), np.uint8)
+    assert imdecode(data, out, H, W, H, W, 0, 0, 1, 1, False, False) == 0
+    return out
+
+
+def test_the_compiled_decoder_is_installed():
+    assert crop_decode.available(), "resnext_dist/data/_jpegcrop*.so missing: pip install -e . builds it " \
+                                    "(needs gcc and libjpeg-dev)"
+
+
+@pytest.mark.parametrize("kind", ["4:4:4", "4:2:2", "4:2:0", "gray"])
+def test_the_crop_equals_a_whole_decode_but_for_its_edge_pixels(kind):
+    pixels = photo()
+    data = jpeg(pixels[..., 0]) if kind == "gray" else jpeg(pixels, subsampling=["4:4:4", "4:2:2", "4:2:0"].index(kind))
+    reference = whole(data)
+    rng = np.random.default_rng(1)
+    crops = [(0, 0, H, W), (H - 1, W - 1, 1, 1), (0, W - 17, H, 17)] + [
+        (int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1)), h, w)
+        for h, w in rng.integers(1, [H + 1, W + 1], size=(60, 2))]
+    for top, left, h, w in crops:
+        out = np.zeros((H, W, 3), np.uint8)
+        x0 = crop_decode.decode_crop(data, out, top, left, h, w, 3 * W)
+        assert 0 <= x0 <= left and x0 % 8 == 0, (top, left, h, w, x0)
+        got = out[:h, left - x0:left - x0 + w].astype(int)
+        want = reference[top:top + h, left:left + w].astype(int)
+        if (h, w) == (H, W) or kind in ("4:4:4", "gray"):
+            assert np.array_equal(got, want), (top, left, h, w)  # no chroma upsampling: exact
+        else:  # upsampled chroma along the crop's border sees no neighbour beyond it
+            assert np.array_equal(got[1:-1, 1:-1], want[1:-1, 1:-1]), (top, left, h, w)
+            assert np.abs(got - want).max() <= 32
+
+
+def test_bad_input_is_reported_not_fatal():
+    data = jpeg(photo())
+    out = np.empty((H, W, 3), np.uint8)
+    garbage = data.copy()
+    garbage[2:] = 7  # the SOI marker, then no valid segment: libjpeg's error, which must not exit()
+    assert crop_decode.decode_crop(garbage, out, 0, 0, H, W, 3 * W) == -1
+    assert crop_decode.decode_crop(data[:100].copy(), out, 0, 0, H, W, 3 * W) in (0, -1)  # truncated: no crash
+    assert crop_decode.decode_crop(data, out, 1, 0, H, W, 3 * W) == -2  # past the last row
+    assert crop_decode.decode_crop(data, out, 0, 0, H, W, 3 * W - 3) == -2  # rows too narrow for the image
+
+
+@pytest.fixture(scope="module")
+def jpeg_betons(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crop_decode")
+    make_image_folder(root / "train", classes=("a", "b"), per_class=6, size=(W, H), ext="jpg")
+    src = ImageFolderSource(str(root / "train"))
+    write(src, root / "train.beton", write_mode="jpg")
+    return str(root / "train.beton")
+
+
+def loaders(path, crop_decode_on):
+    cfg = data_cfg(loader="ffcv", train=path, val=path, batch_size=4, train_res=32, val_res=40,
+                   val_crop_ratio=0.875, random_crop=False, crop_decode=crop_decode_on)
+    return build_loaders(cfg, DistInfo(), seed=0, num_classes=2, channels_last=True)
+
+
+def pixels_of(train, val):
+    return (unnormalize(torch.cat([x for x, _ in train.epoch(0, 32)])).astype(int),
+            unnormalize(torch.cat([x for x, _ in val])).astype(int))
+
+
+def test_ffcv_loaders_use_it_by_default_and_match_ffcvs_own_decoders(jpeg_betons):
+    fast, plain = loaders(jpeg_betons, True), loaders(jpeg_betons, False)
+    assert isinstance(fast[0].decoder, crop_decode.CropFirstCenterCrop)
+    assert type(plain[0].decoder) is CenterCropRGBImageDecoder  # data.crop_decode=false: FFCV's own
+    for got, want in zip(pixels_of(*fast), pixels_of(*plain)):
+        assert got.shape == want.shape
+        diff = np.abs(got - want)
+        assert diff.mean() < 0.5 and diff.max() <= 32, (diff.mean(), diff.max())
+
+
+def test_random_resized_crop_uses_it_too(jpeg_betons):
+    cfg = data_cfg(loader="ffcv", train=jpeg_betons, batch_size=4, train_res=32, random_crop=True)
+    train, _ = build_loaders(cfg, DistInfo(), seed=0, num_classes=2, channels_last=True)
+    assert isinstance(train.decoder, crop_decode.CropFirstRandomResizedCrop)
+    assert isinstance(train.decoder, RandomResizedCropRGBImageDecoder)
+
+
+def test_an_image_libjpeg_refuses_is_decoded_as_ffcv_would(jpeg_betons, tmp_path):
+    """Garbage inside one stored JPEG: the partial decoder fails, FFCV's whole decode takes over, and the
+    epoch ends normally (an exception in FFCV's pipeline thread would hang the loader instead)."""
+    from ffcv.reader import Reader
+
+    broken = tmp_path / "broken.beton"
+    blob = bytearray(open(jpeg_betons, "rb").read())
+    meta = Reader(jpeg_betons).metadata
+    image = meta[f"f{Reader(jpeg_betons).field_names.index('image')}"]
+    ptr = int(image["data_ptr"][3])
+    blob[ptr + 2:ptr + 200] = b"\x07" * 198  # keep the SOI marker, wreck the headers
+    broken.write_bytes(bytes(blob))
+    out = np.empty((H, W, 3), np.uint8)
+    assert crop_decode.decode_crop(np.frombuffer(bytes(blob[ptr:ptr + 400]), np.uint8), out, 0, 0, 8, 8, 3 * W) == -1
+    train, val = loaders(str(broken), True)
+    assert sum(len(y) for _, y in train.epoch(0, 32)) == 12
+    assert sum(len(y) for _, y in val) == 12
