@@ -44,7 +44,7 @@ if [ -d .gpu/site ]; then
   export PYTHONPATH="$REPO/.gpu/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
   export LD_LIBRARY_PATH="$REPO/.gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   # the partial JPEG decoder (data.crop_decode) is git-ignored: the bundle carries it, the package loads it
-  for so in .gpu/native/_jpegcrop*.so; do
+  for so in .gpu/native/_cropdecode*.so; do
     [ -f "$so" ] && [ ! -f "resnext_dist/data/$(basename "$so")" ] && cp "$so" resnext_dist/data/
   done
 else

@@ -14,7 +14,7 @@
 #   .gpu/lib/*.so*                       every library ldd lists for _libffcv (libturbojpeg, OpenCV, ...) and for
 #                                        our partial JPEG decoder (libjpeg), except the C/C++ runtime every host
 #                                        has (libc, libm, libstdc++, libgcc_s, ld-linux)
-#   .gpu/native/_jpegcrop.abi3.so        resnext_dist/data/_jpegcrop (data.crop_decode), built by pip install -e .;
+#   .gpu/native/_cropdecode.abi3.so        resnext_dist/data/_cropdecode (data.crop_decode), built by pip install -e .;
 #                                        git ignores it, so gpu_bench.sh copies it back into the package there
 #   .gpu/site/distutils/                 a two-file shim: Python 3.12 has no distutils, FFCV imports distutils.log.warn
 #   .gpu/site/{omegaconf,antlr4,submitit,cloudpickle,...}
@@ -41,8 +41,8 @@ ASSERTPY_DIR=$("$PY" -c "import os, assertpy; print(os.path.dirname(assertpy.__f
   || die "assertpy is not importable with $PY"
 SO=$(ls "$FFCV_DIR"/_libffcv.cpython-*-x86_64-linux-gnu.so 2>/dev/null | head -n1)
 [ -n "$SO" ] || die "$FFCV_DIR: no compiled _libffcv.cpython-*.so"
-JPEGCROP=$(ls resnext_dist/data/_jpegcrop*.so 2>/dev/null | head -n1)
-[ -n "$JPEGCROP" ] || die "resnext_dist/data/_jpegcrop*.so is not built (bash launch/setup.sh builds it; needs libjpeg-dev)"
+CROPDECODE=$(ls resnext_dist/data/_cropdecode*.so 2>/dev/null | head -n1)
+[ -n "$CROPDECODE" ] || die "resnext_dist/data/_cropdecode*.so is not built (bash launch/setup.sh builds it; needs libjpeg-dev)"
 command -v ldd >/dev/null || die "ldd not found"
 
 # Build into a fresh folder beside the old bundle and swap at the end: a failed build leaves the old one.
@@ -81,10 +81,10 @@ copy_libs() {  # SO: copy what ldd lists for it into $tmp/lib
   [ -z "$missing" ] || die "ldd $1: missing libraries: $missing"
 }
 copy_libs "$SO"
-copy_libs "$JPEGCROP"
+copy_libs "$CROPDECODE"
 # our partial JPEG decoder (abi3: loads in the host's Python as it is); gpu_bench.sh puts it in the package
 mkdir -p "$tmp/native"
-cp "$JPEGCROP" "$tmp/native/"
+cp "$CROPDECODE" "$tmp/native/"
 
 # --- 4. distutils shim for Python >= 3.12
 mkdir -p "$tmp/site/distutils"
@@ -115,7 +115,7 @@ rm -rf "$OUT"
 mv "$tmp" "$OUT"
 trap - EXIT
 size=$(du -sh "$OUT" | cut -f1)
-echo "gpu_bundle: $OUT ($size): ffcv ($so_name + $target_name), $(basename "$JPEGCROP"), $n_libs libraries in" \
+echo "gpu_bundle: $OUT ($size): ffcv ($so_name + $target_name), $(basename "$CROPDECODE"), $n_libs libraries in" \
      "$OUT/lib, distutils shim," \
      "wheels:$pins"
 echo "gpu_bundle: on the host: export PYTHONPATH=\$PWD/$OUT/site:\$PWD LD_LIBRARY_PATH=\$PWD/$OUT/lib:\$LD_LIBRARY_PATH"

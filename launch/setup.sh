@@ -14,7 +14,7 @@ PY=${PYTHON:-python3}
 
 # --- system packages -------------------------------------------------------------------------
 # FFCV compiles against libturbojpeg and OpenCV (found through pkg-config); our partial JPEG decoder
-# (resnext_dist/data/_jpegcrop.c, built by pip install -e .) against libjpeg.
+# (resnext_dist/data/_cropdecode.c, built by pip install -e .) against libjpeg.
 APT_PKGS="libturbojpeg0-dev libopencv-dev pkg-config libjpeg-dev"
 # The tests run a real Slurm cluster (munge + slurmctld + slurmd) and a headless browser.
 [ $DEV = 1 ] && APT_PKGS="$APT_PKGS munge slurmctld slurmd slurm-client chromium"
@@ -37,7 +37,7 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=".venv/bin/python -m pip"
 stamp=.venv/.resnext_dist-setup
-want="$(cat constraints.txt setup.cfg setup.py resnext_dist/data/_jpegcrop.c) dev=$DEV"
+want="$(cat constraints.txt setup.cfg setup.py resnext_dist/data/_cropdecode.c) dev=$DEV"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "setup: .venv is up to date"
   exit 0

@@ -81,7 +81,7 @@ class DataConfig:
     batches_ahead: int = 3
     "ffcv: batches prepared ahead of the training step"
     crop_decode: bool = True
-    "ffcv: decode only each crop's rows and columns of a JPEG (faster); false = FFCV's whole-image decode"
+    "ffcv: decode only each crop of a JPEG and shrink it with our INTER_AREA (faster); false = FFCV's decoders"
     synthetic_size: int = 2048
     "synthetic: images per epoch (split across ranks)"
     val_synthetic_size: int = 256

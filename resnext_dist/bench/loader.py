@@ -95,9 +95,9 @@ def cpu_seconds() -> float:
 def per_image_costs(folder: str, res: int, n: int = 200) -> Dict[str, float]:
     """Milliseconds per image, in this thread, of the work each loader does for one training image (here a
     centered crop of half the image's area, resized to res px): FFCV's libjpeg-turbo decode of the whole
-    JPEG, our decode of the crop only (crop_decode.py; when built) and OpenCV INTER_AREA resize (what the
-    random-resized-crop decoders run, called directly), and PIL's decode, torchvision's antialiased
-    bilinear resize and the uint8 tensor. Where the time goes, with no workers, threads or batches."""
+    JPEG and OpenCV INTER_AREA resize, our decode of the crop only and our INTER_AREA (crop_decode.py, when
+    built; what data.crop_decode runs instead), and PIL's decode, torchvision's antialiased bilinear
+    resize and the uint8 tensor. Where the time goes, with no workers, threads or batches."""
     from ffcv.libffcv import imdecode, resize_crop
     from PIL import Image
     from torchvision.transforms import v2
@@ -105,9 +105,10 @@ def per_image_costs(folder: str, res: int, n: int = 200) -> Dict[str, float]:
     from resnext_dist.data import crop_decode
 
     files = sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names if f.endswith(".jpg"))[:n]
-    steps = ["ffcv_decode", "ffcv_crop_decode", "ffcv_resize", "pil_decode", "pil_resize", "pil_to_tensor"]
+    steps = ["ffcv_decode", "ffcv_crop_decode", "ffcv_resize", "ffcv_area_resize", "pil_decode", "pil_resize",
+             "pil_to_tensor"]
     if not crop_decode.available():
-        steps.remove("ffcv_crop_decode")
+        steps = [step for step in steps if step not in ("ffcv_crop_decode", "ffcv_area_resize")]
     costs = dict.fromkeys(steps, 0.0)
     out = np.empty((res, res, 3), np.uint8)
     for path in files:
@@ -127,6 +128,9 @@ def per_image_costs(folder: str, res: int, n: int = 200) -> Dict[str, float]:
             times.append(time.perf_counter())
         resize_crop(buf, top, top + ch, left, left + cw, out)
         times.append(time.perf_counter())
+        if "ffcv_area_resize" in costs:
+            crop_decode.resize_area(buf, top, left, ch, cw, out)
+            times.append(time.perf_counter())
         img = Image.open(path).convert("RGB")
         times.append(time.perf_counter())
         img = v2.functional.resized_crop(img, top, left, ch, cw, [res, res], antialias=True)
@@ -294,8 +298,8 @@ def run(argv=None) -> int:
                  "crop_decode_speedup_N_workers: FFCV decoding only each crop (data.crop_decode=true, the "
                  "default) / FFCV decoding whole JPEGs (ffcv-full)",
                  "ms_per_image_*: one thread, one image (a centered crop of half its area to --res px): "
-                 "FFCV's libjpeg-turbo decode (whole image, or crop only) + OpenCV INTER_AREA resize vs PIL "
-                 "decode + antialiased resize",
+                 "FFCV's libjpeg-turbo decode + OpenCV INTER_AREA resize, ours (crop only + our INTER_AREA: "
+                 "data.crop_decode), PIL decode + antialiased resize",
                  f"load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} on "
                  f"{len(os.sched_getaffinity(0))} cores"]
         result = report.make_report("loader", device, argv=argv, params=params, rows=rows, summary=summary,

@@ -1,12 +1,12 @@
 """FFCV image decoders that decode only the crop (data.crop_decode=true, the default).
 
 FFCV 1.0.2's RandomResizedCrop and CenterCrop decoders decode each stored JPEG whole and then resize the
-crop out of it. These subclasses pick the crop first and ask libjpeg for just those rows and columns
-(resnext_dist/data/_jpegcrop.c), then resize with FFCV's own OpenCV INTER_AREA call. Crops, random draws,
-resizing and raw-stored images are FFCV's; only the JPEG decode is narrowed. Pixels equal a full decode's
-except along a crop's edges, where chroma upsampling sees no neighbour beyond the crop (a few levels).
-On 350x467 photos at 176 px, one thread: ~1.2x the images/s (`python -m resnext_dist.bench loader`
-times both).
+crop out of it with OpenCV's INTER_AREA. These subclasses pick the crop first, ask libjpeg for just those
+rows and columns, and shrink it with our own INTER_AREA (both in resnext_dist/data/_cropdecode.c);
+enlarging (a crop smaller than the output) stays with FFCV's OpenCV call. Crops, random draws and
+raw-stored images are FFCV's. Pixels equal FFCV's within 1 level, except along a crop's edges, where
+chroma upsampling sees no neighbour beyond the crop (a few levels). `python -m resnext_dist.bench loader`
+times both (`ffcv` and `ffcv-full`) and prints each step's cost per image.
 
 The library is built by `pip install -e .` (setup.py; needs a C compiler and libjpeg's headers). Where it
 is missing, `available()` is False and the FFCV loaders use FFCV's decoders. Should libjpeg fail on an
@@ -27,7 +27,7 @@ from ffcv.pipeline.compiler import Compiler
 
 @lru_cache(maxsize=None)
 def _library() -> Optional[ctypes.CDLL]:
-    spec = importlib.util.find_spec("resnext_dist.data._jpegcrop")
+    spec = importlib.util.find_spec("resnext_dist.data._cropdecode")
     if spec is None or not spec.origin:
         return None
     lib = ctypes.CDLL(spec.origin)
@@ -35,6 +35,9 @@ def _library() -> Optional[ctypes.CDLL]:
     lib.resnext_decode_crop.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32,
                                         ctypes.c_uint32, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_uint64,
                                         ctypes.c_int]
+    lib.resnext_resize_area.restype = ctypes.c_int
+    lib.resnext_resize_area.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_uint32,
+                                        ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint32]
     return lib
 
 
@@ -50,7 +53,17 @@ def decode_crop(data: np.ndarray, out: np.ndarray, top, left, height, width, out
     return _DECODE(data.ctypes.data, data.size, top, left, height, width, out.ctypes.data, out_stride, 1)
 
 
+def resize_area(image: np.ndarray, top, left, height, width, out: np.ndarray) -> int:
+    """Shrink image[top:top+height, left:left+width] (an RGB uint8 array with contiguous rows) into `out`
+    (contiguous, out.shape[:2] <= (height, width)) with OpenCV's INTER_AREA weights. 0 on success, < 0 for
+    sizes it does not handle (enlarging)."""
+    row = image.shape[1] * 3
+    return _RESIZE(int(image.ctypes.data + top * row + left * 3), row, height, width, out.ctypes.data,
+                   out.shape[0], out.shape[1])
+
+
 _DECODE: Callable = _library().resnext_decode_crop if available() else None
+_RESIZE: Callable = _library().resnext_resize_area if available() else None
 
 
 class _CropFirst:
@@ -62,6 +75,7 @@ class _CropFirst:
         my_range = Compiler.get_iterator()
         decode_crop_c = Compiler.compile(decode_crop)
         imdecode_c = Compiler.compile(imdecode)
+        resize_area_c = Compiler.compile(resize_area)
         resize_crop_c = Compiler.compile(resize_crop)
         get_crop_c = Compiler.compile(self.get_crop_generator)
         scale = np.array(self.scale) if isinstance(self.scale, tuple) else self.scale
@@ -78,18 +92,21 @@ class _CropFirst:
                 i, j, h, w = get_crop_c(height, width, scale, ratio)
                 if field['mode'] == jpg:
                     temp_buffer = temp_storage[dst_ix]
-                    # rows of the image's full width: the decoded columns start at x0 <= j
+                    # rows of the image's full width; the decoded columns start at x0 <= j
                     x0 = decode_crop_c(image_data, temp_buffer, i, j, h, w, 3 * width)
                     if x0 >= 0:
                         rows = temp_buffer.reshape(-1)[:3 * h * width].reshape(h, width, 3)
-                        resize_crop_c(rows, 0, h, j - x0, j - x0 + w, destination[dst_ix])
+                        # ours shrinks; enlarging (a crop smaller than the output) is OpenCV's
+                        if resize_area_c(rows, 0, j - x0, h, w, destination[dst_ix]) != 0:
+                            resize_crop_c(rows, 0, h, j - x0, j - x0 + w, destination[dst_ix])
                         continue
                     # libjpeg refused the partial decode: FFCV's whole-image decode, as its own decoder does
                     imdecode_c(image_data, temp_buffer, height, width, height, width, 0, 0, 1, 1, False, False)
                     image = temp_buffer.reshape(-1)[:3 * height * width].reshape(height, width, 3)
                 else:
                     image = image_data.reshape(height, width, 3)
-                resize_crop_c(image, i, i + h, j, j + w, destination[dst_ix])
+                if resize_area_c(image, i, j, h, w, destination[dst_ix]) != 0:
+                    resize_crop_c(image, i, i + h, j, j + w, destination[dst_ix])
             return destination[:len(batch_indices)]
 
         decode.is_parallel = True

@@ -1,4 +1,5 @@
-"""Decoding only the crop (resnext_dist/data/crop_decode.py, _jpegcrop.c) against FFCV's whole-image decode.
+"""Decoding only the crop and our INTER_AREA (resnext_dist/data/crop_decode.py, _cropdecode.c) against FFCV's
+whole-image decode and OpenCV resize.
 
 The compiled part is built by the dev setup (pip install -e .); these tests fail, not skip, without it,
 so a setup that silently stopped building it is caught.
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from ffcv.fields.decoders import CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
-from ffcv.libffcv import imdecode
+from ffcv.libffcv import imdecode, resize_crop
 from PIL import Image
 
 from resnext_dist.data import build_loaders, crop_decode
@@ -41,7 +42,7 @@ def whole(data) -> np.ndarray:
 
 
 def test_the_compiled_decoder_is_installed():
-    assert crop_decode.available(), "resnext_dist/data/_jpegcrop*.so missing: pip install -e . builds it " \
+    assert crop_decode.available(), "resnext_dist/data/_cropdecode*.so missing: pip install -e . builds it " \
                                     "(needs gcc and libjpeg-dev)"
 
 
@@ -78,6 +79,34 @@ def test_bad_input_is_reported_not_fatal():
     assert crop_decode.decode_crop(data, out, 0, 0, H, W, 3 * W - 3) == -2  # rows too narrow for the image
 
 
+def test_area_resize_equals_opencvs_inter_area_within_one_level():
+    """Against FFCV's own resize (OpenCV's cv::resize, INTER_AREA) on crops of random images: any shrink
+    factor, integer ones (OpenCV's separate fast path), one side unchanged, non-square, offset crops."""
+    rng = np.random.default_rng(0)
+    differing = total = 0
+    for t in range(600):
+        out_h, out_w = (int(v) for v in rng.integers(1, 48, 2))
+        if t % 3 == 0:
+            h, w = out_h * int(rng.integers(1, 4)), out_w * int(rng.integers(1, 4))
+        else:
+            h, w = out_h + int(rng.integers(0, 3 * out_h + 1)), out_w + int(rng.integers(0, 3 * out_w + 1))
+        image = rng.integers(0, 256, (h + int(rng.integers(0, 5)), w + int(rng.integers(0, 5)), 3), dtype=np.uint8)
+        top, left = int(rng.integers(0, image.shape[0] - h + 1)), int(rng.integers(0, image.shape[1] - w + 1))
+        want, got = np.empty((out_h, out_w, 3), np.uint8), np.full((out_h, out_w, 3), 7, np.uint8)
+        resize_crop(image, top, top + h, left, left + w, want)
+        assert crop_decode.resize_area(image, top, left, h, w, got) == 0
+        diff = np.abs(got.astype(int) - want)
+        assert diff.max() <= 1, (image.shape, top, left, h, w, out_h, out_w)
+        differing, total = differing + int((diff > 0).sum()), total + diff.size
+    assert differing / total < 0.05  # float rounding only
+
+
+def test_area_resize_leaves_enlarging_to_opencv():
+    image, out = np.zeros((5, 9, 3), np.uint8), np.zeros((6, 6, 3), np.uint8)
+    assert crop_decode.resize_area(image, 0, 0, 5, 9, out) == -2  # taller output: FFCV's call does it
+    assert crop_decode.resize_area(image, 0, 0, 5, 5, np.zeros((5, 5, 3), np.uint8)) == 0
+
+
 @pytest.fixture(scope="module")
 def jpeg_betons(tmp_path_factory):
     root = tmp_path_factory.mktemp("crop_decode")
@@ -104,7 +133,7 @@ def test_ffcv_loaders_use_it_by_default_and_match_ffcvs_own_decoders(jpeg_betons
     assert type(plain[0].decoder) is CenterCropRGBImageDecoder  # data.crop_decode=false: FFCV's own
     for got, want in zip(pixels_of(*fast), pixels_of(*plain)):
         assert got.shape == want.shape
-        diff = np.abs(got - want)
+        diff = np.abs(got - want)  # crop edges' chroma, and INTER_AREA's rounding (1 level)
         assert diff.mean() < 0.5 and diff.max() <= 32, (diff.mean(), diff.max())
 
 
