@@ -58,7 +58,8 @@ def resize_area(image: np.ndarray, top, left, height, width, out: np.ndarray) ->
     (contiguous, out.shape[:2] <= (height, width)) with OpenCV's INTER_AREA weights. 0 on success, < 0 for
     sizes it does not handle (enlarging)."""
     row = image.shape[1] * 3
-    return _RESIZE(int(image.ctypes.data + top * row + left * 3), row, height, width, out.ctypes.data,
+    # the offset as uint64, like the address: mixing signed and unsigned would go through float64 in numba
+    return _RESIZE(int(image.ctypes.data + np.uint64(top * row + left * 3)), row, height, width, out.ctypes.data,
                    out.shape[0], out.shape[1])
 
 
