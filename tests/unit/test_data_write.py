@@ -189,7 +189,7 @@ def test_module_entry_point_help_and_exit_code(tmp_path):
 # Pixels through the writer and FFCV's decoders
 
 
-def val_pixels(beton, res, ratio, batch=8):
+def val_pixels(beton, res, ratio, batch=8, crop_decode=True):
     """Every image of `beton`, center-crop decoded by the FFCV val loader, as uint8 NHWC, in order."""
     from resnext_dist.data.ffcv import FfcvVal
     from resnext_dist.dist import DistInfo
@@ -198,8 +198,8 @@ def val_pixels(beton, res, ratio, batch=8):
     from ffcv.reader import Reader
 
     n = Reader(str(beton)).num_samples
-    val = FfcvVal(str(beton), data_cfg(batch_size=batch, val_res=res, val_crop_ratio=ratio), DistInfo(),
-                  channels_last=True, num_images=n)
+    val = FfcvVal(str(beton), data_cfg(batch_size=batch, val_res=res, val_crop_ratio=ratio, crop_decode=crop_decode),
+                  DistInfo(), channels_last=True, num_images=n)
     return np.concatenate([unnormalize(x) for x, _ in val])
 
 
@@ -260,4 +260,6 @@ def test_center_crop_decode_matches_a_pil_reference_on_real_photos(tmp_path, mod
         top, left = (h - c) // 2, (w - c) // 2
         exact = np.stack([cv2.resize(p[top:top + c, left:left + c], (160, 160), interpolation=cv2.INTER_AREA)
                           for p in photos()])
-        assert np.array_equal(decoded, exact)
+        # data.crop_decode's INTER_AREA: OpenCV's weights, float rounding apart; FFCV's own decoder: OpenCV's call
+        assert np.abs(decoded - exact).max() <= 1
+        assert np.array_equal(val_pixels(beton, res=160, ratio=0.875, crop_decode=False), exact)
