@@ -107,6 +107,30 @@ def test_area_resize_leaves_enlarging_to_opencv():
     assert crop_decode.resize_area(image, 0, 0, 5, 5, np.zeros((5, 5, 3), np.uint8)) == 0
 
 
+def test_corrupt_jpegs_neither_crash_it_nor_write_past_the_rows_asked_for():
+    """Random byte changes and truncations of baseline and progressive JPEGs (a damaged disk): libjpeg's errors
+    come back as -1 (no exit(), no crash), a header claiming another size as -2, and nothing lands beyond the
+    `height` rows of `out_stride` bytes the caller provided."""
+    rng = np.random.default_rng(2)
+    pixels, outcomes = photo(), set()
+    for progressive in (False, True):
+        good = jpeg(pixels, subsampling=2, progressive=progressive)
+        for _ in range(300):
+            data = good.copy()
+            where = rng.integers(0, len(data), int(rng.integers(1, 20)))
+            data[where] = rng.integers(0, 256, len(where))
+            if rng.random() < 0.2:
+                data = data[:int(rng.integers(2, len(data)))].copy()
+            h, w = int(rng.integers(1, H + 1)), int(rng.integers(1, W + 1))
+            top, left = int(rng.integers(0, H - h + 1)), int(rng.integers(0, W - w + 1))
+            out = np.full((H + 4) * 3 * W, 77, np.uint8)
+            result = crop_decode.decode_crop(data, out, top, left, h, w, 3 * W)
+            assert result >= -2
+            assert (out[h * 3 * W:] == 77).all(), "wrote past the rows asked for"
+            outcomes.add(min(result, 0))
+    assert outcomes == {0, -1, -2}  # decoded (maybe garbled), refused, wrong size: all three were seen
+
+
 @pytest.fixture(scope="module")
 def jpeg_betons(tmp_path_factory):
     root = tmp_path_factory.mktemp("crop_decode")
