@@ -1,8 +1,8 @@
 """FFCV loaders: .beton files decoded by FFCV's JIT-compiled pipelines (the fast path).
 
 Decoders: crop_decode.py's (data.crop_decode=true, when its compiled part is installed) decode only the
-crop of each JPEG; otherwise FFCV's, which decode whole images. Same crops and pixels either way (up to
-chroma rounding along crop edges).
+crop of each JPEG and shrink it with our INTER_AREA; otherwise FFCV's, which decode whole images and resize
+with OpenCV. Same crops either way, and pixels within 1 level (a few along crop edges: chroma upsampling).
 
 Training: RandomResizedCrop decode at the epoch's resolution + horizontal flip (data.pad_crop > 0: a
 center-crop decode, flip, then a random shift by up to pad_crop pixels, CIFAR-style; data.random_crop=false:
@@ -51,8 +51,8 @@ def ffcv_workers(num_workers: int) -> int:
 
 
 def _decoders(data_cfg):
-    """(random-resized-crop class, center-crop class): crop_decode.py's, which decode only the crop, unless
-    data.crop_decode=false or the compiled part is not installed; then FFCV's, which decode whole images."""
+    """(random-resized-crop class, center-crop class): crop_decode.py's, unless data.crop_decode=false or its
+    compiled part is not installed; then FFCV's own."""
     if data_cfg.crop_decode and crop_decode.available():
         return crop_decode.CropFirstRandomResizedCrop, crop_decode.CropFirstCenterCrop
     return RandomResizedCropRGBImageDecoder, CenterCropRGBImageDecoder
