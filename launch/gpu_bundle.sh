@@ -14,7 +14,7 @@
 #   .gpu/lib/*.so*                       every library ldd lists for _libffcv (libturbojpeg, OpenCV, ...) and for
 #                                        our partial JPEG decoder (libjpeg), except the C/C++ runtime every host
 #                                        has (libc, libm, libstdc++, libgcc_s, ld-linux)
-#   .gpu/native/_cropdecode.abi3.so        resnext_dist/data/_cropdecode (data.crop_decode), built by pip install -e .;
+#   .gpu/native/_cropdecode.abi3.so      resnext_dist/data/_cropdecode (data.crop_decode), built by pip install -e .;
 #                                        git ignores it, so gpu_bench.sh copies it back into the package there
 #   .gpu/site/distutils/                 a two-file shim: Python 3.12 has no distutils, FFCV imports distutils.log.warn
 #   .gpu/site/{omegaconf,antlr4,submitit,cloudpickle,...}
@@ -82,7 +82,7 @@ copy_libs() {  # SO: copy what ldd lists for it into $tmp/lib
 }
 copy_libs "$SO"
 copy_libs "$CROPDECODE"
-# our partial JPEG decoder (abi3: loads in the host's Python as it is); gpu_bench.sh puts it in the package
+# our crop decoder (abi3: loads in the host's Python as it is); gpu_bench.sh puts it in the package
 mkdir -p "$tmp/native"
 cp "$CROPDECODE" "$tmp/native/"
 
