@@ -12,7 +12,7 @@ from typing import Dict
 
 from omegaconf import MISSING
 
-from resnext_dist.config import _section_types
+from resnext_dist.config_schema import _section_types
 
 
 def arg_parser(prog: str, description: str, example: str):
@@ -28,7 +28,7 @@ def arg_parser(prog: str, description: str, example: str):
 
 class _KeysHelpParser(argparse.ArgumentParser):
     """Lists the config keys at the end of --help, built only when the help is printed: reading the field
-    docs parses config.py's source, which parsing a command line has no need for."""
+    docs parses config_schema.py's source, which parsing a command line has no need for."""
 
     @property
     def epilog(self) -> str:
