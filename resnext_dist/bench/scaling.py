@@ -166,6 +166,8 @@ def run(argv=None) -> int:
     print(title, flush=True)
 
     modes = ["single", "ddp"] + (["independent"] if args.independent else [])
+    if args.run_root:
+        os.makedirs(args.run_root, exist_ok=True)  # a fresh path is fine, as for --workdir
     root = tempfile.mkdtemp(prefix="resnext-scaling-", dir=args.run_root or None)
     runs: Dict[str, List[Dict]] = {mode: [] for mode in modes}
     try:

@@ -165,6 +165,8 @@ def run(argv=None) -> int:
     inputs = _inputs(args)
     timed_steps = -(-args.steps // args.log_every) * args.log_every
     max_steps = args.warmup_intervals * args.log_every + timed_steps
+    if args.run_root:
+        os.makedirs(args.run_root, exist_ok=True)  # a fresh path is fine, as for --workdir
     root = tempfile.mkdtemp(prefix="resnext-bench-", dir=args.run_root or None)
 
     def plan(name: str, attempt: int):

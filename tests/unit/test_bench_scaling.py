@@ -14,7 +14,7 @@ TINY = ["--layers", "1,1,1,1", "--cardinality", "2", "--group-width", "4", "--ba
 def test_scaling_one_vs_two_processes(tmp_path, capsys):
     out = tmp_path / "scaling.json"
     assert main(["scaling", *TINY, "--device", "cpu", "--steps", "4", "--log-every", "2",
-                 "--run-root", str(tmp_path), "--out", str(out)]) == 0
+                 "--run-root", str(tmp_path / "new"), "--out", str(out)]) == 0  # --run-root made if missing
     printed = capsys.readouterr().out
     assert "bench scaling:" in printed and "efficiency" in printed and "1 intra-op thread" in printed
     result = json.loads(out.read_text())
@@ -31,7 +31,7 @@ def test_scaling_one_vs_two_processes(tmp_path, capsys):
     assert summary["efficiency"] == two["efficiency"]
     assert summary["ddp_vs_independent"] == pytest.approx(two["img_per_s"] / independent["img_per_s"])
     assert isinstance(summary["meets_target"], bool)
-    assert list(tmp_path.glob("resnext-scaling-*")) == []
+    assert list((tmp_path / "new").glob("resnext-scaling-*")) == []
 
 
 @pytest.mark.parametrize("args, culprit", [

@@ -34,7 +34,7 @@ def test_summarize_log_weights_intervals_and_skips_warmup():
 
 def test_train_synthetic_against_ceiling(tmp_path, capsys):
     out = tmp_path / "train.json"
-    assert main(["train", *TINY, *SHORT, "--run-root", str(tmp_path), "--out", str(out)]) == 0
+    assert main(["train", *TINY, *SHORT, "--run-root", str(tmp_path / "new"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "bench train:" in printed and "vs ceiling" in printed and "data wait" in printed
     result = json.loads(out.read_text())
@@ -50,7 +50,7 @@ def test_train_synthetic_against_ceiling(tmp_path, capsys):
     summary = result["summary"]
     assert summary["synthetic_ratio"] == pytest.approx(trainer["ratio"])
     assert summary["target_ratio"] == 0.97 and isinstance(summary["meets_target"], bool)
-    assert list(tmp_path.glob("resnext-bench-*")) == []  # run directories removed
+    assert list((tmp_path / "new").glob("resnext-bench-*")) == []  # made if missing; run directories removed
 
 
 @pytest.mark.parametrize("args, culprit", [
