@@ -29,6 +29,7 @@ from resnext_dist.bench import BenchError
 from resnext_dist.bench import report
 from resnext_dist.config import ConfigError, ModelConfig, OptimConfig, load_config
 from resnext_dist.models import build_model
+from resnext_dist.models.resnext import PRESETS
 from resnext_dist.optim import build_optimizer
 
 
@@ -70,9 +71,13 @@ class Workload:
         return load_config(None, [o for o in self.trainer_overrides() if o.startswith("model.")]).model
 
     def label(self) -> str:
-        net = self.arch if self.layers is None else \
-            f"{self.arch}[layers={','.join(map(str, self.layers))},C={self.cardinality},w={self.group_width}," \
-            f"base={self.base_channels}]"
+        net = self.arch
+        if (self.layers, self.cardinality, self.group_width, self.base_channels) != (None, None, None, 64):
+            # Any override: spell out the whole net, taking what is not overridden from the preset.
+            layers, cardinality, width = PRESETS.get(self.arch, (None, None, None))
+            layers = self.layers or layers
+            net += (f"[layers={','.join(map(str, layers or ()))},C={self.cardinality or cardinality},"
+                    f"w={self.group_width or width},base={self.base_channels}]")
         return (f"{net} {self.res}px batch {self.batch} {self.precision} "
                 f"{'channels_last' if self.channels_last else 'NCHW'} {'compiled' if self.compile else 'eager'}")
 

@@ -89,3 +89,14 @@ def test_table_shows_only_filled_columns():
     header = table.splitlines()[0]
     assert "img/s" in header and "data wait" in header and "vs ceiling" not in header and "bench" not in header
     assert "1,234.5" in table and "50.0%" in table
+
+
+def test_workload_label_spells_out_the_net_actually_built():
+    from resnext_dist.bench.model import Workload
+    assert Workload().label().startswith("resnext50_32x4d 224px batch 256 bf16 channels_last eager")
+    # Only the depth overridden: width and groups come from the preset, not "None".
+    assert Workload(layers=[1, 1, 1, 1]).label().startswith("resnext50_32x4d[layers=1,1,1,1,C=32,w=4,base=64] ")
+    assert Workload(arch="resnext101_32x8d", cardinality=8).label().startswith(
+        "resnext101_32x8d[layers=3,4,23,3,C=8,w=8,base=64] ")
+    assert Workload(layers=[1, 1, 1, 1], cardinality=2, group_width=4, base_channels=8).label().startswith(
+        "resnext50_32x4d[layers=1,1,1,1,C=2,w=4,base=8] ")
