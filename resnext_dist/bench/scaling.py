@@ -1,7 +1,9 @@
 """`python -m resnext_dist.bench scaling`: weak scaling, 1 process vs N at the same per-process batch.
 
+    python -m resnext_dist.bench scaling --device cpu --layers 1,1,1,1 --stem cifar --num-classes 10 \\
+        --res 32 --batch 16        # gloo, 2 cores: ResNeXt-50's widths, one block per stage
     python -m resnext_dist.bench scaling --device cpu --nproc 2 --layers 1,1,1,1 --cardinality 8 \\
-        --group-width 4 --base-channels 16 --stem cifar --num-classes 10 --res 32 --batch 32   # gloo, 2 cores
+        --group-width 4 --base-channels 16 --stem cifar --num-classes 10 --res 32 --batch 32   # a narrow net
     python -m resnext_dist.bench scaling --arch resnext50_32x4d --batch 256 --res 224      # all GPUs (NCCL)
 
 The trainer is launched for real on synthetic input: `python -m resnext_dist.train` for 1 process,
