@@ -7,21 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from resnext_dist import train
+from resnext_dist import slurm, train
 from resnext_dist.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def readme_commands(module: str):
-    """Every `python -m <module> ...` in the README: inline code and bash blocks (continuations joined,
-    comments dropped). Placeholders (`...`, $VARS, {a,b}) are not runnable as written and are skipped."""
+def readme_commands(entry: str):
+    """The arguments of every command in the README that runs `entry` (`-m module` as python and torchrun
+    write it, or a script path): inline code and bash blocks (continuations joined, comments dropped).
+    Placeholders (`...`, $VARS, {a,b}) are not runnable as written and are skipped."""
     text = (ROOT / "README.md").read_text()
-    found = re.findall(r"(?<!`)`([^`\n]*-m resnext_dist[^`\n]*)`(?!`)", text)
+    found = re.findall(r"(?<!`)`([^`\n]*(?:-m resnext_dist|launch/)[^`\n]*)`(?!`)", text)
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
             found.append(line.split("  #")[0].strip())
-    prefix = f"-m {module} "  # python -m, and torchrun ... -m
+    prefix = entry + " "
     out = []
     for cmd in found:
         at = cmd.find(prefix)
@@ -31,13 +32,15 @@ def readme_commands(module: str):
     return out
 
 
-BENCH = readme_commands("resnext_dist.bench")
-WRITE = readme_commands("resnext_dist.data.write")
-TRAIN = readme_commands("resnext_dist.train")
+BENCH = readme_commands("-m resnext_dist.bench")
+WRITE = readme_commands("-m resnext_dist.data.write")
+TRAIN = readme_commands("-m resnext_dist.train")
+SUBMIT = readme_commands("launch/submit.py")
 
 
 def test_the_readme_has_commands_to_check():
-    assert len(BENCH) >= 5 and len(WRITE) >= 4 and len(TRAIN) >= 2  # the extraction itself works
+    # the extraction itself works
+    assert len(BENCH) >= 5 and len(WRITE) >= 4 and len(TRAIN) >= 2 and len(SUBMIT) >= 1
 
 
 @pytest.mark.parametrize("argv", BENCH, ids=[" ".join(a)[:60] for a in BENCH])
@@ -61,3 +64,10 @@ def test_train_command_loads_its_config(argv, monkeypatch):
         return
     args = train.parse_args(argv)
     load_config(args.config, args.overrides)  # ConfigError names a bad key or value
+
+
+@pytest.mark.parametrize("argv", SUBMIT, ids=[" ".join(a)[:60] for a in SUBMIT])
+def test_submit_command_loads_its_config(argv, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    args = slurm.parse_args(argv)
+    slurm.check_slurm_config(load_config(args.config, args.overrides))  # nothing is submitted
