@@ -31,6 +31,7 @@ import torch
 
 from resnext_dist.bench import BenchError, report
 from resnext_dist.config import DataConfig
+from resnext_dist.data.normalize import DeviceNormalize
 from resnext_dist.dist import DistInfo
 
 LOADERS = ("ffcv", "ffcv-full", "torchvision", "synthetic")  # ffcv-full: data.crop_decode=false
@@ -129,7 +130,7 @@ def per_image_costs(folder: str, res: int, n: int = 200) -> Dict[str, float]:
         resize_crop(buf, top, top + ch, left, left + cw, out)
         times.append(time.perf_counter())
         if "ffcv_area_resize" in costs:
-            crop_decode.resize_area(buf, top, left, ch, cw, out)
+            crop_decode_resize(buf, top, left, ch, cw, out)
             times.append(time.perf_counter())
         img = Image.open(path).convert("RGB")
         times.append(time.perf_counter())
@@ -140,6 +141,36 @@ def per_image_costs(folder: str, res: int, n: int = 200) -> Dict[str, float]:
         for key, t0, t1 in zip(costs, times, times[1:]):
             costs[key] += t1 - t0
     return {f"ms_per_image_{key}": 1e3 * total / max(1, len(files)) for key, total in costs.items()}
+
+
+def crop_decode_resize(image: np.ndarray, top: int, left: int, height: int, width: int, out: np.ndarray) -> None:
+    """The resize data.crop_decode's decoders do: our INTER_AREA when the crop shrinks, else (it must grow
+    in a dimension) FFCV's OpenCV call."""
+    from ffcv.libffcv import resize_crop
+
+    from resnext_dist.data import crop_decode
+
+    if crop_decode.resize_area(image, top, left, height, width, out) != 0:
+        resize_crop(image, top, top + height, left, left + width, out)
+
+
+def cpu_normalize_cost(res: int, batch: int, repeats: int = 10) -> float:
+    """Milliseconds per image, in this thread, of what every loader's batch goes through last on a CPU
+    device: uint8 to normalized float32 channels-last, into a new tensor (data/normalize.py; on a GPU this
+    runs on the device). It runs in the training process, beside the loop, whatever the workers do."""
+    normalize = DeviceNormalize(torch.device("cpu"), channels_last=True)
+    images = torch.randint(0, 256, (batch, res, res, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+    labels = torch.zeros(batch, dtype=torch.int64)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        normalize(images, labels)  # first touch
+        start = time.perf_counter()
+        for _ in range(repeats):
+            normalize(images, labels)
+        return 1e3 * (time.perf_counter() - start) / (repeats * batch)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def time_epochs(loaders: Dict[str, object], res: int, warmup: int, epochs: int, device: torch.device,
@@ -261,6 +292,8 @@ def run(argv=None) -> int:
         torch_threads = torch.get_num_threads()
         rows: List[Dict] = []
         summary: Dict[str, float] = per_image_costs(paths["torchvision"], args.res)
+        if device.type == "cpu":
+            summary["ms_per_image_cpu_normalize"] = cpu_normalize_cost(args.res, args.batch)
         print("per image, one thread: " + ", ".join(f"{key[len('ms_per_image_'):]} {ms:.2f} ms"
                                                     for key, ms in summary.items()), flush=True)
         for workers in args.worker_counts:
@@ -299,7 +332,10 @@ def run(argv=None) -> int:
                  "default) / FFCV decoding whole JPEGs (ffcv-full)",
                  "ms_per_image_*: one thread, one image (a centered crop of half its area to --res px): "
                  "FFCV's libjpeg-turbo decode + OpenCV INTER_AREA resize, ours (crop only + our INTER_AREA: "
-                 "data.crop_decode), PIL decode + antialiased resize",
+                 "data.crop_decode; OpenCV's resize where the crop must grow), PIL decode + antialiased resize",
+                 *(["ms_per_image_cpu_normalize: one thread, a batch of --batch to normalized float32 in a new "
+                    "tensor, per image: on a CPU device every loader's batches go through it in the training "
+                    "process, beside the workers (on a GPU it runs on the device)"] if device.type == "cpu" else []),
                  f"load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} on "
                  f"{len(os.sched_getaffinity(0))} cores"]
         result = report.make_report("loader", device, argv=argv, params=params, rows=rows, summary=summary,
