@@ -156,8 +156,9 @@ def crop_decode_resize(image: np.ndarray, top: int, left: int, height: int, widt
 
 def cpu_normalize_cost(res: int, batch: int, repeats: int = 10) -> float:
     """Milliseconds per image, in this thread, of what every loader's batch goes through last on a CPU
-    device: uint8 to normalized float32 channels-last, into a new tensor (data/normalize.py; on a GPU this
-    runs on the device). It runs in the training process, beside the loop, whatever the workers do."""
+    device: uint8 to normalized float32 channels-last (data/normalize.py; on a GPU this runs on the
+    device). It runs in the training process, beside the loop, whatever the workers do. Each batch is
+    dropped before the next, as the training loop does, so outputs are recycled as they are there."""
     normalize = DeviceNormalize(torch.device("cpu"), channels_last=True)
     images = torch.randint(0, 256, (batch, res, res, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
     labels = torch.zeros(batch, dtype=torch.int64)
@@ -333,8 +334,8 @@ def run(argv=None) -> int:
                  "ms_per_image_*: one thread, one image (a centered crop of half its area to --res px): "
                  "FFCV's libjpeg-turbo decode + OpenCV INTER_AREA resize, ours (crop only + our INTER_AREA: "
                  "data.crop_decode; OpenCV's resize where the crop must grow), PIL decode + antialiased resize",
-                 *(["ms_per_image_cpu_normalize: one thread, a batch of --batch to normalized float32 in a new "
-                    "tensor, per image: on a CPU device every loader's batches go through it in the training "
+                 *(["ms_per_image_cpu_normalize: one thread, a batch of --batch to normalized float32, per image, as "
+                    "the loaders do it (data/normalize.py): on a CPU device every loader's batches go through it in the training "
                     "process, beside the workers (on a GPU it runs on the device)"] if device.type == "cpu" else []),
                  f"load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} on "
                  f"{len(os.sched_getaffinity(0))} cores"]
