@@ -5,9 +5,9 @@ normalization run on the device after the transfer, in the memory format the mod
 
 On a CPU device this runs in the training process, beside the loop, for every batch of every loader, so it
 is written for speed there (`python -m resnext_dist.bench loader` prints its cost as
-ms_per_image_cpu_normalize; 64 FFCV images at 224 px went from 0.84 to 0.14 ms per image on a 2-core VM):
+ms_per_image_cpu_normalize; 64 FFCV images at 224 px went from 0.85 to 0.15 ms per image on a 2-core VM):
 - uint8 is converted to float32 first, then scaled and shifted in place: one addcmul reading uint8 is
-  about 3x slower than both together;
+  slower than both together;
 - channels-last batches are scaled as rows of W*3 interleaved values against a scale and shift repeated
   W times, not against a per-channel (1, 3, 1, 1) broadcast: an innermost dimension of 3 keeps the
   elementwise kernel from vectorizing;
