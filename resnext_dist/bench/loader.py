@@ -334,9 +334,10 @@ def run(argv=None) -> int:
                  "ms_per_image_*: one thread, one image (a centered crop of half its area to --res px): "
                  "FFCV's libjpeg-turbo decode + OpenCV INTER_AREA resize, ours (crop only + our INTER_AREA: "
                  "data.crop_decode; OpenCV's resize where the crop must grow), PIL decode + antialiased resize",
-                 *(["ms_per_image_cpu_normalize: one thread, a batch of --batch to normalized float32, per image, as "
-                    "the loaders do it (data/normalize.py): on a CPU device every loader's batches go through it in the training "
-                    "process, beside the workers (on a GPU it runs on the device)"] if device.type == "cpu" else []),
+                 *(["ms_per_image_cpu_normalize: one thread, a batch of --batch to normalized float32, per "
+                    "image, as the loaders do it (data/normalize.py): on a CPU device every loader's batches go "
+                    "through it in the training process, beside the workers (on a GPU it runs on the device)"]
+                   if device.type == "cpu" else []),
                  f"load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} on "
                  f"{len(os.sched_getaffinity(0))} cores"]
         result = report.make_report("loader", device, argv=argv, params=params, rows=rows, summary=summary,
