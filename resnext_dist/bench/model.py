@@ -79,10 +79,18 @@ class Workload:
             net += (f"[layers={','.join(map(str, layers or ()))},C={self.cardinality or cardinality},"
                     f"w={self.group_width or width},base={self.base_channels}]")
         return (f"{net} {self.res}px batch {self.batch} {self.precision} "
-                f"{'channels_last' if self.channels_last else 'NCHW'} {'compiled' if self.compile else 'eager'}")
+                f"{'channels_last' if self.channels_last else 'NCHW'} {'compiled' if self.compile else 'eager'}, "
+                f"{self.num_parameters():,} parameters")
+
+    def num_parameters(self) -> int:
+        """The model's parameter count (what DDP all-reduces each step), from a model built on the meta
+        device: shapes only, no memory and no initialization."""
+        with torch.device("meta"):
+            model = build_model(self.model_config())
+        return sum(p.numel() for p in model.parameters())
 
     def params(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "num_parameters": self.num_parameters()}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -100,3 +100,14 @@ def test_workload_label_spells_out_the_net_actually_built():
         "resnext101_32x8d[layers=3,4,23,3,C=8,w=8,base=64] ")
     assert Workload(layers=[1, 1, 1, 1], cardinality=2, group_width=4, base_channels=8).label().startswith(
         "resnext50_32x4d[layers=1,1,1,1,C=2,w=4,base=8] ")
+
+
+def test_workload_counts_the_parameters_it_reports():
+    from resnext_dist.bench.model import Workload
+    full = Workload()
+    assert full.num_parameters() == 25_028_904  # ResNeXt-50 32x4d, as tests/unit/test_models.py asserts
+    assert full.label().endswith(", 25,028,904 parameters") and full.params()["num_parameters"] == 25_028_904
+    narrow = Workload(layers=[1, 1, 1, 1], cardinality=8, group_width=4, base_channels=16, stem="cifar",
+                      num_classes=10)
+    wide = Workload(layers=[1, 1, 1, 1], stem="cifar", num_classes=10)
+    assert 0 < narrow.num_parameters() < wide.num_parameters() < full.num_parameters()
