@@ -38,12 +38,13 @@ def main(argv=None) -> int:
         overrides.append(f"run.name=quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
 
     import torch
-    from resnext_dist.config import ConfigError, load_config
+    from resnext_dist.errors import InputError
+    from resnext_dist.config import load_config
     from resnext_dist.tracking import ui_command
 
     try:
         cfg = load_config(CONFIG, overrides)  # fail fast, before any process starts
-    except ConfigError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     nproc = torch.cuda.device_count() or 2

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from resnext_dist import dist as rdist
-from resnext_dist.config import ConfigError
+from resnext_dist.errors import InputError
+from resnext_dist.files import atomic_write
 
 NAME = re.compile(r"^step_(\d{8})\.pt$")
 
 
-class CheckpointError(ConfigError):
+class CheckpointError(InputError):
     """An unreadable or incompatible checkpoint (exit 2: bad input, named in the message)."""
 
 
@@ -135,7 +136,7 @@ def save(state: TrainState, ckpt_dir: str, keep: int, dist) -> str:
     if dist.is_main:
         try:
             atomic_save(state.state_dict(), path)
-            _atomic_write(os.path.join(ckpt_dir, "latest"), lambda f: f.write(name.encode() + b"\n"))
+            atomic_write(os.path.join(ckpt_dir, "latest"), name + "\n")
             _prune(ckpt_dir, keep)
         except OSError as e:
             error = f"could not save checkpoint {path}: {e}"
@@ -147,27 +148,7 @@ def save(state: TrainState, ckpt_dir: str, keep: int, dist) -> str:
 
 def atomic_save(obj: Any, path: str) -> None:
     """torch.save that never leaves a partial file at `path`."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def _atomic_write(path: str, write) -> None:
-    directory, base = os.path.split(path)
-    tmp = os.path.join(directory, f".tmp-{base}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    fd = os.open(directory, os.O_RDONLY)  # make the rename itself durable
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _prune(ckpt_dir: str, keep: int) -> None:

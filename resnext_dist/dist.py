@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import random
 import subprocess
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -62,8 +63,14 @@ def _slurm_master(env) -> tuple:
     nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "")
     host = subprocess.run(["scontrol", "show", "hostnames", nodelist], check=True, capture_output=True,
                           text=True).stdout.split()[0]
-    port = 20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000
-    return host, str(port)
+    return host, str(slurm_master_port(env))
+
+
+def slurm_master_port(env) -> int:
+    """The rendezvous port of a Slurm job, the same on every task: derived from the job id and the restart
+    count, so a requeued job never meets the old rendezvous (or its port in TIME_WAIT)."""
+    job, restarts = env.get("SLURM_JOB_ID", "0"), env.get("SLURM_RESTART_COUNT", "0")
+    return random.Random(f"{job}/{restarts}").randint(20000, 60000)
 
 
 def init_distributed(cfg) -> DistInfo:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import random
 import re
 import shlex
 import signal
@@ -38,7 +37,8 @@ import submitit
 from submitit.core.utils import UncompletedJobError
 
 from resnext_dist.cli import arg_parser
-from resnext_dist.config import ConfigError, TrainConfig, load_config, to_yaml, validate
+from resnext_dist.errors import InputError
+from resnext_dist.config import TrainConfig, load_config, to_yaml, validate
 from resnext_dist.signals import StopRequested
 from resnext_dist.slurm_checks import SlurmOptionError, check_against_cluster, check_run_dir_free, run, \
     tasks_per_node
@@ -121,11 +121,8 @@ def submitit_signal_handler():
 
 def export_dist_env(env, gpus: bool) -> None:
     """RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT for env:// from Slurm's variables; one GPU per task."""
-    restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-    # A fresh port for every attempt of the same job id: a requeued job must not meet the old
-    # rendezvous (or its port in TIME_WAIT). All tasks compute the same number.
-    port = random.Random(f"{env.job_id}/{restarts}").randint(20000, 60000)
-    os.environ["MASTER_PORT"] = str(port)  # TorchDistributedEnvironment takes the port from here
+    from resnext_dist.dist import slurm_master_port  # torch: only inside the job, not on the submitting host
+    os.environ["MASTER_PORT"] = str(slurm_master_port({**os.environ, "SLURM_JOB_ID": str(env.job_id)}))
     # overwrite: RANK, MASTER_ADDR, ... may come from the submitting shell through sbatch's --export=ALL.
     submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
     if gpus:
@@ -347,7 +344,7 @@ def main(argv=None) -> int:
             print(sbatch_script(cfg))
             return 0
         job = submit(cfg)
-    except ConfigError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except submitit.core.utils.FailedJobError as e:  # sbatch refused after the checks passed

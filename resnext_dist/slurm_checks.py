@@ -14,10 +14,12 @@ import sys
 import tempfile
 from typing import Any, Dict, List, Tuple
 
-from resnext_dist.config import ConfigError, TrainConfig
+from resnext_dist.errors import InputError
+
+from resnext_dist.config import TrainConfig
 
 
-class SlurmOptionError(ConfigError):
+class SlurmOptionError(InputError):
     """A slurm.* setting the cluster cannot run (one line naming the key)."""
 
 

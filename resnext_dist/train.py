@@ -23,7 +23,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from resnext_dist import checkpoint as ckpt
 from resnext_dist.cli import arg_parser
-from resnext_dist.config import ConfigError, TrainConfig, grad_accum_steps, load_config, to_yaml, \
+from resnext_dist.errors import InputError
+from resnext_dist.config import TrainConfig, grad_accum_steps, load_config, to_yaml, \
     validate
 from resnext_dist.dist import DistInfo, close_distributed, init_distributed
 from resnext_dist.loop import StepContext, evaluate, train_epoch
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
             print(to_yaml(cfg), end="")
             return 0
         run(cfg)
-    except ConfigError as e:  # also data and checkpoint errors: bad input, one line
+    except InputError as e:  # also data and checkpoint errors: bad input, one line
         print(f"error: {e}", file=sys.stderr)
         return 2
     except StopRequested as e:
@@ -99,7 +100,7 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> None:
     global_batch = cfg.data.batch_size * dist.world_size * accum
     steps_per_epoch = train_loader.batches_per_epoch // accum
     if steps_per_epoch < 1:
-        raise ConfigError(f"data.train has too few images for one global batch of {global_batch}")
+        raise InputError(f"data.train has too few images for one global batch of {global_batch}")
     model = build_model(cfg.model).to(dist.device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)

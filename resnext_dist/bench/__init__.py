@@ -36,7 +36,7 @@ def usage() -> str:
 
 def main(argv=None) -> int:
     """Dispatch to resnext_dist.bench.<name>.run(rest of argv); the console script `resnext-bench` too."""
-    from resnext_dist.config import ConfigError
+    from resnext_dist.errors import InputError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -55,6 +55,6 @@ def main(argv=None) -> int:
         return 2
     try:
         return int(module.run(rest) or 0)
-    except (BenchError, ConfigError) as e:
+    except (BenchError, InputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from resnext_dist.bench import BenchError
 from resnext_dist.bench import report
-from resnext_dist.config import ConfigError, ModelConfig, OptimConfig, load_config
+from resnext_dist.errors import InputError
+from resnext_dist.config import ModelConfig, OptimConfig, load_config
 from resnext_dist.models import build_model
 from resnext_dist.models.resnext import PRESETS
 from resnext_dist.optim import build_optimizer
@@ -134,7 +135,7 @@ def workload_from_args(args, device_type: str) -> Workload:
                  label_smoothing=args.label_smoothing)
     try:
         load_config(None, w.trainer_overrides())  # the trainer's validation: one line naming the bad key
-    except ConfigError as e:
+    except InputError as e:
         raise BenchError(str(e)) from None
     return w
 

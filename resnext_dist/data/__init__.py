@@ -18,7 +18,7 @@ batches it already did sees exactly the batches the uninterrupted run saw.
 Also here: `val.num_images` (all ranks together: the denominator of exact top-1/top-5), `len(val)`
 (this rank's batches), `train_res_for_epoch(cfg.data, epoch)` (progressive resizing), and
 `check_dataset(cfg.data, num_classes)` (build_loaders runs it too), which raises `DataError`, a
-ConfigError, for missing or bad data: one line naming the file, exit code 2.
+InputError, for missing or bad data: one line naming the file, exit code 2.
 Modules: sources (what can be read), write (the .beton writer CLI), checks, sharding (who reads what),
 resolution, normalize, and one module per loader: ffcv, torchvision, synthetic.
 """

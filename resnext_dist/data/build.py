@@ -9,7 +9,7 @@ from resnext_dist.data.errors import DataError
 
 
 def build_loaders(data_cfg, dist, *, seed: int, num_classes: int, channels_last: bool):
-    """(train, val or None) for this rank; raises DataError / ConfigError (exit 2) on bad data or config."""
+    """(train, val or None) for this rank; raises DataError / InputError (exit 2) on bad data or config."""
     found = check_dataset(data_cfg, num_classes)
     if data_cfg.loader == "synthetic":
         from resnext_dist.data.synthetic import SyntheticTrain, SyntheticVal

@@ -1,6 +1,6 @@
 """Checks of the data against the config, made before any process group or training step.
 
-    check_dataset(cfg.data, cfg.model.num_classes)   # raises DataError (a ConfigError: exit 2)
+    check_dataset(cfg.data, cfg.model.num_classes)   # raises DataError (a InputError: exit 2)
 
 ffcv: data.train / data.val exist, are .beton files FFCV can read (not truncated), hold an `image`
 (RGBImageField) and a `label` (IntField) field and at least one image, and every label lies in
@@ -19,8 +19,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from resnext_dist.config import ConfigError
-from resnext_dist.data.errors import DataError, one_line
+from resnext_dist.errors import InputError
+from resnext_dist.data.errors import DataError
+from resnext_dist.errors import one_line
 from resnext_dist.data.sources import Source, source_from_spec
 
 
@@ -53,10 +54,10 @@ def check_dataset(data_cfg, num_classes: int) -> CheckedData:
         return found
     if data_cfg.loader == "synthetic":
         if data_cfg.synthetic_size < 1 or data_cfg.val_synthetic_size < 0:
-            raise ConfigError(f"data.synthetic_size={data_cfg.synthetic_size} must be >= 1 and "
+            raise InputError(f"data.synthetic_size={data_cfg.synthetic_size} must be >= 1 and "
                               f"data.val_synthetic_size={data_cfg.val_synthetic_size} >= 0")
         return CheckedData(train_images=data_cfg.synthetic_size, val_images=data_cfg.val_synthetic_size)
-    raise ConfigError(f"data.loader={data_cfg.loader!r}: must be one of ffcv, torchvision, synthetic")
+    raise InputError(f"data.loader={data_cfg.loader!r}: must be one of ffcv, torchvision, synthetic")
 
 
 def check_beton(path: str, num_classes: int, key: str = "data.train") -> int:
@@ -71,7 +72,7 @@ def check_beton(path: str, num_classes: int, key: str = "data.train") -> int:
         from ffcv.fields import IntField, RGBImageField
         from ffcv.reader import Reader
     except ImportError as e:
-        raise ConfigError(f"data.loader=ffcv but FFCV cannot be imported ({one_line(e)}); "
+        raise InputError(f"data.loader=ffcv but FFCV cannot be imported ({one_line(e)}); "
                           "install it (launch/setup.sh) or set data.loader=torchvision") from None
     try:
         reader = Reader(path)

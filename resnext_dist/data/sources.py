@@ -23,7 +23,8 @@ from typing import List, Optional
 import numpy as np
 from PIL import Image
 
-from resnext_dist.data.errors import CorruptImage, DataError, one_line
+from resnext_dist.data.errors import CorruptImage, DataError
+from resnext_dist.errors import one_line
 
 SPLITS = ("train", "val")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's

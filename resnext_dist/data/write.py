@@ -37,7 +37,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from resnext_dist.data.errors import CorruptImage, DataError, one_line
+from resnext_dist.data.errors import CorruptImage, DataError
+from resnext_dist.errors import one_line
 from resnext_dist.data.sources import SPLITS, Source, open_source
 
 WRITE_MODES = ("raw", "jpg", "smart", "proportion")

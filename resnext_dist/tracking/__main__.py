@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from resnext_dist.tracking.format import one_line
+from resnext_dist.errors import one_line
 from resnext_dist.tracking.sync import sync_outbox
 
 

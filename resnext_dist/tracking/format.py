@@ -55,9 +55,3 @@ def cut(text: str, limit: int) -> str:
     """`text` if it fits in `limit` characters, else its start with a truncation mark."""
     mark = "...(truncated)"
     return text if len(text) <= limit else text[: limit - len(mark)] + mark
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception as one short line for a log message (MLflow errors can carry whole HTTP bodies)."""
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]

@@ -19,6 +19,7 @@ import logging
 import os
 from typing import Callable, List, Optional, Tuple
 
+from resnext_dist.files import atomic_write
 from resnext_dist.tracking.format import Point
 
 log = logging.getLogger(__package__)  # one logger for all of tracking: callers and tests filter on it
@@ -88,12 +89,3 @@ def save_outbox(run_dir: str, header: dict, points: List[Point], artifacts, owns
         log.warning("could not write %s: %s", path, e)
         return None
     return path, len(points), len(artifacts)
-
-
-def atomic_write(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -30,7 +30,8 @@ import sys
 import uuid
 from typing import Dict, List, Optional
 
-from resnext_dist.tracking.format import (MAX_TAG_VALUE, PARAMS_TAGS_PER_BATCH, Point, cut, one_line)
+from resnext_dist.errors import one_line
+from resnext_dist.tracking.format import MAX_TAG_VALUE, PARAMS_TAGS_PER_BATCH, Point, cut
 from resnext_dist.tracking.outbox import write_run_file
 
 log = logging.getLogger(__package__)  # one logger for all of tracking: callers and tests filter on it
@@ -154,7 +155,7 @@ class RemoteRun:
         except Exception as e:
             if not is_permanent(e):
                 raise
-            log.warning("MLflow refused %d metric points (%s); they are in log.jsonl only", len(keep), one_line(e))
+            log.warning("MLflow refused %d metric points (%s); they are in log.jsonl only", len(keep), one_line(e, 300))
         else:
             self._hwm.update(top)
 
@@ -171,7 +172,7 @@ class RemoteRun:
         except Exception as e:
             if not is_permanent(e):
                 raise
-            log.warning("MLflow refused artifact %s (%s)", path, one_line(e))
+            log.warning("MLflow refused artifact %s (%s)", path, one_line(e, 300))
 
     def end(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status)
@@ -214,7 +215,7 @@ class RemoteRun:
         except Exception as e:
             if not is_permanent(e):
                 raise
-            log.warning("MLflow run %s not found at %s (%s); starting a new run", run_id, self.uri, one_line(e))
+            log.warning("MLflow run %s not found at %s (%s); starting a new run", run_id, self.uri, one_line(e, 300))
             return None
         if run.info.lifecycle_stage == "deleted":
             log.warning("MLflow run %s was deleted; starting a new run", run_id)

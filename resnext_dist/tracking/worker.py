@@ -27,7 +27,8 @@ import threading
 import time
 from typing import Deque, List, Optional, Tuple
 
-from resnext_dist.tracking.format import METRICS_PER_BATCH, Point, one_line
+from resnext_dist.errors import one_line
+from resnext_dist.tracking.format import METRICS_PER_BATCH, Point
 from resnext_dist.tracking.outbox import outbox_paths, read_outbox, save_outbox
 from resnext_dist.tracking.remote import RemoteRun
 
@@ -170,7 +171,7 @@ class Sender:
         self._backoff = min(self._backoff * 2, BACKOFF_MAX_S)
         if not self._down:
             self._down = True
-            msg = one_line(exc)
+            msg = one_line(exc, 300)
             uri = self._remote.uri
             if not self._warned:
                 self._warned = True

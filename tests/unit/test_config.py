@@ -5,7 +5,9 @@ import sys
 import pytest
 import yaml
 
-from resnext_dist.config import ConfigError, TrainConfig, grad_accum_steps, load_config, to_flat_dict, to_yaml, validate
+from resnext_dist.errors import InputError
+
+from resnext_dist.config import TrainConfig, grad_accum_steps, load_config, to_flat_dict, to_yaml, validate
 
 RECIPES = ["configs/quickstart.yaml", "configs/resnext50_imagenet.yaml", "configs/resnext101_imagenet.yaml",
            "configs/resnext152_imagenet.yaml", "configs/cifar100_resnext50.yaml"]
@@ -32,7 +34,7 @@ def test_every_recipe_loads_with_only_data_paths(recipe):
 
 
 def test_imagenet_recipes_require_data_paths():
-    with pytest.raises(ConfigError, match="data.train is required when data.loader=ffcv"):
+    with pytest.raises(InputError, match="data.train is required when data.loader=ffcv"):
         load_config("configs/resnext50_imagenet.yaml", [])
 
 
@@ -52,7 +54,7 @@ def test_imagenet_recipes_require_data_paths():
     (["noequals"], r"override 'noequals' is not key=value"),
 ])
 def test_bad_input_is_one_clear_line(overrides, message):
-    with pytest.raises(ConfigError, match=message) as e:
+    with pytest.raises(InputError, match=message) as e:
         load_config(None, overrides)
     assert "\n" not in str(e.value)
 
@@ -60,14 +62,14 @@ def test_bad_input_is_one_clear_line(overrides, message):
 def test_unknown_key_in_a_yaml_file_names_the_file(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("data:\n  batchsize: 3\n")
-    with pytest.raises(ConfigError, match=r"unknown config key 'data.batchsize' in .*bad.yaml \(did you mean data.batch_size"):
+    with pytest.raises(InputError, match=r"unknown config key 'data.batchsize' in .*bad.yaml \(did you mean data.batch_size"):
         load_config(str(p), [])
 
 
 def test_global_batch_must_divide_by_world_size():
     cfg = load_config(None, ["data.batch_size=32", "optim.global_batch_size=96"])
     assert grad_accum_steps(cfg, 1) == 3
-    with pytest.raises(ConfigError, match=r"optim.global_batch_size=96 is not a multiple of data.batch_size=32 x world size 2"):
+    with pytest.raises(InputError, match=r"optim.global_batch_size=96 is not a multiple of data.batch_size=32 x world size 2"):
         validate(cfg, world_size=2)
     cfg = load_config(None, ["data.batch_size=32", "optim.global_batch_size=128"])
     assert grad_accum_steps(cfg, 2) == 2

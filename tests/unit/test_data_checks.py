@@ -1,9 +1,9 @@
-"""Checks of the data against the config before training: one line naming the file, a ConfigError (exit 2)."""
+"""Checks of the data against the config before training: one line naming the file, a InputError (exit 2)."""
 import os
 
 import pytest
 
-from resnext_dist.config import ConfigError
+from resnext_dist.errors import InputError
 from resnext_dist.data import DataError, build_loaders, check_dataset
 from resnext_dist.data.sources import SyntheticSource
 from resnext_dist.dist import DistInfo
@@ -24,7 +24,7 @@ def check(num_classes=12, **fields):
 
 def one_line_error(exc_info, *parts):
     message = str(exc_info.value)
-    assert "\n" not in message and isinstance(exc_info.value, ConfigError), message
+    assert "\n" not in message and isinstance(exc_info.value, InputError), message
     for part in parts:
         assert str(part) in message, message
     return message

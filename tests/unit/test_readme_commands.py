@@ -63,7 +63,7 @@ def test_train_command_loads_its_config(argv, monkeypatch):
         assert e.value.code == 0
         return
     args = train.parse_args(argv)
-    load_config(args.config, args.overrides)  # ConfigError names a bad key or value
+    load_config(args.config, args.overrides)  # InputError names a bad key or value
 
 
 @pytest.mark.parametrize("argv", SUBMIT, ids=[" ".join(a)[:60] for a in SUBMIT])
