@@ -187,3 +187,26 @@ def load_file(path: str) -> Dict[str, Any]:
     if not isinstance(sd, dict) or "model" not in sd or "step" not in sd:
         raise CheckpointError(f"{path}: not a resnext_dist checkpoint (no model/step entries)")
     return sd
+
+
+class Checkpointer:
+    """When to save, and what was saved last: every `every_steps` steps, at each epoch end, on a stop and at the
+    end. "Already saved" compares the whole position (step, epoch, samples), so the epoch-end save is written
+    even when an every_steps save just captured the same step mid-epoch (else a resume would redo the epoch's
+    evaluation)."""
+
+    def __init__(self, state: TrainState, ckpt_dir: str, keep: int, every_steps: int, dist):
+        self.state, self.ckpt_dir, self.keep, self.every_steps, self.dist = state, ckpt_dir, keep, every_steps, dist
+        self.last_saved = self._position()
+
+    def _position(self):
+        return self.state.step, self.state.epoch, self.state.samples_in_epoch
+
+    def after_step(self) -> None:
+        if self.every_steps and self.state.step % self.every_steps == 0:
+            self.save()
+
+    def save(self) -> None:
+        if self._position() != self.last_saved:
+            save(self.state, self.ckpt_dir, self.keep, self.dist)
+            self.last_saved = self._position()

@@ -31,6 +31,8 @@ class ModelConfig:
     "start each block's last BN gamma at 0 so every block begins as the identity"
     blurpool: bool = False
     "anti-aliased downsampling: blur before every strided conv with >= 16 input channels"
+    sync_bn: bool = False
+    "SyncBatchNorm: BN statistics over the global batch (one all-reduce per BN layer); off = per-rank batches"
 
 
 @dataclass
@@ -93,6 +95,8 @@ class TrainingConfig:
     "evaluation adds the logits of the horizontally flipped image"
     log_every_steps: int = 50
     "log loss, lr, img/s to log.jsonl every N optimizer steps (the only host sync in the step)"
+    log_every_s: float = 30.0
+    "also log a line when this many seconds passed since the last one (0 = steps only; needs train.nan_check)"
     eval_every_epochs: int = 1
     "run validation every N epochs (and always after the last)"
     max_steps: int = 0

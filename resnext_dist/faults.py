@@ -5,6 +5,7 @@ Off unless RESNEXT_DIST_FAULT is set; then it is a comma-separated list of `KIND
   nan@1:3      rank 1's loss becomes NaN at optimizer step 3
   kill@1:5:0   rank 1 SIGKILLs itself after step 5, on the first attempt only
   hang@1:4     rank 1 sleeps forever after step 4 (its peers then time out in the next collective)
+  slow@0:2     rank 0 sleeps 0.3 s after every step from step 2 on (a slow step, for the console's timed lines)
 Costs nothing when unset: the spec is parsed once at import.
 """
 from __future__ import annotations
@@ -50,3 +51,5 @@ def maybe_fail(rank: int, step: int) -> None:
     if _active("hang", rank, step):
         while True:
             time.sleep(3600)
+    if any(k == "slow" and r == rank and step >= s for k, r, s, _ in _FAULTS):
+        time.sleep(0.3)

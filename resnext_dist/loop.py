@@ -1,10 +1,10 @@
-"""One epoch of training, and exact evaluation.
+"""One optimizer step, the ranks' agreement, and exact evaluation. The epoch loop that calls them is trainer.py.
 
-The step, top to bottom: fetch a batch (timed: that is the data wait) -> forward under autocast ->
-agree on a finite loss and on stop requests (one tiny all-reduce; the step's only host sync) ->
-backward (gradient all-reduce only on the last micro-step) -> optimizer step -> schedule -> EMA -> log at the
-interval -> checkpoint at the interval. Evaluation counts every validation image exactly once over
-all ranks (each rank holds a disjoint share) and all-reduces counts, not averages.
+The step, top to bottom: fetch a micro-batch (timed: that is the data wait) -> forward under autocast ->
+on the last micro-step, when asked, agree with every rank on (a non-finite loss anywhere, a stop request, a
+log line now) in one tiny all-reduce before the backward -> backward (DDP all-reduces gradients on the last
+micro-step only) -> clip -> optimizer step -> schedule -> EMA. Evaluation counts every validation image exactly
+once over all ranks (each rank holds a disjoint share) and all-reduces counts, not averages.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import contextlib
 import resource
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -27,108 +27,92 @@ class NonFiniteLoss(RuntimeError):
 
 @dataclass
 class StepContext:
-    """What the epoch loop needs besides the TrainState; built once by train.py."""
+    """What a step needs besides the TrainState and the batches; built once by the trainer."""
 
-    model: torch.nn.Module  # DDP-wrapped and/or compiled: what runs forward
+    model: torch.nn.Module  # DDP-wrapped and/or compiled: what runs forward (state.model is the bare module)
     dist: rdist.DistInfo
     autocast: Callable[[], contextlib.AbstractContextManager]
     accum_steps: int
-    global_batch_size: int
     label_smoothing: float
     grad_clip_norm: float
-    log_every: int
-    nan_check: bool
-    stop_flag: object  # signals.StopFlag
-    on_log: Callable[[Dict], None]  # rank 0 writes log.jsonl / MLflow
-    maybe_checkpoint: Callable[[], None]  # saves when the step count says so
-    max_steps: int = 0
 
 
-def train_epoch(state, loader, ctx: StepContext, res: int, steps_in_epoch: int, progress=None) -> Optional[int]:
-    """Train one epoch from `state.samples_in_epoch` on. Returns a signal number if a stop was agreed."""
+@dataclass
+class Agreed:
+    """What every rank agreed on at a step (the max over ranks of each rank's wish)."""
+
+    stop_signal: int = 0  # a signal number some rank received (0 = none)
+    log_now: bool = False  # rank 0 asks for a line now (train.log_every_s passed)
+
+
+def train_step(state, batches: Iterator, ctx: StepContext, wishes: Optional[Tuple[int, bool]]) \
+        -> Tuple[torch.Tensor, float, Optional[Agreed]]:
+    """One optimizer step. Returns (the micro-steps' summed loss, on the device: not read here; seconds spent
+    waiting for data; what the ranks agreed on, or None when `wishes` was None: no agreement this step).
+
+    `wishes` = (this rank's stop signal, this rank wants a log line now): when given, the ranks agree on them and
+    on a finite loss before the backward, so a NaN anywhere stops every rank before the optimizer step."""
     model, dist = ctx.model, ctx.dist
-    model.train()
-    micro_batch = ctx.global_batch_size // ctx.accum_steps // dist.world_size
-    first_step = state.samples_in_epoch // ctx.global_batch_size
-    skip = first_step * ctx.accum_steps
-    batches = loader.epoch(state.epoch, res=res, skip=skip)
+    loss_sum = torch.zeros((), device=dist.device)
+    nonfinite = torch.zeros(1, dtype=torch.int32, device=dist.device)
+    wait_s, agreed = 0.0, None
+    for micro in range(ctx.accum_steps):
+        t0 = time.perf_counter()
+        images, labels = next(batches)
+        wait_s += time.perf_counter() - t0
+        last = micro == ctx.accum_steps - 1
+        # Gradients are all-reduced only on the last micro-step (no_sync skips DDP's hooks).
+        sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with ctx.autocast():
+                logits = model(images)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=ctx.label_smoothing)
+            loss = faults.maybe_poison_loss(loss, dist.rank, state.step + 1)
+            nonfinite |= (~torch.isfinite(loss.detach())).int()
+            if last and wishes is not None:
+                agreed = _agree(nonfinite, *wishes, device=dist.device)
+                if agreed is None:
+                    raise NonFiniteLoss(f"non-finite loss at step {state.step + 1} (epoch {state.epoch}) on at "
+                                        f"least one rank; every rank stopped before the optimizer step")
+            scaled = loss / ctx.accum_steps
+            (state.scaler.scale(scaled) if state.scaler else scaled).backward()
+        loss_sum += loss.detach()
 
-    loss_sum = torch.zeros((), device=dist.device)  # summed on device; read only at the log interval
-    loss_count, wait_s, t_log = 0, 0.0, time.perf_counter()
-    for step_in_epoch in range(first_step, steps_in_epoch):
-        # ---- forward / backward over the micro-steps of one optimizer step
-        nonfinite = torch.zeros(1, dtype=torch.int32, device=dist.device)
-        for micro in range(ctx.accum_steps):
-            t0 = time.perf_counter()
-            images, labels = next(batches)
-            wait_s += time.perf_counter() - t0
-            last = micro == ctx.accum_steps - 1
-            # Gradients are all-reduced only on the last micro-step (no_sync skips DDP's hooks).
-            sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
-            with sync:
-                with ctx.autocast():
-                    logits = model(images)
-                    loss = F.cross_entropy(logits.float(), labels, label_smoothing=ctx.label_smoothing)
-                loss = faults.maybe_poison_loss(loss, dist.rank, state.step + 1)
-                nonfinite |= (~torch.isfinite(loss.detach())).int()
-                stop_signal = 0
-                if last and ctx.nan_check:
-                    # Agree on (any loss non-finite, any rank signalled) before the backward. Sync point: the
-                    # host waits for the forward and this tiny all-reduce, then queues the backward, the
-                    # optimizer step and the next batch while the device runs the backward. (torch.full is a
-                    # device fill, not a blocking host-to-device copy.)
-                    flags = torch.cat([nonfinite, torch.full((1,), ctx.stop_flag.requested, dtype=torch.int32,
-                                                              device=dist.device)])
-                    bad, stop_signal = rdist.all_reduce(flags, "max").tolist()
-                    if bad:
-                        raise NonFiniteLoss(f"non-finite loss at step {state.step + 1} (epoch {state.epoch}) on at "
-                                            f"least one rank; every rank stopped before the optimizer step")
-                scaled = loss / ctx.accum_steps
-                (state.scaler.scale(scaled) if state.scaler else scaled).backward()
-            loss_sum += loss.detach()
-            loss_count += 1
+    if ctx.grad_clip_norm > 0:
+        if state.scaler:
+            state.scaler.unscale_(state.optimizer)
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), ctx.grad_clip_norm)
+    if state.scaler:  # fp16: steps with inf/nan gradients are skipped by the scaler, not errors
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    else:
+        state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scheduler.step()
+    if state.ema is not None:
+        state.ema.update_parameters(state.model)
+    state.step += 1
+    faults.maybe_fail(dist.rank, state.step)
+    return loss_sum, wait_s, agreed
 
-        # ---- step
-        if ctx.grad_clip_norm > 0:
-            if state.scaler:
-                state.scaler.unscale_(state.optimizer)
-            torch.nn.utils.clip_grad_norm_(state.model.parameters(), ctx.grad_clip_norm)
-        if state.scaler:  # fp16: steps with inf/nan gradients are skipped by the scaler, not errors
-            state.scaler.step(state.optimizer)
-            state.scaler.update()
-        else:
-            state.optimizer.step()
-        state.optimizer.zero_grad(set_to_none=True)
-        state.scheduler.step()
-        if state.ema is not None:
-            state.ema.update_parameters(state.model)
-        state.step += 1
-        state.samples_in_epoch = (step_in_epoch + 1) * ctx.global_batch_size
-        faults.maybe_fail(dist.rank, state.step)
-        if progress is not None:
-            progress.update(1)
 
-        # ---- log (host sync: loss.item) at the interval
-        if state.step % ctx.log_every == 0 or step_in_epoch == steps_in_epoch - 1:
-            if not ctx.nan_check:  # signals still have to be agreed on somewhere: here
-                stop_signal = int(rdist.all_reduce(torch.tensor([ctx.stop_flag.requested], device=dist.device),
-                                                   "max").item())
-            elapsed = time.perf_counter() - t_log
-            images_done = loss_count * micro_batch * dist.world_size
-            ctx.on_log({"kind": "step", "step": state.step, "epoch": state.epoch,
-                        "loss": (loss_sum / max(1, loss_count)).item(),
-                        "lr": state.optimizer.param_groups[0]["lr"], "res": res,
-                        "img_per_s": images_done / elapsed, "data_wait": wait_s / elapsed,
-                        "peak_mem_mb": peak_memory_mb(dist.device)})
-            loss_sum.zero_()
-            loss_count, wait_s, t_log = 0, 0.0, time.perf_counter()
+def _agree(nonfinite: torch.Tensor, stop_signal: int, log_now: bool, device) -> Optional[Agreed]:
+    """The ranks' one meeting per step: max over ranks of (loss non-finite, stop signal, log now); None when any
+    loss was non-finite. Sync point: the host waits for the forward and this tiny all-reduce, then queues the
+    backward, the optimizer step and the next batch while the device runs the backward. (torch.full is a
+    device fill, not a blocking host-to-device copy.)"""
+    flags = torch.cat([nonfinite, torch.full((1,), stop_signal, dtype=torch.int32, device=device),
+                       torch.full((1,), int(log_now), dtype=torch.int32, device=device)])
+    bad, stop, log = rdist.all_reduce(flags, "max").tolist()
+    return None if bad else Agreed(int(stop), bool(log))
 
-        ctx.maybe_checkpoint()
-        if stop_signal:
-            return int(stop_signal)
-        if ctx.max_steps and state.step >= ctx.max_steps:
-            break
-    return None
+
+def mean_over_ranks(loss_sum: torch.Tensor, count: int) -> float:
+    """The mean loss of the interval over every rank's micro-batches (a sync point: the log interval only)."""
+    totals = torch.stack([loss_sum.double(), torch.tensor(float(count), dtype=torch.float64,
+                                                          device=loss_sum.device)])
+    rdist.all_reduce(totals, "sum")
+    return float(totals[0] / max(1.0, float(totals[1])))
 
 
 @torch.no_grad()

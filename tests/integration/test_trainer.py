@@ -32,6 +32,11 @@ def test_ddp_equals_single_process(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
     logs = [r for r in read_log(tmp_path / "ddp" / "log.jsonl") if r["kind"] == "step"]
     assert logs[-1]["step"] == 6
+    # the logged loss is the mean over both ranks' batches: the single process's mean over its two micro-batches
+    single = [r for r in read_log(tmp_path / "single" / "log.jsonl") if r["kind"] == "step"]
+    assert [r["step"] for r in logs] == [r["step"] for r in single]
+    for x, y in zip(logs, single):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
 
 
 def test_run_directory_contract_and_done_means_done(tmp_path):

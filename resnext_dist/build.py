@@ -1,0 +1,107 @@
+"""Everything a run is made of, built in one place from the config: data, model, optimizer, schedule, the
+TrainState (what a checkpoint holds) and the runner (the model as it runs forward: DDP-wrapped, compiled).
+
+    parts = build(cfg, dist)      # raises InputError for bad data or a config that does not fit the data
+    parts.state, parts.runner, parts.train_loader, parts.val_loader, parts.steps_per_epoch, ...
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from resnext_dist.checkpoint import TrainState
+from resnext_dist.config import TrainConfig, grad_accum_steps
+from resnext_dist.errors import InputError
+from resnext_dist.models import build_model
+from resnext_dist.optim import build_optimizer, build_scheduler
+
+
+@dataclass
+class Parts:
+    state: TrainState
+    train_loader: Any
+    val_loader: Optional[Any]
+    accum_steps: int
+    global_batch: int
+    steps_per_epoch: int
+
+
+def build(cfg: TrainConfig, dist) -> Parts:
+    from resnext_dist.data import build_loaders  # FFCV and friends: imported only when a run is built
+
+    seed_everything(cfg.train)
+    train_loader, val_loader = build_loaders(cfg.data, dist, seed=cfg.train.seed, num_classes=cfg.model.num_classes,
+                                             channels_last=cfg.train.channels_last)
+    accum = grad_accum_steps(cfg, dist.world_size)
+    global_batch = cfg.data.batch_size * dist.world_size * accum
+    steps_per_epoch = train_loader.batches_per_epoch // accum
+    if steps_per_epoch < 1:
+        raise InputError(f"data.train has too few images for one global batch of {global_batch}")
+
+    model = build_model(cfg.model)
+    if cfg.model.sync_bn and dist.is_distributed:
+        # BatchNorm statistics over the global batch (one all-reduce per BN layer and step); without it, each
+        # rank normalizes over its own batch and DDP copies rank 0's running statistics to the others.
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(dist.device)
+    if cfg.train.channels_last:  # before DDP wraps it: DDP's buckets follow the parameters' layout
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg.optim, global_batch)
+    scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, cfg.train.epochs)
+    scaler = torch.amp.GradScaler(dist.device.type) if cfg.train.precision == "fp16" else None
+    ema = None
+    if cfg.train.ema_decay:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
+    state = TrainState(model, optimizer, scheduler, scaler, ema,
+                       extra={"global_batch_size": global_batch, "world_size": dist.world_size})
+    return Parts(state, train_loader, val_loader, accum, global_batch, steps_per_epoch)
+
+
+def runner(model: torch.nn.Module, cfg: TrainConfig, dist) -> torch.nn.Module:
+    """The model as it runs forward: DDP across ranks, then torch.compile when asked."""
+    out = model
+    if dist.is_distributed:
+        out = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
+                  bucket_cap_mb=cfg.dist.bucket_cap_mb, gradient_as_bucket_view=cfg.dist.gradient_as_bucket_view)
+    if cfg.train.compile:
+        out = torch.compile(out)
+    return out
+
+
+def rebuild_schedule(state: TrainState, cfg: TrainConfig, steps_per_epoch: int) -> None:
+    """A run extended to more epochs: the schedule for the new length, at the step the run has reached. The
+    chained schedulers compute each lr from the previous one, so the new curve is walked from its start."""
+    for group in state.optimizer.param_groups:
+        group["lr"] = group["initial_lr"]
+    state.scheduler = build_scheduler(state.optimizer, cfg.optim, steps_per_epoch, cfg.train.epochs)
+    for _ in range(state.step):
+        state.scheduler.step()
+
+
+def autocast_factory(precision: str, device: torch.device):
+    """A zero-argument context factory: autocast in bf16/fp16, nothing in fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def seed_everything(train_cfg) -> None:
+    """Same initial weights on every rank (DDP also broadcasts them) and reproducible draws."""
+    random.seed(train_cfg.seed)
+    np.random.seed(train_cfg.seed)
+    torch.manual_seed(train_cfg.seed)
+    if train_cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = train_cfg.cudnn_benchmark
