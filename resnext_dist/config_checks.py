@@ -21,6 +21,7 @@ Rule = Callable[[Any], Optional[str]]  # value -> what is wrong with it, or None
 
 MAX_RES = 4096  # px: beyond any classification recipe; a typo like 22400 would exhaust memory at the first batch
 MAX_SEED = 2**32 - 1  # numpy's seed range
+MAX_TIMEOUT_S = 10**7  # ~4 months; far beyond it Python's timedelta (the process group's timeout) overflows
 
 
 def _show(value: Any) -> str:
@@ -128,6 +129,15 @@ def printable(s: str) -> bool:
     return s.isprintable()  # False for newline, CR, tab, other C0/C1 controls and line/paragraph separators
 
 
+def tracking_uri(v):
+    if text(v):
+        return text(v)
+    scheme, sep, rest = v.partition("://")
+    if sep and scheme in ("http", "https") and not rest.split("/", 1)[0]:
+        return "an http(s) URI needs a host"
+    return None
+
+
 def typed(v):
     return None  # the type is all there is to check (booleans)
 
@@ -141,7 +151,8 @@ RULES: Dict[str, Rule] = {
 
     "data.loader": one_of("data.loader"), "data.train": text, "data.val": text, "data.batch_size": positive,
     "data.num_workers": non_negative, "data.train_res": resolution, "data.val_res": resolution,
-    "data.val_crop_ratio": between(0, 1, lo_open=True), "data.min_train_res": between(0, MAX_RES),
+    # val_res / val_crop_ratio is the resize before the center crop: a tiny ratio asks OpenCV for a huge image.
+    "data.val_crop_ratio": between(0.25, 1), "data.min_train_res": between(0, MAX_RES),
     "data.ramp_start_epoch": non_negative, "data.ramp_end_epoch": non_negative, "data.random_crop": typed,
     "data.pad_crop": non_negative, "data.os_cache": typed,
     # FFCV's queue of ready batches is Queue(batches_ahead): 0 would make it unbounded over reused buffers.
@@ -162,12 +173,12 @@ RULES: Dict[str, Rule] = {
     "optim.warmup_start_factor": between(0, 1, lo_open=True), "optim.milestones": increasing_epochs,
     "optim.gamma": positive, "optim.global_batch_size": non_negative,
 
-    "dist.backend": one_of("dist.backend"), "dist.timeout_s": positive, "dist.bucket_cap_mb": positive,
+    "dist.backend": one_of("dist.backend"), "dist.timeout_s": between(1, MAX_TIMEOUT_S), "dist.bucket_cap_mb": positive,
     "dist.gradient_as_bucket_view": typed,
 
     "checkpoint.every_steps": non_negative, "checkpoint.resume": nonempty_text, "checkpoint.keep": at_least(1),
 
-    "tracking.enabled": typed, "tracking.uri": text, "tracking.experiment": nonempty_text,
+    "tracking.enabled": typed, "tracking.uri": tracking_uri, "tracking.experiment": nonempty_text,
     "tracking.system_metrics": typed, "tracking.timeout_s": positive, "tracking.close_timeout_s": non_negative,
     "tracking.system_metrics_interval_s": positive,
 
@@ -203,7 +214,9 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
             if problem:
                 raise _fail(key, value, problem)
     _check_together(cfg)
-    _check_run_dir(cfg.run.dir)
+    _check_dir_can_be(cfg.run.dir, "run.dir")
+    if cfg.tracking.enabled and not cfg.tracking.uri:  # the default MLflow store: run.root/mlflow.db
+        _check_dir_can_be(cfg.run.root, "run.root")
     if world_size > 1 or cfg.optim.global_batch_size:
         grad_accum_steps(cfg, world_size)
 
@@ -223,7 +236,8 @@ def _check_together(cfg: TrainConfig) -> None:
         path = get_key(cfg, key)
         if is_embedded(path):
             check_name(path, key)
-            if d.loader != "ffcv":
+            # synthetic data ignores the paths: the embedded default with data.loader=synthetic is fine
+            if d.loader == "torchvision":
                 raise InputError(f"{key}={path!r} is an FFCV dataset: it needs data.loader=ffcv")
     if d.min_train_res:
         if not d.min_train_res <= d.train_res:
@@ -240,22 +254,22 @@ def _check_together(cfg: TrainConfig) -> None:
         raise InputError(f"checkpoint.resume={resume!r}: no such checkpoint file")
 
 
-def _check_run_dir(path: str) -> None:
-    """run.dir can be made (or is) a directory we can write, checked without creating anything."""
+def _check_dir_can_be(path: str, key: str) -> None:
+    """`path` is, or can be made, a directory this user can write; checked without creating anything."""
     target = os.path.abspath(path)
     if os.path.exists(target):
         if not os.path.isdir(target):
-            raise InputError(f"run.dir={path!r}: exists and is not a directory")
+            raise InputError(f"{key}={path!r}: exists and is not a directory")
         if not os.access(target, os.W_OK | os.X_OK):
-            raise InputError(f"run.dir={path!r}: not writable by this user")
+            raise InputError(f"{key}={path!r}: not writable by this user")
         return
     parent = os.path.dirname(target)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise InputError(f"run.dir={path!r}: cannot be created: {parent} is a file")
+        raise InputError(f"{key}={path!r}: cannot be created: {parent} is a file")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"run.dir={path!r}: cannot be created: {parent} is not writable by this user")
+        raise InputError(f"{key}={path!r}: cannot be created: {parent} is not writable by this user")
 
 
 def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:

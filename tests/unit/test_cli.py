@@ -153,3 +153,10 @@ def test_no_config_is_the_embedded_default_and_says_so(tmp_path, monkeypatch):
     assert cfg.model.num_classes == 10 and cfg.train.epochs == 3 and cfg.run.name == "quickstart"
     cfg, note = cli.load_train_config(trainer_parser().parse_args(["--config", "quickstart"]))
     assert note is None and cfg.train.epochs == 8
+
+
+def test_the_embedded_default_takes_the_tiny_test_overrides():
+    """Trainer tests run `python -m resnext_dist.train <TINY>` without --config: the default recipe must take them."""
+    from tests.tiny import TINY
+    cfg, _ = cli.load_train_config(trainer_parser().parse_args(TINY))
+    assert cfg.data.loader == "synthetic" and cfg.model.layers == [1, 1, 1, 1]

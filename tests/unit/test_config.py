@@ -131,7 +131,9 @@ def test_no_float_key_takes_nan_or_inf(key, value):
 @pytest.mark.parametrize("overrides, message", [
     (["data.batch_size=-8"], r"data.batch_size=-8: must be > 0"),
     (["data.train_res=22400"], r"data.train_res=22400: must be in \[1, 4096\] px"),
-    (["data.val_crop_ratio=0"], r"data.val_crop_ratio=0.0: must be in \(0, 1\]"),
+    (["data.val_crop_ratio=0.01"], r"data.val_crop_ratio=0.01: must be in \[0.25, 1\]"),
+    (["dist.timeout_s=100000000000000"], r"dist.timeout_s=100000000000000: must be in \[1, 10000000\]"),
+    (["tracking.uri=http:///x"], r"tracking.uri=.http:///x.: an http\(s\) URI needs a host"),
     (["data.batches_ahead=0"], r"data.batches_ahead=0: must be >= 1"),
     (["data.pad_crop=16", "data.train_res=16"], r"data.pad_crop=16 must be smaller than data.train_res=16"),
     (["optim.momentum=1"], r"optim.momentum=1.0: must be in \[0, 1\)"),
@@ -172,6 +174,8 @@ def test_a_run_dir_that_is_a_file_or_cannot_be_made_is_refused_creating_nothing(
         load_config(None, [f"run.dir={f}"])
     with pytest.raises(InputError, match=r"^run.dir='.*afile/run': cannot be created: .*afile is a file$"):
         load_config(None, [f"run.dir={f}/run"])
+    with pytest.raises(InputError, match=r"^run.root='.*afile': exists and is not a directory$"):
+        load_config(None, [f"run.root={f}", f"run.dir={tmp_path}/r"])  # the default MLflow store goes there
     ok = load_config(None, [f"run.dir={tmp_path}/a/b/c"])
     assert ok.run.dir == f"{tmp_path}/a/b/c" and sorted(os.listdir(tmp_path)) == ["afile"]  # nothing created
 
