@@ -3,7 +3,8 @@
 checkpoints, logs or the console, and are handed to MLflow the way it documents: the environment variables
 MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (HTTP basic auth) and MLFLOW_TRACKING_TOKEN (bearer token).
 A variable the user already set wins and is never overwritten. Any other query value that looks secret
-(password, secret, api_key, ...) is refused: MLflow has no way to receive it, and keeping it would record it.
+(password, secret, api_key, ...) is refused: MLflow has no way to receive it, and keeping it would record it;
+so is a password in a database URI (postgresql://user:pw@...), which only the URI can carry.
 Nothing here prints or raises a message holding a secret.
 """
 from __future__ import annotations
@@ -31,8 +32,15 @@ def move_uri_credentials(uri: str, environ: Optional[MutableMapping[str, str]] =
         port = parts.port
     except ValueError:  # e.g. a non-numeric port; say so without echoing the URI, it may hold a secret
         raise InputError("tracking.uri: not a valid URI (check the host and port)") from None
+    http = parts.scheme in ("http", "https")
+    if not http and password:
+        # A database URI (postgresql://user:pw@host/db): SQLAlchemy reads no MLFLOW_* variable, so moving the
+        # password would break the connection, and keeping it would record it.
+        raise InputError(f"tracking.uri: a password in a {parts.scheme}:// URI would be recorded with the run; give "
+                         "it outside the URI (postgresql: PGPASSWORD or ~/.pgpass) or track through an MLflow "
+                         "server (http://...)")
     netloc = parts.netloc
-    if user is not None or password is not None:
+    if http and (user is not None or password is not None):
         netloc = (f"[{host}]" if host and ":" in host else host or "") + (f":{port}" if port else "")
         if user:
             env.setdefault("MLFLOW_TRACKING_USERNAME", unquote(user))
@@ -41,9 +49,9 @@ def move_uri_credentials(uri: str, environ: Optional[MutableMapping[str, str]] =
     kept = []
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         lowered = name.lower()
-        if lowered in TOKEN_PARAMS:
+        if lowered in TOKEN_PARAMS and http:
             env.setdefault("MLFLOW_TRACKING_TOKEN", value)
-        elif lowered in SECRET_PARAMS:
+        elif lowered in SECRET_PARAMS or lowered in TOKEN_PARAMS:
             raise InputError(f"tracking.uri: the query parameter {name!r} looks like a secret; give credentials "
                              "through MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN")
         else:

@@ -265,3 +265,11 @@ def test_credentials_never_reach_the_printed_config(clean_mlflow_env):
     r = run_cli("--config", "configs/quickstart.yaml", "--print-config", "tracking.uri=http://u:pw-xyz@h:5000")
     assert r.returncode == 0, r.stderr
     assert "pw-xyz" not in r.stdout + r.stderr and "uri: http://h:5000" in r.stdout
+
+
+def test_a_database_password_is_refused_not_moved(clean_mlflow_env):
+    with pytest.raises(InputError) as e:
+        load_config(None, ["tracking.uri=postgresql://ml:dbpass@db/mlflow"])
+    assert "PGPASSWORD" in str(e.value) and "dbpass" not in str(e.value)
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ
+    assert load_config(None, ["tracking.uri=postgresql://ml@db/mlflow"]).tracking.uri == "postgresql://ml@db/mlflow"
