@@ -68,11 +68,12 @@ def arg_parser(module: str, description: str, example: str,
     its "did you mean" considers; by default the trainer's (all but slurm.*)."""
     module = module.split()[-1]
     keep = tuple(sections or trainer_sections())
+    default = f"; without it the trainer runs {DEFAULT_RECIPE} on the embedded digits" if sections is None else ""
     parser = _KeysHelpParser(prog=command_name(module), description=description,
                              formatter_class=argparse.RawDescriptionHelpFormatter, sections=keep,
                              epilog=f"overrides are key=value pairs, e.g. {example}\n\nconfig keys:\n")
     parser.add_argument("--config", metavar="FILE|NAME",
-                        help="YAML recipe: a path, or the name of one in configs/ (e.g. quickstart)")
+                        help=f"YAML recipe: a path, or the name of one in configs/ (e.g. resnext50_imagenet){default}")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("overrides", nargs="*", metavar="key=value")

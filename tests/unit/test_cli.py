@@ -140,7 +140,7 @@ def test_config_by_name_from_any_directory(tmp_path, monkeypatch):
     assert find_config("resnext50_imagenet").endswith("configs/resnext50_imagenet.yaml")
     (tmp_path / "mine.yaml").write_text("train:\n  epochs: 1\n")
     assert find_config("mine.yaml") == "mine.yaml"  # a path is a path
-    with pytest.raises(InputError, match=r"--config quickstrat: .*\(did you mean quickstart\?\); recipes: .*quickstart"):
+    with pytest.raises(InputError, match=r"--config quickstrat: .*\(did you mean quickstart\?\); recipes: "):
         find_config("quickstrat")
 
 
