@@ -23,6 +23,7 @@ def test_the_cache_is_per_user_outside_the_repository(monkeypatch, tmp_path):
     assert embedded.cache_dir() == str(tmp_path / "mine")
 
 
+@pytest.mark.slow
 def test_concurrent_processes_make_it_once_and_all_get_complete_files(tmp_path):
     cache = tmp_path / "cache"
     procs = [subprocess.Popen([sys.executable, "-c", ENSURE, str(cache)], cwd=REPO, stdout=subprocess.PIPE,
