@@ -2,7 +2,8 @@
 
     python launch/quickstart.py [key=value ...]
 
-Writes data/digits_{train,val}.beton once (FFCV, 16x16 RGB), then runs
+Makes the embedded digits data once per machine (FFCV .beton, 16x16 RGB, in ~/.cache/resnext_dist or
+$RESNEXT_DIST_CACHE: resnext_dist/data/embedded.py), then runs
 `torchrun --standalone --nproc_per_node=N -m resnext_dist.train --config configs/quickstart.yaml` with N = the
 number of GPUs, or 2 CPU processes without one, and prints the run directory and the command that opens
 the MLflow UI on it. Each call is a new run (run.name=quickstart-<time>) unless you pass run.name=...
@@ -18,22 +19,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join("configs", "quickstart.yaml")
 
 
-def write_digits() -> None:
-    from resnext_dist.data import write
-    for split in ("train", "val"):
-        out = os.path.join("data", f"digits_{split}.beton")
-        if not os.path.exists(out):
-            os.makedirs("data", exist_ok=True)
-            code = write.main(["--source", "digits", "--split", split, "--size", "16", "--write-mode", "raw",
-                               "--output", out])
-            if code:
-                sys.exit(code)
-
-
 def main(argv=None) -> int:
     overrides = list(sys.argv[1:] if argv is None else argv)
     os.chdir(REPO)
-    write_digits()
+    from resnext_dist.data.embedded import ensure_digits
+    ensure_digits()  # here, once, before the processes start (the trainer would otherwise make it on first use)
     if not any(o.startswith("run.name=") for o in overrides):
         overrides.append(f"run.name=quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
 

@@ -1,55 +1,166 @@
-"""The command line the entry points share (train, submit): --config, --print-config, key=value overrides,
-and a --help that lists every config key with its default and the docstring written under its field."""
+"""The command line the entry points share (train, submit): --config, --print-config, --version, key=value
+overrides, and a --help that lists the config keys the command uses with their defaults and the docstring
+written under each field.
+
+    parser = arg_parser("resnext_dist.train", "Train ...", "data.batch_size=128")
+    args = parser.parse_args(argv)          # `--epochs 3` -> "error: unknown option --epochs; did you mean
+                                            #  train.epochs=3?", exit 2
+    cfg, note = load_train_config(args)     # no --config: the embedded default, and a note saying so
+
+Importing this module imports no torch (a test checks it): `--help` and `--version` answer at once.
+"""
 from __future__ import annotations
 
 import argparse
 import ast
 import dataclasses
+import difflib
 import functools
 import inspect
+import os
+import sys
 import textwrap
-from typing import Dict
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import MISSING
 
 from resnext_dist.config_schema import _section_types
+from resnext_dist.errors import EXIT_BAD_INPUT
+
+DEFAULT_RECIPE = "quickstart"  # what the trainer runs without --config: configs/quickstart.yaml, embedded digits
+IMAGENET_RECIPE = "configs/resnext50_imagenet.yaml"
+DEFAULT_NOTE = (f"no --config: training the embedded default (digits {DEFAULT_RECIPE}); "
+                f"for ImageNet use --config {IMAGENET_RECIPE}")
+SUBMIT_ONLY = ("slurm",)  # sections only the Slurm submitter reads; the trainer's --help leaves them out
 
 
-def arg_parser(prog: str, description: str, example: str):
-    """The command line every entry point shares: --config, --print-config, key=value overrides, --help
-    listing every key."""
-    parser = _KeysHelpParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+def version() -> str:
+    """The installed distribution's version (the package's own when it is run from a clone uninstalled)."""
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+    try:
+        return dist_version("resnext_dist")
+    except PackageNotFoundError:
+        from resnext_dist import __version__
+        return __version__
+
+
+def command_name(module: str, argv0: Optional[str] = None) -> str:
+    """The command as the user typed it, for usage lines: a console script by its name (`resnext-train`),
+    `python -m module` when argv[0] is the module's own file (also under torchrun), else `python argv0`
+    (e.g. `python launch/submit.py`)."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    base = os.path.basename(argv0)
+    if base in ("", "-c", "-m"):
+        return f"python -m {module}"
+    if not base.endswith(".py"):
+        return base  # a console script (resnext-train, resnext-submit)
+    if base == "__main__.py":
+        return f"python -m {os.path.basename(os.path.dirname(os.path.abspath(argv0)))}"
+    if os.path.abspath(argv0).endswith(os.sep + os.path.join(*module.split(".")) + ".py"):
+        return f"python -m {module}"
+    return f"python {argv0}"
+
+
+def arg_parser(module: str, description: str, example: str,
+               sections: Optional[Sequence[str]] = None) -> argparse.ArgumentParser:
+    """The command line every entry point shares, for the entry point `module` (e.g. "resnext_dist.train";
+    "python -m resnext_dist.train" is read the same). `sections`: the config sections its --help lists and
+    its "did you mean" considers; by default the trainer's (all but slurm.*)."""
+    module = module.split()[-1]
+    keep = tuple(sections or trainer_sections())
+    default = f"; without it the trainer runs {DEFAULT_RECIPE} on the embedded digits" if sections is None else ""
+    parser = _KeysHelpParser(prog=command_name(module), description=description,
+                             formatter_class=argparse.RawDescriptionHelpFormatter, sections=keep,
                              epilog=f"overrides are key=value pairs, e.g. {example}\n\nconfig keys:\n")
-    parser.add_argument("--config", help="YAML recipe (see configs/)")
+    parser.add_argument("--config", metavar="FILE|NAME",
+                        help=f"YAML recipe: a path, or the name of one in configs/ (e.g. resnext50_imagenet){default}")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     return parser
 
 
+def all_sections() -> List[str]:
+    return list(_section_types())
+
+
+def trainer_sections() -> List[str]:
+    return [s for s in _section_types() if s not in SUBMIT_ONLY]
+
+
 class _KeysHelpParser(argparse.ArgumentParser):
-    """Lists the config keys at the end of --help, built only when the help is printed: reading the field
-    docs parses config_schema.py's source, which parsing a command line has no need for."""
+    """Lists the config keys at the end of --help, built only when the help is printed (reading the field docs
+    parses config_schema.py's source), and answers an unknown `--option` with the config key it most
+    likely meant."""
+
+    def __init__(self, *args, sections: Sequence[str] = (), **kwargs):
+        self.sections = tuple(sections)
+        super().__init__(*args, **kwargs)
 
     @property
     def epilog(self) -> str:
-        return self._epilog_head + describe_keys()
+        return self._epilog_head + describe_keys(self.sections)
 
     @epilog.setter
     def epilog(self, head: str) -> None:
         self._epilog_head = head
 
+    def parse_args(self, args=None, namespace=None):
+        argv = list(sys.argv[1:] if args is None else args)
+        parsed, unknown = self.parse_known_args(argv, namespace)
+        options = [a for a in unknown if a.startswith("-")]
+        if options:
+            print(f"error: {unknown_option_message(options[0], argv, self.sections)}", file=sys.stderr)
+            sys.exit(EXIT_BAD_INPUT)
+        if unknown:  # argparse's own wording for anything else
+            self.error(f"unrecognized arguments: {' '.join(unknown)}")
+        return parsed
 
-@functools.lru_cache(maxsize=1)
-def describe_keys() -> str:
+
+def unknown_option_message(option: str, argv: List[str], sections: Sequence[str]) -> str:
+    """`unknown option --epochs; did you mean train.epochs=3?` (the value taken from the command line)."""
+    name, _, value = option.lstrip("-").partition("=")
+    if not value and option in argv:
+        i = argv.index(option)
+        if i + 1 < len(argv) and not argv[i + 1].startswith("-") and "=" not in argv[i + 1]:
+            value = argv[i + 1]
+    shown = option.partition("=")[0]
+    key = closest_key(name.replace("-", "_"), sections)
+    if not key:
+        return f"unknown option {shown}; config values are given as key=value (see --help)"
+    return f"unknown option {shown}; did you mean {key}={value or '...'}?"
+
+
+def closest_key(name: str, sections: Sequence[str]) -> Optional[str]:
+    """The config key a `--name` most likely meant: a full key (optim.lr), else the nearest leaf name."""
+    keys = [f"{s}.{f.name}" for s, cls in _section_types().items() if s in sections for f in dataclasses.fields(cls)]
+    if name in keys:
+        return name
+    near = difflib.get_close_matches(name, keys, n=1, cutoff=0.75)
+    if near:
+        return near[0]
+    leaves: Dict[str, str] = {}
+    for key in keys:  # the first section wins a shared leaf name (train before tracking, ...)
+        leaves.setdefault(key.split(".", 1)[1], key)
+    near = difflib.get_close_matches(name.split(".")[-1], list(leaves), n=1, cutoff=0.6)
+    return leaves[near[0]] if near else None
+
+
+@functools.lru_cache(maxsize=None)
+def describe_keys(sections: Tuple[str, ...]) -> str:
     """One line per key with its default and docstring, for --help."""
     lines = []
     for section, cls in _section_types().items():
+        if section not in sections:
+            continue
         docs = _field_docs(cls)
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else "")
             if default is MISSING:
-                default = "(required)"
+                default = "<the config file's name>"
+            elif default == "":
+                default = "''"
             lines.append(f"  {section}.{f.name} = {default}\n      {docs.get(f.name, '')}")
     return "\n".join(lines)
 
@@ -63,3 +174,32 @@ def _field_docs(cls) -> Dict[str, str]:
         if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
             docs[node.target.id] = nxt.value.value
     return docs
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's ArgumentDefaultsHelpFormatter without the noise: a default is shown only when it says
+    something (not None, '', False, or one the help text already gives)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        says_nothing = default is None or isinstance(default, bool) or default == "" or default == argparse.SUPPRESS
+        told = "default" in text.lower() or f"{default} =" in text  # "(0 = all cores)" already gives it
+        if says_nothing or told or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+# ----------------------------------------------------------------------------------------------
+# The trainer's config: --config, or the embedded default
+
+
+def load_train_config(args: argparse.Namespace):
+    """(cfg, note) for the trainer: `--config FILE|NAME` and the overrides, or without --config the embedded
+    default recipe (configs/quickstart.yaml: digits, made on first use); `note` is the line to print first
+    in that case, else None. Raises InputError."""
+    from resnext_dist.config import find_config, load_config
+
+    if args.config:
+        return load_config(find_config(args.config), args.overrides), None
+    return load_config(find_config(DEFAULT_RECIPE), args.overrides), DEFAULT_NOTE

@@ -1,33 +1,72 @@
-"""The typed configuration: loading, validation and output; the schema itself (one dataclass per concern,
-composed into `TrainConfig`) is config_schema.py, re-exported here.
+"""The typed configuration: finding a recipe, loading it, and output; the schema itself (one dataclass per concern,
+composed into `TrainConfig`) is config_schema.py and the value checks config_checks.py, both re-exported here.
 
     cfg = load_config("configs/quickstart.yaml", ["data.batch_size=64", "train.epochs=2"])
+    cfg = load_config(find_config("quickstart"), [])        # a recipe of configs/ by name
 
-Recipes in configs/ are YAML merged over these defaults; `key=value` overrides from the command line
-are merged last. Every error (unknown key, wrong type, bad value, cross-field mismatch) raises
-`InputError` with one line naming the key, before any process group, GPU or Slurm time is used.
-No OmegaConf object leaves this module: callers get plain dataclasses.
+Recipes in configs/ are YAML merged over the schema's defaults; `key=value` overrides from the command line
+are merged last. Every error (a file that is not a YAML mapping, unknown key, wrong type, bad value,
+cross-field mismatch) raises `InputError` with one line naming the key, before any process group, GPU or
+Slurm time is used. Credentials in `tracking.uri` are moved to MLflow's environment variables here
+(credentials.py), so no loaded config holds them. No OmegaConf object leaves this module: callers get plain
+dataclasses.
+
+Paths in a config (data.train, data.val, run.root, checkpoint.resume, ...) are used as written: a relative
+path is relative to the working directory the command runs in, not to the config file. The one exception is
+the embedded data, named `embedded:digits/train` and `embedded:digits/val` (resnext_dist/data/embedded.py),
+which works from any directory.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import os
+import sys
 from typing import Any, Dict, List, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from resnext_dist.errors import InputError, one_line
 from resnext_dist.config_schema import (CHOICES, CheckpointConfig, DataConfig, DistConfig, ModelConfig,
                                         OptimConfig, RunConfig, SlurmConfig, TrackingConfig, TrainConfig,
                                         TrainingConfig, _section_types)
+from resnext_dist.config_checks import get_key, grad_accum_steps, validate
+from resnext_dist.credentials import move_uri_credentials
 
 __all__ = ["CHOICES", "CheckpointConfig", "DataConfig", "DistConfig", "ModelConfig", "OptimConfig",
-           "RunConfig", "SlurmConfig", "TrackingConfig", "TrainConfig", "TrainingConfig", "get_key",
-           "grad_accum_steps", "load_config", "to_flat_dict", "to_yaml", "validate"]
+           "RunConfig", "SlurmConfig", "TrackingConfig", "TrainConfig", "TrainingConfig", "configs_dir",
+           "find_config", "get_key", "grad_accum_steps", "load_config", "to_flat_dict", "to_yaml", "validate"]
 
 
+# ----------------------------------------------------------------------------------------------
+# Finding a recipe
+
+
+def configs_dir() -> Optional[str]:
+    """The recipes folder: configs/ beside the package (a clone, or an editable install), else the one a
+    regular install puts under sys.prefix/share/resnext_dist/configs; None if neither exists."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for candidate in (os.path.join(here, "configs"), os.path.join(sys.prefix, "share", "resnext_dist", "configs")):
+        if os.path.isdir(candidate):
+            return candidate
+    return None
+
+
+def find_config(name: str) -> str:
+    """The file `--config` names: a path as given, or, for a bare name (no '/', no .yaml) that is no file
+    here, configs/NAME.yaml of the package's recipes."""
+    if os.path.isfile(name) or os.sep in name or name.endswith((".yaml", ".yml")):
+        return name
+    folder = configs_dir()
+    path = os.path.join(folder, f"{name}.yaml") if folder else ""
+    if path and os.path.isfile(path):
+        return path
+    known = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml")) if folder else []
+    near = difflib.get_close_matches(name, known, n=1)
+    hint = f" (did you mean {near[0]}?)" if near else ""
+    raise InputError(f"--config {name}: no such file, and no recipe {name}.yaml in "
+                     f"{folder or 'configs/'}{hint}; recipes: {', '.join(known) or 'none'}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -39,14 +78,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
     schema = OmegaConf.structured(TrainConfig)
     layers = [schema]
     if path:
-        if not os.path.isfile(path):
-            raise InputError(f"config file not found: {path}")
-        try:
-            recipe = OmegaConf.load(path)
-        except Exception as e:  # yaml syntax errors
-            raise InputError(f"{path}: not valid YAML: {one_line(e)}") from None
-        _check_keys(recipe, source=path)
-        layers.append(recipe)
+        layers.append(_read_recipe(path))
     dotlist = list(overrides or [])
     for item in dotlist:
         if "=" not in item:
@@ -64,8 +96,23 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise InputError(_explain(e)) from None
+    cfg.tracking.uri = move_uri_credentials(cfg.tracking.uri)  # before anything can record or print it
     validate(cfg)
     return cfg
+
+
+def _read_recipe(path: str) -> DictConfig:
+    if not os.path.isfile(path):
+        raise InputError(f"config file not found: {path}")
+    try:
+        recipe = OmegaConf.load(path)
+    except Exception as e:  # yaml syntax errors
+        raise InputError(f"{path}: not valid YAML: {one_line(e)}") from None
+    if not isinstance(recipe, DictConfig):
+        raise InputError(f"{path}: must be a YAML mapping of sections (model:, data:, train:, ...), "
+                         f"not a {type(recipe).__name__.replace('Config', '').lower()}")
+    _check_keys(recipe, source=path)
+    return recipe
 
 
 def _check_keys(node, source: str, prefix: str = "") -> None:
@@ -77,6 +124,9 @@ def _check_keys(node, source: str, prefix: str = "") -> None:
             near = difflib.get_close_matches(full, sorted(valid), n=1, cutoff=0.5)
             hint = f" (did you mean {near[0]}?)" if near else ""
             raise InputError(f"unknown config key {full!r} in {source}{hint}")
+        if _is_section(full) and value is not None and not isinstance(value, dict):
+            raise InputError(f"config key {full!r} in {source} must be a mapping of {full}.* keys, "
+                             f"not {type(value).__name__}")
         if isinstance(value, dict) and _is_section(full):
             _check_keys(OmegaConf.create(value), source, prefix=full + ".")
 
@@ -100,86 +150,6 @@ def _explain(e: OmegaConfBaseException) -> str:
     if "Missing mandatory value" in msg:
         return f"config key {key!r} is required but has no value"
     return f"config key {key!r}: {msg}" if key else msg
-
-
-# ----------------------------------------------------------------------------------------------
-# Validation: values and cross-field rules that types alone cannot express
-
-
-def validate(cfg: TrainConfig, world_size: int = 1) -> None:
-    """Raise InputError for the first bad value; `world_size` enables the batch-division checks."""
-    from resnext_dist.models.resnext import PRESETS  # local: keep config import light
-
-    for key, allowed in CHOICES.items():
-        value = get_key(cfg, key)
-        if value not in allowed:
-            raise InputError(f"{key}={value!r}: must be one of {', '.join(allowed)}")
-    m, d, t, o = cfg.model, cfg.data, cfg.train, cfg.optim
-    if m.arch not in PRESETS:
-        near = difflib.get_close_matches(m.arch, PRESETS, n=1)
-        hint = f" (did you mean {near[0]}?)" if near else ""
-        raise InputError(f"model.arch={m.arch!r} is not a known preset{hint}; known: {', '.join(PRESETS)}")
-    _positive(cfg, "model.num_classes", "model.base_channels", "data.batch_size", "data.train_res", "data.val_res",
-              "train.epochs", "train.log_every_steps", "train.eval_every_epochs",
-              "checkpoint.keep", "dist.timeout_s", "dist.bucket_cap_mb")
-    _non_negative(cfg, "data.num_workers", "train.max_steps", "checkpoint.every_steps",
-                  "optim.weight_decay", "optim.warmup_epochs", "optim.global_batch_size",
-                  "train.grad_clip_norm", "slurm.gpus_per_node", "slurm.tasks_per_node")
-    if o.lr <= 0:
-        raise InputError(f"optim.lr={o.lr}: must be > 0")
-    if not 0 <= o.label_smoothing < 1:
-        raise InputError(f"optim.label_smoothing={o.label_smoothing}: must be in [0, 1)")
-    if not 0 <= t.ema_decay < 1:
-        raise InputError(f"train.ema_decay={t.ema_decay}: must be in [0, 1)")
-    if m.layers is not None and (len(m.layers) != 4 or min(m.layers) < 1):
-        raise InputError(f"model.layers={list(m.layers)}: must be 4 positive block counts")
-    for key in ("model.cardinality", "model.group_width"):
-        v = get_key(cfg, key)
-        if v is not None and v < 1:
-            raise InputError(f"{key}={v}: must be >= 1")
-    if d.loader != "synthetic" and not d.train:
-        raise InputError(f"data.train is required when data.loader={d.loader}")
-    if d.min_train_res:
-        if not d.min_train_res <= d.train_res:
-            raise InputError(f"data.min_train_res={d.min_train_res} must be <= data.train_res={d.train_res}")
-        if not d.ramp_start_epoch <= d.ramp_end_epoch:
-            raise InputError("data.ramp_start_epoch must be <= data.ramp_end_epoch")
-    if o.schedule == "step" and list(o.milestones) != sorted(o.milestones):
-        raise InputError(f"optim.milestones={list(o.milestones)}: must be increasing")
-    if cfg.checkpoint.resume not in ("auto", "never") and not os.path.isfile(cfg.checkpoint.resume):
-        raise InputError(f"checkpoint.resume={cfg.checkpoint.resume!r}: no such checkpoint file")
-    if not cfg.run.name or "/" in cfg.run.name:
-        raise InputError(f"run.name={cfg.run.name!r}: must be a non-empty name without '/'")
-    if world_size > 1 or o.global_batch_size:
-        grad_accum_steps(cfg, world_size)
-
-
-def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
-    """Micro-steps per optimizer step so that the global batch stays `optim.global_batch_size`."""
-    per_step = cfg.data.batch_size * world_size
-    target = cfg.optim.global_batch_size or per_step
-    if target % per_step:
-        raise InputError(
-            f"optim.global_batch_size={target} is not a multiple of data.batch_size={cfg.data.batch_size}"
-            f" x world size {world_size}")
-    return target // per_step
-
-
-def _positive(cfg, *keys):
-    for key in keys:
-        if get_key(cfg, key) <= 0:
-            raise InputError(f"{key}={get_key(cfg, key)}: must be > 0")
-
-
-def _non_negative(cfg, *keys):
-    for key in keys:
-        if get_key(cfg, key) < 0:
-            raise InputError(f"{key}={get_key(cfg, key)}: must be >= 0")
-
-
-def get_key(cfg: TrainConfig, key: str):
-    section, name = key.split(".")
-    return getattr(getattr(cfg, section), name)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -40,9 +40,9 @@ class DataConfig:
     loader: str = "synthetic"
     "ffcv | torchvision | synthetic"
     train: str = ""
-    "training data: a .beton file (ffcv) or an ImageFolder directory (torchvision)"
+    "training data: a .beton file (ffcv), an ImageFolder directory (torchvision), or embedded:digits/train"
     val: str = ""
-    "validation data, same kind as data.train; empty = no validation"
+    "validation data, same kind as data.train (embedded:digits/val); empty = no validation"
     batch_size: int = 256
     "images per process per micro-step"
     num_workers: int = 8
@@ -166,7 +166,7 @@ class TrackingConfig:
     enabled: bool = True
     "mirror log.jsonl into MLflow (rank 0 only)"
     uri: str = ""
-    "MLflow tracking URI; empty = sqlite store in the runs root (run.root/mlflow.db)"
+    "MLflow tracking URI; empty = sqlite store in run.root/mlflow.db; user:password@ / ?token= move to MLFLOW_TRACKING_*"
     experiment: str = "resnext_dist"
     "MLflow experiment name"
     system_metrics: bool = False
@@ -218,7 +218,7 @@ class SlurmConfig:
 @dataclass
 class RunConfig:
     name: str = MISSING
-    "run name; defaults to the config file's name"
+    "name of the run (the run directory is run.root/run.name)"
     root: str = "runs"
     "folder holding run directories and the default MLflow store"
     dir: str = "${run.root}/${run.name}"

@@ -36,9 +36,9 @@ from typing import Any, Dict
 import submitit
 from submitit.core.utils import UncompletedJobError
 
-from resnext_dist.cli import arg_parser
+from resnext_dist.cli import all_sections, arg_parser
 from resnext_dist.errors import InputError
-from resnext_dist.config import TrainConfig, load_config, to_yaml, validate
+from resnext_dist.config import TrainConfig, find_config, load_config, to_yaml, validate
 from resnext_dist.signals import StopRequested
 from resnext_dist.slurm_checks import SlurmOptionError, check_against_cluster, check_run_dir_free, run, \
     tasks_per_node
@@ -324,9 +324,9 @@ def describe(job: submitit.Job, cfg: TrainConfig) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = arg_parser("python launch/submit.py", "Submit resnext_dist training to Slurm (submitit; one task per "
+    parser = arg_parser("resnext_dist.slurm", "Submit resnext_dist training to Slurm (submitit; one task per "
                         "GPU; requeue on timeout or preemption).",
-                        "slurm.nodes=2 slurm.gpus_per_node=8 slurm.partition=gpu")
+                        "slurm.nodes=2 slurm.gpus_per_node=8 slurm.partition=gpu", sections=all_sections())
     parser.add_argument("--wait", action="store_true", help="follow the job to its end and exit with its status")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script and exit; submit nothing")
     return parser.parse_args(argv)
@@ -335,7 +335,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        cfg = absolute_paths(load_config(args.config, args.overrides))
+        cfg = absolute_paths(load_config(find_config(args.config) if args.config else None, args.overrides))
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0

@@ -72,6 +72,17 @@ def check_against_cluster(cfg: TrainConfig, script: str) -> None:
         raise SlurmOptionError("sbatch/sinfo not found: run this on a Slurm login node (or start the local "
                                "cluster: eval \"$(bash slurm/dev-cluster/start.sh)\")")
     parts, default = cluster_nodes()
+    name, up, fit = check_fits(s, parts, default)
+    if up < s.nodes:  # may come back: say so, but submit
+        print(f"warning: only {up} of the {fit} nodes of partition {name} that fit the job are up "
+              f"(the others are down or drained); the job waits until {s.nodes} are", file=sys.stderr)
+    _check_with_sbatch(script)
+
+
+def check_fits(s, parts: Dict[str, List[Dict[str, Any]]], default: str) -> Tuple[str, int, int]:
+    """(partition, fitting nodes that are up, fitting nodes) for config.SlurmConfig `s` on the nodes `cluster_nodes()`
+    found; SlurmOptionError naming the key when no node set can ever run the job. GPUs come first: a GPU
+    job on CPU nodes is a GPU problem, whatever its CPU count."""
     name = s.partition or default
     if name not in parts:
         known = ", ".join(sorted(parts)) or "none"
@@ -82,9 +93,14 @@ def check_against_cluster(cfg: TrainConfig, script: str) -> None:
     tasks = tasks_per_node(s)
     if s.nodes > len(nodes):
         raise SlurmOptionError(f"slurm.nodes={s.nodes}: partition {name} has only {len(nodes)} node(s)")
-    need = [("cpus", tasks * s.cpus_per_task, "CPUs",
+    if s.gpus_per_node and not any(n["gpus"] for n in nodes):
+        with_gpus = sorted(p for p, ns in parts.items() if any(n["gpus"] for n in ns))
+        where = f"GPU partitions: {', '.join(with_gpus)}" if with_gpus else "this cluster has no GPUs"
+        raise SlurmOptionError(f"slurm.gpus_per_node={s.gpus_per_node}: the nodes of partition {name} have no "
+                               f"GPUs ({where}; slurm.gpus_per_node=0 runs on CPUs)")
+    need = [("gpus", s.gpus_per_node, "GPUs", f"slurm.gpus_per_node={s.gpus_per_node}"),
+            ("cpus", tasks * s.cpus_per_task, "CPUs",
              f"slurm.cpus_per_task={s.cpus_per_task} x {tasks} task(s) per node = {tasks * s.cpus_per_task} CPUs"),
-            ("gpus", s.gpus_per_node, "GPUs", f"slurm.gpus_per_node={s.gpus_per_node}"),
             ("mem_mb", s.mem_gb * 1024, "MB", f"slurm.mem_gb={s.mem_gb}")]
     for key, amount, unit, label in need:
         most = max(n[key] for n in nodes)
@@ -94,11 +110,11 @@ def check_against_cluster(cfg: TrainConfig, script: str) -> None:
     if len(fit) < s.nodes:
         raise SlurmOptionError(f"slurm.nodes={s.nodes}: only {len(fit)} node(s) of partition {name} have "
                                f"{tasks * s.cpus_per_task} CPUs, {s.gpus_per_node} GPUs and {s.mem_gb} GB")
-    up = [n for n in fit if not _unusable(n["state"])]
-    if len(up) < s.nodes:  # may come back: say so, but submit
-        print(f"warning: only {len(up)} of the {len(fit)} nodes of partition {name} that fit the job are up "
-              f"(the others are down or drained); the job waits until {s.nodes} are", file=sys.stderr)
-    # Everything else (account, qos, constraint, additional_parameters): ask Slurm without submitting.
+    return name, sum(not _unusable(n["state"]) for n in fit), len(fit)
+
+
+def _check_with_sbatch(script: str) -> None:
+    """Everything else (account, qos, constraint, additional_parameters): ask Slurm, submitting nothing."""
     with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as f:
         f.write(script)
     try:

@@ -263,11 +263,12 @@ def subset_indices(num_images: int, subset: int, seed: int) -> np.ndarray:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m resnext_dist.data.write",
+    from resnext_dist.cli import HelpFormatter, command_name  # defaults shown only where they say something
+    p = argparse.ArgumentParser(prog=command_name("resnext_dist.data.write"),
                                 description=__doc__.split("\n\n")[0].strip(),
                                 epilog="Bad input exits 2 with one line naming the file. A corrupt image is fatal "
                                        "(named; nothing is written) unless --skip-corrupt is given.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--source", required=True, choices=("imagefolder", "cifar", "digits", "synthetic"),
                    help="what to read")
     p.add_argument("--input", default="", help="imagefolder: the class-folder root; cifar: the python folder")

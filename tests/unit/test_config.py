@@ -1,10 +1,12 @@
 """The typed config: recipes, overrides, and one clear error per kind of bad input."""
+import os
 import subprocess
 import sys
 
 import pytest
 import yaml
 
+from resnext_dist import config_checks, config_schema
 from resnext_dist.errors import InputError
 
 from resnext_dist.config import TrainConfig, grad_accum_steps, load_config, to_flat_dict, to_yaml, validate
@@ -99,3 +101,175 @@ def test_cli_bad_key_exits_2_with_one_line():
     r = run_cli("--config", "configs/quickstart.yaml", "data.batch_sise=3")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "data.batch_sise" in r.stderr
+
+
+# ---- every value checked at load (#16 item 6)
+
+
+def _fields():
+    for section, cls in config_schema._section_types().items():
+        for f in cls.__dataclass_fields__.values():
+            yield f"{section}.{f.name}", f
+
+
+def test_every_key_of_the_schema_has_a_rule():
+    """A key added without saying what values it takes fails here (booleans need none: the type is the rule)."""
+    missing = [key for key, f in _fields() if key not in config_checks.RULES and f.type not in ("bool", bool)]
+    assert not missing, f"add these to config_checks.RULES: {missing}"
+
+
+FLOAT_KEYS = [key for key, f in _fields() if f.type in ("float", float)]
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_no_float_key_takes_nan_or_inf(key, value):
+    with pytest.raises(InputError, match=rf"^{key}=-?(nan|inf): must be a finite number$"):
+        load_config(None, [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["data.batch_size=-8"], r"data.batch_size=-8: must be > 0"),
+    (["data.train_res=22400"], r"data.train_res=22400: must be in \[1, 4096\] px"),
+    (["data.val_crop_ratio=0.01"], r"data.val_crop_ratio=0.01: must be in \[0.25, 1\]"),
+    (["dist.timeout_s=100000000000000"], r"dist.timeout_s=100000000000000: must be in \[1, 10000000\]"),
+    (["tracking.uri=http:///x"], r"tracking.uri=.http:///x.: an http\(s\) URI needs a host"),
+    (["data.batches_ahead=0"], r"data.batches_ahead=0: must be >= 1"),
+    (["data.pad_crop=16", "data.train_res=16"], r"data.pad_crop=16 must be smaller than data.train_res=16"),
+    (["optim.momentum=1"], r"optim.momentum=1.0: must be in \[0, 1\)"),
+    (["optim.momentum=0"], r"optim.nesterov=true needs optim.momentum > 0"),
+    (["optim.label_smoothing=1"], r"optim.label_smoothing=1.0: must be in \[0, 1\)"),
+    (["optim.warmup_start_factor=0"], r"optim.warmup_start_factor=0.0: must be in \(0, 1\]"),
+    (["optim.milestones=[30,20]"], r"optim.milestones=\[30, 20\]: must be increasing epochs >= 1"),
+    (["optim.schedule=poly"], r"optim.schedule='poly': must be one of cosine, step, linear"),
+    (["dist.backend=mpi"], r"dist.backend='mpi': must be one of auto, nccl, gloo"),
+    (["train.ema_decay=1"], r"train.ema_decay=1.0: must be in \[0, 1\)"),
+    (["train.seed=-1"], r"train.seed=-1: must be in \[0, 4294967295\]"),
+    (["checkpoint.keep=0"], r"checkpoint.keep=0: must be >= 1"),
+    (["tracking.timeout_s=0"], r"tracking.timeout_s=0.0: must be > 0"),
+    (["tracking.experiment=''"], r"tracking.experiment='': must not be empty"),
+    (["run.name=.."], r"run.name='..': must be a non-empty name without '/'"),
+])
+def test_bad_values_are_refused_at_load(overrides, message):
+    with pytest.raises(InputError, match=message) as e:
+        load_config(None, overrides)
+    assert "\n" not in str(e.value)
+
+
+def test_a_yaml_list_is_one_line(tmp_path):
+    p = tmp_path / "list.yaml"
+    p.write_text("- model\n- data\n")
+    with pytest.raises(InputError, match=r"list.yaml: must be a YAML mapping of sections \(model:, data:, train:, "
+                                         r"\.\.\.\), not a list$"):
+        load_config(str(p), [])
+    p.write_text("data: 3\n")
+    with pytest.raises(InputError, match=r"config key 'data' in .*list.yaml must be a mapping of data.\* keys"):
+        load_config(str(p), [])
+
+
+def test_a_run_dir_that_is_a_file_or_cannot_be_made_is_refused_creating_nothing(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("")
+    with pytest.raises(InputError, match=r"^run.dir='.*afile': exists and is not a directory$"):
+        load_config(None, [f"run.dir={f}"])
+    with pytest.raises(InputError, match=r"^run.dir='.*afile/run': cannot be created: .*afile is a file$"):
+        load_config(None, [f"run.dir={f}/run"])
+    with pytest.raises(InputError, match=r"^run.root='.*afile': exists and is not a directory$"):
+        load_config(None, [f"run.root={f}", f"run.dir={tmp_path}/r"])  # the default MLflow store goes there
+    ok = load_config(None, [f"run.dir={tmp_path}/a/b/c"])
+    assert ok.run.dir == f"{tmp_path}/a/b/c" and sorted(os.listdir(tmp_path)) == ["afile"]  # nothing created
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_a_run_dir_under_a_read_only_folder_is_refused(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    with pytest.raises(InputError, match=r"run.dir=.*: cannot be created: .*ro is not writable by this user"):
+        load_config(None, [f"run.dir={ro}/run"])
+
+
+# ---- slurm.* values that would break the job script (#16 item 5)
+
+
+@pytest.mark.parametrize("yaml_slurm, key", [
+    (r'partition: "gpu\nsrun rm -rf ~"', "slurm.partition"),
+    (r'account: "a\rb"', "slurm.account"),
+    (r'qos: "high\e[2J"', "slurm.qos"),
+    (r'constraint: "a100\n#SBATCH --uid=0"', "slurm.constraint"),
+    (r'job_name: "rx\ttouch"', "slurm.job_name"),
+    (r'folder: "/tmp/x\ny"', "slurm.folder"),
+    (r'additional_parameters: {mail-type: "END\nrm -rf ~"}', "slurm.additional_parameters"),
+    (r'additional_parameters: {"mail-type\nx": END}', "slurm.additional_parameters"),
+    (r'additional_parameters: {"--x y": 1}', "slurm.additional_parameters"),
+    (r'partition: "gpu\u2028x"', "slurm.partition"),  # a Unicode line separator
+])
+def test_a_slurm_value_that_breaks_the_sbatch_line_is_refused_naming_the_key(tmp_path, yaml_slurm, key):
+    p = tmp_path / "job.yaml"
+    p.write_text(f"slurm:\n  {yaml_slurm}\n")
+    with pytest.raises(InputError) as e:
+        load_config(str(p), [])
+    message = str(e.value)
+    assert message.startswith(f"{key}=") and message.isprintable()
+
+
+def test_a_slurm_value_from_the_command_line_never_holds_a_line_break():
+    # The shell can pass a real newline (slurm.partition=$'gpu\nx'); whatever YAML makes of it, no line break
+    # reaches the config.
+    try:
+        cfg = load_config(None, ["slurm.partition=gpu\nsrun x", "slurm.account='a\nb'"])
+    except InputError as e:
+        assert str(e).isprintable()
+    else:
+        assert cfg.slurm.partition.isprintable() and cfg.slurm.account.isprintable()
+
+
+# ---- credentials in tracking.uri (#16 item 2)
+
+SECRET_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+@pytest.fixture
+def clean_mlflow_env(monkeypatch):
+    for k in SECRET_ENV:
+        monkeypatch.delenv(k, raising=False)
+    return monkeypatch
+
+
+def test_credentials_leave_the_uri_for_mlflows_environment(clean_mlflow_env, capsys):
+    cfg = load_config(None, ["tracking.uri=http://alice:s3cr%40t@mlflow.example:5000/base?token=tok123&x=1"])
+    assert cfg.tracking.uri == "http://mlflow.example:5000/base?x=1"
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "s3cr@t"
+    assert os.environ["MLFLOW_TRACKING_TOKEN"] == "tok123"
+    recorded = to_yaml(cfg) + repr(to_flat_dict(cfg)) + repr(cfg)
+    out = capsys.readouterr()
+    for secret in ("s3cr", "tok123", "alice"):
+        assert secret not in recorded and secret not in out.out + out.err
+
+
+def test_credentials_already_in_the_environment_win(clean_mlflow_env):
+    clean_mlflow_env.setenv("MLFLOW_TRACKING_PASSWORD", "from-env")
+    cfg = load_config(None, ["tracking.uri=https://bob:in-uri@host"])
+    assert cfg.tracking.uri == "https://host"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "from-env" and os.environ["MLFLOW_TRACKING_USERNAME"] == "bob"
+
+
+def test_a_secret_mlflow_cannot_take_is_refused_without_echoing_it(clean_mlflow_env):
+    with pytest.raises(InputError) as e:
+        load_config(None, ["tracking.uri=http://host:5000?api_key=hunter2"])
+    assert "api_key" in str(e.value) and "hunter2" not in str(e.value)
+    assert load_config(None, ["tracking.uri=file:///tmp/mlruns"]).tracking.uri == "file:///tmp/mlruns"
+
+
+def test_credentials_never_reach_the_printed_config(clean_mlflow_env):
+    r = run_cli("--config", "configs/quickstart.yaml", "--print-config", "tracking.uri=http://u:pw-xyz@h:5000")
+    assert r.returncode == 0, r.stderr
+    assert "pw-xyz" not in r.stdout + r.stderr and "uri: http://h:5000" in r.stdout
+
+
+def test_a_database_password_is_refused_not_moved(clean_mlflow_env):
+    with pytest.raises(InputError) as e:
+        load_config(None, ["tracking.uri=postgresql://ml:dbpass@db/mlflow"])
+    assert "PGPASSWORD" in str(e.value) and "dbpass" not in str(e.value)
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ
+    assert load_config(None, ["tracking.uri=postgresql://ml@db/mlflow"]).tracking.uri == "postgresql://ml@db/mlflow"

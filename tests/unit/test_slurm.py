@@ -106,6 +106,42 @@ def test_gpu_counts_read_from_sinfo_gres():
     assert slurm_checks._gpus_in("gpu:a100:4(S:0),gpu:v100:2,nic:1") == 6
 
 
+# ---- what the cluster can run (slurm_checks.check_fits on sinfo's node table)
+
+CPU_CLUSTER = {"debug": [dict(node=f"n{i}", cpus=4, gpus=0, mem_mb=8000, state="idle") for i in (1, 2)]}
+
+
+def test_a_gpu_request_on_a_cluster_without_gpus_is_refused_naming_gpus():
+    s = cfg("slurm.gpus_per_node=8").slurm  # 8 tasks x 10 CPUs would not fit either: the GPUs are the problem
+    with pytest.raises(slurm_checks.SlurmOptionError) as e:
+        slurm_checks.check_fits(s, CPU_CLUSTER, "debug")
+    assert str(e.value) == ("slurm.gpus_per_node=8: the nodes of partition debug have no GPUs (this cluster has "
+                            "no GPUs; slurm.gpus_per_node=0 runs on CPUs)")
+    mixed = {**CPU_CLUSTER, "gpu": [dict(node="g1", cpus=96, gpus=8, mem_mb=10**6, state="idle")]}
+    with pytest.raises(slurm_checks.SlurmOptionError, match=r"no GPUs \(GPU partitions: gpu;"):
+        slurm_checks.check_fits(s, mixed, "debug")
+    assert slurm_checks.check_fits(s, mixed, "gpu") == ("gpu", 1, 1)
+
+
+def test_a_cpu_job_that_fits_and_one_that_does_not():
+    ok = cfg("slurm.gpus_per_node=0", "slurm.cpus_per_task=2", "slurm.nodes=2").slurm
+    assert slurm_checks.check_fits(ok, CPU_CLUSTER, "debug") == ("debug", 2, 2)
+    big = cfg("slurm.gpus_per_node=0", "slurm.cpus_per_task=8").slurm
+    with pytest.raises(slurm_checks.SlurmOptionError, match=r"^slurm.cpus_per_task=8 x 1 task\(s\) per node = 8 "
+                                                             r"CPUs: nodes of partition debug have at most 4 CPUs$"):
+        slurm_checks.check_fits(big, CPU_CLUSTER, "debug")
+
+
+def test_a_line_break_in_a_slurm_value_exits_2_before_anything_is_submitted(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch: reaching the submission would say so instead
+    recipe = tmp_path / "evil.yaml"
+    recipe.write_text('slurm:\n  partition: "debug\\nsrun touch owned"\n')
+    rc, out, err = submit_main(capsys, "--dry-run", "--config", str(recipe), *TINY, f"run.root={tmp_path}")
+    assert rc == 2 and out == ""
+    assert err.startswith("error: slurm.partition='debug\\nsrun touch owned': cannot go on one #SBATCH line")
+    assert len(err.strip().splitlines()) == 1
+
+
 # ---- the job side
 
 
