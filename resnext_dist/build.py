@@ -35,9 +35,11 @@ class Parts:
 
 def build(cfg: TrainConfig, dist) -> Parts:
     from resnext_dist.data import build_loaders  # FFCV and friends: imported only when a run is built
+    from resnext_dist.data.embedded import resolve_data_paths
 
     seed_everything(cfg.train)
-    train_loader, val_loader = build_loaders(cfg.data, dist, seed=cfg.train.seed, num_classes=cfg.model.num_classes,
+    # embedded:digits/... names become cached .beton files, made on first use (once per machine)
+    train_loader, val_loader = build_loaders(resolve_data_paths(cfg.data), dist, seed=cfg.train.seed, num_classes=cfg.model.num_classes,
                                              channels_last=cfg.train.channels_last)
     accum = grad_accum_steps(cfg, dist.world_size)
     global_batch = cfg.data.batch_size * dist.world_size * accum

@@ -92,7 +92,11 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
     try:
         merged = OmegaConf.merge(*layers)
         if OmegaConf.is_missing(merged.run, "name"):
-            merged.run.name = os.path.splitext(os.path.basename(path))[0] if path else "run"
+            # <recipe>-<hash of the identity keys>: two experiments never share a run directory, and the same
+            # command (a requeue, a resume by hand) always finds its own.
+            from resnext_dist.rundir import identity_hash
+            merged.run.name = stem = os.path.splitext(os.path.basename(path))[0] if path else "run"
+            merged.run.name = f"{stem}-{identity_hash(OmegaConf.to_object(merged))}"
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise InputError(_explain(e)) from None

@@ -147,7 +147,7 @@ RULES: Dict[str, Rule] = {
     "model.arch": nonempty_text, "model.stem": one_of("model.stem"), "model.num_classes": positive,
     "model.layers": optional(block_counts), "model.cardinality": optional(at_least(1)),
     "model.group_width": optional(at_least(1)), "model.base_channels": positive,
-    "model.zero_init_residual": typed, "model.blurpool": typed,
+    "model.zero_init_residual": typed, "model.blurpool": typed, "model.sync_bn": typed,
 
     "data.loader": one_of("data.loader"), "data.train": text, "data.val": text, "data.batch_size": positive,
     "data.num_workers": non_negative, "data.train_res": resolution, "data.val_res": resolution,
@@ -162,6 +162,7 @@ RULES: Dict[str, Rule] = {
     "train.epochs": positive, "train.precision": one_of("train.precision"), "train.channels_last": typed,
     "train.compile": typed, "train.seed": between(0, MAX_SEED), "train.grad_clip_norm": non_negative,
     "train.ema_decay": between(0, 1, hi_open=True), "train.tta_flip": typed, "train.log_every_steps": positive,
+    "train.log_every_s": non_negative,
     "train.eval_every_epochs": positive, "train.max_steps": non_negative, "train.cudnn_benchmark": typed,
     "train.deterministic": typed, "train.progress_bar": typed, "train.nan_check": typed,
 

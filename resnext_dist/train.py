@@ -14,13 +14,13 @@ from __future__ import annotations
 import os
 import sys
 
-from resnext_dist.cli import arg_parser
-from resnext_dist.config import TrainConfig, load_config, to_yaml
+from resnext_dist.cli import arg_parser, load_train_config
+from resnext_dist.config import TrainConfig, to_yaml
 from resnext_dist.errors import EXIT_BAD_INPUT, InputError
 
 
 def parse_args(argv=None):
-    return arg_parser("python -m resnext_dist.train",
+    return arg_parser("resnext_dist.train",
                       "Train a ResNeXt image classifier (single process, torchrun, srun or submitit).",
                       "data.batch_size=128 optim.lr=0.2").parse_args(argv)
 
@@ -29,11 +29,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from resnext_dist.signals import StopRequested
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg, note = load_train_config(args)  # no --config: the embedded default, and a note saying so
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0
-        run(cfg)
+        run(cfg, note or "")
     except InputError as e:
         if _launcher_rank() == 0:  # every rank meets the same bad input: say it once
             print(f"error: {e}", file=sys.stderr, flush=True)

@@ -21,10 +21,10 @@ def test_a_changed_identity_key_is_refused_with_the_diff_and_nothing_is_written(
     run = tmp_path / "run"
     ok(run_train(run, ["train.epochs=1", "train.max_steps=4"]))
     before = {p: (run / p).read_bytes() for p in ("config.yaml", "log.jsonl", "DONE")}
-    r = run_train(run, ["train.epochs=1", "optim.lr=0.2", "data.batch_size=4"])
+    r = run_train(run, ["train.epochs=1", "optim.lr=0.3", "data.batch_size=4"])
     assert r.returncode == 2
     err = r.stderr.strip()
-    assert err.count("\n") == 0 and "optim.lr: 0.1 -> 0.2" in err and "data.batch_size: 8 -> 4" in err
+    assert err.count("\n") == 0 and "optim.lr: 1.0 -> 0.3" in err and "data.batch_size: 8 -> 4" in err
     assert "run.name" in err  # the way out
     assert {p: (run / p).read_bytes() for p in before} == before
 

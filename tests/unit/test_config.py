@@ -19,7 +19,7 @@ DATA = ["data.train=/d/train.beton", "data.val=/d/val.beton"]
 def test_defaults_are_typed_dataclasses():
     cfg = load_config(None, [])
     assert isinstance(cfg, TrainConfig)
-    assert cfg.run.name == "run" and cfg.run.dir == "runs/run"
+    assert cfg.run.name.startswith("run-") and cfg.run.dir == f"runs/{cfg.run.name}"  # run-<identity hash>
     assert type(cfg.model).__name__ == "ModelConfig"
 
 
@@ -32,7 +32,7 @@ def test_overrides_are_typed_and_interpolations_resolve():
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_every_recipe_loads_with_only_data_paths(recipe):
     cfg = load_config(recipe, DATA if "quickstart" not in recipe else [])
-    assert cfg.run.name == recipe.split("/")[-1][: -len(".yaml")]
+    assert cfg.run.name.startswith(recipe.split("/")[-1][: -len(".yaml")] + "-")
 
 
 def test_imagenet_recipes_require_data_paths():
