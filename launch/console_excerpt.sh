@@ -3,6 +3,7 @@
 #
 #   bash launch/console_excerpt.sh                 # train the quickstart afresh (about 2-3 minutes on 2 CPU cores)
 #   bash launch/console_excerpt.sh --from FILE      # only re-cut the README excerpt from a saved console
+#   bash launch/console_excerpt.sh key=value ...    # the same, with overrides passed to the trainer
 #
 # It runs the README's main command as a newcomer would, `torchrun --nproc_per_node=2 -m resnext_dist.train`
 # with no --config (the embedded quickstart), from an empty scratch directory, so the run starts fresh and
@@ -30,7 +31,7 @@ else
   cores="$(nproc)"
   threads=$((cores / NPROC > 0 ? cores / NPROC : 1))
   (cd "$work" && PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-$threads}" \
-    "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m resnext_dist.train >"$raw")
+    "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC" -m resnext_dist.train "$@" >"$raw")
   capture="$work/console.txt"
   # "$work/" -> "": paths relative to the folder the command ran in (sqlite:////tmp/x/runs -> sqlite:///runs).
   sed "s#$work/##g" "$raw" >"$capture"
