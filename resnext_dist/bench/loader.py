@@ -1,17 +1,12 @@
 """`python -m resnext_dist.bench loader`: FFCV vs the torchvision loader (and synthetic) on the same JPEGs.
 
-    python -m resnext_dist.bench loader                     # 2,048 photos of 350x467, 176 px, batch 64, 1 and 2 workers
-    python -m resnext_dist.bench loader --workers 8,16 data.train_res=224 --images 8000 --out loader.json
+    python -m resnext_dist.bench loader --workers 1,2 --epochs 3           # 2,048 photos of 350x467, 176 px
     python -m resnext_dist.bench loader --workdir /tmp/photos --prepare-only --images 12800 --photo-size 300x400
 
-It makes --images JPEGs (quality 90) of --photo-size, random crops (and mirror images) of scikit-learn's two
-sample photographs, as an ImageFolder and a .beton (--write-mode jpg, or proportion: a random half raw); with
---workdir both are kept and reused (WORKDIR/photos_HxW/, WORKDIR/photos_N_HxW_MODE.beton; --prepare-only stops
-there and prints the .beton's path). Then it times the trainer's own loaders (data.build_loaders with the
-config's data section: crop at data.train_res, data.batch_size, ...) at each worker count, the loaders taking
-turns epoch by epoch so other load falls on all alike: the best timed epoch's img/s after --warmup epochs,
-images per CPU second (all processes: robust to a shared machine), and each loader's per-image work in one
-thread (`ms_per_image_*`). `ffcv-full` is FFCV with its own whole-image decoders (data.crop_decode=false).
+It makes --images JPEGs cut from scikit-learn's sample photographs, as an ImageFolder and a .beton (kept and
+reused with --workdir), then times the trainer's loaders (data.build_loaders with the config's data section) at
+each worker count, taking turns epoch by epoch, and each loader's per-image work in one thread. `ffcv-full` is
+FFCV with its own whole-image decoders (data.crop_decode=false). See docs/performance.md.
 """
 from __future__ import annotations
 

@@ -1,13 +1,9 @@
 """`python -m resnext_dist.bench model`: the ceiling, a bare training step on input already on the device.
 
     python -m resnext_dist.bench model train.compile=true          # ResNeXt-50 32x4d, batch 256, 224 px, bf16
-    python -m resnext_dist.bench model --config configs/quickstart.yaml --device cpu --steps 20
 
-Forward under autocast, label-smoothed cross-entropy, backward, SGD step with optim.build_optimizer (the
-trainer's parameter groups, so both do the same arithmetic), zero the gradients. No data loading, DDP, logging
-or host sync in the timed window: what the device gives the model, which `bench train` judges the trainer
-against. CUDA events time a GPU (perf_counter after a synchronize on a CPU); the warm-up steps (cuDNN
-autotuning, torch.compile) are timed apart.
+Forward under autocast, label-smoothed cross-entropy, backward, SGD step with the trainer's parameter groups
+(optim.build_optimizer), nothing else in the timed window: what `bench train` judges the trainer against.
 """
 from __future__ import annotations
 

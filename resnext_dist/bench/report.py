@@ -1,13 +1,10 @@
 """Bench results: one JSON document per bench, a short text table, optional MLflow logging.
 
-Every bench builds its result with `make_report` and ends with `finish`: the table is printed, the JSON written
-(--out FILE, atomically) and, with --mlflow URI, the result becomes one MLflow run (tags = the machine, params =
-the config and the bench's options, metrics = the summary and each row's figures, the JSON as an artifact).
+Every bench ends with `finish(make_report(...))`: the table is printed, the JSON written (--out FILE) and with
+--mlflow URI logged as one MLflow run (tags = the machine, params, metrics = the summary and each row's figures,
+the JSON as an artifact). JSON: {"bench", "created", "command", "machine" (provenance tags, cores, threads),
+"params", "rows": [{"measure", "arch", "res", "img_per_s", "ratio", "data_wait", ...}], "summary", "notes"}.
 `python -m resnext_dist.bench report A.json B.json ...` prints the rows of several results as one table.
-
-JSON: {"bench", "created", "command", "machine": {provenance tags, cpu_count, torch_threads}, "params",
-"rows": [{"measure", "arch", "res", "batch", "precision", "img_per_s", "ratio", "data_wait", ...}], "summary",
-"notes"}. Figures are plain floats (img/s, fractions); formatting happens only in the table.
 """
 from __future__ import annotations
 

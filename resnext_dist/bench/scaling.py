@@ -2,18 +2,12 @@
 
     python -m resnext_dist.bench scaling --device cpu model.layers=[1,1,1,1] model.stem=cifar \\
         model.num_classes=10 data.train_res=32 data.batch_size=16        # gloo, 2 cores: ResNeXt-50's widths
-    python -m resnext_dist.bench scaling                                 # all GPUs (NCCL), ResNeXt-50, 224 px
 
-The trainer is launched for real on synthetic input: `python -m resnext_dist.train` for 1 process, `torchrun
---standalone --nproc_per_node=N -m resnext_dist.train` for N (DDP), each with the bench's --config and overrides.
-Each run's log.jsonl gives the global img/s after the warm-up intervals (as in `bench train`); per-rank img/s =
-global / N; weak-scaling efficiency = img/s(N) / (N x img/s(1)). A third measure (--no-independent skips it) runs
-N single-process trainings at once, no process group: what the machine gives N processes side by side, so
-`ddp vs independent` isolates what DDP costs from what running N processes costs at all.
-
-On a CPU each process gets --threads intra-op threads (default 1, through OMP_NUM_THREADS), the single one too;
-every trainer process starts in a session of its own, as torchrun starts its ranks, so that Linux's per-session
-fair share (autogroup) treats them alike. --repeats R alternates the runs (1, N, independent, 1, ...).
+The trainer launched for real on synthetic input with the bench's --config and overrides: `python -m
+resnext_dist.train` for 1 process, torchrun for N (DDP), and N single processes at once (--no-independent skips
+them). Efficiency = img/s(N) / (N x img/s(1)) from the runs' log.jsonl (as `bench train` reads it). On a CPU each
+process gets --threads intra-op threads (default 1), and each starts in a session of its own, as torchrun starts
+its ranks, so that Linux's per-session fair share (autogroup) treats them alike. See docs/performance.md.
 """
 from __future__ import annotations
 

@@ -1,17 +1,12 @@
 """`python -m resnext_dist.bench train`: the real trainer end to end against the ceiling, in one process.
 
-    python -m resnext_dist.bench train data.loader=ffcv data.train=/tmp/bench.beton data.num_workers=16 \\
-        --out r50_224.json                     # ResNeXt-50: ceiling, trainer on synthetic input, trainer on FFCV
     python -m resnext_dist.bench train --config configs/quickstart.yaml model.layers=[1,1,1,1] \\
-        data.batch_size=32 --inputs synthetic --steps 40 --repeats 3 --threads 1                        # a CPU
+        data.batch_size=32 --steps 40 --repeats 3      # ceiling, trainer on synthetic input, trainer on FFCV
 
-One config (the recipe and overrides) three ways, in this order: the ceiling (bench model's bare step);
-`resnext_dist.train.run(cfg)` with data.loader=synthetic (the trainer's own overhead); the trainer with the
-config's loader on data.train (the input pipeline as well). The trainer runs are real runs in a temporary run
-directory (kept with --keep-runs), tracking and validation off, train.max_steps set, checkpoints at epoch ends
-only. Their figures come from log.jsonl: `img_per_s` and `data_wait` of each log interval after the first
---warmup-intervals (compilation, autotuning, FFCV's JIT), weighted by the interval's images and time; "wall
-img/s" also counts what happens between intervals (epoch ends). Target: >= 0.97 of the ceiling on real input.
+The ceiling (bench model), then `resnext_dist.train.run(cfg)` per input (synthetic; the config's loader on
+data.train) in a temporary run directory, tracking and validation off; its figures are the log.jsonl intervals
+after --warmup-intervals, weighted by images and time ("wall img/s" also counts epoch ends). What it measures
+and the target: docs/performance.md.
 """
 from __future__ import annotations
 
@@ -143,15 +138,13 @@ def run(argv=None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # what the trainer will pick
     cfg = workload.load(args, device.type, owned=OWNED)
     inputs, base = _inputs(args, cfg), workload.overrides(args, device.type)
-    root = run_root(args, "resnext-bench-")
 
-    def plan(name: str, attempt: int):
-        run_dir = os.path.join(root, f"{name}.{attempt}")
-        return base + trainer_overrides(cfg, name, run_dir=run_dir, max_steps=max_steps, log_every=args.log_every), \
-            run_dir
+    def plan(name: str, run_dir: str) -> List[str]:
+        return base + trainer_overrides(cfg, name, run_dir=run_dir, max_steps=max_steps, log_every=args.log_every)
 
     for name in inputs:  # every config is checked before any measuring starts
-        load_config(args.config, plan(name, 0)[0])
+        load_config(args.config, plan(name, "unused"))
+    root = run_root(args, "resnext-bench-")
     title = f"bench train: {workload.label(cfg)} on {workload.device_label(device)}"
     print(title, flush=True)
 
@@ -166,11 +159,11 @@ def run(argv=None) -> int:
             for name in inputs:
                 if args.threads:
                     torch.set_num_threads(args.threads)  # FFCV sets torch's thread count to its worker count
-                overrides, run_dir = plan(name, attempt)
+                run_dir = os.path.join(root, f"{name}.{attempt}")
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)  # the run's peak, not the ceiling's before it
                 t0 = time.perf_counter()
-                train_run(load_config(args.config, overrides))
+                train_run(load_config(args.config, plan(name, run_dir)))
                 s = summarize_log(read_log(os.path.join(run_dir, "log.jsonl")), global_batch=cfg.data.batch_size,
                                   warmup_intervals=args.warmup_intervals)
                 s["run_s"] = time.perf_counter() - t0

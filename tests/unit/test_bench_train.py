@@ -62,10 +62,10 @@ def test_train_synthetic_against_ceiling(tmp_path, capsys):
     (["train.max_steps=3"], "--steps"),
     (["--log-every", "0"], "--log-every"),
 ])
-def test_train_bad_input_exits_2_before_measuring(args, culprit, capsys):
-    assert main(["train", *TINY, *SHORT, *args]) == 2
+def test_train_bad_input_exits_2_before_measuring(args, culprit, capsys, tmp_path):
+    assert main(["train", *TINY, *SHORT, "--run-root", str(tmp_path), *args]) == 2
     captured = capsys.readouterr()
-    assert "ceiling" not in captured.out  # nothing measured
+    assert "ceiling" not in captured.out and list(tmp_path.iterdir()) == []  # nothing measured, nothing left
     err = captured.err.strip()
     assert len(err.splitlines()) == 1 and culprit in err
 
