@@ -304,10 +304,10 @@ def run(argv=None) -> int:
             if "ffcv" in timings and "ffcv-full" in timings:
                 summary[f"crop_decode_speedup_{workers}_workers"] = \
                     timings["ffcv"]["img_per_s"] / timings["ffcv-full"]["img_per_s"]
-        params = {**{k: v for k, v in workload.params(cfg).items() if k.startswith("data.")}, "config": args.config,
-                  "overrides": args.overrides, "images": args.images, "photo_hw": list(args.size),
-                  "write_mode": args.write_mode, "jpeg_quality": 90, "workers": args.worker_counts,
-                  "loaders": args.loader_list, "epochs": args.epochs, "warmup": args.warmup}
+        params = {**{k: v for k, v in workload.params(cfg).items() if k.startswith("data.")}, "images": args.images,
+                  "photo_hw": list(args.size), "write_mode": args.write_mode, "jpeg_quality": 90,
+                  "workers": args.worker_counts, "loaders": args.loader_list, "epochs": args.epochs,
+                  "warmup": args.warmup}
         notes = ["img/s: best timed epoch after the warm-up; same JPEGs, crop, flip, batch and workers for all",
                  "ffcv_vs_torchvision_N_workers: FFCV img/s / torchvision img/s at N workers (target >= 2.0); "
                  "..._per_cpu_s: the same ratio of images per CPU second (all processes), robust to other load",
@@ -318,10 +318,9 @@ def run(argv=None) -> int:
                     if device.type == "cpu" else ""),
                  f"load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} on "
                  f"{len(os.sched_getaffinity(0))} cores"]
-        result = report.make_report("loader", device, argv=argv, params=params, rows=rows, summary=summary,
-                                    notes=notes)
-        return report.finish(result, args, title=f"bench loader: {args.images} JPEGs {args.size[0]}x{args.size[1]} "
-                                                  f"({args.write_mode}) -> {res} px, batch {batch}, on {device.type}")
+        return report.finish("loader", device, args, argv, params=params, rows=rows, summary=summary, notes=notes,
+                             title=f"bench loader: {args.images} JPEGs {args.size[0]}x{args.size[1]} "
+                                   f"({args.write_mode}) -> {res} px, batch {batch}, on {device.type}")
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -106,8 +106,8 @@ def run(argv=None) -> int:
     device = workload.pick_device(args.device)
     cfg = workload.load(args, device.type, force=["data.loader=synthetic"])
     m = measure_ceiling(cfg, device, steps=args.steps, warmup=args.warmup)
-    params = {**workload.params(cfg), "config": args.config, "overrides": args.overrides, "device": device.type,
-              "steps": args.steps, "warmup": args.warmup, "threads": torch.get_num_threads()}
-    result = report.make_report("model", device, argv=argv, params=params, rows=[ceiling_row(cfg, m)],
-                                summary={"ceiling_img_per_s": m["img_per_s"]})
-    return report.finish(result, args, title=f"bench model: {workload.label(cfg)} on {workload.device_label(device)}")
+    return report.finish("model", device, args, argv, rows=[ceiling_row(cfg, m)],
+                         title=f"bench model: {workload.label(cfg)} on {workload.device_label(device)}",
+                         params={**workload.params(cfg), "device": device.type, "steps": args.steps,
+                                 "warmup": args.warmup, "threads": torch.get_num_threads()},
+                         summary={"ceiling_img_per_s": m["img_per_s"]})

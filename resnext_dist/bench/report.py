@@ -1,6 +1,6 @@
 """Bench results: one JSON document per bench, a short text table, optional MLflow logging.
 
-Every bench ends with `finish(make_report(...))`: the table is printed, the JSON written (--out FILE) and with
+Every bench ends with `finish(...)`: the table is printed, the JSON written (--out FILE) and with
 --mlflow URI logged as one MLflow run (tags = the machine, params, metrics = the summary and each row's figures,
 the JSON as an artifact). JSON: {"bench", "created", "command", "machine" (provenance tags, cores, threads),
 "params", "rows": [{"measure", "arch", "res", "img_per_s", "ratio", "data_wait", ...}], "summary", "notes"}.
@@ -38,16 +38,6 @@ def machine_info(device: torch.device) -> Dict[str, object]:
     tags = {k: v for k, v in provenance_tags(DistInfo(device=device)).items() if not k.startswith("mlflow.")}
     return {**tags, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             **({"gpu_count": torch.cuda.device_count()} if device.type == "cuda" else {})}
-
-
-def make_report(bench: str, device: torch.device, *, argv: Optional[Sequence[str]], params: Dict,
-                rows: List[Dict], summary: Dict, notes: Sequence[str] = ()) -> Dict:
-    """`argv`: the subcommand's arguments (None = this process's), recorded as the command that made it."""
-    argv = sys.argv[1:] if argv is None else argv
-    return {"bench": bench, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": shlex.join(["python", "-m", "resnext_dist.bench", bench, *argv]),
-            "machine": machine_info(device), "params": params, "rows": [{"bench": bench, **r} for r in rows],
-            "summary": summary, "notes": list(notes)}
 
 
 def format_table(rows: List[Dict], title: str = "") -> str:
@@ -94,13 +84,20 @@ def log_mlflow(uri: str, experiment: str, result: Dict) -> str:
         return run.info.run_id
 
 
-def finish(result: Dict, args, title: str) -> int:
-    """Print the table (and notes), write --out, log to --mlflow; the exit status of the bench."""
+def finish(bench: str, device: torch.device, args, argv: Optional[Sequence[str]], *, title: str, params: Dict,
+           rows: List[Dict], summary: Dict, notes: Sequence[str] = ()) -> int:
+    """Make the result, print its table, notes and summary, write --out, log to --mlflow; the exit status.
+    `argv`: the subcommand's arguments (None = this process's), recorded as the command that made it."""
+    argv = sys.argv[1:] if argv is None else argv
+    result = {"bench": bench, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": shlex.join(["python", "-m", "resnext_dist.bench", bench, *argv]),
+              "machine": machine_info(device), "params": {"config": args.config, "overrides": args.overrides, **params},
+              "rows": [{"bench": bench, **r} for r in rows], "summary": summary, "notes": list(notes)}
     print()
     print(format_table(result["rows"], title))
-    for note in result["notes"]:
+    for note in notes:
         print(f"note: {note}")
-    for key, value in result["summary"].items():
+    for key, value in summary.items():
         print(f"{key}: {_cell(value, '{:.4g}') if isinstance(value, float) else value}")
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -140,18 +139,14 @@ def run(argv=None) -> int:
     print(title, flush=True)
 
     modes = ["single", "ddp"] + (["independent"] if args.independent else [])
-    root = run_root(args, "resnext-scaling-")
     runs: Dict[str, List[Dict]] = {mode: [] for mode in modes}
-    try:
+    with run_root(args, "resnext-scaling-") as root:
         for r in range(args.repeats):
             for mode in modes:
                 s = run_once(cfg, base, mode, nproc, os.path.join(root, f"{mode}_r{r}"), args, device)
                 runs[mode].append(s)
                 print(f"{mode}, try {r + 1}: {s['img_per_s']:,.1f} img/s (data wait {s['data_wait']:.1%})",
                       flush=True)
-    finally:
-        if not args.keep_runs:
-            shutil.rmtree(root, ignore_errors=True)
 
     mid = {mode: median_try(tries) for mode, tries in runs.items()}
     base_rate = mid["single"]["img_per_s"]
@@ -180,9 +175,8 @@ def run(argv=None) -> int:
                      f"{os.cpu_count()} cores; gloo")
     if args.repeats > 1:
         notes.append(f"median of {args.repeats} alternating tries per measure (all tries are in the JSON)")
-    params = {**workload.params(cfg), "config": args.config, "overrides": args.overrides, "device": device,
+    params = {**workload.params(cfg), "device": device,
               "nproc": nproc, "threads_per_process": args.threads, "steps": args.steps, "log_every": args.log_every,
               "warmup_intervals": args.warmup_intervals, "repeats": args.repeats, "independent": args.independent}
-    result = report.make_report("scaling", torch.device("cuda" if device == "cuda" else "cpu"), argv=argv,
-                                params=params, rows=rows, summary=summary, notes=notes)
-    return report.finish(result, args, title=title)
+    return report.finish("scaling", torch.device(device), args, argv, title=title, params=params, rows=rows,
+                         summary=summary, notes=notes)

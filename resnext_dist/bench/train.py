@@ -10,6 +10,7 @@ and the target: docs/performance.md.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -94,10 +95,17 @@ def check_trainer_args(args) -> int:
     return (args.warmup_intervals + -(-args.steps // args.log_every)) * args.log_every
 
 
-def run_root(args, prefix: str) -> str:
+@contextlib.contextmanager
+def run_root(args, prefix: str):
+    """A fresh folder for the trainer runs in --run-root (made if missing), removed at the end unless --keep-runs."""
     if args.run_root:
-        os.makedirs(args.run_root, exist_ok=True)  # a fresh path is fine
-    return tempfile.mkdtemp(prefix=prefix, dir=args.run_root or None)
+        os.makedirs(args.run_root, exist_ok=True)
+    root = tempfile.mkdtemp(prefix=prefix, dir=args.run_root or None)
+    try:
+        yield root
+    finally:
+        if not args.keep_runs:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def parser():
@@ -144,14 +152,13 @@ def run(argv=None) -> int:
 
     for name in inputs:  # every config is checked before any measuring starts
         load_config(args.config, plan(name, "unused"))
-    root = run_root(args, "resnext-bench-")
     title = f"bench train: {workload.label(cfg)} on {workload.device_label(device)}"
     print(title, flush=True)
 
     # Each try measures the ceiling, then each input; with --repeats the tries alternate and each measure
     # reports its median try (on a shared machine single tries swing both ways by 10 % and more).
     ceilings, trainer_runs = [], {name: [] for name in inputs}
-    try:
+    with run_root(args, "resnext-bench-") as root:
         for attempt in range(args.repeats):
             if not args.no_ceiling:
                 ceilings.append(measure_ceiling(cfg, device, steps=args.ceiling_steps, warmup=args.ceiling_warmup))
@@ -171,9 +178,6 @@ def run(argv=None) -> int:
                 trainer_runs[name].append(s)
                 print(f"trainer ({name}), try {attempt + 1}: {s['img_per_s']:,.1f} img/s, "
                       f"data wait {s['data_wait']:.1%}", flush=True)
-    finally:
-        if not args.keep_runs:
-            shutil.rmtree(root, ignore_errors=True)
 
     rows, summary, ceiling = [], {}, None
     if ceilings:
@@ -201,12 +205,12 @@ def run(argv=None) -> int:
     if judged in summary:
         summary.update(target_ratio=TARGET_RATIO, meets_target=summary[judged] >= TARGET_RATIO)
     notes += _explain(rows, device)
-    params = {**workload.params(cfg), "config": args.config, "overrides": args.overrides, "inputs": inputs,
+    params = {**workload.params(cfg), "inputs": inputs,
               "steps": max_steps - args.warmup_intervals * args.log_every, "log_every": args.log_every,
               "warmup_intervals": args.warmup_intervals, "ceiling_steps": args.ceiling_steps,
               "ceiling_warmup": args.ceiling_warmup, "repeats": args.repeats, "threads": torch.get_num_threads()}
-    result = report.make_report("train", device, argv=argv, params=params, rows=rows, summary=summary, notes=notes)
-    return report.finish(result, args, title=title)
+    return report.finish("train", device, args, argv, title=title, params=params, rows=rows, summary=summary,
+                         notes=notes)
 
 
 def _explain(rows: List[Dict], device: torch.device) -> List[str]:
