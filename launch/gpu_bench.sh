@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The prepared GPU benchmark (issue 8): one GPU, under 6 minutes, the summary table printed LAST.
+# The prepared GPU benchmark of resnext_dist: one GPU, under 6 minutes, the summary table printed LAST.
 #
 #   bash launch/gpu_bundle.sh            # on the build machine, once: .gpu/ (FFCV + pure-Python wheels)
 #   bash launch/gpu_bench.sh             # on the GPU host, from the checkout (with .gpu/ copied along)
 #   GPU_BENCH_SMOKE=1 bash launch/gpu_bench.sh    # the same steps with a tiny net on a CPU (~5 min on 2 cores)
 #
-# Steps (ResNeXt-50 32x4d, batch 256, bf16 autocast, channels_last, FFCV with 16 workers):
+# Steps (ResNeXt-50 32x4d, batch 256, bf16 autocast, channels_last: the trainer's defaults; FFCV, 16 workers),
+# each a `python -m resnext_dist.bench` command in the trainer's words (key=value overrides):
 #   0. the data, once per host, in $GPU_BENCH_DIR (default /tmp/resnext_bench; kept, so a second run skips it):
-#      12,800 JPEGs of 300x400 px (quality 90; crops of scikit-learn's sample photos, the kind the reference
-#      figures in ../shared/reference/measured.md were taken on) and their .beton (jpg mode)
+#      12,800 JPEGs of 300x400 px (quality 90; crops of scikit-learn's sample photos: real photographs, not
+#      synthetic pictures) and their .beton (jpg mode)
 #   1. 224 px eager:     ceiling (bare step), trainer on synthetic input, trainer on FFCV
 #   2. FFCV alone at 224 px (no model): the loader's supply, the figure the data wait is explained by; decoding
 #      only each crop (data.crop_decode, the default) and whole JPEGs (ffcv-full)
@@ -26,7 +27,7 @@
 # GPU_BENCH_BUDGET_S (330), GPU_BENCH_DIR, GPU_BENCH_RESULTS, GPU_BENCH_SMOKE (1 = tiny, CPU-sized),
 # GPU_BENCH_ONLY ("r50_224_compiled r101_224_eager": run only these steps; names as in the summary).
 # The trainer runs with tracking.enabled=false (no mlflow on the host); PYTHONPATH / LD_LIBRARY_PATH point at
-# .gpu/ as ../shared/reference/gpu-machine.md says, when .gpu/ is there.
+# .gpu/ (launch/gpu_bundle.sh) when it is there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -54,16 +55,17 @@ export PYTHONUNBUFFERED=1
 
 if [ "$SMOKE" = 1 ]; then
   # Every step of the real script, with a net and sizes a 2-core CPU runs in seconds.
-  NET_50="--layers 1,1,1,1 --cardinality 2 --group-width 4 --base-channels 8 --stem cifar --num-classes 10"
-  NET_101="$NET_50 --arch resnext101_32x4d"; NET_152="$NET_50 --arch resnext152_32x4d"
+  NET_50=("model.layers=[1,1,1,1]" model.cardinality=2 model.group_width=4 model.base_channels=8 model.stem=cifar
+          model.num_classes=10)
+  NET_101=("${NET_50[@]}" model.arch=resnext101_32x4d); NET_152=("${NET_50[@]}" model.arch=resnext152_32x4d)
   BATCH=8
-  COMMON="--batch $BATCH --steps 4 --log-every 2 --ceiling-steps 4 --ceiling-warmup 1 --threads 1"
+  COMMON=(data.batch_size=$BATCH --steps 4 --log-every 2 --ceiling-steps 4 --ceiling-warmup 1 --threads 1)
   RES_HI=32; RES_LO=24; IMAGES=128; PHOTO=40x48; WORKERS=${GPU_BENCH_WORKERS:-1}; LOADER_EPOCHS=1
   EST_EAGER=40; EST_COMPILED=150; EST_DEEP=40; EST_NOCHECK=30; EST_LOADER=60
 else
-  NET_50="--arch resnext50_32x4d"; NET_101="--arch resnext101_32x4d"; NET_152="--arch resnext152_32x4d"
+  NET_50=(model.arch=resnext50_32x4d); NET_101=(model.arch=resnext101_32x4d); NET_152=(model.arch=resnext152_32x4d)
   BATCH=256
-  COMMON="--batch $BATCH --steps 100 --log-every 20 --ceiling-steps 50 --ceiling-warmup 10"
+  COMMON=(data.batch_size=$BATCH --steps 100 --log-every 20 --ceiling-steps 50 --ceiling-warmup 10)
   RES_HI=224; RES_LO=176; IMAGES=12800; PHOTO=300x400; LOADER_EPOCHS=2
   # Seconds per step on one H100/H200, with margin (compile: ~50 s for the ceiling, less for the trainer's
   # second compile of the same graph, which the inductor caches serve).
@@ -104,9 +106,8 @@ run_step() {
 bench_train() {  # NAME ESTIMATE ARGS...: a `bench train` step writing RESULTS/NAME.json
   local name=$1 est=$2; shift 2
   ORDER+=("$RESULTS/$name.json")
-  # shellcheck disable=SC2086
-  run_step "$name" "$est" "$PY" -m resnext_dist.bench train $COMMON --data "$BETON" --workers "$WORKERS" \
-    --out "$RESULTS/$name.json" "$@"
+  run_step "$name" "$est" "$PY" -m resnext_dist.bench train "${COMMON[@]}" data.loader=ffcv "data.train=$BETON" \
+    "data.num_workers=$WORKERS" --out "$RESULTS/$name.json" "$@"
 }
 
 # --- 0. preflight: the packages and the device, in one line each; stop early if they are not there
@@ -149,22 +150,24 @@ fi
 [ -f "$BETON" ] || { echo "gpu_bench: writing $BETON failed (see $RESULTS/write_beton.log)" >&2; exit 1; }
 
 # --- 1-5. ceiling vs trainer, and the loader alone
-bench_train r50_${RES_HI}_eager "$EST_EAGER" $NET_50 --res "$RES_HI" --inputs synthetic,ffcv
+bench_train r50_${RES_HI}_eager "$EST_EAGER" "${NET_50[@]}" data.train_res=$RES_HI --inputs synthetic,ffcv
 ORDER+=("$RESULTS/ffcv_${RES_HI}.json")
 run_step ffcv_${RES_HI} "$EST_LOADER" "$PY" -m resnext_dist.bench loader --workdir "$WORK" --images "$IMAGES" \
-  --photo-size "$PHOTO" --loaders ffcv,ffcv-full --workers "$WORKERS" --res "$RES_HI" --batch "$BATCH" \
+  --photo-size "$PHOTO" --loaders ffcv,ffcv-full --workers "$WORKERS" data.train_res=$RES_HI data.batch_size=$BATCH \
   --epochs "$LOADER_EPOCHS" --device "$([ "$SMOKE" = 1 ] && echo cpu || echo cuda)" --out "$RESULTS/ffcv_${RES_HI}.json"
-bench_train r50_${RES_HI}_compiled "$EST_COMPILED" $NET_50 --res "$RES_HI" --compile --inputs ffcv
-bench_train r50_${RES_LO}_eager "$EST_EAGER" $NET_50 --res "$RES_LO" --inputs ffcv
+bench_train r50_${RES_HI}_compiled "$EST_COMPILED" "${NET_50[@]}" data.train_res=$RES_HI train.compile=true \
+  --inputs ffcv
+bench_train r50_${RES_LO}_eager "$EST_EAGER" "${NET_50[@]}" data.train_res=$RES_LO --inputs ffcv
 # One decoding thread less than the cores: does the training thread need a core of its own?
-bench_train r50_${RES_HI}_eager_fewer_workers "$EST_NOCHECK" $NET_50 --res "$RES_HI" --inputs ffcv \
-  --workers "$((WORKERS > 1 ? WORKERS - 1 : 1))"
-bench_train r101_${RES_HI}_eager "$EST_DEEP" $NET_101 --res "$RES_HI" --inputs ffcv
+bench_train r50_${RES_HI}_eager_fewer_workers "$EST_NOCHECK" "${NET_50[@]}" data.train_res=$RES_HI --inputs ffcv \
+  data.num_workers=$((WORKERS > 1 ? WORKERS - 1 : 1))
+bench_train r101_${RES_HI}_eager "$EST_DEEP" "${NET_101[@]}" data.train_res=$RES_HI --inputs ffcv
 # The trainer's per-step host syncs (the flag agreement) against the same run without train.nan_check.
-bench_train r50_${RES_HI}_eager_nocheck "$EST_NOCHECK" $NET_50 --res "$RES_HI" --inputs synthetic \
-  --set train.nan_check=false
-bench_train r152_${RES_HI}_eager "$((EST_DEEP + 15))" $NET_152 --res "$RES_HI" --inputs ffcv
-bench_train r50_${RES_LO}_compiled "$EST_COMPILED" $NET_50 --res "$RES_LO" --compile --inputs ffcv
+bench_train r50_${RES_HI}_eager_nocheck "$EST_NOCHECK" "${NET_50[@]}" data.train_res=$RES_HI --inputs synthetic \
+  train.nan_check=false
+bench_train r152_${RES_HI}_eager "$((EST_DEEP + 15))" "${NET_152[@]}" data.train_res=$RES_HI --inputs ffcv
+bench_train r50_${RES_LO}_compiled "$EST_COMPILED" "${NET_50[@]}" data.train_res=$RES_LO train.compile=true \
+  --inputs ffcv
 
 # --- summary: the table last
 echo

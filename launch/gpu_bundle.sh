@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build .gpu/: what an air-gapped GPU host with its own Python 3.12 + torch lacks to run resnext_dist
-# (see ../shared/reference/gpu-machine.md, README "Performance"). Run it here, on the build machine, from a
+# (docs/performance.md, "The GPU host"). Run it here, on the build machine, from a
 # checkout whose .venv has FFCV built (bash launch/setup.sh); copy the checkout with .gpu/ to the host; there:
 #
 #   export PYTHONPATH=$PWD/.gpu/site:$PWD LD_LIBRARY_PATH=$PWD/.gpu/lib:$LD_LIBRARY_PATH PYTHONUNBUFFERED=1

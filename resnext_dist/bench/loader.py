@@ -1,25 +1,16 @@
 """`python -m resnext_dist.bench loader`: FFCV vs the torchvision loader (and synthetic) on the same JPEGs.
 
-    python -m resnext_dist.bench loader                              # 2,048 photos, 176 px, 1 and 2 workers
-    python -m resnext_dist.bench loader --workers 8,16 --res 224 --images 8000 --out bench_results/loader.json
-    python -m resnext_dist.bench loader --workdir /tmp/photos --images 12800 --photo-size 300x400 \
-        --loaders ffcv --workers 16 --res 224 --device cuda     # FFCV's supply alone on a GPU host
+    python -m resnext_dist.bench loader --workers 1,2 --epochs 3           # 2,048 photos of 350x467, 176 px
+    python -m resnext_dist.bench loader --workdir /tmp/photos --prepare-only --images 12800 --photo-size 300x400
 
-It makes N JPEGs (quality 90) of --photo-size (default 350x467 px), random crops (and mirror images) of
-scikit-learn's two sample photographs, stores them as an ImageFolder and, with the real writer, as a .beton
-(jpg mode; --write-mode proportion stores a random half raw, as FFCV's ImageNet recipe does). With --workdir
-both are kept and reused: WORKDIR/photos_HxW/ and WORKDIR/photos_N_HxW_MODE.beton (--prepare-only stops
-there, for scripts that train on the .beton). Then it
-times the trainer's own loaders (resnext_dist.data.build_loaders) on them: the same random-resized crop
-at --res + flip, the same batch size and number of workers, uint8 to the device and normalization there.
-Reported: images per second of the best timed epoch after --warmup untimed ones (the first FFCV epoch
-also compiles its pipeline), images per CPU second (every process, workers included: robust to other
-programs on a shared machine), and FFCV's speed-up over torchvision in both, at each worker count.
-The loaders take turns epoch by epoch, so load from other programs falls on both alike.
+It makes --images JPEGs cut from scikit-learn's sample photographs, as an ImageFolder and a .beton (kept and
+reused with --workdir), then times the trainer's loaders (data.build_loaders with the config's data section) at
+each worker count, taking turns epoch by epoch, and each loader's per-image work in one thread. `ffcv-full` is
+FFCV with its own whole-image decoders (data.crop_decode=false). See docs/performance.md.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -29,15 +20,15 @@ from typing import Dict, List
 import numpy as np
 import torch
 
-from resnext_dist.bench import BenchError, report
-from resnext_dist.config import DataConfig
+from resnext_dist.bench import report, workload
 from resnext_dist.data.normalize import DeviceNormalize
 from resnext_dist.dist import DistInfo
+from resnext_dist.errors import InputError
 
 LOADERS = ("ffcv", "ffcv-full", "torchvision", "synthetic")  # ffcv-full: data.crop_decode=false
 PHOTO_SIZE = (350, 467)  # height, width: ~350 px photos, the shape the CPU targets were measured on
 MAX_PHOTO_SIZE = (427, 640)  # scikit-learn's sample photographs
-WRITE_MODES = ("jpg", "proportion")
+DEFAULTS = ["data.train_res=176", "data.batch_size=64"]  # without --config (the CPU figures' shape)
 
 
 def _save_photos(folder: str, start: int, stop: int, size, classes: int, quality: int, seed: int) -> None:
@@ -121,11 +112,11 @@ def per_image_costs(folder: str, res: int, n: int = 200) -> Dict[str, float]:
         buf, part = np.empty((h, w, 3), np.uint8), np.empty((h, w, 3), np.uint8)
         times = [time.perf_counter()]
         if imdecode(data, buf, h, w, h, w, 0, 0, 1, 1, False, False) != 0:
-            raise BenchError(f"{path}: libjpeg-turbo could not decode it")
+            raise InputError(f"{path}: libjpeg-turbo could not decode it")
         times.append(time.perf_counter())
         if "ffcv_crop_decode" in costs:
             if crop_decode.decode_crop(data, part, top, left, ch, cw, 3 * w) < 0:
-                raise BenchError(f"{path}: libjpeg could not decode its crop")
+                raise InputError(f"{path}: libjpeg could not decode its crop")
             times.append(time.perf_counter())
         resize_crop(buf, top, top + ch, left, left + cw, out)
         times.append(time.perf_counter())
@@ -199,60 +190,49 @@ def time_epochs(loaders: Dict[str, object], res: int, warmup: int, epochs: int, 
                    "img_per_cpu_s": max(cpu_rates[name]), "first_epoch_s": first_s[name]} for name in loaders}
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m resnext_dist.bench loader", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def parser():
+    p = workload.bench_parser("loader", "FFCV vs the torchvision loader (and synthetic) on the same JPEGs; without "
+                                        f"--config: {' '.join(DEFAULTS)}.")
     p.add_argument("--images", type=int, default=2048, help="number of JPEGs")
-    p.add_argument("--res", type=int, default=176, help="random-resized-crop output size")
-    p.add_argument("--batch", type=int, default=64, help="batch size")
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts to compare at")
-    p.add_argument("--loaders", default="ffcv,ffcv-full,torchvision",
-                   help=f"comma-separated, of {', '.join(LOADERS)} (ffcv-full: FFCV decoding whole JPEGs, "
-                   "data.crop_decode=false)")
+    p.add_argument("--loaders", default="ffcv,ffcv-full,torchvision", help=f"comma-separated, of {', '.join(LOADERS)}")
     p.add_argument("--epochs", type=int, default=2, help="timed epochs (the best counts)")
     p.add_argument("--warmup", type=int, default=1, help="untimed epochs first")
-    p.add_argument("--no-os-cache", action="store_true", help="FFCV: its process cache instead of the OS's")
     p.add_argument("--photo-size", default=f"{PHOTO_SIZE[0]}x{PHOTO_SIZE[1]}",
                    help=f"HxW of the JPEGs, at most {MAX_PHOTO_SIZE[0]}x{MAX_PHOTO_SIZE[1]}")
-    p.add_argument("--write-mode", default="jpg", choices=WRITE_MODES,
+    p.add_argument("--write-mode", default="jpg", choices=("jpg", "proportion"),
                    help="the .beton's storage: all JPEG, or proportion (a random half JPEG, half raw pixels)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where batches go")
     p.add_argument("--workdir", default="", help="keep the JPEGs and the .beton here (default: a temporary "
                    "directory, removed afterwards); reused when it already holds them")
     p.add_argument("--prepare-only", action="store_true",
                    help="make the JPEGs and the .beton in --workdir, print the .beton's path, time nothing")
-    report.add_output_args(p)
     return p
 
 
-def _parse_args(argv):
-    args = parser().parse_args(argv)
+def _check(args, cfg) -> None:
+    """Validate the bench's own flags (args.worker_counts, args.loader_list, args.size); InputError."""
     try:
         args.worker_counts = [int(w) for w in args.workers.split(",") if w.strip()]
     except ValueError:
-        raise BenchError(f"--workers {args.workers!r}: expected comma-separated integers, e.g. 1,2") from None
-    args.loader_list = [name.strip() for name in args.loaders.split(",") if name.strip()]
-    bad = [name for name in args.loader_list if name not in LOADERS]
-    if bad or not args.loader_list:
-        raise BenchError(f"--loaders {args.loaders!r}: choose from {', '.join(LOADERS)}")
+        raise InputError(f"--workers {args.workers!r}: expected comma-separated integers, e.g. 1,2") from None
     if not args.worker_counts or min(args.worker_counts) < 1:
-        raise BenchError(f"--workers {args.workers!r}: each count must be >= 1")
-    if args.images < args.batch or args.batch < 1 or args.res < 8:
-        raise BenchError(f"--images {args.images} must be >= --batch {args.batch} >= 1, and --res {args.res} >= 8")
+        raise InputError(f"--workers {args.workers!r}: each count must be >= 1")
+    args.loader_list = [name.strip() for name in args.loaders.split(",") if name.strip()]
+    if not args.loader_list or set(args.loader_list) - set(LOADERS):
+        raise InputError(f"--loaders {args.loaders!r}: choose from {', '.join(LOADERS)}")
+    if args.images < cfg.data.batch_size or cfg.data.train_res < 8:
+        raise InputError(f"--images {args.images} must be >= data.batch_size={cfg.data.batch_size}, and "
+                         f"data.train_res={cfg.data.train_res} >= 8")
     if args.epochs < 1 or args.warmup < 0:
-        raise BenchError(f"--epochs {args.epochs} must be >= 1 and --warmup {args.warmup} >= 0")
-    try:
-        args.size = tuple(int(v) for v in args.photo_size.lower().split("x"))
-    except ValueError:
-        args.size = ()
+        raise InputError(f"--epochs {args.epochs} must be >= 1 and --warmup {args.warmup} >= 0")
+    size = args.photo_size.lower().split("x")
+    args.size = tuple(int(v) for v in size) if len(size) == 2 and all(v.isdigit() for v in size) else ()
     if len(args.size) != 2 or not all(8 <= v <= m for v, m in zip(args.size, MAX_PHOTO_SIZE)):
-        raise BenchError(f"--photo-size {args.photo_size!r}: expected HxW between 8x8 and "
+        raise InputError(f"--photo-size {args.photo_size!r}: expected HxW between 8x8 and "
                          f"{MAX_PHOTO_SIZE[0]}x{MAX_PHOTO_SIZE[1]}, e.g. 300x400")
     if args.prepare_only and not args.workdir:
-        raise BenchError("--prepare-only needs --workdir (where the .beton is kept)")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise BenchError("--device cuda: no CUDA device is visible")
-    return args
+        raise InputError("--prepare-only needs --workdir (where the .beton is kept)")
 
 
 def prepare_data(workdir: str, n: int, size=PHOTO_SIZE, write_mode: str = "jpg") -> Dict[str, str]:
@@ -278,9 +258,11 @@ def prepare_data(workdir: str, n: int, size=PHOTO_SIZE, write_mode: str = "jpg")
 
 
 def run(argv=None) -> int:
-    args = _parse_args(argv)
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-                          else "cpu")
+    args = parser().parse_intermixed_args(argv)
+    device = workload.pick_device(args.device)
+    cfg = workload.load(args, device.type, defaults=DEFAULTS, force=["data.loader=synthetic"])
+    _check(args, cfg)
+    res, batch = cfg.data.train_res, cfg.data.batch_size
     from resnext_dist.data import build_loaders
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench_loader_")
@@ -292,26 +274,26 @@ def run(argv=None) -> int:
             return 0
         torch_threads = torch.get_num_threads()
         rows: List[Dict] = []
-        summary: Dict[str, float] = per_image_costs(paths["torchvision"], args.res)
+        summary: Dict[str, float] = per_image_costs(paths["torchvision"], res)
         if device.type == "cpu":
-            summary["ms_per_image_cpu_normalize"] = cpu_normalize_cost(args.res, args.batch)
+            summary["ms_per_image_cpu_normalize"] = cpu_normalize_cost(res, batch)
         print("per image, one thread: " + ", ".join(f"{key[len('ms_per_image_'):]} {ms:.2f} ms"
                                                     for key, ms in summary.items()), flush=True)
         for workers in args.worker_counts:
             loaders = {}
             for name in args.loader_list:
                 loader = "ffcv" if name == "ffcv-full" else name
-                cfg = DataConfig(loader=loader, train=paths[loader], batch_size=args.batch, num_workers=workers,
-                                 train_res=args.res, random_crop=True, os_cache=not args.no_os_cache,
-                                 crop_decode=name != "ffcv-full", synthetic_size=args.images)
-                loaders[name], _ = build_loaders(cfg, DistInfo(device=device), seed=0, num_classes=10,
+                data = dataclasses.replace(cfg.data, loader=loader, train=paths[loader], val="", num_workers=workers,
+                                           crop_decode=cfg.data.crop_decode and name != "ffcv-full",
+                                           synthetic_size=args.images)
+                loaders[name], _ = build_loaders(data, DistInfo(device=device), seed=0, num_classes=10,
                                                  channels_last=True)
-            timings = time_epochs(loaders, args.res, args.warmup, args.epochs, device, torch_threads)
+            timings = time_epochs(loaders, res, args.warmup, args.epochs, device, torch_threads)
             del loaders
             for name, timing in timings.items():
                 label = f"{name}, {workers} worker{'s' if workers > 1 else ''}"
-                rows.append({"measure": label, "res": args.res, "batch": args.batch, "workers": workers,
-                             "loader": name, **timing})
+                rows.append({"measure": label, "res": res, "batch": batch, "workers": workers, "loader": name,
+                             **timing})
                 print(f"{label}: {timing['img_per_s']:,.1f} img/s, {timing['img_per_cpu_s']:,.1f} img per CPU s "
                       f"(first epoch {timing['first_epoch_s']:.1f} s)", flush=True)
             if "ffcv" in timings and "torchvision" in timings:
@@ -322,29 +304,23 @@ def run(argv=None) -> int:
             if "ffcv" in timings and "ffcv-full" in timings:
                 summary[f"crop_decode_speedup_{workers}_workers"] = \
                     timings["ffcv"]["img_per_s"] / timings["ffcv-full"]["img_per_s"]
-        params = {"images": args.images, "photo_hw": list(args.size), "write_mode": args.write_mode,
-                  "jpeg_quality": 90, "res": args.res,
-                  "batch": args.batch, "workers": args.worker_counts, "loaders": args.loader_list,
-                  "epochs": args.epochs, "warmup": args.warmup, "os_cache": not args.no_os_cache}
+        params = {**{k: v for k, v in workload.params(cfg).items() if k.startswith("data.")}, "images": args.images,
+                  "photo_hw": list(args.size), "write_mode": args.write_mode, "jpeg_quality": 90,
+                  "workers": args.worker_counts, "loaders": args.loader_list, "epochs": args.epochs,
+                  "warmup": args.warmup}
         notes = ["img/s: best timed epoch after the warm-up; same JPEGs, crop, flip, batch and workers for all",
-                 "ffcv_vs_torchvision_N_workers: FFCV img/s / torchvision img/s at N workers (target >= 2.0)",
+                 "ffcv_vs_torchvision_N_workers: FFCV img/s / torchvision img/s at N workers (target >= 2.0); "
                  "..._per_cpu_s: the same ratio of images per CPU second (all processes), robust to other load",
-                 "crop_decode_speedup_N_workers: FFCV decoding only each crop (data.crop_decode=true, the "
-                 "default) / FFCV decoding whole JPEGs (ffcv-full)",
-                 "ms_per_image_*: one thread, one image (a centered crop of half its area to --res px): "
-                 "FFCV's libjpeg-turbo decode + OpenCV INTER_AREA resize, ours (crop only + our INTER_AREA: "
-                 "data.crop_decode; OpenCV's resize where the crop must grow), PIL decode + antialiased resize",
-                 *(["ms_per_image_cpu_normalize: one thread, a batch of --batch to normalized float32, per "
-                    "image, as the loaders do it (data/normalize.py): on a CPU device every loader's batches go "
-                    "through it in the training process, beside the workers (on a GPU it runs on the device)"]
-                   if device.type == "cpu" else []),
+                 "crop_decode_speedup_N_workers: FFCV decoding only each crop (data.crop_decode) / whole JPEGs",
+                 "ms_per_image_*: one thread, one image (a centered crop of half its area to data.train_res px): "
+                 "FFCV's decode + OpenCV INTER_AREA, ours (crop only + our INTER_AREA), PIL decode + resize"
+                 + ("; cpu_normalize: a batch to normalized float32 per image, in the training process on a CPU"
+                    if device.type == "cpu" else ""),
                  f"load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} on "
                  f"{len(os.sched_getaffinity(0))} cores"]
-        result = report.make_report("loader", device, argv=argv, params=params, rows=rows, summary=summary,
-                                    notes=notes)
-        return report.finish(result, args, title=f"bench loader: {args.images} JPEGs {args.size[0]}x{args.size[1]} "
-                                                  f"({args.write_mode}) -> {args.res} px random-resized crop + "
-                                                  f"flip, on {device.type}")
+        return report.finish("loader", device, args, argv, params=params, rows=rows, summary=summary, notes=notes,
+                             title=f"bench loader: {args.images} JPEGs {args.size[0]}x{args.size[1]} "
+                                   f"({args.write_mode}) -> {res} px, batch {batch}, on {device.type}")
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -4,14 +4,15 @@ They check the output's structure and the bad-input contract, never a speed."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from resnext_dist.bench import main
 from resnext_dist.bench.report import format_table
 
-TINY = ["--layers", "1,1,1,1", "--cardinality", "2", "--group-width", "4", "--base-channels", "8",
-        "--stem", "cifar", "--num-classes", "10", "--res", "16", "--batch", "4", "--threads", "1"]
+TINY = ["model.layers=[1,1,1,1]", "model.cardinality=2", "model.group_width=4", "model.base_channels=8",
+        "model.stem=cifar", "model.num_classes=10", "data.train_res=16", "data.batch_size=4", "--threads", "1"]
 
 
 def test_model_prints_a_table_and_writes_json(tmp_path, capsys):
@@ -23,7 +24,7 @@ def test_model_prints_a_table_and_writes_json(tmp_path, capsys):
     assert result["bench"] == "model"
     assert result["command"].startswith("python -m resnext_dist.bench model ")
     assert result["machine"]["device"] == "cpu"
-    assert result["params"]["layers"] == [1, 1, 1, 1] and result["params"]["precision"] == "fp32"
+    assert result["params"]["model.layers"] == [1, 1, 1, 1] and result["params"]["train.precision"] == "fp32"
     [row] = result["rows"]
     assert row["measure"] == "ceiling (bare step)" and row["res"] == 16 and row["batch"] == 4
     assert row["img_per_s"] > 0 and row["step_ms"] > 0
@@ -33,11 +34,13 @@ def test_model_prints_a_table_and_writes_json(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, culprit", [
-    (["--layers", "1,1"], "model.layers"),
-    (["--layers", "one"], "--layers"),
-    (["--arch", "resnext51"], "model.arch"),
+    (["model.layers=[1,1]"], "model.layers"),
+    (["model.layers=one"], "model.layers"),
+    (["model.arch=resnext51"], "model.arch"),
+    (["model.nonsense=1"], "model.nonsense"),
+    (["--config", "configs/missing.yaml"], "configs/missing.yaml"),
     (["--steps", "0"], "--steps"),
-    (["--batch", "0"], "data.batch_size"),
+    (["data.batch_size=0"], "data.batch_size"),
 ])
 def test_model_bad_input_exits_2_with_one_line(args, culprit, capsys):
     assert main(["model", *TINY, "--device", "cpu", "--steps", "1", "--warmup", "0", *args]) == 2
@@ -56,7 +59,9 @@ def test_dispatcher_unknown_and_help(capsys):
 def test_module_entry_point_runs():
     proc = subprocess.run([sys.executable, "-m", "resnext_dist.bench", "model", "--help"], capture_output=True,
                           text=True, timeout=120)
-    assert proc.returncode == 0 and "--channels-last" in proc.stdout and "--compile" in proc.stdout
+    # the trainer's command line: --config, key=value and every config key with its doc line
+    assert proc.returncode == 0 and "--config" in proc.stdout and "train.channels_last" in proc.stdout
+    assert "train.compile" in proc.stdout and "--steps" in proc.stdout
 
 
 def test_report_combines_results(tmp_path, capsys):
@@ -91,23 +96,42 @@ def test_table_shows_only_filled_columns():
     assert "1,234.5" in table and "50.0%" in table
 
 
-def test_workload_label_spells_out_the_net_actually_built():
-    from resnext_dist.bench.model import Workload
-    assert Workload().label().startswith("resnext50_32x4d 224px batch 256 bf16 channels_last eager")
+def test_label_spells_out_the_net_actually_built():
+    from resnext_dist.bench.workload import label
+    from resnext_dist.config import load_config
+    assert label(load_config()).startswith("resnext50_32x4d 224px batch 256 bf16 channels_last eager")
     # Only the depth overridden: width and groups come from the preset, not "None".
-    assert Workload(layers=[1, 1, 1, 1]).label().startswith("resnext50_32x4d[layers=1,1,1,1,C=32,w=4,base=64] ")
-    assert Workload(arch="resnext101_32x8d", cardinality=8).label().startswith(
+    assert label(load_config(None, ["model.layers=[1,1,1,1]"])).startswith(
+        "resnext50_32x4d[layers=1,1,1,1,C=32,w=4,base=64] ")
+    assert label(load_config(None, ["model.arch=resnext101_32x8d", "model.cardinality=8"])).startswith(
         "resnext101_32x8d[layers=3,4,23,3,C=8,w=8,base=64] ")
-    assert Workload(layers=[1, 1, 1, 1], cardinality=2, group_width=4, base_channels=8).label().startswith(
-        "resnext50_32x4d[layers=1,1,1,1,C=2,w=4,base=8] ")
+    assert label(load_config(None, TINY[:4])).startswith("resnext50_32x4d[layers=1,1,1,1,C=2,w=4,base=8] ")
 
 
-def test_workload_counts_the_parameters_it_reports():
-    from resnext_dist.bench.model import Workload
-    full = Workload()
-    assert full.num_parameters() == 25_028_904  # ResNeXt-50 32x4d, as tests/unit/test_models.py asserts
-    assert full.label().endswith(", 25,028,904 parameters") and full.params()["num_parameters"] == 25_028_904
-    narrow = Workload(layers=[1, 1, 1, 1], cardinality=8, group_width=4, base_channels=16, stem="cifar",
-                      num_classes=10)
-    wide = Workload(layers=[1, 1, 1, 1], stem="cifar", num_classes=10)
-    assert 0 < narrow.num_parameters() < wide.num_parameters() < full.num_parameters()
+def test_counts_the_parameters_it_reports():
+    from resnext_dist.bench.workload import label, num_parameters, params
+    from resnext_dist.config import load_config
+    full = load_config()
+    assert num_parameters(full) == 25_028_904  # ResNeXt-50 32x4d, as tests/unit/test_models.py asserts
+    assert label(full).endswith(", 25,028,904 parameters") and params(full)["num_parameters"] == 25_028_904
+    narrow = load_config(None, ["model.layers=[1,1,1,1]", "model.cardinality=8", "model.group_width=4",
+                                "model.base_channels=16", "model.stem=cifar", "model.num_classes=10"])
+    wide = load_config(None, ["model.layers=[1,1,1,1]", "model.stem=cifar", "model.num_classes=10"])
+    assert 0 < num_parameters(narrow) < num_parameters(wide) < num_parameters(full)
+
+
+def test_cpu_defaults_only_without_a_recipe_and_overrides_win(monkeypatch):
+    """On a CPU without --config a bench runs fp32 NCHW (the trainer's defaults are a GPU's); a recipe decides
+    for itself, and the command line's overrides win over both."""
+    from resnext_dist.bench.model import parser
+    from resnext_dist.bench.workload import load
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])  # the recipe's path as the README writes it
+    def cfg(*argv, device="cpu"):
+        return load(parser().parse_intermixed_args(argv), device, force=["data.loader=synthetic"]).train
+
+    assert (cfg().precision, cfg().channels_last) == ("fp32", False)
+    assert (cfg(device="cuda").precision, cfg(device="cuda").channels_last) == ("bf16", True)
+    assert cfg("train.precision=bf16").precision == "bf16"
+    recipe = cfg("--config", "configs/resnext50_imagenet.yaml", "--steps", "3", "train.compile=true")
+    assert recipe.precision != "fp32" and recipe.compile

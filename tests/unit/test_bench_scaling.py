@@ -6,8 +6,8 @@ import torch
 
 from resnext_dist.bench import main
 
-TINY = ["--layers", "1,1,1,1", "--cardinality", "2", "--group-width", "4", "--base-channels", "8",
-        "--stem", "cifar", "--num-classes", "10", "--res", "16", "--batch", "4"]
+TINY = ["model.layers=[1,1,1,1]", "model.cardinality=2", "model.group_width=4", "model.base_channels=8",
+        "model.stem=cifar", "model.num_classes=10", "data.train_res=16", "data.batch_size=4"]
 
 
 @pytest.mark.slow
@@ -37,7 +37,7 @@ def test_scaling_one_vs_two_processes(tmp_path, capsys):
 @pytest.mark.parametrize("args, culprit", [
     (["--device", "cpu", "--nproc", "1"], "--nproc 1"),
     (["--device", "cpu", "--repeats", "0"], "--repeats"),
-    (["--device", "cpu", "--set", "dist.bakend=gloo"], "dist.bakend"),
+    (["--device", "cpu", "dist.bakend=gloo"], "dist.bakend"),
 ] + ([(["--device", "cuda"], "GPU(s) visible")] if torch.cuda.device_count() < 2 else []))
 def test_scaling_bad_input_exits_2(args, culprit, capsys):
     assert main(["scaling", *TINY, *args]) == 2

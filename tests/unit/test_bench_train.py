@@ -8,8 +8,8 @@ import pytest
 from resnext_dist.bench import main
 from resnext_dist.bench.train import summarize_log
 
-TINY = ["--layers", "1,1,1,1", "--cardinality", "2", "--group-width", "4", "--base-channels", "8",
-        "--stem", "cifar", "--num-classes", "10", "--res", "16", "--batch", "4", "--threads", "1"]
+TINY = ["model.layers=[1,1,1,1]", "model.cardinality=2", "model.group_width=4", "model.base_channels=8",
+        "model.stem=cifar", "model.num_classes=10", "data.train_res=16", "data.batch_size=4", "--threads", "1"]
 SHORT = ["--steps", "4", "--log-every", "2", "--ceiling-steps", "2", "--ceiling-warmup", "1"]
 
 
@@ -54,16 +54,18 @@ def test_train_synthetic_against_ceiling(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, culprit", [
-    (["--inputs", "ffcv"], "--inputs ffcv needs --data"),
-    (["--data", "/nonexistent.beton"], "/nonexistent.beton"),
+    (["--inputs", "ffcv"], "--inputs ffcv needs data.train"),
+    (["data.loader=ffcv", "data.train=/nonexistent.beton"], "/nonexistent.beton"),
+    (["data.loader=ffcv"], "data.train is required"),
     (["--inputs", "webdataset"], "'webdataset'"),
-    (["--set", "train.nan_chek=false"], "train.nan_chek"),
+    (["train.nan_chek=false"], "train.nan_chek"),
+    (["train.max_steps=3"], "--steps"),
     (["--log-every", "0"], "--log-every"),
 ])
-def test_train_bad_input_exits_2_before_measuring(args, culprit, capsys):
-    assert main(["train", *TINY, *SHORT, *args]) == 2
+def test_train_bad_input_exits_2_before_measuring(args, culprit, capsys, tmp_path):
+    assert main(["train", *TINY, *SHORT, "--run-root", str(tmp_path), *args]) == 2
     captured = capsys.readouterr()
-    assert "ceiling" not in captured.out  # nothing measured
+    assert "ceiling" not in captured.out and list(tmp_path.iterdir()) == []  # nothing measured, nothing left
     err = captured.err.strip()
     assert len(err.splitlines()) == 1 and culprit in err
 
@@ -94,8 +96,8 @@ def test_train_with_ffcv_input_and_without_mlflow(tmp_path):
     beton = tmp_path / "tiny.beton"
     write_beton(SyntheticSource(64, 10, size=24), str(beton), write_mode="jpg", workers=1)
     out = tmp_path / "train.json"
-    proc = subprocess.run([sys.executable, "-c", NO_MLFLOW, "train", *TINY, *SHORT, "--data", str(beton),
-                           "--workers", "1", "--run-root", str(tmp_path), "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-c", NO_MLFLOW, "train", *TINY, *SHORT, "data.loader=ffcv",
+                           f"data.train={beton}", "data.num_workers=1", "--run-root", str(tmp_path), "--out", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())

@@ -9,7 +9,7 @@ def test_bench_loader_writes_rows_and_the_ffcv_to_torchvision_ratio(tmp_path, ca
     from resnext_dist.bench.loader import run
 
     out = tmp_path / "loader.json"
-    assert run(["--images", "40", "--batch", "8", "--res", "32", "--workers", "1", "--epochs", "1", "--warmup", "0",
+    assert run(["--images", "40", "data.batch_size=8", "data.train_res=32", "--workers", "1", "--epochs", "1", "--warmup", "0",
                 "--loaders", "ffcv,ffcv-full,torchvision,synthetic", "--workdir", str(tmp_path / "w"), "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert [r["loader"] for r in result["rows"]] == ["ffcv", "ffcv-full", "torchvision", "synthetic"]
@@ -37,7 +37,7 @@ def test_bench_loader_prepare_only_writes_the_photos_and_a_proportion_beton(tmp_
 
     from resnext_dist.bench.loader import run
 
-    assert run(["--images", "24", "--batch", "8", "--photo-size", "40x48", "--write-mode", "proportion",
+    assert run(["--images", "24", "data.batch_size=8", "--photo-size", "40x48", "--write-mode", "proportion",
                 "--workdir", str(tmp_path), "--prepare-only"]) == 0
     beton = tmp_path / "photos_24_40x48_proportion.beton"
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(beton)
@@ -48,7 +48,7 @@ def test_bench_loader_prepare_only_writes_the_photos_and_a_proportion_beton(tmp_
     assert len(modes) == 24 and set(modes.tolist()) == {0, 1}
     # A second call reuses both (nothing is rewritten: same modification time).
     before = beton.stat().st_mtime_ns
-    assert run(["--images", "24", "--batch", "8", "--photo-size", "40x48", "--write-mode", "proportion",
+    assert run(["--images", "24", "data.batch_size=8", "--photo-size", "40x48", "--write-mode", "proportion",
                 "--workdir", str(tmp_path), "--prepare-only"]) == 0
     assert beton.stat().st_mtime_ns == before
 
@@ -61,6 +61,9 @@ def test_bench_loader_bad_options_exit_2(capsys):
     assert main(["loader", "--photo-size", "500x400"]) == 2
     assert capsys.readouterr().err.strip() == ("error: --photo-size '500x400': expected HxW between 8x8 and "
                                                "427x640, e.g. 300x400")
+    assert main(["loader", "data.batch_sise=8"]) == 2  # the trainer's keys, checked by the trainer's config
+    assert capsys.readouterr().err.strip() == ("error: unknown config key 'data.batch_sise' in command line "
+                                               "(did you mean data.batch_size?)")
     assert main(["loader", "--prepare-only"]) == 2
     assert capsys.readouterr().err.strip() == "error: --prepare-only needs --workdir (where the .beton is kept)"
 
