@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from resnext_dist import slurm, train
-from resnext_dist.config import load_config
+from resnext_dist.cli import load_train_config
+from resnext_dist.config import find_config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,11 +75,11 @@ def test_train_command_loads_its_config(argv, monkeypatch):
         assert e.value.code == 0
         return
     args = train.parse_args(argv)
-    load_config(args.config, args.overrides)  # InputError names a bad key or value
+    load_train_config(args)  # as the trainer loads it (--config NAME, no --config); InputError names a bad key
 
 
 @pytest.mark.parametrize("argv", SUBMIT, ids=[" ".join(a)[:60] for a in SUBMIT])
 def test_submit_command_loads_its_config(argv, monkeypatch):
     monkeypatch.chdir(ROOT)
     args = slurm.parse_args(argv)
-    slurm.check_slurm_config(load_config(args.config, args.overrides))  # nothing is submitted
+    slurm.check_slurm_config(load_config(find_config(args.config), args.overrides))  # nothing is submitted
