@@ -31,6 +31,8 @@ class ModelConfig:
     "start each block's last BN gamma at 0 so every block begins as the identity"
     blurpool: bool = False
     "anti-aliased downsampling: blur before every strided conv with >= 16 input channels"
+    init: str = ""
+    "weights to start from: a torchvision state_dict .pth, our export/ or final weights, or a checkpoint's model"
 
 
 @dataclass
