@@ -112,6 +112,7 @@ def init_model(model: torch.nn.Module, path: str, new_classifier_ok: bool = True
     """Load the weights at `path` into `model` (strict; see the module docstring) and return a one-line note.
     `new_classifier_ok=False` (evaluate, predict) makes a classifier of another shape an error too."""
     sd, kind = read_state_dict(path)
+    file = resolve(path)[0]  # the file read, which messages name (PATH may be a directory)
     own = model.state_dict()
     new_classifier = new_classifier_ok and all(
         k in sd and k in own and sd[k].shape != own[k].shape for k in CLASSIFIER)
@@ -129,9 +130,9 @@ def init_model(model: torch.nn.Module, path: str, new_classifier_ok: bool = True
                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
                 if keys]
     if problems:
-        raise InputError(f"{path}: weights do not fit this model ({'; '.join(problems)})")
+        raise InputError(f"{file}: weights do not fit this model ({'; '.join(problems)})")
     model.load_state_dict(sd, strict=False)  # strictness checked above, with the exceptions it allows
-    note = f"weights from {path} ({kind}, {len(sd)} tensors)"
+    note = f"weights from {file} ({kind}, {len(sd)} tensors)"
     if new_classifier:
         note += (f"; classifier fc re-initialized for {own['fc.weight'].shape[0]} classes "
                  f"(the weights have {old_classes})")
