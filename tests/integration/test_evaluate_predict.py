@@ -65,6 +65,25 @@ def test_evaluate_run_dir_equals_the_trainers_evaluation_on_1_and_2_processes(tr
         assert out[nproc]["val_loss"] == pytest.approx(trainer["val_loss"], rel=1e-6)
 
 
+def test_evaluate_ffcv_beton_same_figures_on_1_and_2_processes(trained, tmp_path):
+    pytest.importorskip("ffcv")
+    from resnext_dist.data.sources import DigitsSource
+    from tests.data_helpers import write
+
+    beton = str(tmp_path / "digits_val.beton")
+    write(DigitsSource("val", 16), beton)
+    out = []
+    for nproc in (1, 2):
+        r = evaluate([trained, "data.loader=ffcv", f"data.val={beton}", "data.num_workers=1",
+                      "--json", str(tmp_path / f"{nproc}.json")], nproc)
+        assert r.returncode == 0, r.stderr[-3000:]
+        with open(tmp_path / f"{nproc}.json") as f:
+            out.append(json.load(f))
+    assert out[0]["val_images"] == out[1]["val_images"] == 360
+    assert (out[0]["val_top1"], out[0]["val_top5"]) == (out[1]["val_top1"], out[1]["val_top5"])
+    assert out[0]["val_loss"] == pytest.approx(out[1]["val_loss"], rel=1e-6)
+
+
 def test_evaluate_an_export_with_config_tta_and_mlflow(trained, tmp_path):
     mlflow = pytest.importorskip("mlflow")
     cfg = load_config(os.path.join(trained, "config.yaml"))
