@@ -62,6 +62,18 @@ def write_export(model: torch.nn.Module, cfg, export_dir: str, class_names: Opti
     return export_dir
 
 
+def dataset_class_names(cfg) -> Optional[List[str]]:
+    """The class names the run's data records (data.train's, else data.val's; see
+    resnext_dist.data.sources.class_names_for), or None when none are recorded or they do not fit
+    model.num_classes. What the trainer passes to write_export."""
+    from resnext_dist.data.sources import class_names_for
+
+    if cfg.data.loader == "synthetic":
+        return None
+    names = class_names_for(cfg.data.train) or class_names_for(cfg.data.val)
+    return names if names is not None and len(names) == cfg.model.num_classes else None
+
+
 def export_meta(cfg, class_names: Optional[List[str]] = None, extra: Optional[Dict[str, Any]] = None) -> dict:
     """model.json's content (without the weights' sha256)."""
     from resnext_dist.config_schema import ModelConfig

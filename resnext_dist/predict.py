@@ -49,8 +49,7 @@ def load_predictor(path: str, config: Optional[str] = None, overrides=(), device
     """The model, its preprocessing and class names from WEIGHTS (see the module docstring)."""
     from resnext_dist.config import load_config
     from resnext_dist.data.normalize import IMAGENET_MEAN, IMAGENET_STD
-    from resnext_dist.data.sources import class_names_for
-    from resnext_dist.export import load_model, meta_path, read_meta
+    from resnext_dist.export import dataset_class_names, load_model, meta_path, read_meta
     from resnext_dist.models import build_model
     from resnext_dist.weights import init_model
 
@@ -76,13 +75,8 @@ def load_predictor(path: str, config: Optional[str] = None, overrides=(), device
             raise
         raise InputError(f"{e}; a plain weights file carries no architecture: give --config (and --set "
                          "model.KEY=VALUE) or an export or run directory") from None
-    names = None
-    if cfg.data.loader != "synthetic":
-        names = class_names_for(cfg.data.val) or class_names_for(cfg.data.train)
-    if names is not None and len(names) != cfg.model.num_classes:
-        names = None  # names of other data than these weights were trained on
     return Predictor(model.to(device).eval(), cfg.data.val_res, cfg.data.val_crop_ratio, list(IMAGENET_MEAN),
-                     list(IMAGENET_STD), names, note)
+                     list(IMAGENET_STD), dataset_class_names(cfg), note)
 
 
 def _is_export_path(path: str) -> bool:

@@ -114,3 +114,12 @@ def test_class_names_of_torchvision_specs_and_unrecorded_betons(tmp_path):
     (tmp_path / "old.beton").write_bytes(b"x")
     assert class_names_for(str(tmp_path / "old.beton")) is None
     assert class_names_for("") is None
+
+
+def test_dataset_class_names_of_a_config(tmp_path):
+    from resnext_dist.export import dataset_class_names
+    make_image_folder(str(tmp_path / "folder"), classes=("b", "a"), per_class=1, size=(8, 8))
+    folder = ["data.loader=torchvision", f"data.train={tmp_path / 'folder'}"]
+    assert dataset_class_names(tiny_cfg(*folder, "model.num_classes=2")) == ["a", "b"]
+    assert dataset_class_names(tiny_cfg(*folder)) is None  # 2 names for 10 classes: not these weights' names
+    assert dataset_class_names(tiny_cfg()) is None  # synthetic
