@@ -9,7 +9,8 @@ the torchvision constructor whose state dict is the same (ImageNet-stem presets 
 strict=True), the class names, and the validation preprocessing (predict.py applies it; so can anyone):
 the centered square of side int(crop_ratio x shorter side), resized to size x size (bilinear, antialiased),
 RGB, scaled to [0, 1], normalized with mean/std, NCHW. The safetensors file is written first and model.json
-last, each atomically, so a model.json always describes a complete weights file (its sha256 is recorded).
+last, each atomically, so a model.json always describes a complete weights file (its sha256 is recorded,
+and load_model checks it).
 Nothing in an export can run code: safetensors and JSON only.
 """
 from __future__ import annotations
@@ -172,6 +173,11 @@ def load_model(path: str, map_location="cpu") -> torch.nn.Module:
 
     meta = read_meta(path)
     model = build_model(model_config(meta))
-    init_model(model, os.path.join(os.path.dirname(meta["_path"]), meta.get("weights", WEIGHTS_FILE)),
-               new_classifier_ok=False)
+    weights = os.path.join(os.path.dirname(meta["_path"]), meta.get("weights", WEIGHTS_FILE))
+    if meta.get("sha256") and os.path.isfile(weights):
+        with open(weights, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        if digest != meta["sha256"]:  # another export's weights beside this model.json
+            raise InputError(f"{weights}: not the weights {meta['_path']} describes (sha256 differs)")
+    init_model(model, weights, new_classifier_ok=False)
     return model.to(map_location).eval()

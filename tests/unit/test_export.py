@@ -75,6 +75,16 @@ def test_class_names_must_match_num_classes(tmp_path):
         write_export(models.build_model(tiny_cfg().model), tiny_cfg(), str(tmp_path), class_names=["a", "b", "c"])
 
 
+def test_weights_of_another_export_are_refused(tmp_path):
+    cfg = tiny_cfg()
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    write_export(models.build_model(cfg.model), cfg, a)
+    write_export(models.build_model(cfg.model), cfg, b)
+    os.replace(os.path.join(b, "model.safetensors"), os.path.join(a, "model.safetensors"))
+    with pytest.raises(InputError, match="not the weights .*model.json describes"):
+        models.load(a)
+
+
 def test_not_an_export(tmp_path):
     with pytest.raises(InputError, match="no model.json"):
         models.load(str(tmp_path))
