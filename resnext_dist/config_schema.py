@@ -33,6 +33,8 @@ class ModelConfig:
     "anti-aliased downsampling: blur before every strided conv with >= 16 input channels"
     sync_bn: bool = False
     "SyncBatchNorm: BN statistics over the global batch (one all-reduce per BN layer); off = per-rank batches"
+    init: str = ""
+    "weights to start from: a torchvision state_dict .pth, our export/ or final weights, or a checkpoint's model"
 
 
 @dataclass

@@ -6,6 +6,7 @@ file in the background. Sync points of a step are in loop.py; the ones here are 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Optional
@@ -79,6 +80,12 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
                 f"{sd['global_batch_size']} to continue the same run on {dist.world_size} processes")
         state.load_state_dict(sd, resume_from)
         del sd
+    init_note = ""
+    if cfg.model.init and not resume_from:  # a fresh run starts from given weights (a resume has its own)
+        from resnext_dist.weights import init_model
+        init_note = init_model(state.model, cfg.model.init)
+        if state.ema is not None:  # the average starts from the loaded weights, not from the random ones
+            state.ema.module.load_state_dict(state.model.state_dict())
     extended = old.get("train.epochs") not in (None, cfg.train.epochs) and resume_from is not None
     if extended:
         builder.rebuild_schedule(state, cfg, parts.steps_per_epoch)
@@ -108,6 +115,7 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
     start = _start_record(cfg, dist, parts, resume_from, total_steps,
                           mlflow=f"run {tracker.run_id or '(starting)'} | {ui_command(cfg)}"
                           if cfg.tracking.enabled else "")
+    start["init"] = init_note
     log.write("start", state.step, **start)
     say(console.banner(start))
 
@@ -174,18 +182,26 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
         # ---- finish: final weights, summary and the DONE marker (rank 0), after every rank is through
         saver.save()
         if dist.is_main:
+            final = state.ema.module if state.ema is not None else state.model
             weights = os.path.join(run_dir, "final_weights.pt")
-            ckpt.atomic_save((state.ema.module if state.ema is not None else state.model).state_dict(), weights)
+            ckpt.atomic_save(final.state_dict(), weights)
+            from resnext_dist.export import dataset_class_names, write_export
+            from resnext_dist.data.embedded import resolve_data_paths
+            names = dataset_class_names(dataclasses.replace(cfg, data=resolve_data_paths(cfg.data)))
+            export_dir = write_export(final, cfg, os.path.join(run_dir, "export"), names,
+                                      extra={"run_name": cfg.run.name, "step": state.step, "epoch": state.epoch})
             tracker.log_artifact(rundir.config_path(run_dir))
             tracker.log_artifact(weights)
+            tracker.log_artifact(export_dir, "export")
             summary = _summary(log.path, state, parts.global_batch)
             log.write("summary", state.step, **summary)
             log.write("event", state.step, event="done")
             tracker.log_artifact(log.path)
             rundir.write_done(run_dir, state.step, state.epoch)
             progress.close()
-            say(console.summary({**summary, "step": state.step}, weights, log.path,
-                                start["mlflow"] if cfg.tracking.enabled else None))
+            mlflow = f"run {tracker.run_id} | {ui_command(cfg)}" if cfg.tracking.enabled else None
+            say(console.summary({**summary, "step": state.step}, os.path.join(export_dir, "model.safetensors"),
+                                log.path, mlflow))
         status = "FINISHED"
     finally:
         progress.close()

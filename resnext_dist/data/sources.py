@@ -255,3 +255,60 @@ def source_from_spec(spec: str, split: str) -> Source:
     if os.path.isdir(spec) and cifar_kind(spec):
         return CifarSource(spec, split)
     return ImageFolderSource(spec)
+
+
+# ----------------------------------------------------------------------------------------------
+# Class names: label k is named classes[k]. The writer records them beside the .beton (a beton holds integer
+# labels only); the trainer copies them into the run directory and its export, and predict prints them.
+
+CLASSES_SUFFIX = ".classes.json"
+
+
+def class_names_path(beton_path: str) -> str:
+    """Where the writer records the class names of `beton_path`: data/x.beton -> data/x.classes.json."""
+    root, ext = os.path.splitext(beton_path)
+    return (root if ext == ".beton" else beton_path) + CLASSES_SUFFIX
+
+
+def write_class_names(beton_path: str, classes: List[str]) -> str:
+    """Record `classes` beside `beton_path` (atomically); returns the file written."""
+    import json
+
+    from resnext_dist.files import atomic_write
+
+    path = class_names_path(beton_path)
+    atomic_write(path, json.dumps({"classes": [str(c) for c in classes]}, indent=1) + "\n")
+    return path
+
+
+def class_names_for(data_path: str) -> Optional[List[str]]:
+    """The class names of a dataset, or None when nothing records them: a .beton's recorded names (see
+    write_class_names), or those of a torchvision-loader spec (ImageFolder folders, CIFAR meta, digits)
+    read without opening any image."""
+    import json
+
+    if not data_path:
+        return None
+    if os.path.isfile(data_path):
+        path = class_names_path(data_path)
+        if not os.path.isfile(path):
+            return None
+        try:
+            with open(path) as f:
+                names = json.load(f)["classes"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{path}: unreadable class names ({one_line(e)})") from None
+        if not isinstance(names, list):
+            raise DataError(f"{path}: 'classes' is not a list")
+        return [str(c) for c in names]
+    if not os.path.exists(data_path) and (data_path == "digits" or data_path.startswith("digits:")):
+        return [str(k) for k in range(10)]
+    if os.path.isdir(data_path):
+        kind = cifar_kind(data_path)
+        if kind:
+            meta_file, names_key = _CIFAR[kind][2], _CIFAR[kind][4]
+            meta_path = os.path.join(data_path, meta_file)
+            names = _load_pickle(meta_path).get(names_key) if os.path.isfile(meta_path) else None
+            return [str(c) for c in names] if names else None
+        return sorted(e.name for e in os.scandir(data_path) if e.is_dir() and not e.name.startswith(".")) or None
+    return None

@@ -13,7 +13,8 @@
     python -m resnext_dist.data.write --source synthetic --num-images 4096 --num-classes 100 --size 350 \\
         --output bench.beton
 
-The file has two fields, `image` (RGBImageField) and `label` (IntField), in the source's order.
+The file has two fields, `image` (RGBImageField) and `label` (IntField), in the source's order; the class
+names (label k is the k-th) go beside it, to x.classes.json for x.beton ({"classes": [...]}).
 A progress bar shows on a terminal (not in logs or pipes).
 It is written to a temporary file next to the output and renamed at the end, so the output path never
 holds a half-written file; an existing output is kept unless --force is given.
@@ -39,7 +40,7 @@ from tqdm import tqdm
 
 from resnext_dist.data.errors import CorruptImage, DataError
 from resnext_dist.errors import one_line
-from resnext_dist.data.sources import SPLITS, Source, open_source
+from resnext_dist.data.sources import SPLITS, Source, open_source, write_class_names
 
 WRITE_MODES = ("raw", "jpg", "smart", "proportion")
 SMART_THRESHOLD = 3 * 256 * 256  # smart mode: JPEG-compress images whose raw pixels exceed 256x256 RGB
@@ -320,6 +321,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         smart_threshold=args.smart_threshold, workers=args.workers, indices=indices,
                         chunk_size=args.chunk_size, page_size=args.page_size * 2**20, force=args.force,
                         skip_corrupt=args.skip_corrupt)
+        write_class_names(args.output, source.classes)  # a beton holds integer labels only
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -34,7 +34,7 @@ def test_digits_source_writes_its_split_with_labels_in_order(tmp_path, capsys):
     assert list(labels) == list(DigitsSource("val").labels) and len(labels) == 360
     assert set(images["width"]) == {16} and set(images["mode"]) == {1}  # small: smart mode keeps raw
     assert f"wrote 360 images (10 classes) to {out}" in capsys.readouterr().out
-    assert files_in(tmp_path / "d") == ["digits_val.beton"]
+    assert files_in(tmp_path / "d") == ["digits_val.beton", "digits_val.classes.json"]  # + the class names
 
 
 def test_cifar_source_writes_the_test_batches_as_val(tmp_path):

@@ -109,3 +109,25 @@ def test_unknown_arch():
     with pytest.raises(ValueError, match="unknown arch"):
         resnext("resnext51")
     assert set(PRESETS) == set(COUNTS)
+
+
+@pytest.mark.parametrize("arch", sorted(PRESETS))
+def test_constructors_by_name_as_torchvision_has_them(arch):
+    from resnext_dist import models
+
+    build = getattr(models, arch)
+    assert build.__name__ == arch
+    with torch.device("meta"):  # the shapes, without allocating 60 M parameters
+        m = build(num_classes=10, stem="cifar")
+        ref = resnext(arch, num_classes=10, stem="cifar")
+    assert isinstance(m, models.ResNeXt) and m.fc.out_features == 10 and isinstance(m.maxpool, nn.Identity)
+    assert {k: v.shape for k, v in m.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+
+
+def test_constructor_takes_model_keys_and_rejects_others():
+    from resnext_dist.models import resnext50_32x4d
+
+    m = resnext50_32x4d(num_classes=3, layers=[1, 1, 1, 1], cardinality=2, group_width=4, base_channels=8)
+    assert m.fc.out_features == 3 and m.layer1[0].conv2.groups == 2
+    with pytest.raises(TypeError, match="groups"):
+        resnext50_32x4d(groups=2)

@@ -1,0 +1,163 @@
+"""Evaluate weights on the validation set, exactly as the trainer does: `python -m resnext_dist.evaluate`.
+
+    python -m resnext_dist.evaluate --config configs/X.yaml model.init=PATH [key=value ...]
+    python -m resnext_dist.evaluate RUN_DIR [key=value ...]            # the run's config.yaml and weights
+    torchrun --nproc_per_node=8 -m resnext_dist.evaluate RUN_DIR        # the same numbers, 8x faster
+    options: --tta-flip (add the flipped image's logits), --json OUT, --mlflow-run-id ID (log to that run)
+
+PATH is anything model.init takes (resnext_dist/weights.py): a torchvision state dict, our export/ or
+final_weights.pt, a checkpoint, a run directory. A RUN_DIR's weights are its export/, else final_weights.pt,
+else its newest checkpoint (model.init on the command line overrides them). The validation loader is the
+trainer's (data.loader, data.val, data.val_res, data.val_crop_ratio, data.batch_size), built for the val side
+only, and the numbers come from the trainer's own `loop.evaluate`: every image counted once over all ranks,
+so 1 process and N ranks report the same counts. The classifier must fit too (no re-initialization here).
+
+Rank 0 prints `val top-1 93.61% | top-5 100.00% | loss 0.202 (360 images)` and writes --json OUT
+({"val_loss", "val_top1", "val_top5", "val_images", "tta_flip", "weights", "world_size"}). With
+--mlflow-run-id, the figures go to that MLflow run (tracking.uri, default the runs root's store) as
+eval_loss, eval_top1, eval_top5, eval_images. Exit 0; 2 on bad input, one line naming it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Optional, Tuple
+
+import torch
+
+from resnext_dist.cli import arg_parser
+from resnext_dist.config import TrainConfig, load_config, to_yaml
+from resnext_dist.errors import EXIT_BAD_INPUT, InputError, one_line
+from resnext_dist.files import atomic_write
+
+
+def parser():
+    p = arg_parser("python -m resnext_dist.evaluate",
+                   "Evaluate weights on the validation set exactly as the trainer does (one process or torchrun).\n"
+                   "A positional RUN_DIR (a training run directory) supplies its config.yaml and its weights.",
+                   "model.init=runs/x/export data.val=data/val.beton")
+    p.add_argument("--tta-flip", action="store_true", help="add the logits of the horizontally flipped image")
+    p.add_argument("--json", metavar="OUT", help="write the figures to this JSON file (rank 0)")
+    p.add_argument("--mlflow-run-id", metavar="ID", help="log the figures to this MLflow run (tracking.uri)")
+    return p
+
+
+def resolve(config: Optional[str], args) -> Tuple[TrainConfig, str]:
+    """(config, weights path) from --config, a RUN_DIR and key=value overrides (see the module docstring)."""
+    run_dirs = [a for a in args if "=" not in a]
+    overrides = [a for a in args if "=" in a]
+    if len(run_dirs) > 1:
+        raise InputError(f"one run directory at most, got {' '.join(run_dirs)}")
+    init_given = any(o.split("=", 1)[0] == "model.init" for o in overrides)
+    if run_dirs:
+        run_dir = run_dirs[0]
+        if not os.path.isdir(run_dir):
+            raise InputError(f"{run_dir}: not a run directory (and not key=value)")
+        config = config or os.path.join(run_dir, "config.yaml")
+        if not os.path.isfile(config):
+            raise InputError(f"{run_dir}: no config.yaml (not a run directory; give --config)")
+        cfg = load_config(config, overrides)
+        # The run's own model.init names where it started from, not what it became.
+        return cfg, cfg.model.init if init_given else run_dir
+    cfg = load_config(config, overrides)
+    if not cfg.model.init:
+        raise InputError("nothing to evaluate: give model.init=PATH (weights, an export, a run directory) or a "
+                         "run directory")
+    return cfg, cfg.model.init
+
+
+def val_loader(cfg: TrainConfig, dist):
+    """The trainer's validation loader (resnext_dist.data.build_loaders' val side) and nothing else."""
+    d, n, cl = cfg.data, cfg.model.num_classes, cfg.train.channels_last
+    if d.loader == "synthetic":
+        from resnext_dist.data.synthetic import SyntheticVal
+        if d.val_synthetic_size < 1:
+            raise InputError("data.val_synthetic_size=0: no validation images")
+        return SyntheticVal(d, dist, seed=cfg.train.seed, num_classes=n, channels_last=cl)
+    if not d.val:
+        raise InputError("data.val is empty: nothing to evaluate on")
+    if d.loader == "ffcv":
+        from resnext_dist.data.checks import check_beton
+        from resnext_dist.data.ffcv import FfcvVal
+        return FfcvVal(d.val, d, dist, channels_last=cl, num_images=check_beton(d.val, n, key="data.val"))
+    from resnext_dist.data.checks import check_source
+    from resnext_dist.data.torchvision import TorchvisionVal
+    return TorchvisionVal(check_source(d.val, "val", n, key="data.val"), d, dist, channels_last=cl)
+
+
+def run(cfg: TrainConfig, weights: str, tta_flip: bool = False) -> dict:
+    """Evaluate on every rank; returns the figures (the same on every rank)."""
+    from resnext_dist.dist import close_distributed, init_distributed
+    from resnext_dist.loop import evaluate
+    from resnext_dist.models import build_model
+    from resnext_dist.build import autocast_factory
+    from resnext_dist.weights import init_model
+
+    dist = init_distributed(cfg.dist)
+    try:
+        model = build_model(cfg.model).to(dist.device)
+        note = init_model(model, weights, new_classifier_ok=False)
+        if cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        loader = val_loader(cfg, dist)
+        if dist.is_main:
+            print(f"resnext_dist: evaluating {note} on {dist.world_size} process(es)", flush=True)
+        with torch.no_grad():  # the numbers are the trainer's; only the autograd bookkeeping is skipped
+            result = evaluate(model, loader, dist, autocast_factory(cfg.train.precision, dist.device), tta_flip)
+        result.update(tta_flip=tta_flip, weights=weights, world_size=dist.world_size, is_main=dist.is_main)
+        return result
+    finally:
+        close_distributed()
+
+
+def format_result(r: dict) -> str:
+    return (f"val top-1 {100 * r['val_top1']:.2f}% | top-5 {100 * r['val_top5']:.2f}% | loss {r['val_loss']:.3f} "
+            f"({r['val_images']} images)")
+
+
+def log_to_mlflow(cfg: TrainConfig, run_id: str, r: dict) -> None:
+    import time
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from resnext_dist.tracking import resolve_uri
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"eval_{k[4:]}", float(r[k]), now, 0) for k in ("val_loss", "val_top1", "val_top5",
+                                                                       "val_images")]
+    try:
+        MlflowClient(tracking_uri=resolve_uri(cfg)).log_batch(run_id, metrics=metrics)
+    except Exception as e:  # MlflowException for an unknown run, connection errors for a server that is down
+        raise InputError(f"--mlflow-run-id {run_id}: could not log to it at {resolve_uri(cfg)} "
+                         f"({one_line(e, 200)})") from None
+
+
+def main(argv=None) -> int:
+    args = parser().parse_intermixed_args(argv)  # RUN_DIR, options and key=value in any order
+    try:
+        cfg, weights = resolve(args.config, args.overrides)
+        if args.print_config:
+            print(to_yaml(cfg), end="")
+            return 0
+        result = run(cfg, weights, args.tta_flip or cfg.train.tta_flip)
+        if result.pop("is_main"):
+            print(format_result(result), flush=True)
+            if args.json:
+                atomic_write(args.json, json.dumps(result, indent=2) + "\n")
+            if args.mlflow_run_id:
+                log_to_mlflow(cfg, args.mlflow_run_id, result)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    # As in resnext_dist.train: skip the interpreter's teardown, where gloo's native destructors were seen to
+    # abort a finished rank.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,176 @@
+"""Classify images: `python -m resnext_dist.predict WEIGHTS IMAGE_OR_DIR ... [--top-k 5] [--json]`.
+
+    python -m resnext_dist.predict runs/x/export photo.jpg more_photos/
+    python -m resnext_dist.predict runs/x cat.png --top-k 3 --json
+    python -m resnext_dist.predict resnext50_32x4d-7cdf4587.pth cat.jpg       # torchvision's ImageNet weights
+
+WEIGHTS is an export (its directory, model.json or model.safetensors; resnext_dist/export.py), a run
+directory (its export/, else its config.yaml with final_weights.pt or its newest checkpoint), or any file
+model.init takes (a torchvision state dict, final weights, a checkpoint) with the architecture from --config
+and --set key=value (default: the config defaults, ResNeXt-50 32x4d with 1000 classes: torchvision's).
+Each image gets the validation preprocessing the model was evaluated with (the export records it; otherwise
+data.val_res and data.val_crop_ratio): the centered square of side int(crop_ratio x shorter side), resized to
+val_res x val_res (bilinear, antialiased), RGB, ImageNet mean/std, exactly as the validation loaders do.
+Class names come from the export, else from the run's data (resnext_dist.data.sources.class_names_for), else
+they are the class indices.
+
+Output, one line per image: `path: name 97.1%, name 1.5%, ...`; with --json, one JSON list
+[{"image", "top": [{"class", "name", "prob"}, ...]}]. Exit 0; 2 on bad input (an unreadable image, weights
+that do not fit), one line naming it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import List, Optional
+
+import torch
+
+from resnext_dist.errors import EXIT_BAD_INPUT, InputError, one_line
+
+BATCH = 32
+
+
+@dataclass
+class Predictor:
+    model: torch.nn.Module  # eval mode
+    size: int
+    crop_ratio: float
+    mean: List[float]
+    std: List[float]
+    class_names: Optional[List[str]]
+    source: str  # a few words on where the weights came from
+
+
+def load_predictor(path: str, config: Optional[str] = None, overrides=(), device="cpu") -> Predictor:
+    """The model, its preprocessing and class names from WEIGHTS (see the module docstring)."""
+    from resnext_dist.config import load_config
+    from resnext_dist.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+    from resnext_dist.export import dataset_class_names, load_model, meta_path, read_meta
+    from resnext_dist.models import build_model
+    from resnext_dist.weights import init_model
+
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file or directory (weights)")
+    try:
+        export = read_meta(path) if not config and not overrides else None
+    except InputError:
+        if _is_export_path(path):
+            raise
+        export = None
+    if export is not None:
+        pre = export["preprocessing"]
+        return Predictor(load_model(path, map_location=device), pre["size"], pre["crop_ratio"], pre["mean"],
+                         pre["std"], export.get("class_names"), f"export {meta_path(path)}")
+    run_config = os.path.join(path, "config.yaml") if os.path.isdir(path) else ""
+    cfg = load_config(config or (run_config if os.path.isfile(run_config) else None), list(overrides))
+    model = build_model(cfg.model)
+    try:
+        note = init_model(model, path, new_classifier_ok=False)
+    except InputError as e:
+        if config or run_config:
+            raise
+        raise InputError(f"{e}; a plain weights file carries no architecture: give --config (and --set "
+                         "model.KEY=VALUE) or an export or run directory") from None
+    return Predictor(model.to(device).eval(), cfg.data.val_res, cfg.data.val_crop_ratio, list(IMAGENET_MEAN),
+                     list(IMAGENET_STD), dataset_class_names(cfg), note)
+
+
+def _is_export_path(path: str) -> bool:
+    return path.endswith((".json", ".safetensors")) or (
+        os.path.isdir(path) and os.path.isfile(os.path.join(path, "model.safetensors")))
+
+
+def image_paths(args: List[str]) -> List[str]:
+    """Files as given; directories walked (sorted) for image files."""
+    from resnext_dist.data.sources import IMAGE_EXTENSIONS
+
+    out = []
+    for arg in args:
+        if os.path.isdir(arg):
+            found = sorted(os.path.join(d, f) for d, _, files in os.walk(arg) for f in files
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            if not found:
+                raise InputError(f"{arg}: no image files in this directory")
+            out += found
+        elif os.path.isfile(arg):
+            out.append(arg)
+        else:
+            raise InputError(f"{arg}: no such image file or directory")
+    if not out:
+        raise InputError("no images given")
+    return out
+
+
+def preprocess(path: str, p: Predictor) -> torch.Tensor:
+    """The validation loaders' transform (data/torchvision.py's center crop), then normalization: 3 x size x size."""
+    from PIL import Image
+    from torchvision.transforms import v2
+
+    from resnext_dist.data.torchvision import CenterCropRatio
+
+    try:
+        with Image.open(path) as im:
+            img = im.convert("RGB")
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
+        raise InputError(f"{path}: unreadable image ({one_line(e, 200)})") from None
+    img = v2.Resize((p.size, p.size), antialias=True)(CenterCropRatio(p.crop_ratio)(img))
+    x = v2.PILToTensor()(img).float() / 255.0
+    return (x - torch.tensor(p.mean).view(3, 1, 1)) / torch.tensor(p.std).view(3, 1, 1)
+
+
+def predict(p: Predictor, paths: List[str], top_k: int = 5) -> List[dict]:
+    """[{"image", "top": [{"class", "name", "prob"}, ...]}] in the order of `paths`."""
+    device = next(p.model.parameters()).device
+    results = []
+    for start in range(0, len(paths), BATCH):
+        chunk = paths[start:start + BATCH]
+        x = torch.stack([preprocess(path, p) for path in chunk]).to(device)
+        with torch.no_grad():
+            probs = p.model(x).float().softmax(dim=1).cpu()
+        values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
+        for path, vs, ks in zip(chunk, values.tolist(), indices.tolist()):
+            results.append({"image": path, "top": [
+                {"class": k, "name": p.class_names[k] if p.class_names else str(k), "prob": v}
+                for v, k in zip(vs, ks)]})
+    return results
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m resnext_dist.predict", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("weights", help="export dir / model.json, run dir, or a weights file (with --config)")
+    p.add_argument("images", nargs="+", help="image files or directories of them")
+    p.add_argument("--top-k", type=int, default=5, help="classes per image")
+    p.add_argument("--json", action="store_true", help="print one JSON list instead of lines")
+    p.add_argument("--config", help="recipe for the architecture and preprocessing of a plain weights file")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for a plain weights file or run directory (repeatable)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.top_k < 1:
+            raise InputError(f"--top-k {args.top_k} must be >= 1")
+        paths = image_paths(args.images)
+        p = load_predictor(args.weights, args.config, args.set, args.device)
+        results = predict(p, paths, args.top_k)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.json:
+        print(json.dumps(results, indent=1))
+    else:
+        for r in results:
+            print(f"{r['image']}: " + ", ".join(f"{t['name']} {100 * t['prob']:.1f}%" for t in r["top"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
