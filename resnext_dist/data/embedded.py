@@ -74,7 +74,7 @@ def ensure_digits(cache: str = None) -> Tuple[str, str]:
 
 
 def _write_digits(split: str, path: str) -> None:
-    from resnext_dist.data.sources import open_source
+    from resnext_dist.data.sources import class_names_for, open_source, write_class_names
     from resnext_dist.data.write import write_beton
 
     print(f"resnext_dist: writing the embedded digits ({split}) to {path} (once per machine)",
@@ -85,6 +85,7 @@ def _write_digits(split: str, path: str) -> None:
     try:
         write_beton(open_source("digits", split=split, size=DIGITS_SIZE), staged, write_mode="raw", workers=1,
                     force=True)
+        write_class_names(path, class_names_for("digits"))  # before the data: a found .beton has its names
         os.replace(staged, path)
     finally:
         if os.path.exists(staged):
