@@ -311,7 +311,8 @@ def choose_resume(resume: str, ckpt_dir: str, dist,
 
     `resume` is `checkpoint.resume`: "never"; "auto" = the newest checkpoint of `ckpt_dir` that reads
     (torn or unreadable newer files are skipped; each skipped (path, reason) is appended to `skipped` on
-    every rank, for a warning event); or a path, which must read. Rank 0 decides and broadcasts the path, so
+    every rank, for a warning event), None when there is none, CheckpointError when there are some and none
+    reads; or a path, which must read. Rank 0 decides and broadcasts the path, so
     ranks never resume from different files. A file that is unsafe to load (UnsafeCheckpoint) is never
     skipped: it raises, as does any CheckpointError of an explicit path, on every rank with rank 0's message.
     """
@@ -342,4 +343,7 @@ def _choose(resume: str, ckpt_dir: str):
             if resume != "auto":
                 return None, skipped, str(e), False
             skipped.append((path, str(e)))
+    if skipped:  # checkpoints exist and none reads: starting over would silently throw the run away
+        others = f" nor do {len(skipped) - 1} older ones" if len(skipped) > 1 else " and there is no other"
+        return None, skipped, f"{skipped[0][1]};{others} in {ckpt_dir}", False
     return None, skipped, "", False

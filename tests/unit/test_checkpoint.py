@@ -200,6 +200,10 @@ def test_choose_resume_skips_a_torn_newest_file_for_the_newest_valid_one(tmp_pat
     assert reason.startswith(f"{torn}: unreadable checkpoint (RuntimeError: ") and reason.endswith(".)"), reason
     assert ckpt.choose_resume("never", str(tmp_path), DistInfo()) is None
     assert ckpt.choose_resume("auto", str(tmp_path / "none"), DistInfo()) is None
+    for path in ckpt.list_checkpoints(str(tmp_path)):  # checkpoints, none readable: not a fresh start
+        open(path, "wb").write(b"PK\x03\x04" + b"\x00" * 50)
+    with pytest.raises(ckpt.CheckpointError, match=rf"{torn}: unreadable .*; nor do 3 older ones in {tmp_path}$"):
+        ckpt.choose_resume("auto", str(tmp_path), DistInfo())
 
 
 def test_choose_resume_of_an_explicit_path_must_read(tmp_path):
