@@ -20,11 +20,11 @@ holds a half-written file; an existing output is kept unless --force is given.
 
 Bad input exits 2 with one line naming the file: a missing or empty source, a class folder with no
 images, an unreadable CIFAR batch, an existing output, a full disk ("no space left on device writing X").
+A corrupt image is fatal by default: the write stops at the first one found, names it, and leaves nothing
+behind (remove or fix the file and run again). With --skip-corrupt every image is decoded once before
+writing; unreadable ones are left out, counted and listed on stderr (the labels of the others are unchanged).
 Ctrl-C (SIGINT) or SIGTERM stops the write at once (exit 130 / 143): the writer processes are ended and
-the temporary file removed. A writer process that dies ends the write instead of hanging it. A corrupt image is fatal by default: the write
-stops at the first one found, names it, and leaves nothing behind (remove or fix the file and run
-again). With --skip-corrupt every image is decoded once before writing; unreadable ones are left out,
-counted and listed on stderr (the labels of the others are unchanged).
+the temporary file removed. A writer process that dies ends the write instead of hanging it.
 """
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def auto_page_size(source: Source, max_resolution: Optional[int]) -> int:
 # ----------------------------------------------------------------------------------------------
 # No exception may leave a writer worker: its page would never be written and the other workers would spin
 # waiting for it. So failures are recorded in shared memory and the worker writes a 1-pixel placeholder
-# instead; the main process sees the recorded failure (see _Writer below), ends the workers, raises the
+# instead; the main process sees the recorded failure (see _writer_class below), ends the workers, raises the
 # recorded error and discards the file.
 
 _PLACEHOLDER = np.zeros((1, 1, 3), dtype=np.uint8)
@@ -210,12 +210,12 @@ class _GuardedEncode:
 
 
 # ----------------------------------------------------------------------------------------------
-# Full disks, signals and dead workers. FFCV's DatasetWriter waits for a count of finished images that a dead
-# worker never reaches (forever), its workers spin waiting for a dead worker's page, and at exit
-# multiprocessing joins those spinning workers (so Ctrl-C hung too). `_Writer` is FFCV's write loop with three
-# changes: a worker's failed page write is recorded instead of killing it, the main process watches for a
-# recorded failure or a dead worker and then ends the workers at once, and whatever ends the write (an
-# error, Ctrl-C, SIGTERM) terminates the workers and frees the shared memory before it propagates.
+# Full disks, signals and dead workers. FFCV's DatasetWriter waits for a count of finished images that a
+# dead worker never reaches (forever), its workers spin waiting for a dead worker's page, and at exit
+# multiprocessing joins those spinning workers (so Ctrl-C hung too). `_writer_class()` is FFCV's write loop
+# with three changes: a worker's failed page write is recorded instead of killing it, the main process
+# watches for a recorded failure or a dead worker and then ends the workers at once, and whatever ends the
+# write (an error, Ctrl-C, SIGTERM) terminates the workers and frees the shared memory before it propagates.
 
 
 class WriteInterrupted(Exception):
