@@ -103,19 +103,24 @@ class RunLock:
 
 def hold_run_dir(run_dir: str, dist) -> Optional[RunLock]:
     """Rank 0 takes the run directory's lock; every rank raises RunDirInUse together if it is held elsewhere.
-    Collective (one all-reduce, plus a broadcast of the message when refused); call it on every rank after
+    Collective (one all-reduce, plus a broadcast of the message when refused; InputError when the directory
+    cannot be created); call it on every rank after
     the process group exists and before anything is written to the run directory. Returns the lock on rank 0
     (keep it referenced for the run's life; `release()` it at the end), None elsewhere."""
     from resnext_dist import dist as rdist
 
-    lock, error = None, ""
+    lock, error, in_use = None, "", False
     if dist.is_main:
         try:
             lock = RunLock(run_dir).acquire()
         except RunDirInUse as e:
-            error = str(e)
+            error, in_use = str(e), True
+        except OSError as e:  # cannot create the directory or the lock file: the other ranks must not wait
+            error = f"run directory {os.path.abspath(run_dir)}: cannot take its lock ({e.strerror or e})"
+    # Sync point: every rank learns whether rank 0 holds the directory (and, only if not, why).
     if rdist.any_rank(bool(error), dist.device):
-        raise RunDirInUse(rdist.broadcast_object(error))
+        error, in_use = rdist.broadcast_object((error, in_use))
+        raise (RunDirInUse if in_use else InputError)(error)
     return lock
 
 

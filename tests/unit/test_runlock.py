@@ -13,6 +13,7 @@ import time
 import pytest
 
 from resnext_dist.dist import DistInfo
+from resnext_dist.errors import InputError
 from resnext_dist.runlock import RunDirInUse, RunLock, hold_run_dir, read_lease
 from tests.tiny import REPO, env
 
@@ -135,3 +136,9 @@ def test_worker_learns_that_its_launcher_died(tmp_path, torchrun):
             os.kill(worker_pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_a_run_directory_that_cannot_be_created_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match=rf"^run directory {tmp_path}/file/run: cannot take its lock \(Not a"):
+        hold_run_dir(str(tmp_path / "file" / "run"), DistInfo())
