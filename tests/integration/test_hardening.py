@@ -135,6 +135,35 @@ def test_two_trainers_on_one_run_directory_one_trains_the_other_exits_2_naming_i
     assert steps == sorted(set(steps))  # one writer: no step logged twice
 
 
+def _hold_on_two_ranks(rank, world, port, run_dir, out_dir):
+    import torch.distributed as tdist
+
+    from resnext_dist.dist import DistInfo
+    from resnext_dist.runlock import hold_run_dir
+
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        hold_run_dir(run_dir, DistInfo(rank=rank, world_size=world))
+        outcome = {"raised": None}
+    except Exception as e:
+        outcome = {"raised": type(e).__name__, "message": str(e)}
+    with open(os.path.join(out_dir, f"hold{rank}.json"), "w") as f:
+        json.dump(outcome, f)
+    tdist.destroy_process_group()
+
+
+def test_every_rank_of_a_second_trainer_learns_the_directory_is_held(tmp_path):
+    import torch.multiprocessing as tmp
+
+    from resnext_dist.runlock import RunLock
+
+    with RunLock(str(tmp_path / "run")):  # the first trainer
+        tmp.spawn(_hold_on_two_ranks, args=(2, free_port(), str(tmp_path / "run"), str(tmp_path)), nprocs=2)
+    outcomes = [json.loads((tmp_path / f"hold{r}.json").read_text()) for r in range(2)]
+    assert outcomes[0] == outcomes[1] and outcomes[0]["raised"] == "RunDirInUse"
+    assert outcomes[0]["message"].startswith(f"run directory {tmp_path / 'run'} is in use by pid {os.getpid()} ")
+
+
 # ----------------------------------------------------------------------------------------------
 # A worker whose torchrun agent died stops at the next step boundary with a checkpoint
 
