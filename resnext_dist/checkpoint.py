@@ -287,8 +287,10 @@ def load_file(path: str, mmap: bool = False) -> Dict[str, Any]:
         # and neither is a file our writer leaves (a torn save is a zip that fails above): refuse both.
         found = re.search(r"GLOBAL (\S+?)(?: |$)", str(e)) or re.search(r"(Unsupported operand \d+)", str(e))
         what = f" ({'it names ' if 'GLOBAL' in found.group(0) else ''}{found.group(1)})" if found else ""
+        # resnext_dist's own format 1 held numpy RNG arrays: say so rather than leave its owner guessing.
+        old = "; resnext_dist wrote numpy arrays only before checkpoint format 2" if "numpy" in what else ""
         raise UnsafeCheckpoint(f"{path}: refused: not a plain tensors-and-values checkpoint{what}; loading it "
-                               f"would need a full unpickle, which can run code") from None
+                               f"would need a full unpickle, which can run code{old}") from None
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file") from None
     except Exception as e:

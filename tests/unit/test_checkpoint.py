@@ -259,3 +259,12 @@ def test_epoch_end_save_is_written_even_when_the_step_count_saved_that_step(tmp_
     assert path is not None and path == saver.last_saved_path
     sd = ckpt.load_file(path)
     assert (sd["step"], sd["epoch"], sd["samples_in_epoch"]) == (4, 1, 0)  # a resume starts epoch 1
+
+
+def test_a_format_1_checkpoint_with_numpy_rng_state_is_refused_and_explained(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "step_00000004.pt"
+    torch.save({"model": {}, "step": 4, "rng": {"numpy": np.random.get_state()}}, path)  # what format 1 held
+    with pytest.raises(ckpt.UnsafeCheckpoint, match=r"it names numpy.*before checkpoint format 2$"):
+        ckpt.load_file(str(path))
