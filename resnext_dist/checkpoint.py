@@ -1,36 +1,50 @@
-"""Checkpoints: what a run must keep to continue exactly where it stopped, written atomically.
+"""Checkpoints: what a run must keep to continue exactly where it stopped, written atomically, read without
+running code, chosen once for all ranks.
 
 A checkpoint is `TrainState.state_dict()` in one file `checkpoints/step_00001234.pt`:
   model (unwrapped), optimizer, GradScaler, LR scheduler, EMA, step, epoch, samples consumed in the epoch
-  (the loader position), RNG states (python, numpy, torch, cuda), the MLflow run id, and the resolved
-  config with its hash.
+  (the loader position), RNG states (python, numpy, torch, cuda), the MLflow run id, the resolved config with
+  its hash, and `format` (FORMAT). Everything in it is a tensor or a plain value (dict, list, int, float, str,
+  None), so it loads with `torch.load(..., weights_only=True)`: a file that needs anything more (a crafted
+  pickle whose loading would run code) is refused with `UnsafeCheckpoint`, never unpickled.
 Writing: rank 0 writes `.tmp-<name>`, fsyncs, renames it into place, fsyncs the directory, then points
 `latest` at it (same dance), then deletes all but the newest `checkpoint.keep`. A save killed half-way
 leaves only a `.tmp-` file that nothing reads. Every rank learns whether the save worked (one
-all-reduce), so a full or read-only disk stops all ranks together instead of leaving some waiting.
+all-reduce), so a full or read-only disk stops all ranks together with `CheckpointWriteError`, whatever
+layer raised (torch's zip writer says RuntimeError on a full disk, not OSError).
+When: `Checkpointer` (every `every_steps` steps, and at epoch end, stop and finish, never twice for one state).
+Which to resume: `choose_resume` on rank 0 (the newest file that reads, skipping torn ones), broadcast to all.
 """
 from __future__ import annotations
 
 import glob
 import hashlib
 import os
+import pickle
 import random
 import re
+import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from resnext_dist import dist as rdist
-from resnext_dist.errors import InputError
+from resnext_dist.errors import InputError, one_line
 from resnext_dist.files import atomic_write
 
 NAME = re.compile(r"^step_(\d{8})\.pt$")
+FORMAT = "resnext_dist.checkpoint/2"  # 2: plain values only (1 held numpy RNG arrays and needed a full unpickle)
+MESSAGE_LIMIT = 300  # characters of a foreign error quoted in ours, cut at a word boundary
 
 
 class CheckpointError(InputError):
     """An unreadable or incompatible checkpoint (exit 2: bad input, named in the message)."""
+
+
+class UnsafeCheckpoint(CheckpointError):
+    """A file that only a full unpickle could read: it is refused, never loaded (it could run code)."""
 
 
 class CheckpointWriteError(RuntimeError):
@@ -65,6 +79,7 @@ class TrainState:
             "samples_in_epoch": self.samples_in_epoch,
             "rng": rng_state(),
             "mlflow_run_id": self.mlflow_run_id,
+            "format": FORMAT,
             "config": self.config_yaml,
             "config_hash": config_hash(self.config_yaml),
             **self.extra,
@@ -106,22 +121,71 @@ def config_hash(yaml_text: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# RNG state: python, numpy, torch CPU and CUDA, so a resumed run draws what the uninterrupted one drew
+# RNG state: python, numpy, torch CPU and CUDA, so a resumed run draws what the uninterrupted one drew. Kept as
+# tensors and plain values (not numpy arrays or tuples of them) so the file loads with weights_only=True.
 
 
 def rng_state() -> Dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": version, "state": list(internal), "gauss": gauss},
+             "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------
+# When to save: one owner of "every N steps, epoch end, stop, finish" and of what was saved last
+
+
+class Checkpointer:
+    """Saves `state` into `ckpt_dir` (keeping the newest `keep`) every `every_steps` steps (0 = never by
+    count) and whenever `save()` is called (epoch end, stop, finish), never twice for the same state.
+
+    "The same state" is (step, epoch, samples_in_epoch), not the step alone: a step-count save at an epoch's
+    last step happens before the epoch counter advances, and the epoch-end save at the same step must still
+    be written, or a resume would train past the end of an epoch it already finished and evaluate it again.
+    Build it after resuming: the state it starts from is already on disk."""
+
+    def __init__(self, state: TrainState, ckpt_dir: str, keep: int, every_steps: int, dist):
+        self.state, self.ckpt_dir, self.keep, self.every_steps, self.dist = state, ckpt_dir, keep, every_steps, dist
+        self._saved_key = self._key()
+        self.last_saved_path: Optional[str] = None
+
+    def _key(self) -> Tuple[int, int, int]:
+        return self.state.step, self.state.epoch, self.state.samples_in_epoch
+
+    @property
+    def last_saved_step(self) -> int:
+        return self._saved_key[0]
+
+    def after_step(self) -> Optional[str]:
+        """Call once after every optimizer step (on every rank): saves when the step count says so."""
+        if self.every_steps and self.state.step % self.every_steps == 0:
+            return self.save()
+        return None
+
+    def save(self) -> Optional[str]:
+        """Save now unless this exact state was saved already; returns the path written (None if skipped).
+        Collective: call on every rank."""
+        if self._key() == self._saved_key:
+            return None
+        self.last_saved_path = save(self.state, self.ckpt_dir, self.keep, self.dist)
+        self._saved_key = self._key()
+        return self.last_saved_path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,16 +202,39 @@ def save(state: TrainState, ckpt_dir: str, keep: int, dist) -> str:
             atomic_save(state.state_dict(), path)
             atomic_write(os.path.join(ckpt_dir, "latest"), name + "\n")
             _prune(ckpt_dir, keep)
-        except OSError as e:
-            error = f"could not save checkpoint {path}: {e}"
-    # Sync point: all ranks learn the outcome, so nobody waits forever on a rank that failed.
+        except Exception as e:  # torch's serializer turns a full disk into RuntimeError; any failure counts
+            error = f"could not save checkpoint {path}: {_write_failure(e)}"
+    # Sync point: all ranks learn the outcome, so nobody waits forever on a rank that failed; on failure
+    # (only then) rank 0's message travels too, so every rank's error names the file and the cause.
     if rdist.any_rank(bool(error), dist.device):
-        raise CheckpointWriteError(error or "checkpoint save failed on rank 0")
+        raise CheckpointWriteError(rdist.broadcast_object(error) or "checkpoint save failed on rank 0")
     return path
 
 
+def _write_failure(exc: BaseException) -> str:
+    """The cause of a failed write in words: the OSError underneath if there is one (torch's zip writer
+    reports a full disk as "unexpected pos 65152 vs 65048", with the real OSError as its context)."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror.lower()
+        seen = seen.__cause__ or seen.__context__
+    return f"{type(exc).__name__}: {_brief(exc)}"
+
+
+def _brief(exc: BaseException) -> str:
+    """A foreign error's first line, cut after its last whole sentence that fits MESSAGE_LIMIT (torch's
+    messages run on for several sentences of advice); a first sentence that is itself too long is cut at a
+    word."""
+    text = one_line(exc)
+    if len(text) <= MESSAGE_LIMIT:
+        return text
+    ends = [m.end() for m in re.finditer(r"[.!?](?=\s)", text) if m.end() <= MESSAGE_LIMIT]
+    return text[:ends[-1]] if ends else one_line(exc, MESSAGE_LIMIT)
+
+
 def atomic_save(obj: Any, path: str) -> None:
-    """torch.save that never leaves a partial file at `path`."""
+    """torch.save that never leaves a partial file at `path` (nor its temporary file, whatever fails)."""
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -160,53 +247,105 @@ def _prune(ckpt_dir: str, keep: int) -> None:
             pass
 
 
-def list_checkpoints(ckpt_dir: str):
+def list_checkpoints(ckpt_dir: str) -> List[str]:
     """Complete checkpoint files, oldest first (`.tmp-` leftovers of interrupted saves are not listed)."""
     files = [p for p in glob.glob(os.path.join(ckpt_dir, "step_*.pt")) if NAME.match(os.path.basename(p))]
     return sorted(files)
 
 
-def find_latest(ckpt_dir: str) -> Optional[str]:
-    """The checkpoint `latest` names, else the newest complete one, else None."""
+def _candidates(ckpt_dir: str) -> List[str]:
+    """Checkpoint files, the one `latest` names first, then the others newest first."""
+    files = list_checkpoints(ckpt_dir)[::-1]
     pointer = os.path.join(ckpt_dir, "latest")
-    if os.path.exists(pointer):
-        with open(pointer) as f:
-            candidate = os.path.join(ckpt_dir, f.read().strip())
-        if os.path.exists(candidate):
-            return candidate
-    files = list_checkpoints(ckpt_dir)
-    return files[-1] if files else None
-
-
-def load_file(path: str) -> Dict[str, Any]:
-    """Read a checkpoint onto the CPU; a truncated or foreign file is a CheckpointError naming it."""
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=False)
+        with open(pointer) as f:
+            named = os.path.join(ckpt_dir, f.read().strip())
+    except OSError:
+        return files
+    if named in files:
+        files.remove(named)
+        files.insert(0, named)
+    return files
+
+
+def find_latest(ckpt_dir: str) -> Optional[str]:
+    """The checkpoint `latest` names, else the newest complete one, else None (existence only; what
+    `checkpoint.resume=auto` resumes is `choose_resume`'s newest *readable* one)."""
+    files = _candidates(ckpt_dir)
+    return files[0] if files else None
+
+
+def load_file(path: str, mmap: bool = False) -> Dict[str, Any]:
+    """Read a checkpoint onto the CPU with weights_only=True. A file that would need a full unpickle is
+    UnsafeCheckpoint (never unpickled); a truncated or foreign file is CheckpointError; both name the file.
+    `mmap` maps tensor storage instead of reading it (a cheap validity check of a large file)."""
+    try:
+        # A legacy (non-zip) pickle cannot be mapped; it still goes through the weights-only unpickler.
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as e:
+        # Garbage and a crafted pickle can look alike to the weights-only unpickler ("Unsupported operand"),
+        # and neither is a file our writer leaves (a torn save is a zip that fails above): refuse both.
+        found = re.search(r"GLOBAL (\S+?)(?: |$)", str(e)) or re.search(r"(Unsupported operand \d+)", str(e))
+        what = f" ({'it names ' if 'GLOBAL' in found.group(0) else ''}{found.group(1)})" if found else ""
+        # resnext_dist's own format 1 held numpy RNG arrays: say so rather than leave its owner guessing.
+        old = "; resnext_dist wrote numpy arrays only before checkpoint format 2" if "numpy" in what else ""
+        raise UnsafeCheckpoint(f"{path}: refused: not a plain tensors-and-values checkpoint{what}; loading it "
+                               f"would need a full unpickle, which can run code{old}") from None
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint file") from None
     except Exception as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {_brief(e)})") \
+            from None
     if not isinstance(sd, dict) or "model" not in sd or "step" not in sd:
         raise CheckpointError(f"{path}: not a resnext_dist checkpoint (no model/step entries)")
+    if sd.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {sd.get('format', 1)!r}, this version reads {FORMAT!r}")
     return sd
 
 
-class Checkpointer:
-    """When to save, and what was saved last: every `every_steps` steps, at each epoch end, on a stop and at the
-    end. "Already saved" compares the whole position (step, epoch, samples), so the epoch-end save is written
-    even when an every_steps save just captured the same step mid-epoch (else a resume would redo the epoch's
-    evaluation)."""
+# ----------------------------------------------------------------------------------------------
+# Which checkpoint to resume: chosen once, by rank 0, for every rank
 
-    def __init__(self, state: TrainState, ckpt_dir: str, keep: int, every_steps: int, dist):
-        self.state, self.ckpt_dir, self.keep, self.every_steps, self.dist = state, ckpt_dir, keep, every_steps, dist
-        self.last_saved = self._position()
 
-    def _position(self):
-        return self.state.step, self.state.epoch, self.state.samples_in_epoch
+def choose_resume(resume: str, ckpt_dir: str, dist,
+                  skipped: Optional[List[Tuple[str, str]]] = None) -> Optional[str]:
+    """The checkpoint every rank must load, or None to start fresh. Collective: call on every rank.
 
-    def after_step(self) -> None:
-        if self.every_steps and self.state.step % self.every_steps == 0:
-            self.save()
+    `resume` is `checkpoint.resume`: "never"; "auto" = the newest checkpoint of `ckpt_dir` that reads
+    (torn or unreadable newer files are skipped; each skipped (path, reason) is appended to `skipped` on
+    every rank, for a warning event), None when there is none, CheckpointError when there are some and none
+    reads; or a path, which must read. Rank 0 decides and broadcasts the path, so
+    ranks never resume from different files. A file that is unsafe to load (UnsafeCheckpoint) is never
+    skipped: it raises, as does any CheckpointError of an explicit path, on every rank with rank 0's message.
+    """
+    choice: Tuple[Optional[str], List[Tuple[str, str]], str, bool] = (None, [], "", False)
+    if dist.is_main:
+        choice = _choose(resume, ckpt_dir)
+    path, passed_over, error, unsafe = rdist.broadcast_object(choice)
+    if error:
+        raise (UnsafeCheckpoint if unsafe else CheckpointError)(error)
+    if skipped is not None:
+        skipped.extend(passed_over)
+    return path
 
-    def save(self) -> None:
-        if self._position() != self.last_saved:
-            save(self.state, self.ckpt_dir, self.keep, self.dist)
-            self.last_saved = self._position()
+
+def _choose(resume: str, ckpt_dir: str):
+    """(path, skipped, error message, unsafe) as rank 0 sees it; never raises."""
+    if resume == "never":
+        return None, [], "", False
+    candidates = _candidates(ckpt_dir) if resume == "auto" else [resume]
+    skipped: List[Tuple[str, str]] = []
+    for path in candidates:
+        try:
+            load_file(path, mmap=True)
+            return path, skipped, "", False
+        except UnsafeCheckpoint as e:
+            return None, skipped, str(e), True
+        except CheckpointError as e:
+            if resume != "auto":
+                return None, skipped, str(e), False
+            skipped.append((path, str(e)))
+    if skipped:  # checkpoints exist and none reads: starting over would silently throw the run away
+        others = f" nor do {len(skipped) - 1} older ones" if len(skipped) > 1 else " and there is no other"
+        return None, skipped, f"{skipped[0][1]};{others} in {ckpt_dir}", False
+    return None, skipped, "", False

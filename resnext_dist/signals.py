@@ -4,9 +4,14 @@ The handler only records the signal: no I/O happens inside a signal handler. The
 checks `requested` at each step boundary, all ranks agree through one all-reduce, every rank saves,
 and the run ends with exit status 128 + signal number (140 for SIGUSR2, 143 for SIGTERM), which the
 Slurm launchers read as "checkpointed, requeue me" (USR2) or "cancelled" (TERM).
+
+A launcher that dies sends no signal: torchrun's workers run in their own sessions, so when its agent is
+killed they train on as orphans beside whatever is started next. `launcher_alive()` tells a worker that its
+launcher is gone (it was re-parented), so the trainer stops at the next step boundary with a checkpoint.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from typing import Dict, Optional
@@ -55,3 +60,16 @@ class StopFlag:
 
     def previous_handler(self, signum: int) -> Optional[object]:
         return self._previous.get(signum)
+
+
+# The process that launched us, as it was when this module was first imported (at the trainer's start).
+# Only torchrun's agent is watched: it sets TORCHELASTIC_RUN_ID in its workers' environment. A trainer started
+# from a shell may outlive the shell on purpose (nohup, disown), and srun's tasks die with their step anyway.
+_LAUNCHER_PID = os.getppid() if "TORCHELASTIC_RUN_ID" in os.environ else 0
+
+
+def launcher_alive() -> bool:
+    """False once the torchrun agent that started this worker has died (the worker was re-parented to init
+    or a subreaper); True otherwise, and always when not started by torchrun. Costs one getppid() system
+    call: cheap enough for every log interval."""
+    return _LAUNCHER_PID <= 1 or os.getppid() == _LAUNCHER_PID

@@ -27,8 +27,9 @@ def test_banner_comes_before_the_first_step_and_the_summary_says_where_things_ar
     # one aligned line per interval, in words and units
     assert "epoch 1/1 | step 8/16 | loss " in out and " img/s | data wait " in out
     assert "val top-1 " in out and "% | top-5 " in out and "(50 images)" in out
-    tail = out[out.index("done in "):]
-    assert "best val top-1" in tail and str(run / "final_weights.pt") in tail and str(run / "log.jsonl") in tail
+    tail = out[out.rindex("\ndone in "):]
+    assert "best val top-1" in tail and str(run / "export" / "model.safetensors") in tail
+    assert str(run / "log.jsonl") in tail
     start = [x for x in read_log(run / "log.jsonl") if x["kind"] == "start"]
     assert start and start[0]["world_size"] == 2 and start[0]["nodes"] == 1 and start[0]["global_batch"] == 16
     summary = [x for x in read_log(run / "log.jsonl") if x["kind"] == "summary"]

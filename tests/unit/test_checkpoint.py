@@ -116,3 +116,155 @@ def test_failed_delete_during_pruning_does_not_stop_saving(tmp_path, monkeypatch
         state.step = step
         ckpt.save(state, str(tmp_path), keep=1, dist=dist)
     assert ckpt.find_latest(str(tmp_path)).endswith("step_00000003.pt")
+
+
+# ----------------------------------------------------------------------------------------------
+# Nothing loaded can run code
+
+
+class RunsCode:
+    """A pickle that runs a command when unpickled (what an attacker drops into a run directory)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def crafted(path, marker, legacy):
+    import pickle
+
+    payload = {"model": RunsCode(marker), "step": 1}
+    if legacy:  # a bare pickle, as `pickle.dump` writes it
+        with open(path, "wb") as f:
+            pickle.dump(payload, f)
+    else:  # the zip container torch.save writes
+        torch.save(payload, path)
+
+
+def test_checkpoint_holds_only_plain_values_and_loads_weights_only(tmp_path):
+    state = make_state()
+    state.extra = {"global_batch_size": 8, "world_size": 1}
+    path = str(tmp_path / "c.pt")
+    ckpt.atomic_save(state.state_dict(), path)
+    sd = torch.load(path, map_location="cpu", weights_only=True)  # raises if anything needs a full unpickle
+    assert sd["format"] == ckpt.FORMAT and sd["global_batch_size"] == 8
+    assert isinstance(sd["rng"]["python"]["state"], list) and torch.is_tensor(sd["rng"]["numpy"]["keys"])
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["pickle", "torch.save"])
+def test_crafted_pickle_is_refused_and_never_run(tmp_path, legacy):
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "step_00000009.pt"
+    crafted(path, marker, legacy)
+    with pytest.raises(ckpt.UnsafeCheckpoint, match=rf"^{path}: refused: .*can run code"):
+        ckpt.load_file(str(path))
+    # auto-resume does not skip past it as if it were merely torn: it names it, on every rank
+    with pytest.raises(ckpt.UnsafeCheckpoint, match=str(path)):
+        ckpt.choose_resume("auto", str(tmp_path), DistInfo())
+    with pytest.raises(ckpt.UnsafeCheckpoint, match=str(path)):
+        ckpt.choose_resume(str(path), str(tmp_path / "elsewhere"), DistInfo())
+    assert not marker.exists()
+
+
+def test_older_checkpoint_format_is_named(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"model": {}, "step": 3}, path)
+    with pytest.raises(ckpt.CheckpointError, match=r"old.pt: checkpoint format 1"):
+        ckpt.load_file(str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# Which checkpoint to resume
+
+
+def save_at(state, folder, step, keep=10):
+    state.step = step
+    return ckpt.save(state, str(folder), keep=keep, dist=DistInfo())
+
+
+def test_choose_resume_skips_a_torn_newest_file_for_the_newest_valid_one(tmp_path):
+    state = make_state()
+    save_at(state, tmp_path, 3)
+    good = save_at(state, tmp_path, 4)
+    torn = save_at(state, tmp_path, 5)
+    data = open(torn, "rb").read()
+    open(torn, "wb").write(data[: len(data) // 2])  # `latest` names it: a disk that lost the tail
+    garbage = tmp_path / "step_00000006.pt"
+    garbage.write_bytes(b"PK\x03\x04" + b"\x00" * 50)  # a zip header, then nothing
+    skipped = []
+    assert ckpt.choose_resume("auto", str(tmp_path), DistInfo(), skipped) == good
+    assert [p for p, _ in skipped] == [torn, str(garbage)]  # `latest`'s first, then newest first
+    reason = skipped[0][1]
+    assert reason.startswith(f"{torn}: unreadable checkpoint (RuntimeError: ") and reason.endswith(".)"), reason
+    assert ckpt.choose_resume("never", str(tmp_path), DistInfo()) is None
+    assert ckpt.choose_resume("auto", str(tmp_path / "none"), DistInfo()) is None
+    for path in ckpt.list_checkpoints(str(tmp_path)):  # checkpoints, none readable: not a fresh start
+        open(path, "wb").write(b"PK\x03\x04" + b"\x00" * 50)
+    with pytest.raises(ckpt.CheckpointError, match=rf"{torn}: unreadable .*; nor do 3 older ones in {tmp_path}$"):
+        ckpt.choose_resume("auto", str(tmp_path), DistInfo())
+
+
+def test_choose_resume_of_an_explicit_path_must_read(tmp_path):
+    state = make_state()
+    path = save_at(state, tmp_path, 2)
+    assert ckpt.choose_resume(path, str(tmp_path / "other"), DistInfo()) == path
+    with pytest.raises(ckpt.CheckpointError, match=r"missing.pt: no such checkpoint file"):
+        ckpt.choose_resume(str(tmp_path / "missing.pt"), str(tmp_path), DistInfo())
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[:100])  # torn: an explicit path is not replaced by another file
+    with pytest.raises(ckpt.CheckpointError, match=r"unreadable checkpoint"):
+        ckpt.choose_resume(path, str(tmp_path), DistInfo())
+
+
+def test_long_foreign_errors_end_at_a_sentence(tmp_path):
+    path = tmp_path / "step_00000001.pt"
+    path.write_bytes(b"PK\x03\x04" + b"\x00" * 100)  # looks like a zip, is not one
+    with pytest.raises(ckpt.CheckpointError) as info:
+        ckpt.load_file(str(path))
+    message = str(info.value)
+    assert "\n" not in message and message.endswith(".)"), message
+    assert len(message) < len(str(path)) + ckpt.MESSAGE_LIMIT + 60
+
+
+# ----------------------------------------------------------------------------------------------
+# When to save
+
+
+def test_checkpointer_saves_on_the_step_count_and_never_twice_for_one_state(tmp_path):
+    state = make_state()
+    saver = ckpt.Checkpointer(state, str(tmp_path), keep=10, every_steps=2, dist=DistInfo())
+    assert saver.save() is None and saver.last_saved_step == 0  # the starting state needs no file
+    written = []
+    for step in range(1, 6):
+        state.step, state.samples_in_epoch = step, step * 8
+        written.append(saver.after_step())
+    assert [w is not None for w in written] == [False, True, False, True, False]
+    assert saver.last_saved_step == 4
+    assert saver.save().endswith("step_00000005.pt")  # a stop at step 5
+    assert saver.save() is None  # ... and the final save right after it writes nothing more
+    assert [os.path.basename(p) for p in ckpt.list_checkpoints(str(tmp_path))] == \
+        ["step_00000002.pt", "step_00000004.pt", "step_00000005.pt"]
+
+
+def test_epoch_end_save_is_written_even_when_the_step_count_saved_that_step(tmp_path):
+    state = make_state()
+    saver = ckpt.Checkpointer(state, str(tmp_path), keep=10, every_steps=4, dist=DistInfo())
+    state.step, state.samples_in_epoch = 4, 32  # the epoch's last step, also a step-count save
+    assert saver.after_step()
+    assert ckpt.load_file(saver.last_saved_path)["epoch"] == 0
+    state.epoch, state.samples_in_epoch = 1, 0  # the epoch ends: evaluated, counter advanced
+    path = saver.save()
+    assert path is not None and path == saver.last_saved_path
+    sd = ckpt.load_file(path)
+    assert (sd["step"], sd["epoch"], sd["samples_in_epoch"]) == (4, 1, 0)  # a resume starts epoch 1
+
+
+def test_a_format_1_checkpoint_with_numpy_rng_state_is_refused_and_explained(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "step_00000004.pt"
+    torch.save({"model": {}, "step": 4, "rng": {"numpy": np.random.get_state()}}, path)  # what format 1 held
+    with pytest.raises(ckpt.UnsafeCheckpoint, match=r"it names numpy.*before checkpoint format 2$"):
+        ckpt.load_file(str(path))

@@ -1,7 +1,9 @@
 """The .beton writer CLI: every source, the write modes, atomic output, and every bad-input case."""
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -263,3 +265,59 @@ def test_center_crop_decode_matches_a_pil_reference_on_real_photos(tmp_path, mod
         # data.crop_decode's INTER_AREA: OpenCV's weights, float rounding apart; FFCV's own decoder: OpenCV's call
         assert np.abs(decoded - exact).max() <= 1
         assert np.array_equal(val_pixels(beton, res=160, ratio=0.875, crop_decode=False), exact)
+
+
+# ----------------------------------------------------------------------------------------------
+# A full disk, Ctrl-C and SIGTERM: one line, no temporary file, no process left behind
+
+
+def writer_process(*args):
+    """The writer CLI in its own session (so every process it starts can be found afterwards)."""
+    from tests.tiny import REPO, env
+
+    return subprocess.Popen([sys.executable, "-m", "resnext_dist.data.write", *map(str, args)], cwd=REPO, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def test_full_disk_exits_2_with_one_line_and_leaves_nothing_behind(tmp_path):
+    from tests.mounts import small_tmpfs, wait_session_empty
+
+    make_image_folder(tmp_path / "t", classes=("a", "b"), per_class=4, size=(32, 32))
+    with small_tmpfs(tmp_path / "disk", "300k") as disk:
+        out = os.path.join(disk, "o.beton")
+        p = writer_process("--source", "imagefolder", "--input", tmp_path / "t", "--workers", 2, "--output", out)
+        stdout, stderr = p.communicate(timeout=120)
+        assert p.returncode == 2, stderr
+        assert stderr.strip() == f"error: no space left on device writing {out}"
+        assert os.listdir(disk) == []  # neither the output nor the temporary file
+        assert wait_session_empty(p.pid) == []
+
+
+@pytest.mark.parametrize("sig,to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["ctrl-c", "sigterm"])
+def test_signal_while_writing_stops_promptly_and_cleans_up(tmp_path, sig, to_group):
+    from tests.mounts import session_pids, wait_session_empty
+
+    out = tmp_path / "o.beton"
+    p = writer_process("--source", "synthetic", "--num-images", 200000, "--size", 64, "--workers", 2,
+                       "--output", out)
+    try:
+        deadline = time.monotonic() + 60
+        # writing: the temporary file exists and the writer processes run
+        while not ([f for f in os.listdir(tmp_path) if f.endswith(".tmp")] and len(session_pids(p.pid)) >= 3):
+            assert p.poll() is None and time.monotonic() < deadline, p.stderr.read() if p.poll() is not None else ""
+            time.sleep(0.1)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        # Ctrl-C on a terminal reaches every process of the foreground group; `kill` reaches only the main one
+        os.killpg(p.pid, sig) if to_group else os.kill(p.pid, sig)
+        stdout, stderr = p.communicate(timeout=30)
+        assert time.monotonic() - t0 < 15
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 128 + sig, stderr
+    assert stderr.strip().splitlines()[-1] == \
+        f"resnext_dist.data.write: stopped by {sig.name}; nothing written to {out}"
+    assert "Traceback" not in stderr
+    assert os.listdir(tmp_path) == []
+    assert wait_session_empty(p.pid) == []
