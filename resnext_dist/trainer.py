@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import time
-from typing import Optional
-
 import torch
 
 from resnext_dist import build as builder
@@ -21,7 +20,8 @@ from resnext_dist.dist import DistInfo, close_distributed, init_distributed
 from resnext_dist.loop import StepContext, evaluate, mean_over_ranks, peak_memory_mb, train_step
 from resnext_dist.optim import peak_lr
 from resnext_dist.runlog import RunLog, read_log
-from resnext_dist.signals import StopFlag, StopRequested
+from resnext_dist.runlock import hold_run_dir
+from resnext_dist.signals import StopFlag, StopRequested, launcher_alive
 
 
 class CollectiveTimeout(RuntimeError):
@@ -56,41 +56,51 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
     if note:
         say(note)
 
-    # ---- the run directory: the same run or refused, before anything is read or written
-    changes = rundir.check_identity(cfg)
-    old = rundir.read_config(run_dir) or {}
-    done = rundir.read_done(run_dir)
-    if rundir.finished_for(done, cfg, old.get("train.epochs")):
-        say(f"resnext_dist: {run_dir} is already finished ({done.get('epochs_done', '?')} epochs, step "
-            f"{done.get('step', '?')}); train.epochs=N with a larger N extends it")
-        return
-    say(f"resnext_dist: run {cfg.run.name}: building data and model ({dist.world_size} process"
-        f"{'es' if dist.world_size > 1 else ''})")
+    # ---- the run directory: one live trainer (a lock), one identity (config.yaml), nothing written yet
+    existed = os.path.isdir(run_dir)
+    lock = hold_run_dir(run_dir, dist)  # a second trainer on this directory exits 2 here, naming the holder
+    try:
+        changes = rundir.check_identity(cfg)
+        old = rundir.read_config(run_dir) or {}
+        done = rundir.read_done(run_dir)
+        if rundir.finished_for(done, cfg, old.get("train.epochs")):
+            say(f"resnext_dist: {run_dir} is already finished ({done.get('epochs_done', '?')} epochs, step "
+                f"{done.get('step', '?')}); train.epochs=N with a larger N extends it")
+            _leave_as_found(lock, run_dir, existed)
+            return
+        say(f"resnext_dist: run {cfg.run.name}: building data and model ({dist.world_size} process"
+            f"{'es' if dist.world_size > 1 else ''})")
 
-    # ---- build: data, model, optimizer, schedule, state (raises InputError for data that does not fit)
-    parts = builder.build(cfg, dist)
-    state = parts.state
-    resume_from = _resume_path(cfg, ckpt_dir)
-    if resume_from:
-        sd = ckpt.load_file(resume_from)
-        if sd.get("global_batch_size", parts.global_batch) != parts.global_batch:
-            raise ckpt.CheckpointError(
-                f"{resume_from}: trained with global batch {sd['global_batch_size']} (world size "
-                f"{sd.get('world_size')}), now {parts.global_batch}; set optim.global_batch_size="
-                f"{sd['global_batch_size']} to continue the same run on {dist.world_size} processes")
-        state.load_state_dict(sd, resume_from)
-        del sd
-    init_note = ""
-    if cfg.model.init and not resume_from:  # a fresh run starts from given weights (a resume has its own)
-        from resnext_dist.weights import init_model
-        init_note = init_model(state.model, cfg.model.init)
-        if state.ema is not None:  # the average starts from the loaded weights, not from the random ones
-            state.ema.module.load_state_dict(state.model.state_dict())
-    extended = old.get("train.epochs") not in (None, cfg.train.epochs) and resume_from is not None
-    if extended:
-        builder.rebuild_schedule(state, cfg, parts.steps_per_epoch)
-    if stop.requested:  # a stop during start-up: nothing trained, nothing to save
-        raise StopRequested(stop.requested)
+        # ---- build: data, model, optimizer, schedule, state (raises InputError for data that does not fit)
+        parts = builder.build(cfg, dist)
+        state = parts.state
+
+        # ---- resume: rank 0 picks the newest checkpoint that reads, every rank loads that one
+        skipped = []
+        resume_from = ckpt.choose_resume(cfg.checkpoint.resume, ckpt_dir, dist, skipped)
+        if resume_from:
+            sd = ckpt.load_file(resume_from)
+            if sd.get("global_batch_size", parts.global_batch) != parts.global_batch:
+                raise ckpt.CheckpointError(
+                    f"{resume_from}: trained with global batch {sd['global_batch_size']} (world size "
+                    f"{sd.get('world_size')}), now {parts.global_batch}; set optim.global_batch_size="
+                    f"{sd['global_batch_size']} to continue the same run on {dist.world_size} processes")
+            state.load_state_dict(sd, resume_from)
+            del sd
+        init_note = ""
+        if cfg.model.init and not resume_from:  # a fresh run starts from given weights (a resume has its own)
+            from resnext_dist.weights import init_model
+            init_note = init_model(state.model, cfg.model.init)
+            if state.ema is not None:  # the average starts from the loaded weights, not from the random ones
+                state.ema.module.load_state_dict(state.model.state_dict())
+        extended = old.get("train.epochs") not in (None, cfg.train.epochs) and resume_from is not None
+        if extended:
+            builder.rebuild_schedule(state, cfg, parts.steps_per_epoch)
+        if stop.requested:  # a stop during start-up: nothing trained, nothing to save
+            raise StopRequested(stop.requested)
+    except BaseException:
+        _leave_as_found(lock, run_dir, existed)  # a run that never started leaves no trace
+        raise
 
     # ---- from here on the run directory is written (rank 0)
     if dist.is_main:
@@ -107,6 +117,8 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
     own = resume_from and os.path.abspath(resume_from).startswith(os.path.abspath(ckpt_dir) + os.sep)
     tracker = Tracker(cfg, dist, run_dir, run_id=state.mlflow_run_id if own else None)
     state.mlflow_run_id = tracker.run_id
+    for path, reason in skipped:
+        log.write("event", state.step, event="checkpoint_skipped", checkpoint=path, reason=reason)
     if resume_from:
         log.write("event", state.step, event="resumed", checkpoint=resume_from, restart=_restart_count())
 
@@ -144,6 +156,8 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
                            or epoch_end or state.step + 1 == last_step)
                 # The ranks meet every step when nan_check is on (stop, NaN and time-based lines agreed there),
                 # else only at the log steps (stop agreed there).
+                if log_due and not launcher_alive():  # torchrun's agent died: stop with a checkpoint, no orphan
+                    stop.requested = stop.requested or signal.SIGTERM
                 wishes = (stop.requested, dist.is_main and interval.overdue(cfg.train.log_every_s)) \
                     if cfg.train.nan_check or log_due else None
                 loss_sum, wait_s, agreed = train_step(state, batches, ctx, wishes)
@@ -207,6 +221,8 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
         progress.close()
         log.close()
         tracker.close(status)
+        if lock is not None:
+            lock.release()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,12 +314,17 @@ def _summary(log_path: str, state, global_batch: int) -> dict:
             "train_hours": epoch_s / 3600, "mean_img_per_s": sum(speeds) / len(speeds) if speeds else 0.0}
 
 
-def _resume_path(cfg, ckpt_dir) -> Optional[str]:
-    if cfg.checkpoint.resume == "never":
-        return None
-    if cfg.checkpoint.resume == "auto":
-        return ckpt.find_latest(ckpt_dir)
-    return cfg.checkpoint.resume
+def _leave_as_found(lock, run_dir: str, existed: bool) -> None:
+    """Release the run directory; remove it again if this attempt made it and wrote nothing else there."""
+    if lock is None:
+        return
+    lock.release()
+    if not existed:
+        try:
+            os.remove(os.path.join(run_dir, ".lock"))
+            os.rmdir(run_dir)
+        except OSError:
+            pass
 
 
 def _train_res(cfg, epoch: int) -> int:

@@ -18,7 +18,6 @@ from tests.tiny import REPO, TINY, env, free_port, run_train, train_cmd
 from tests.unit.test_checkpoint import crafted, make_state
 
 pytestmark = pytest.mark.slow
-WIRED = "wired by the trainer (train.py calls hold_run_dir / choose_resume / launcher_alive)"
 
 
 def ok(result):
@@ -89,7 +88,6 @@ def test_full_disk_during_a_checkpoint_raises_checkpoint_write_error_on_every_ra
 # Resume: a torn newest checkpoint is skipped for the newest valid one
 
 
-@pytest.mark.xfail(strict=False, reason=WIRED)
 def test_torn_newest_checkpoint_is_skipped_with_a_warning_event(tmp_path):
     run = tmp_path / "run"
     ok(run_train(run, ["train.epochs=1", "checkpoint.every_steps=10", "checkpoint.keep=5"]))
@@ -114,7 +112,6 @@ def _start_trainer(run_dir, overrides):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-@pytest.mark.xfail(strict=False, reason=WIRED)
 def test_two_trainers_on_one_run_directory_one_trains_the_other_exits_2_naming_it(tmp_path):
     run = tmp_path / "run"
     overrides = ["train.epochs=6", "data.synthetic_size=512", "checkpoint.every_steps=8"]
@@ -177,7 +174,6 @@ def _alive(pid):
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-@pytest.mark.xfail(strict=False, reason=WIRED)
 def test_worker_of_a_killed_torchrun_agent_stops_with_a_checkpoint(tmp_path):
     run = tmp_path / "run"
     agent = subprocess.Popen(  # torchrun, even for one process: the agent is what dies here
