@@ -23,13 +23,24 @@ STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 class StopRequested(Exception):
     """Raised by the trainer after it saved a checkpoint in answer to a signal."""
 
-    def __init__(self, signum: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name} after saving a checkpoint")
-        self.signum = signum
+    def __init__(self, signum: int, step: Optional[int] = None):
+        name = signal.Signals(signum).name
+        if step is None:  # during start-up: nothing trained yet
+            text = f"stopped by {name} before training started; nothing to save"
+        else:
+            text = f"stopped by {name} after saving a checkpoint at step {step}"
+            if signum == signal.SIGUSR2:
+                text += "; the job is to be requeued and resumes there"
+        super().__init__(text)
+        self.signum, self.step = signum, step
 
     @property
     def exit_code(self) -> int:
-        return 128 + self.signum
+        """128 + the signal (140 = SIGUSR2, "checkpointed, requeue me"); RESNEXT_DIST_STOP_EXIT_CODE overrides it
+        for launchers that read any non-zero worker exit as a failure (slurm/torchrun.sbatch sets 0 and
+        requeues on the signal it passed on)."""
+        override = os.environ.get("RESNEXT_DIST_STOP_EXIT_CODE", "")
+        return int(override) if override.isdigit() else 128 + self.signum
 
 
 class StopFlag:

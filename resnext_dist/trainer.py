@@ -174,7 +174,7 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
                 if agreed is not None and agreed.stop_signal:
                     saver.save()
                     status = "KILLED"
-                    raise StopRequested(agreed.stop_signal)
+                    raise StopRequested(agreed.stop_signal, state.step)
                 if state.step >= last_step:
                     break
             if state.samples_in_epoch < parts.steps_per_epoch * parts.global_batch:
