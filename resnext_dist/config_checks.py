@@ -85,13 +85,6 @@ def text(v):
     return None if printable(v) else "must be printable text on one line (no newline or control character)"
 
 
-def existing_path_or_empty(v):
-    """Weights to start from: nothing, or a file or folder that is there now (not after an epoch)."""
-    if not v:
-        return None
-    return text(v) or (None if os.path.exists(v) else "no such file or directory")
-
-
 def nonempty_text(v):
     return "must not be empty" if not v else text(v)
 
@@ -155,7 +148,7 @@ RULES: Dict[str, Rule] = {
     "model.layers": optional(block_counts), "model.cardinality": optional(at_least(1)),
     "model.group_width": optional(at_least(1)), "model.base_channels": positive,
     "model.zero_init_residual": typed, "model.blurpool": typed, "model.sync_bn": typed,
-    "model.init": existing_path_or_empty,
+    "model.init": text,  # read (and refused, naming the file) when the run starts, like the data paths
 
     "data.loader": one_of("data.loader"), "data.train": text, "data.val": text, "data.batch_size": positive,
     "data.num_workers": non_negative, "data.train_res": resolution, "data.val_res": resolution,

@@ -125,7 +125,7 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
     total_steps = parts.steps_per_epoch * cfg.train.epochs
     last_step = min(total_steps, cfg.train.max_steps or total_steps)  # train.max_steps: checked here only
     start = _start_record(cfg, dist, parts, resume_from, total_steps,
-                          mlflow=f"run {tracker.run_id or '(starting)'} | {ui_command(cfg)}"
+                          mlflow=f"{'run ' + tracker.run_id if tracker.run_id else 'a new run'} | {ui_command(cfg)}"
                           if cfg.tracking.enabled else "")
     start["init"] = init_note
     log.write("start", state.step, **start)

@@ -35,6 +35,7 @@ def trainer_overrides(cfg: TrainConfig, loader: str, *, run_dir: str, max_steps:
                       world_size: int = 1) -> List[str]:
     """What the bench sets on top of the config for one trainer run: the input, the length, nothing else."""
     out = [f"data.loader={loader}", f"train.max_steps={max_steps}", f"train.log_every_steps={log_every}",
+           "train.log_every_s=0",  # intervals of steps only: a timed line would split one
            f"train.epochs={max_steps}",  # >= 1 step per epoch, so max_steps always ends the run
            "train.progress_bar=false", "tracking.enabled=false", "checkpoint.every_steps=0",
            "checkpoint.resume=never", "data.val=''", "data.val_synthetic_size=0", "run.name=bench",
@@ -50,7 +51,11 @@ def trainer_overrides(cfg: TrainConfig, loader: str, *, run_dir: str, max_steps:
 def summarize_log(records: List[Dict], *, global_batch: int, warmup_intervals: int) -> Dict:
     """Steady-state throughput and data wait from a run's log.jsonl records (see the module docstring)."""
     intervals, prev = [], 0
-    for r in (r for r in records if r.get("kind") == "step"):
+    steps = [r for r in records if r.get("kind") == "step"]
+    for n, r in enumerate(steps):
+        if r["step"] == 1 and n + 1 < len(steps) and steps[n + 1]["step"] > 2:
+            prev = 1  # the trainer's line for its first step (start-up, compile): not an interval of its own
+            continue
         images = (r["step"] - prev) * global_batch
         prev = r["step"]
         elapsed = images / r["img_per_s"] if r["img_per_s"] > 0 else 0.0

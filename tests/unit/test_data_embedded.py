@@ -35,7 +35,8 @@ def test_concurrent_processes_make_it_once_and_all_get_complete_files(tmp_path):
     writes = "".join(err for _, _, err in results)
     assert writes.count("writing the embedded digits (train)") == 1, writes
     assert writes.count("writing the embedded digits (val)") == 1, writes
-    assert sorted(os.listdir(cache)) == [".digits.lock", "digits16_raw_train.beton", "digits16_raw_val.beton"]
+    assert sorted(os.listdir(cache)) == [".digits.lock", "digits16_raw_train.beton", "digits16_raw_train.classes.json",
+                                         "digits16_raw_val.beton", "digits16_raw_val.classes.json"]
 
     from ffcv.reader import Reader
     train, val = paths.pop().split()
