@@ -84,6 +84,7 @@ class CollectiveTimeout(RuntimeError):
 def _train(cfg: TrainConfig, dist: DistInfo) -> None:
     from resnext_dist.data import build_loaders, train_res_for_epoch
     from resnext_dist.tracking import Tracker
+    from resnext_dist.tracking.plot import write_curves
 
     seed_everything(cfg.train)
     run_dir, ckpt_dir = cfg.run.dir, os.path.join(cfg.run.dir, "checkpoints")
@@ -189,7 +190,8 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> None:
             state.epoch += 1
             state.samples_in_epoch = 0
             _emit(log, tracker, record, progress)
-            tracker.flush()
+            if dist.is_main:
+                tracker.log_artifact(write_curves(run_dir))
             save()
 
         # ---- finish: final weights and the DONE marker (rank 0), after every rank is through
@@ -199,6 +201,8 @@ def _train(cfg: TrainConfig, dist: DistInfo) -> None:
             ckpt.atomic_save((ema.module if ema is not None else model).state_dict(), final)
             tracker.log_artifact(os.path.join(run_dir, "config.yaml"))
             tracker.log_artifact(final)
+            tracker.log_model(ema.module if ema is not None else model,
+                              torch.zeros(2, 3, cfg.data.val_res, cfg.data.val_res))
             log.write("event", state.step, event="done")
             tracker.log_artifact(log.path)
             open(os.path.join(run_dir, "DONE"), "w").close()
@@ -226,12 +230,10 @@ def _resume_path(cfg, ckpt_dir):
 
 
 def _emit(log: RunLog, tracker, record: dict, progress=None) -> None:
-    """Rank 0: the JSONL line first (the source of truth), then MLflow, then the terminal."""
+    """Rank 0: the JSONL line (the source of truth, which MLflow reads), then the terminal."""
     record = dict(record)
     kind, step = record.pop("kind"), record.pop("step")
     log.write(kind, step, **record)
-    metrics = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("epoch",)}
-    tracker.log_metrics(metrics, step=step)
     if log.enabled:
         line = f"{kind} step={step} " + " ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
