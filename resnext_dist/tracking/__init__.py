@@ -38,7 +38,7 @@ from resnext_dist.provenance import provenance_tags
 from resnext_dist.tracking.mirror import (MAX_PARAM_VALUE, RUN_FILE, Cursor, Mirror, config_params, configure_http,
                                           is_permanent, metric_key)
 
-__all__ = ["Tracker", "resolve_uri", "ui_command", "config_params", "metric_key", "RUN_FILE", "MAX_PARAM_VALUE",
+__all__ = ["Tracker", "resolve_uri", "ui_command", "experiment_url", "config_params", "metric_key", "RUN_FILE", "MAX_PARAM_VALUE",
            "STATUSES"]
 log = logging.getLogger(__name__)
 STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -54,6 +54,11 @@ def ui_command(cfg) -> str:
     """The command that shows the runs in a browser; for a tracking server, its address (its UI is already up)."""
     uri = resolve_uri(cfg)
     return uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
+
+
+def experiment_url(ui: str, experiment_id: str) -> str:
+    """The runs table of an experiment in the MLflow UI at `ui` (http://host:port): training view, summary columns."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey=training"
 
 
 class Tracker:

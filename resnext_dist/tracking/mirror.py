@@ -27,6 +27,12 @@ log = logging.getLogger(__package__)
 RUN_FILE = "mlflow_run.json"
 METRICS_PER_BATCH, PARAMS_TAGS_PER_BATCH, MAX_PARAM_VALUE, MAX_TAG_VALUE, MAX_KEY = 1000, 100, 6000, 8000, 250
 NOT_METRICS = ("kind", "step", "epoch", "time")
+SUMMARY = ("best_val_top1", "final_val_top1", "epochs_done", "train_hours", "mean_img_per_s")
+# A model-training experiment (the UI's runs table and training charts, not the GenAI overview), and a view of
+# its runs table with the summary metrics as columns, best first, for the link of experiment_url().
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development", "mlflow.sharedViewState.training": json.dumps(
+    {"selectedColumns": [f"metrics.`{k}`" for k in SUMMARY], "orderByKey": "metrics.`best_val_top1`",
+     "orderByAsc": False})}
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- :]")  # what MLflow accepts in metric names
 
 
@@ -155,9 +161,8 @@ class Mirror:
         c, rec = self.client, self.cursor.rec
         exp = c.get_experiment_by_name(rec["experiment"])
         if exp is None:
-            try:  # custom_model_development: the UI opens on the runs table and training charts (not GenAI)
-                c.create_experiment(rec["experiment"], artifact_location=rec.get("artifact_location"),
-                                    tags={"mlflow.experimentKind": "custom_model_development"})
+            try:
+                c.create_experiment(rec["experiment"], artifact_location=rec.get("artifact_location"))
             except Exception:
                 pass  # another run created it meanwhile (or the answer was lost): read it back
             exp = c.get_experiment_by_name(rec["experiment"])
@@ -165,6 +170,8 @@ class Mirror:
                 raise RuntimeError(f"cannot create MLflow experiment {rec['experiment']!r}")
         if exp.lifecycle_stage == "deleted":
             c.restore_experiment(exp.experiment_id)
+        for key, value in EXPERIMENT_TAGS.items():
+            c.set_experiment_tag(exp.experiment_id, key, value)
         # A create whose answer was lost (timeout) may have made the run: find it by this launch's tag.
         found = c.search_runs([exp.experiment_id], filter_string=f"tags.launch_id = '{rec['launch_id']}'",
                               max_results=1)
