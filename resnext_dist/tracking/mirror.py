@@ -169,7 +169,8 @@ class Mirror:
     def _send(self, metrics: list, tags: dict, hwm: Dict[str, int], end: int) -> int:
         from mlflow.entities import Metric, RunTag
         try:
-            self.client.log_batch(self.run_id, [Metric(*m) for m in metrics], tags=[RunTag(*t) for t in tags.items()])
+            self.client.log_batch(self.run_id, [Metric(*m) for m in metrics],
+                                  tags=[RunTag(k, cut(v, MAX_TAG_VALUE)) for k, v in tags.items()])
         except Exception as e:
             if not is_permanent(e):
                 raise

@@ -48,6 +48,7 @@ def draw(run_dirs: Sequence[str], out: str) -> str:
                     ax.plot(*zip(*s[k]), style, color=color, marker="o" if xlabel == "epoch" else None,
                             label=label if style == "-" else None)
             ax.set(xlabel=xlabel, title=title)
+            ax.xaxis.get_major_locator().set_params(integer=True)
     for ax in axes.flat:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
