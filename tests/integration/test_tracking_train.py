@@ -40,6 +40,12 @@ def experiment_of(overrides):
     return next(o.split("=", 1)[1] for o in overrides if o.startswith("tracking.experiment="))
 
 
+def run_name(run_dir, overrides):
+    """The MLflow run is named after the training run: run.name in the run's resolved config."""
+    from omegaconf import OmegaConf
+    return OmegaConf.load(os.path.join(run_dir, "config.yaml")).run.name
+
+
 def history(client, run_id, key):
     return sorted(((m.step, m.value) for m in client.get_metric_history(run_id, key)))
 
@@ -80,8 +86,8 @@ def test_two_rank_run_is_one_mlflow_run_mirroring_the_log(mlflow_server, tmp_pat
     runs = runs_in(client, experiment_of(overrides))
     assert len(runs) == 1, "one MLflow run for a 2-rank training run, not one per rank"
     info, data = runs[0].info, runs[0].data
-    assert info.status == "FINISHED" and info.run_name == "run"
-    assert data.params == config_params(load_config(None, [*TINY, f"run.dir={run}", *overrides]))
+    assert info.status == "FINISHED" and info.run_name == run_name(run, overrides)
+    assert data.params == config_params(load_config(str(run / "config.yaml")))
     assert data.tags["world_size"] == "2" and data.tags["num_nodes"] == "1" and data.tags["device"] == "cpu"
     for key in ("git.commit", "git.dirty", "host", "version.torch", "version.ffcv", "version.resnext_dist"):
         assert data.tags.get(key), key
@@ -96,7 +102,7 @@ def test_two_rank_run_is_one_mlflow_run_mirroring_the_log(mlflow_server, tmp_pat
     (output,) = client.get_run(info.run_id).outputs.model_outputs
     mlflow.set_tracking_uri(mlflow_server)
     loaded = mlflow.pytorch.load_model(f"models:/{output.model_id}")
-    model = build_model(load_config(None, [*TINY, f"run.dir={run}", *overrides]).model).eval()
+    model = build_model(load_config(str(run / "config.yaml")).model).eval()
     model.load_state_dict(torch.load(run / "final_weights.pt", weights_only=True))
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
@@ -247,8 +253,8 @@ def test_sigkill_while_the_server_is_down_loses_nothing_sync(mlflow_server_facto
     sync(run)
     client = client_for(server.uri)
     (mirror,) = runs_in(client, experiment_of(overrides))
-    assert mirror.info.status == "KILLED" and mirror.info.run_name == "run"
-    assert mirror.data.params == config_params(load_config(None, [*TINY, f"run.dir={run}", *overrides]))
+    assert mirror.info.status == "KILLED" and mirror.info.run_name == run_name(run, overrides)
+    assert mirror.data.params == config_params(load_config(str(run / "config.yaml")))
     for key in ("loss", "lr", "img_per_s", "data_wait"):  # every step once (no epoch has ended yet)
         assert [s for s, _ in history(client, mirror.info.run_id, key)] == list(range(1, 7)), key
 
