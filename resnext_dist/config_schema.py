@@ -174,11 +174,13 @@ class TrackingConfig:
     system_metrics: bool = False
     "log CPU/memory/GPU usage through MLflow's system-metrics monitor"
     timeout_s: float = 5.0
-    "HTTP timeout of one MLflow request; unsent metrics are retried at the next epoch end"
+    "HTTP timeout of one MLflow request; unsent records are retried with backoff (1 s doubling to 30 s)"
     close_timeout_s: float = 30.0
-    "at the end, wait up to this long for unsent metrics/artifacts; the rest goes to run.dir/mlflow_outbox.jsonl"
+    "at the end, wait this long for what is unsent; the rest: next attempt or `python -m resnext_dist.tracking sync`"
     system_metrics_interval_s: float = 10.0
     "seconds between two samples of the system metrics"
+    log_model: bool = True
+    "at the end, log the final weights as an MLflow model (signature and input example included)"
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """The run's own log: one JSON object per line in <run dir>/log.jsonl, written by rank 0 only.
 
-This file is the source of truth (it is written first and never depends on the network); MLflow is
-a mirror of it (the tracking package). Each record carries `kind` ("step", "epoch", "event"), the global `step`
-and wall-clock `time`.
+This file is the run's one event stream: it is written first and never depends on the network, and everything
+that reports reads it (the console, MLflow through resnext_dist.tracking, the curves, the bench). Each record is
+`RunLog.write(kind, step, **fields)`: `kind` is one of start | step | epoch | event | summary, `step` the global
+optimizer step, plus the wall-clock `time`. Line-buffered: a crash loses no complete line, and a reader takes
+only lines that end in a newline.
 """
 from __future__ import annotations
 

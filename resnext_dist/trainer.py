@@ -107,16 +107,18 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
         os.makedirs(ckpt_dir, exist_ok=True)
         rundir.write_config(cfg)
         rundir.clear_done(run_dir)
-    log = RunLog(os.path.join(run_dir, "log.jsonl"), enabled=dist.is_main)
     state.config_yaml = to_yaml(cfg)
+    from resnext_dist.tracking import Tracker, ui_command
+    from resnext_dist.tracking.plot import write_curves
+    # The tracker first: it reads log.jsonl from where this attempt starts writing (its cursor).
+    own = resume_from and os.path.abspath(resume_from).startswith(os.path.abspath(ckpt_dir) + os.sep)
+    tracker = Tracker(cfg, dist, run_dir, run_id=state.mlflow_run_id if own else None)
+    state.mlflow_run_id = tracker.run_id
+    log = RunLog(os.path.join(run_dir, "log.jsonl"), enabled=dist.is_main)
     for key, was, now in changes:
         log.write("event", state.step, event="config_changed", key=key, old=was, new=now)
     if extended:
         log.write("event", state.step, event="extended", old_epochs=old["train.epochs"], new_epochs=cfg.train.epochs)
-    from resnext_dist.tracking import Tracker, ui_command
-    own = resume_from and os.path.abspath(resume_from).startswith(os.path.abspath(ckpt_dir) + os.sep)
-    tracker = Tracker(cfg, dist, run_dir, run_id=state.mlflow_run_id if own else None)
-    state.mlflow_run_id = tracker.run_id
     for path, reason in skipped:
         log.write("event", state.step, event="checkpoint_skipped", checkpoint=path, reason=reason)
     if resume_from:
@@ -136,7 +138,7 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
                       parts.accum_steps, cfg.optim.label_smoothing, cfg.train.grad_clip_norm)
     saver = ckpt.Checkpointer(state, ckpt_dir, cfg.checkpoint.keep, cfg.checkpoint.every_steps, dist)
     progress = console.Progress(dist.is_main and cfg.train.progress_bar, parts.steps_per_epoch)
-    emit = _emitter(log, tracker, progress, cfg.train.epochs, total_steps)
+    emit = _emitter(log, progress, cfg.train.epochs, total_steps)
     if cfg.train.compile:
         say("compiling the model (torch.compile): the first steps take longer")
     status = "FAILED"
@@ -192,6 +194,8 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
             state.epoch, state.samples_in_epoch = epoch + 1, 0
             emit(record)
             saver.save()
+            if dist.is_main:
+                tracker.log_artifact(write_curves(run_dir))  # the learning curves so far, as a picture
 
         # ---- finish: final weights, summary and the DONE marker (rank 0), after every rank is through
         saver.save()
@@ -207,6 +211,7 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
             tracker.log_artifact(rundir.config_path(run_dir))
             tracker.log_artifact(weights)
             tracker.log_artifact(export_dir, "export")
+            tracker.log_model(final, torch.zeros(2, 3, cfg.data.val_res, cfg.data.val_res, device=dist.device))
             summary = _summary(log.path, state, parts.global_batch)
             log.write("summary", state.step, **summary)
             log.write("event", state.step, event="done")
@@ -257,17 +262,14 @@ class _Interval:
         return rec
 
 
-def _emitter(log: RunLog, tracker, progress: console.Progress, epochs: int, total_steps: int):
-    """Rank 0: the record goes to log.jsonl (the source of truth), then the terminal."""
+def _emitter(log: RunLog, progress: console.Progress, epochs: int, total_steps: int):
+    """Rank 0: the record goes to log.jsonl (the source of truth; MLflow reads it from there), then the terminal."""
     def emit(record: dict) -> None:
         record = dict(record)
         kind, step = record.pop("kind"), record.pop("step")
         log.write(kind, step, **record)
         if not log.enabled:
             return
-        if hasattr(tracker, "log_metrics"):  # the tracker of old kept its own copy
-            tracker.log_metrics({k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "epoch"},
-                                step=step)
         line = console.step_line({**record, "step": step}, epochs, total_steps) if kind == "step" \
             else console.epoch_lines(record, epochs)
         progress.write(line)

@@ -1,168 +1,212 @@
-"""MLflow mirror of the run log: one MLflow run per training run, from rank 0, never in the way of training.
+"""MLflow as the reader of log.jsonl: one MLflow run per training run, from rank 0, never in the way of training.
 
-    tracker = Tracker(cfg, dist, run_dir, run_id=state.mlflow_run_id)   # no-op unless enabled and dist.is_main
-    tracker.log_metrics({"loss": 2.3, "lr": 0.1}, step=global_step)     # returns at once, never raises
-    tracker.log_artifact(os.path.join(run_dir, "config.yaml"))
-    tracker.flush()                   # at each epoch end: retry what could not be sent yet
-    tracker.close("FINISHED")         # | "FAILED" | "KILLED": final backfill, artifacts, end the run
-    print(ui_command(cfg))            # mlflow ui --backend-store-uri sqlite:////abs/runs/mlflow.db
+    tracker = Tracker(cfg, dist, run_dir, run_id=state.mlflow_run_id)  # before this attempt writes to log.jsonl
+    tracker.log_artifact(path)                # the trainer only appends to log.jsonl; this, in the background
+    tracker.log_model(model, example_input)   # the final model as an MLflow model (unless tracking.log_model=false)
+    tracker.close("FINISHED")                 # | "FAILED" | "KILLED": the rest of log.jsonl, artifacts, end the run
 
-Where it goes: `tracking.uri` (any tracking server or store URI); empty = a sqlite store at
-<run.root>/mlflow.db with artifacts in <run.root>/mlartifacts (absolute paths, so `ui_command` works from anywhere).
-
-This file is the facade the trainer sees. The parts:
-  worker.py  the background thread that makes every MLflow call: queue, backoff, backfill, system metrics
-  remote.py  the MLflow run (create, reopen, params and tags) and the no-duplicate-steps guarantee
-  outbox.py  mlflow_run.json and mlflow_outbox.jsonl in the run dir (what close() could not send)
-  format.py  params, tags and metric names within MLflow's limits
-  sync.py, __main__.py  `python -m resnext_dist.tracking sync RUN_DIR`: deliver an outbox after the fact
-
-The run id is kept in the checkpoint (the trainer passes it back as `run_id`) and in <run dir>/mlflow_run.json,
-which covers a crash before the first checkpoint: with run_id=None and checkpoint.resume != never, the run
-recorded there (same tracking URI) is reopened. Tags: git commit and dirty flag, world size, nodes, device,
-Slurm job id, host, versions (provenance.py).
-
-mlflow is imported only when a Tracker is enabled on the main rank (the import takes seconds).
+One thread (rank 0, when enabled) runs mirror.Mirror: it sends new complete lines of log.jsonl in batches from
+the cursor in <run dir>/mlflow_run.json and backs off when the server is away (1 s doubling to 30 s, one warning
+per outage). What close() could not send within tracking.close_timeout_s stays after the cursor, for the next
+attempt of the run or `python -m resnext_dist.tracking sync RUN_DIR`. The run id is in the checkpoint (passed back
+as `run_id`) and in the cursor (a crash before the first checkpoint). A new run in a run dir whose cursor names a
+run still RUNNING (its trainer gone, e.g. checkpoint.resume=never) ends that one KILLED, with an event in log.jsonl.
 """
 from __future__ import annotations
 
 import atexit
+import collections
+import copy
+import json
 import logging
 import os
 import shlex
+import threading
 import time
-from typing import Any, Dict, Optional
+import uuid
+from typing import Optional
 
+from resnext_dist.errors import one_line
 from resnext_dist.provenance import provenance_tags
-from resnext_dist.tracking.format import (MAX_KEY, MAX_PARAM_VALUE, MAX_TAG_VALUE, METRICS_PER_BATCH,
-                                          PARAMS_TAGS_PER_BATCH, Point, config_params, metric_key)
-from resnext_dist.tracking.outbox import OUTBOX_FILE, RUN_FILE, outbox_paths, read_outbox, recorded_run_id
-from resnext_dist.tracking.remote import RemoteRun, configure_http
-from resnext_dist.tracking.sync import sync_outbox
-from resnext_dist.tracking.worker import Sender
+from resnext_dist.tracking.mirror import (MAX_PARAM_VALUE, RUN_FILE, Mirror, config_params, configure_http,
+                                          is_permanent, metric_key, read_cursor)
 
-__all__ = [
-    "Tracker", "resolve_uri", "default_artifact_location", "ui_command", "config_params", "metric_key",
-    "sync_outbox", "outbox_paths", "read_outbox", "STATUSES", "RUN_FILE", "OUTBOX_FILE", "METRICS_PER_BATCH",
-    "PARAMS_TAGS_PER_BATCH", "MAX_PARAM_VALUE", "MAX_TAG_VALUE", "MAX_KEY", "Point",
-]
-
+__all__ = ["Tracker", "resolve_uri", "ui_command", "experiment_url", "config_params", "metric_key", "RUN_FILE",
+           "MAX_PARAM_VALUE"]
 log = logging.getLogger(__name__)
-
 STATUSES = ("FINISHED", "FAILED", "KILLED")
+POLL_S, BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 1.0, 30.0
 
 
 def resolve_uri(cfg) -> str:
-    """`tracking.uri`, or the default sqlite store in the runs root (absolute)."""
-    if cfg.tracking.uri:
-        return cfg.tracking.uri
-    return "sqlite:///" + os.path.join(os.path.abspath(cfg.run.root), "mlflow.db")
-
-
-def default_artifact_location(cfg) -> Optional[str]:
-    """Artifacts next to the default store; a configured store or server decides for itself."""
-    if cfg.tracking.uri:
-        return None
-    return os.path.join(os.path.abspath(cfg.run.root), "mlartifacts")
+    """`tracking.uri`, or a sqlite store at <run.root>/mlflow.db (absolute: ui_command works from anywhere)."""
+    return cfg.tracking.uri or "sqlite:///" + os.path.join(os.path.abspath(cfg.run.root), "mlflow.db")
 
 
 def ui_command(cfg) -> str:
     """The command that shows the runs in a browser; for a tracking server, its address (its UI is already up)."""
     uri = resolve_uri(cfg)
-    if uri.startswith(("http://", "https://")):
-        return uri
-    return f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
+    return uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
+
+
+def experiment_url(ui: str, experiment_id: str) -> str:
+    """The runs table of an experiment in the MLflow UI at `ui`: training view, summary columns, best run first."""
+    view = "workflowType=machine_learning&viewStateShareKey=training"  # see mirror.EXPERIMENT_TAGS
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{view}"
 
 
 class Tracker:
     """See the module docstring. Every public method is a no-op when tracking is off or not on the main rank."""
 
     def __init__(self, cfg, dist, run_dir: str, run_id: Optional[str] = None):
-        self.enabled = bool(cfg.tracking.enabled and dist.is_main)
-        self._closed = False
-        self._remote: Optional[RemoteRun] = None
+        self.enabled, self._closed, self._mirror = bool(cfg.tracking.enabled and dist.is_main), False, None
         if not self.enabled:
             return
-        t = cfg.tracking
-        self.uri = resolve_uri(cfg)
-        self.run_dir = os.path.abspath(run_dir)
-        timeout_s = max(0.1, float(t.timeout_s))
-        resume_never = cfg.checkpoint.resume == "never"
-        # No run id from a checkpoint: the run of an earlier attempt that died before its first checkpoint.
-        wanted = run_id or (None if resume_never else recorded_run_id(self.run_dir, self.uri))
-        self._remote = RemoteRun(self.uri, self.run_dir, t.experiment, cfg.run.name, default_artifact_location(cfg),
-                                 config_params(cfg), provenance_tags(dist, self.run_dir), wanted)
-        self._key_cache: Dict[str, str] = {}
-
-        configure_http(timeout_s)
+        t, self.uri, self.run_dir = cfg.tracking, resolve_uri(cfg), os.path.abspath(run_dir)
         os.makedirs(self.run_dir, exist_ok=True)
         if self.uri.startswith("sqlite:///"):
-            os.makedirs(os.path.dirname(self.uri[len("sqlite:///"):]) or ".", exist_ok=True)
+            os.makedirs(os.path.dirname(self.uri[len("sqlite:///"):]), exist_ok=True)
         try:
-            import mlflow  # noqa: F401  (seconds: only here, on the main rank, when enabled)
+            from mlflow import MlflowClient  # seconds: only here, on the main rank, when enabled
         except Exception as e:
             log.warning("MLflow tracking off: cannot import mlflow (%s); log.jsonl is still written", e)
             self.enabled = False
             return
-        self._sender = Sender(self._remote, resume_never=resume_never,
-                              close_timeout_s=max(0.0, float(t.close_timeout_s)),
-                              system_metrics=bool(t.system_metrics),
-                              interval_s=max(0.1, float(t.system_metrics_interval_s)))
-        self._sender.start()
-        # Give the run a moment to exist so the first checkpoint can carry its id; a slow or absent
-        # server (or a fresh sqlite store, ~15 s of migrations) does not hold training up longer.
-        self._sender.first_try.wait(timeout_s + 1.0)
-        atexit.register(self._at_exit)
+        self._t = t
+        configure_http(max(0.1, t.timeout_s))
+        log_path = os.path.join(self.run_dir, "log.jsonl")
+        end = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+        old = read_cursor(self.run_dir)
+        old = old if old is not None and old.get("tracking_uri") == self.uri else None
+        self._stale = None
+        if old is not None and cfg.checkpoint.resume != "never" and run_id in (None, old.get("run_id")):
+            rec = dict(old, status=None)  # this run goes on from its cursor
+        else:
+            self._stale = old if old is not None and old.get("run_id") not in (None, run_id) else None
+            rec = {"run_id": run_id, "tracking_uri": self.uri, "experiment": t.experiment, "run_name": cfg.run.name,
+                   "artifact_location": None if t.uri else os.path.join(os.path.abspath(cfg.run.root), "mlartifacts"),
+                   "launch_id": uuid.uuid4().hex, "start": end, "offset": end}
+        self._reopen, pending = rec["run_id"] is not None, rec.get("artifacts", [])
+        self._mirror = Mirror(MlflowClient(tracking_uri=self.uri), self.run_dir, rec, config_params(cfg))
+        self._mirror.save(tags=provenance_tags(dist, self.run_dir), artifacts=[],
+                          constants=["val_images"] + ([] if cfg.data.min_train_res else ["res"]))  # not charts
+        self._jobs = collections.deque(("artifact", p, a) for p, a in pending)
+        self._lock, self._wake, self._first = threading.Lock(), threading.Event(), threading.Event()
+        self._done, self._abort, self._status, self._monitor = threading.Event(), threading.Event(), None, None
+        threading.Thread(target=self._work, name="mlflow-tracker", daemon=True).start()
+        # A moment for the run to exist, so the first checkpoint carries its id; an absent server holds up no longer.
+        self._first.wait(max(0.1, t.timeout_s) + 1.0)
+        atexit.register(self.close, "FAILED")  # the interpreter exits without close(): a bug, an unhandled error
 
     @property
     def run_id(self) -> Optional[str]:
         """The MLflow run id once the run exists (None while disabled or before the server answered)."""
-        return self._remote.run_id if self._remote is not None else None
-
-    def log_metrics(self, metrics: Dict[str, Any], step: int) -> None:
-        """Queue numeric values at `step` (global step); non-numeric values are skipped. Never blocks or raises."""
-        if not self.enabled or self._closed:
-            return
-        try:
-            ts = int(time.time() * 1000)
-            step = int(step)
-            points = []
-            for key, value in metrics.items():
-                try:
-                    value = float(value)
-                except Exception:  # strings, multi-element tensors, None: not a metric
-                    continue
-                name = self._key_cache.get(key)
-                if name is None:
-                    name = self._key_cache[key] = metric_key(key)
-                points.append((name, value, ts, step))
-            self._sender.put(points)
-        except Exception as e:  # tracking must never break a training step
-            log.debug("log_metrics failed: %s", e)
+        return self._mirror.run_id if self._mirror is not None else None
 
     def log_artifact(self, path: str, artifact_path: Optional[str] = None) -> None:
-        """Upload a file or folder (read when sent: a growing log goes as it is then). Best effort, never blocks."""
-        if not self.enabled or self._closed:
-            return
-        self._sender.add_artifact(os.path.abspath(path), artifact_path)
+        """Upload a file or folder (read when sent), in the background. Best effort, never blocks."""
+        self._add(("artifact", os.path.abspath(path), artifact_path))
 
-    def flush(self) -> None:
-        """Retry now what could not be sent (backfill) and wait up to ~1 s for the queue to drain."""
-        if not self.enabled or self._closed:
-            return
-        self._sender.flush()
+    def log_model(self, model, example_input) -> None:
+        """Log a CPU copy of `model` as the MLflow model "model", its signature and input example from
+        `example_input` (a batch of 2 or more: batch size 1 would be fixed in the export), in the background."""
+        if self.enabled and self._t.log_model and not self._closed:
+            self._add(("model", copy.deepcopy(model).cpu().eval(), example_input.detach().cpu().numpy()))
 
     def close(self, status: str = "FINISHED") -> None:
-        """Send everything, end the run with `status`; after `tracking.close_timeout_s`, spool the rest."""
+        """Send the rest of log.jsonl and the artifacts, end the run; give up after tracking.close_timeout_s."""
         if not self.enabled or self._closed:
             return
-        self._closed = True
-        if status not in STATUSES:
-            log.warning("unknown MLflow run status %r; using FAILED", status)
-            status = "FAILED"
-        self._sender.close(status)
+        self._closed, self._status = True, status if status in STATUSES else "FAILED"
+        self._wake.set()
+        if self._done.wait(max(0.0, self._t.close_timeout_s)):
+            return
+        self._abort.set()
+        with self._lock:
+            self._mirror.save(status=self._status, artifacts=[[p, a] for k, p, a in self._jobs if k == "artifact"])
+        log.warning("MLflow at %s did not take everything within %.0f s; the rest is sent when this run resumes, "
+                    "or by: python -m resnext_dist.tracking sync %s", self.uri, self._t.close_timeout_s, self.run_dir)
 
-    def _at_exit(self) -> None:
-        # The interpreter is exiting without close() (a bug or an unhandled error): don't leave it RUNNING.
+    def _add(self, job) -> None:
         if self.enabled and not self._closed:
-            self.close("FAILED")
+            with self._lock:
+                self._jobs.append(job)
+            self._wake.set()
+
+    def _work(self) -> None:
+        """The thread: every MLflow call happens here."""
+        backoff, down, m = BACKOFF_MIN_S, False, self._mirror
+        while not self._abort.is_set():
+            status = self._status
+            try:
+                if self._stale is not None:
+                    self._close_stale()
+                m.setup(self._reopen)
+                self._first.set()
+                if self._t.system_metrics and self._monitor is None and status is None:
+                    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+                    self._monitor = SystemMetricsMonitor(m.run_id, max(0.1, self._t.system_metrics_interval_s),
+                                                         resume_logging=True, tracking_uri=self.uri)
+                    self._monitor.start()
+                m.send_new(self._abort)
+                self._run_jobs()
+                if status is not None:
+                    if self._monitor is not None:
+                        self._monitor.finish()
+                    m.client.set_terminated(m.run_id, status)
+                    m.save(status=status)
+                    self._done.set()
+                    return
+                if down:
+                    log.info("MLflow at %s answers again; backlog sent", self.uri)
+                backoff, down, wait = BACKOFF_MIN_S, False, POLL_S
+            except Exception as e:
+                self._first.set()
+                if not down:  # one warning per outage
+                    log.warning("MLflow at %s is not answering (%s); training goes on, log.jsonl is complete and is "
+                                "sent when it is back", self.uri, one_line(e, 300))
+                down, wait, backoff = True, min(backoff, 2.0) if status else backoff, min(2 * backoff, BACKOFF_MAX_S)
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def _run_jobs(self) -> None:
+        while not self._abort.is_set():
+            with self._lock:
+                if not self._jobs:
+                    return
+                kind, a, b = self._jobs[0]
+            try:
+                if kind == "artifact":
+                    self._mirror.upload(a, b)
+                else:
+                    import mlflow.pytorch
+                    import torch
+                    # the fluent API's store and experiment (process-wide: rank 0 talks to this one run only)
+                    mlflow.set_tracking_uri(self.uri)
+                    mlflow.set_experiment(experiment_id=self._mirror.client.get_run(self.run_id).info.experiment_id)
+                    mlflow.pytorch.log_model(a, name="model", input_example=b, run_id=self.run_id,
+                                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+            except Exception as e:
+                if not is_permanent(e):
+                    raise
+                log.warning("MLflow: %s %s not logged (%s)", kind, a if kind == "artifact" else "", one_line(e, 300))
+            with self._lock:
+                self._jobs.popleft()
+
+    def _close_stale(self) -> None:
+        """The run this run dir tracked before is still RUNNING, its trainer gone: end it, and say so."""
+        old_id, status, c = self._stale["run_id"], self._stale.get("status") or "KILLED", self._mirror.client
+        try:
+            running = c.get_run(old_id).info.status == "RUNNING"
+        except Exception as e:
+            if not is_permanent(e):
+                raise
+            running = False
+        if running:
+            c.set_terminated(old_id, status)
+            event = {"kind": "event", "step": 0, "time": round(time.time(), 3), "event": "mlflow_run_closed",
+                     "run_id": old_id, "status": status, "why": "its trainer is gone; this run dir tracks a new run"}
+            with open(os.path.join(self.run_dir, "log.jsonl"), "a") as f:
+                f.write(json.dumps(event) + "\n")  # one append of one line: the trainer's lines stay whole
+            log.warning("MLflow run %s was still RUNNING without a trainer; marked %s", old_id, status)
+        self._stale = None

@@ -1,29 +1,31 @@
-"""`python -m resnext_dist.tracking sync RUN_DIR`: send what a run could not send to MLflow (its outbox).
+"""`python -m resnext_dist.tracking sync RUN_DIR` | `plot RUN_DIR [RUN_DIR ...] [-o out.png]`.
 
-Exit 0 when everything was sent (or there was nothing to send), 1 with a one-line error otherwise.
+sync: the Tracker's reader run once to the end of log.jsonl (for a run whose server was away), then what close()
+left and the final status. plot: learning curves (plot.py). Exit 0, or 1 with a one-line error.
 """
-from __future__ import annotations
-
 import argparse
 import sys
-from typing import List, Optional
 
 from resnext_dist.errors import one_line
-from resnext_dist.tracking.sync import sync_outbox
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m resnext_dist.tracking",
-                                     description="MLflow helpers for resnext_dist run directories")
+                                     description="MLflow sync and learning curves of resnext_dist run directories")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p_sync = sub.add_parser("sync", help="send what a run could not send to MLflow (its mlflow_outbox.jsonl)")
-    p_sync.add_argument("run_dir")
-    p_sync.add_argument("--timeout-s", type=float, default=30.0, help="HTTP timeout of one request")
+    p = sub.add_parser("sync", help="send what a run has not sent to MLflow yet, and end its MLflow run")
+    p.add_argument("run_dir")
+    p.add_argument("--timeout-s", type=float, default=30.0, help="HTTP timeout of one request")
+    p = sub.add_parser("plot", help="learning curves of one or several runs, from their log.jsonl")
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("-o", "--out", default="curves.png")
     args = parser.parse_args(argv)
     try:
-        return sync_outbox(args.run_dir, args.timeout_s)
+        from resnext_dist.tracking import mirror, plot
+        print(mirror.sync(args.run_dir, args.timeout_s) if args.cmd == "sync" else plot.draw(args.run_dirs, args.out))
+        return 0
     except Exception as e:
-        print(f"sync failed: {one_line(e)}", file=sys.stderr)
+        print(f"{args.cmd} failed: {one_line(e)}", file=sys.stderr)
         return 1
 
 

@@ -1,7 +1,8 @@
 """MLflow tracking of real training runs (2 ranks under torchrun or srun-style env, tiny net, synthetic data)
 against a real `mlflow server`: one MLflow run per training run, across a torchrun restart, a signal and a
 resume; the MLflow history mirrors log.jsonl step for step; a server outage neither slows training nor leaves
-holes; an exception marks the run FAILED."""
+holes, and a trainer SIGKILLed during an outage loses nothing; an exception marks the run FAILED; the final
+model loads back through MLflow with the same logits."""
 import json
 import os
 import signal
@@ -21,6 +22,7 @@ from tests.plugins.mlflow_server import client_for, runs_in
 pytestmark = [pytest.mark.slow, pytest.mark.mlflow]
 
 NOT_METRICS = {"kind", "step", "time", "epoch"}  # log.jsonl fields that are not MLflow metrics
+CONSTANTS = {"res", "val_images"}  # fixed resolution (data.min_train_res=0) and val set size: tags, not charts
 
 
 def ok(result):
@@ -38,14 +40,23 @@ def experiment_of(overrides):
     return next(o.split("=", 1)[1] for o in overrides if o.startswith("tracking.experiment="))
 
 
+def run_name(run_dir, overrides):
+    """The MLflow run is named after the training run: run.name in the run's resolved config."""
+    from omegaconf import OmegaConf
+    return OmegaConf.load(os.path.join(run_dir, "config.yaml")).run.name
+
+
 def history(client, run_id, key):
     return sorted(((m.step, m.value) for m in client.get_metric_history(run_id, key)))
 
 
 def logged_metrics(run_dir):
-    """key -> step -> set of values, from log.jsonl (a resumed run may log a step twice)."""
+    """key -> step -> set of values, from log.jsonl's metric records (a resumed run may log a step twice).
+    Events are not metrics (they stay in log.jsonl)."""
     out = defaultdict(lambda: defaultdict(set))
     for r in read_log(os.path.join(run_dir, "log.jsonl")):
+        if r["kind"] not in ("step", "epoch", "summary"):
+            continue
         for k, v in r.items():
             if k not in NOT_METRICS and isinstance(v, (int, float)):
                 out[k][r["step"]].add(float(v))
@@ -53,10 +64,15 @@ def logged_metrics(run_dir):
 
 
 def assert_mirrors_log(client, run_id, run_dir):
-    """Every numeric log.jsonl field is an MLflow metric with every logged step exactly once."""
+    """Every numeric log.jsonl field is an MLflow metric with every logged step exactly once (constants: a tag)."""
     logged = logged_metrics(run_dir)
     assert {"loss", "lr", "img_per_s", "data_wait", "val_top1", "val_top5", "val_loss", "epoch_time_s"} <= logged.keys()
+    tags, metrics = client.get_run(run_id).data.tags, client.get_run(run_id).data.metrics
+    for key in CONSTANTS & logged.keys():
+        assert {float(tags[key])} == set().union(*logged[key].values()) and key not in metrics, key
     for key, steps in logged.items():
+        if key in CONSTANTS:
+            continue
         got = history(client, run_id, key)
         assert [s for s, _ in got] == sorted(steps), f"{key}: MLflow steps differ from log.jsonl"
         assert all(v in steps[s] for s, v in got), f"{key}: a value that log.jsonl does not have"
@@ -70,14 +86,27 @@ def test_two_rank_run_is_one_mlflow_run_mirroring_the_log(mlflow_server, tmp_pat
     runs = runs_in(client, experiment_of(overrides))
     assert len(runs) == 1, "one MLflow run for a 2-rank training run, not one per rank"
     info, data = runs[0].info, runs[0].data
-    assert info.status == "FINISHED" and info.run_name == "run"
-    assert data.params == config_params(load_config(None, [*TINY, f"run.dir={run}", *overrides]))
+    assert info.status == "FINISHED" and info.run_name == run_name(run, overrides)
+    assert data.params == config_params(load_config(str(run / "config.yaml")))
     assert data.tags["world_size"] == "2" and data.tags["num_nodes"] == "1" and data.tags["device"] == "cpu"
     for key in ("git.commit", "git.dirty", "host", "version.torch", "version.ffcv", "version.resnext_dist"):
         assert data.tags.get(key), key
     assert_mirrors_log(client, info.run_id, run)
     assert sorted(a.path for a in client.list_artifacts(info.run_id)) == \
-        ["config.yaml", "final_weights.pt", "log.jsonl"]
+        ["config.yaml", "curves.png", "final_weights.pt", "log.jsonl"]
+    assert (run / "curves.png").stat().st_size > 10_000
+    # the final model, logged as an MLflow model: MLflow's own loader gives the logits of final_weights.pt
+    import mlflow.pytorch
+    import torch
+    from resnext_dist.models import build_model
+    (output,) = client.get_run(info.run_id).outputs.model_outputs
+    mlflow.set_tracking_uri(mlflow_server)
+    loaded = mlflow.pytorch.load_model(f"models:/{output.model_id}")
+    model = build_model(load_config(str(run / "config.yaml")).model).eval()
+    model.load_state_dict(torch.load(run / "final_weights.pt", weights_only=True))
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)
     assert json.loads((run / RUN_FILE).read_text())["run_id"] == info.run_id
     from tests.tiny import last_checkpoint
     assert last_checkpoint(run)["mlflow_run_id"] == info.run_id  # what a resume reopens
@@ -106,7 +135,8 @@ def test_resume_after_rank0_is_killed_continues_the_same_run(mlflow_server, tmp_
 
 def test_torchrun_restart_after_a_rank_dies_continues_the_same_run(mlflow_server, tmp_path):
     run = tmp_path / "run"
-    overrides = tracked(mlflow_server, "train.epochs=2", "train.log_every_steps=1", "checkpoint.every_steps=4")
+    overrides = tracked(mlflow_server, "train.epochs=2", "train.log_every_steps=1", "checkpoint.every_steps=4",
+                        "tracking.log_model=false")
     ok(run_train(run, overrides, nproc=2, extra_torchrun=["--max-restarts=1"], RESNEXT_DIST_FAULT="kill@1:6:0"))
     events = [r for r in read_log(run / "log.jsonl") if r["kind"] == "event"]
     assert events[0]["event"] == "resumed" and events[0]["restart"] == 1
@@ -115,14 +145,15 @@ def test_torchrun_restart_after_a_rank_dies_continues_the_same_run(mlflow_server
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert runs[0].data.tags["attempt"] == "2" and runs[0].data.tags["torchrun.restart_count"] == "1"
     assert_mirrors_log(client, runs[0].info.run_id, run)
+    assert not client.get_run(runs[0].info.run_id).outputs.model_outputs  # tracking.log_model=false
 
 
-def _launch_two(run_dir, overrides):
+def _launch_two(run_dir, overrides, nproc=2):
     """Two ranks with only the env:// variables (as srun + our launcher set them): each can be signalled."""
     port = free_port()
     procs = []
-    for rank in (0, 1):
-        e = env(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=2, LOCAL_WORLD_SIZE=2, MASTER_ADDR="127.0.0.1",
+    for rank in range(nproc):
+        e = env(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=nproc, LOCAL_WORLD_SIZE=nproc, MASTER_ADDR="127.0.0.1",
                 MASTER_PORT=port)
         procs.append(subprocess.Popen([PYTHON, "-m", "resnext_dist.train", *TINY, f"run.dir={run_dir}", *overrides],
                                       cwd=REPO, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -197,3 +228,71 @@ def test_exception_marks_the_run_failed(mlflow_server, tmp_path):
     runs = runs_in(client, experiment_of(overrides))
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert [s for s, _ in history(client, runs[0].info.run_id, "loss")] == [1, 2]
+
+
+def sync(run_dir):
+    return ok(subprocess.run([PYTHON, "-m", "resnext_dist.tracking", "sync", str(run_dir)], cwd=REPO, env=env(),
+                             capture_output=True, text=True, timeout=120))
+
+
+def test_sigkill_while_the_server_is_down_loses_nothing_sync(mlflow_server_factory, tmp_path):
+    """The server is away for the whole attempt, which is SIGKILLed in step 7 (no close, nothing sent). When the
+    server is back, `sync` sends every step once and ends the run KILLED; the requeued attempt (resumed from the
+    checkpoint at step 4, so steps 5-6 are logged again) continues the same run to FINISHED, no step twice."""
+    server = mlflow_server_factory()
+    server.stop()
+    run = tmp_path / "run"
+    overrides = tracked(server.uri, "train.epochs=1", "train.log_every_steps=1", "checkpoint.every_steps=4",
+                        "tracking.log_model=false")
+    r = run_train(run, overrides, nproc=1, RESNEXT_DIST_FAULT="kill@0:7")
+    assert r.returncode == -9, r.stderr[-2000:]
+    assert _last_step(run / "log.jsonl") == 6  # step 7 was not logged
+    assert json.loads((run / RUN_FILE).read_text())["offset"] == 0  # nothing could be sent
+
+    server.start()  # same port, same (empty) database
+    sync(run)
+    client = client_for(server.uri)
+    (mirror,) = runs_in(client, experiment_of(overrides))
+    assert mirror.info.status == "KILLED" and mirror.info.run_name == run_name(run, overrides)
+    assert mirror.data.params == config_params(load_config(str(run / "config.yaml")))
+    for key in ("loss", "lr", "img_per_s", "data_wait"):  # every step once (no epoch has ended yet)
+        assert [s for s, _ in history(client, mirror.info.run_id, key)] == list(range(1, 7)), key
+
+    ok(run_train(run, overrides, nproc=1))
+    runs = runs_in(client, experiment_of(overrides))
+    assert [x.info.run_id for x in runs] == [mirror.info.run_id] and runs[0].info.status == "FINISHED"
+    assert [s for s, _ in history(client, mirror.info.run_id, "loss")] == list(range(1, 33))
+    assert_mirrors_log(client, mirror.info.run_id, run)
+
+
+def test_sigkill_during_an_outage_then_restart_loses_nothing(mlflow_server_factory, tmp_path):
+    """The server stops mid-run; the trainer is SIGKILLed during the outage (its backlog unsent); the server
+    comes back and the run is started again (a requeue, no sync): one MLflow run, every step exactly once."""
+    server = mlflow_server_factory()
+    run, log = tmp_path / "run", tmp_path / "run" / "log.jsonl"
+    overrides = tracked(server.uri, "train.epochs=1000", "train.log_every_steps=1", "checkpoint.every_steps=4",
+                        "tracking.log_model=false")
+    (proc,) = _launch_two(run, overrides, nproc=1)
+    try:
+        _wait_until(lambda: _last_step(log) >= 3, 180, "training to start")
+        server.stop()
+        down_from = _last_step(log)
+        _wait_until(lambda: _last_step(log) >= down_from + 6, 120, "training to go on while MLflow is down")
+        proc.kill()
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    logged = _last_step(log)
+    assert json.loads((run / RUN_FILE).read_text())["offset"] < log.stat().st_size, "a backlog was left unsent"
+
+    server.start()
+    from tests.tiny import last_checkpoint
+    epochs = last_checkpoint(run)["epoch"] + 1  # finish the epoch it was killed in (32 steps each)
+    ok(run_train(run, [o for o in overrides if not o.startswith("train.epochs=")] + [f"train.epochs={epochs}"]))
+    client = client_for(server.uri)
+    runs = runs_in(client, experiment_of(overrides))
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags["attempt"] == "2"
+    loss = history(client, runs[0].info.run_id, "loss")
+    assert [s for s, _ in loss] == list(range(1, 32 * epochs + 1)) and logged >= down_from + 6
+    assert_mirrors_log(client, runs[0].info.run_id, run)

@@ -1,4 +1,5 @@
-"""resnext_dist.tracking without a server: URIs, params/metric-name formatting, provenance tags, and the off switches."""
+"""resnext_dist.tracking without a server: URIs, params/metric-name formatting, provenance tags, the off switches,
+and the learning-curve pictures."""
 import os
 import subprocess
 import sys
@@ -96,7 +97,7 @@ off = Tracker(load_config(None, ["tracking.enabled=false", f"run.root={root}"]),
 rank1 = Tracker(load_config(None, [f"run.root={root}"]), DistInfo(rank=1, world_size=2), root + "/b")
 for t in (off, rank1):
     assert t.run_id is None and not t.enabled
-    t.log_metrics({"loss": 1.0}, step=1); t.log_artifact(root + "/x"); t.flush(); t.close("FINISHED")
+    t.log_artifact(root + "/x"); t.log_model(torch.nn.Linear(2, 2), torch.zeros(2, 2)); t.close("FINISHED")
 assert "mlflow" not in sys.modules, "mlflow imported although tracking is off"
 print("ok")
 """
@@ -107,3 +108,43 @@ def test_disabled_or_not_main_rank_is_a_no_op(tmp_path):
                        timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
     assert os.listdir(tmp_path) == []  # no store, no run file
+
+
+def _fake_run(run_dir, lr_scale=1.0):
+    from resnext_dist.runlog import RunLog
+    os.makedirs(run_dir)
+    log = RunLog(os.path.join(run_dir, "log.jsonl"))
+    log.write("start", 0, world_size=1)
+    for step in range(1, 41):
+        log.write("step", step, epoch=(step - 1) // 10, loss=3.0 / step, lr=0.1 * lr_scale, data_wait=0.01)
+        if step % 10 == 0:
+            log.write("epoch", step, epoch=step // 10 - 1, val_top1=step / 50, val_top5=step / 45)
+    log.close()
+    with open(os.path.join(run_dir, "log.jsonl"), "a") as f:
+        f.write('{"kind": "step", "step": 41, "lo')  # a line still being written: skipped
+
+
+def test_curves_are_drawn_from_the_log(tmp_path):
+    from resnext_dist.tracking.plot import series, write_curves
+    run = str(tmp_path / "a")
+    _fake_run(run)
+    s = series(run)
+    assert s["loss"][:2] == [(1, 3.0), (2, 1.5)] and len(s["loss"]) == 40
+    assert s["val_top1"] == [(e, e * 10 / 50) for e in range(1, 5)]  # against epochs done
+    path = write_curves(run)
+    assert path == os.path.join(run, "curves.png")
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_command_draws_several_runs(tmp_path):
+    _fake_run(str(tmp_path / "a"))
+    _fake_run(str(tmp_path / "b"), lr_scale=2.0)
+    out = tmp_path / "cmp.png"
+    r = subprocess.run([sys.executable, "-m", "resnext_dist.tracking", "plot", str(tmp_path / "a"), str(tmp_path / "b"),
+                        "-o", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == str(out), r.stderr[-2000:]
+    assert out.stat().st_size > 10_000
+    r = subprocess.run([sys.executable, "-m", "resnext_dist.tracking", "plot", str(tmp_path / "nope")], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "plot failed" in r.stderr and len(r.stderr.strip().splitlines()) == 1

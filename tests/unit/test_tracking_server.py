@@ -1,5 +1,8 @@
 """Tracker against a real `mlflow server` (tests/plugins/mlflow_server.py): what lands in MLflow, checked
-through MlflowClient, and how the tracker behaves when the server stops, hangs, or comes back."""
+through MlflowClient, and how the tracker behaves when the server stops, hangs, or comes back.
+
+The "trainer" here writes log.jsonl through runlog.RunLog, as the real one does; the Tracker reads it."""
+import json
 import logging
 import os
 import socket
@@ -12,7 +15,8 @@ import pytest
 
 from resnext_dist.config import load_config
 from resnext_dist.dist import DistInfo
-from resnext_dist.tracking import OUTBOX_FILE, RUN_FILE, Tracker, config_params
+from resnext_dist.runlog import RunLog, read_log
+from resnext_dist.tracking import RUN_FILE, Tracker, config_params
 from tests.plugins.mlflow_server import client_for, runs_in
 
 pytestmark = pytest.mark.mlflow
@@ -26,6 +30,11 @@ def make_cfg(tmp_path, uri, *overrides):
     return load_config(None, [f"tracking.uri={uri}", f"tracking.experiment={experiment}", f"run.root={tmp_path}",
                               "run.name=tiny", "tracking.timeout_s=1", "tracking.close_timeout_s=20",
                               *overrides])
+
+
+def run_log(run_dir) -> RunLog:
+    os.makedirs(run_dir, exist_ok=True)
+    return RunLog(os.path.join(run_dir, "log.jsonl"))
 
 
 def history(client, run_id, key):
@@ -52,6 +61,15 @@ def wait_for(predicate, timeout=15.0):
     return predicate()
 
 
+def cursor(run_dir) -> dict:
+    return json.loads((run_dir / RUN_FILE).read_text())
+
+
+def all_sent(run_dir) -> bool:
+    """The cursor is at the end of log.jsonl: MLflow holds every record."""
+    return cursor(run_dir)["offset"] == (run_dir / "log.jsonl").stat().st_size
+
+
 # ----------------------------------------------------------------------------------------------
 # What a run holds
 
@@ -61,11 +79,16 @@ def test_one_run_with_params_tags_metric_history_and_artifacts(mlflow_server, tm
     run_dir = tmp_path / "run"
     tracker = Tracker(cfg, DistInfo(), str(run_dir))
     assert tracker.run_id, "the run exists before training starts when the server answers"
+    log = run_log(run_dir)
+    log.write("start", 0, world_size=1, backend="gloo", model="resnext50_32x4d", parameters=25_000_000)
     for step in range(1, 51):
-        tracker.log_metrics({"loss": 1.0 / step, "lr": 0.1, "img_per_s": 100.0 + step, "note": "skipped"}, step)
+        log.write("step", step, epoch=(step - 1) // 10, loss=1.0 / step, lr=0.1, img_per_s=100.0 + step, res=224,
+                  note="skipped", finite=True)
         if step % 10 == 0:
-            tracker.log_metrics({"val_top1": step / 100.0}, step)
-            tracker.flush()
+            log.write("epoch", step, epoch=step // 10 - 1, val_top1=step / 100.0, val_images=50)
+            log.write("event", step, event="checkpoint_saved")
+    log.write("summary", 50, best_val_top1=0.5, final_val_top1=0.5, epochs_done=5, train_hours=0.01)
+    log.close()
     (run_dir / "config.yaml").write_text("model:\n  arch: resnext50_32x4d\n")
     tracker.log_artifact(str(run_dir / "config.yaml"))
     (run_dir / "plots").mkdir()
@@ -76,6 +99,8 @@ def test_one_run_with_params_tags_metric_history_and_artifacts(mlflow_server, tm
     client = client_for(mlflow_server)
     runs = runs_in(client, cfg.tracking.experiment)
     assert [r.info.run_id for r in runs] == [tracker.run_id]
+    assert client.get_experiment_by_name(cfg.tracking.experiment).tags["mlflow.experimentKind"] == \
+        "custom_model_development"  # the UI opens on the runs table and training charts
     run = runs[0]
     assert run.info.status == "FINISHED" and run.info.run_name == "tiny"
     assert run.data.params == config_params(cfg)
@@ -84,15 +109,60 @@ def test_one_run_with_params_tags_metric_history_and_artifacts(mlflow_server, tm
                 "version.torch", "version.ffcv", "version.resnext_dist"):
         assert key in tags, key
     assert tags["world_size"] == "1" and tags["device"] == "cpu" and tags["attempt"] == "1"
+    note = tags["mlflow.note.content"]  # the start record, readable, as the run's description
+    assert "| backend | gloo |" in note and "| parameters | 25000000 |" in note
     assert history(client, tracker.run_id, "loss") == [(s, 1.0 / s) for s in range(1, 51)]
     assert [s for s, _ in history(client, tracker.run_id, "img_per_s")] == list(range(1, 51))
     assert history(client, tracker.run_id, "val_top1") == [(s, s / 100.0) for s in range(10, 51, 10)]
-    assert "note" not in run.data.metrics
+    # constants are tags, not charts (res: data.min_train_res is 0, a fixed resolution); text is neither
+    assert tags["res"] == "224" and tags["val_images"] == "50"
+    assert {"note", "finite", "epoch", "res", "val_images"}.isdisjoint(run.data.metrics)
+    assert {k: run.data.metrics[k] for k in ("best_val_top1", "final_val_top1", "epochs_done", "train_hours")} == \
+        {"best_val_top1": 0.5, "final_val_top1": 0.5, "epochs_done": 5, "train_hours": 0.01}
     assert sorted(a.path for a in client.list_artifacts(tracker.run_id)) == ["config.yaml", "plots"]
     assert [a.path for a in client.list_artifacts(tracker.run_id, "plots")] == ["plots/curve.csv"]
     local = client.download_artifacts(tracker.run_id, "config.yaml", str(tmp_path))
     assert open(local).read().startswith("model:")
-    assert (run_dir / RUN_FILE).exists()
+    assert all_sent(run_dir) and cursor(run_dir)["run_id"] == tracker.run_id
+
+
+def test_res_is_a_metric_when_the_resolution_changes(mlflow_server, tmp_path):
+    cfg = make_cfg(tmp_path, mlflow_server, "data.min_train_res=8", "data.train_res=16")
+    tracker = Tracker(cfg, DistInfo(), str(tmp_path / "run"))
+    log = run_log(tmp_path / "run")
+    for step, res in ((1, 8), (2, 12), (3, 16)):
+        log.write("step", step, loss=1.0, res=res)
+    log.close()
+    tracker.close("FINISHED")
+    assert history(client_for(mlflow_server), tracker.run_id, "res") == [(1, 8.0), (2, 12.0), (3, 16.0)]
+
+
+def test_logged_model_loads_back_with_the_same_logits(mlflow_server, tmp_path):
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    from resnext_dist.models import build_model
+    from tests.tiny import TINY
+    cfg = make_cfg(tmp_path, mlflow_server, *[o for o in TINY if o.startswith("model.")])
+    model = build_model(cfg.model).eval()
+    tracker = Tracker(cfg, DistInfo(), str(tmp_path / "run"))
+    tracker.log_model(model, torch.zeros(2, 3, 16, 16))
+    tracker.close("FINISHED")
+    run = client_for(mlflow_server).get_run(tracker.run_id)
+    (output,) = run.outputs.model_outputs
+    mlflow.set_tracking_uri(mlflow_server)
+    info = mlflow.models.get_model_info(f"models:/{output.model_id}")
+    assert info.signature is not None and info.saved_input_example_info is not None
+    loaded = mlflow.pytorch.load_model(f"models:/{output.model_id}")
+    x = torch.randn(5, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-5)
+
+    off = Tracker(make_cfg(tmp_path, mlflow_server, "tracking.log_model=false"), DistInfo(), str(tmp_path / "off"))
+    off.log_model(model, torch.zeros(2, 3, 16, 16))
+    off.close("FINISHED")
+    assert not client_for(mlflow_server).get_run(off.run_id).outputs.model_outputs
 
 
 def test_failed_and_killed_statuses(mlflow_server, tmp_path):
@@ -100,9 +170,12 @@ def test_failed_and_killed_statuses(mlflow_server, tmp_path):
     for status in ("FAILED", "KILLED"):
         cfg = make_cfg(tmp_path, mlflow_server)
         tracker = Tracker(cfg, DistInfo(), str(tmp_path / status))
-        tracker.log_metrics({"loss": 1.0}, step=1)
+        log = run_log(tmp_path / status)
+        log.write("step", 1, loss=1.0)
+        log.close()
         tracker.close(status)
         assert client.get_run(tracker.run_id).info.status == status
+        assert history(client, tracker.run_id, "loss") == [(1, 1.0)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,8 +185,10 @@ def test_failed_and_killed_statuses(mlflow_server, tmp_path):
 def test_reopen_by_run_id_continues_the_run_without_duplicate_steps(mlflow_server, tmp_path):
     cfg = make_cfg(tmp_path, mlflow_server)
     first = Tracker(cfg, DistInfo(), str(tmp_path / "run"))
+    log = run_log(tmp_path / "run")
     for step in range(1, 31):  # the crashed attempt got to step 30; its last checkpoint was at step 20
-        first.log_metrics({"loss": float(step)}, step)
+        log.write("step", step, loss=float(step))
+    log.close()
     first.close("KILLED")
 
     client = client_for(mlflow_server)
@@ -121,8 +196,10 @@ def test_reopen_by_run_id_continues_the_run_without_duplicate_steps(mlflow_serve
     second = Tracker(cfg, DistInfo(), str(tmp_path / "run"), run_id=first.run_id)
     assert second.run_id == first.run_id
     assert client.get_run(first.run_id).info.status == "RUNNING"
+    log = run_log(tmp_path / "run")
     for step in range(21, 41):  # resumed from the checkpoint at step 20
-        second.log_metrics({"loss": 1000.0 + step, "epoch_time_s": 1.0}, step)
+        log.write("step", step, loss=1000.0 + step, epoch_time_s=1.0)
+    log.close()
     second.close("FINISHED")
 
     runs = runs_in(client, cfg.tracking.experiment)
@@ -137,29 +214,35 @@ def test_reopen_by_run_id_continues_the_run_without_duplicate_steps(mlflow_serve
 
 
 _CRASH = r"""
-import os, signal, sys
+import os, signal, sys, time
 from resnext_dist.config import load_config
 from resnext_dist.dist import DistInfo
+from resnext_dist.runlog import RunLog
 from resnext_dist.tracking import Tracker
-uri, root, experiment = sys.argv[1:4]
+uri, root, experiment, wait = sys.argv[1:5]
 cfg = load_config(None, [f"tracking.uri={uri}", f"tracking.experiment={experiment}", f"run.root={root}",
-                         "run.name=tiny"])
+                         "run.name=tiny", "tracking.timeout_s=1"])
 tracker = Tracker(cfg, DistInfo(), root + "/run")
+log = RunLog(root + "/run/log.jsonl")
 for step in range(1, 31):
-    tracker.log_metrics({"loss": float(step)}, step)
-tracker.flush()
+    log.write("step", step, loss=float(step))
+time.sleep(float(wait))
 print(tracker.run_id, flush=True)
 os.kill(os.getpid(), signal.SIGKILL)  # no close(), no atexit: as a node failure or an OOM kill
 """
 
 
+def crash(uri, root, experiment, wait_s=3.0):
+    r = subprocess.run([sys.executable, "-c", _CRASH, uri, str(root), experiment, str(wait_s)], cwd=REPO,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == -9, r.stderr[-2000:]
+    return r.stdout.split()[-1]
+
+
 def test_crash_before_first_checkpoint_reopens_the_recorded_run(mlflow_server, tmp_path):
     """run_id=None (no checkpoint yet) but the run dir records the run: the same MLflow run goes on."""
     experiment = f"test-{uuid.uuid4().hex[:8]}"
-    r = subprocess.run([sys.executable, "-c", _CRASH, mlflow_server, str(tmp_path), experiment], cwd=REPO,
-                       capture_output=True, text=True, timeout=180)
-    assert r.returncode == -9, r.stderr[-2000:]
-    crashed_id = r.stdout.split()[-1]
+    crashed_id = crash(mlflow_server, tmp_path, experiment)
     client = client_for(mlflow_server)
     assert client.get_run(crashed_id).info.status == "RUNNING"  # nobody could end it
 
@@ -167,23 +250,37 @@ def test_crash_before_first_checkpoint_reopens_the_recorded_run(mlflow_server, t
                              f"run.root={tmp_path}", "run.name=tiny"])
     tracker = Tracker(cfg, DistInfo(), str(tmp_path / "run"), run_id=None)
     assert tracker.run_id == crashed_id
+    log = run_log(tmp_path / "run")
     for step in range(1, 41):  # no checkpoint: training starts again from step 0
-        tracker.log_metrics({"loss": 1000.0 + step}, step)
+        log.write("step", step, loss=1000.0 + step)
+    log.close()
     tracker.close("FINISHED")
     runs = runs_in(client, experiment)
     assert [x.info.run_id for x in runs] == [crashed_id] and runs[0].info.status == "FINISHED"
-    assert [s for s, _ in history(client, crashed_id, "loss")] == list(range(1, 41))
+    assert history(client, crashed_id, "loss") == [(s, float(s)) for s in range(1, 31)] + \
+        [(s, 1000.0 + s) for s in range(31, 41)]
 
 
-def test_resume_never_starts_a_new_run(mlflow_server, tmp_path):
-    cfg = make_cfg(tmp_path, mlflow_server)
-    first = Tracker(cfg, DistInfo(), str(tmp_path / "run"))
-    first.close("FINISHED")
-    cfg.checkpoint.resume = "never"
+def test_resume_never_starts_a_new_run_and_ends_the_orphan(mlflow_server, tmp_path):
+    """A run left RUNNING by a killed trainer is ended KILLED when its run dir starts a different MLflow run;
+    log.jsonl says so. The new run holds only its own records."""
+    experiment = f"test-{uuid.uuid4().hex[:8]}"
+    orphan = crash(mlflow_server, tmp_path, experiment)
+    client = client_for(mlflow_server)
+    assert client.get_run(orphan).info.status == "RUNNING"
+    cfg = load_config(None, [f"tracking.uri={mlflow_server}", f"tracking.experiment={experiment}",
+                             f"run.root={tmp_path}", "run.name=tiny", "checkpoint.resume=never"])
     second = Tracker(cfg, DistInfo(), str(tmp_path / "run"))
+    log = run_log(tmp_path / "run")
+    log.write("step", 1, loss=7.0)
+    log.close()
     second.close("FINISHED")
-    assert second.run_id != first.run_id
-    assert len(runs_in(client_for(mlflow_server), cfg.tracking.experiment)) == 2
+    assert second.run_id != orphan
+    assert client.get_run(orphan).info.status == "KILLED"
+    events = [r for r in read_log(tmp_path / "run" / "log.jsonl") if r["kind"] == "event"]
+    assert [(e["event"], e["run_id"], e["status"]) for e in events] == [("mlflow_run_closed", orphan, "KILLED")]
+    assert history(client, second.run_id, "loss") == [(1, 7.0)]
+    assert len(runs_in(client, experiment)) == 2
 
 
 def test_system_metrics_are_logged_when_enabled(mlflow_server, tmp_path):
@@ -208,27 +305,35 @@ def test_server_stopped_mid_run_then_restarted_history_complete(mlflow_server_fa
     run_dir = tmp_path / "run"
     tracker = Tracker(cfg, DistInfo(), str(run_dir))
     run_id = tracker.run_id
+    log = run_log(run_dir)
     for step in range(1, 11):
-        tracker.log_metrics({"loss": float(step), "lr": 0.1}, step)
-    tracker.flush()
+        log.write("step", step, loss=float(step), lr=0.1)
+    assert wait_for(lambda: all_sent(run_dir))
 
     server.stop()
     waits = []
     for step in range(11, 61):
-        waits.append(timed(tracker.log_metrics, {"loss": float(step), "lr": 0.1}, step))
+        waits.append(timed(log.write, "step", step, loss=float(step), lr=0.1))
         time.sleep(0.05)  # ~2.5 s of "training" while the server is gone
     (run_dir / "config.yaml").write_text("a: 1\n")
-    tracker.log_artifact(str(run_dir / "config.yaml"))
-    waits.append(timed(tracker.flush))  # an epoch end during the outage
+    waits.append(timed(tracker.log_artifact, str(run_dir / "config.yaml")))
+    time.sleep(2)
     assert max(waits) < BLOCK_BOUND_S, waits
     assert len(tracker_warnings(caplog)) == 1, [r.getMessage() for r in tracker_warnings(caplog)]
 
     server.start()  # same port, same database
     client = client_for(server.uri)
-    tracker.flush()  # the next epoch end: backfill
-    assert wait_for(lambda: len(history(client, run_id, "loss")) == 60), "backfilled at flush, before close"
+    assert wait_for(lambda: len(history(client, run_id, "loss")) == 60, 40), "sent when back, before close"
+    assert wait_for(lambda: any("answers again" in r.getMessage() for r in caplog.records), 40)
+    assert len(tracker_warnings(caplog)) == 1
+    server.stop()  # a second outage: one more warning
     for step in range(61, 71):
-        tracker.log_metrics({"loss": float(step), "lr": 0.1}, step)
+        log.write("step", step, loss=float(step), lr=0.1)
+    assert wait_for(lambda: len(tracker_warnings(caplog)) == 2, 10)
+    time.sleep(2)
+    assert len(tracker_warnings(caplog)) == 2, [r.getMessage() for r in tracker_warnings(caplog)]
+    server.start()
+    log.close()
     tracker.close("FINISHED")
 
     run = client.get_run(run_id)
@@ -237,40 +342,44 @@ def test_server_stopped_mid_run_then_restarted_history_complete(mlflow_server_fa
     assert [s for s, _ in history(client, run_id, "lr")] == list(range(1, 71))
     assert [a.path for a in client.list_artifacts(run_id)] == ["config.yaml"]
     assert len(runs_in(client, cfg.tracking.experiment)) == 1
-    assert len(tracker_warnings(caplog)) == 1
+    assert len(tracker_warnings(caplog)) == 2
 
 
 @pytest.mark.slow
 def test_frozen_server_at_start_and_at_close(mlflow_server_factory, tmp_path, caplog):
     """The server freezes (SIGSTOP: requests time out, and are processed later when it thaws).
-    At close: the rest goes to the outbox, delivered by `sync` or by the resumed attempt, no step twice.
+    At close: the rest stays after the cursor, sent by `sync` or by the resumed attempt, no step twice.
     At start: the run is created when the server answers again."""
     caplog.set_level(logging.INFO)
     server = mlflow_server_factory()
     synced = Tracker(make_cfg(tmp_path, server.uri, "tracking.close_timeout_s=2"), DistInfo(), str(tmp_path / "a"))
     resumed_cfg = make_cfg(tmp_path, server.uri, "tracking.close_timeout_s=2")
     resumed = Tracker(resumed_cfg, DistInfo(), str(tmp_path / "b"))
+    logs = {d: run_log(tmp_path / d) for d in "abc"}
     for step in range(1, 11):
-        for t in (synced, resumed):
-            t.log_metrics({"loss": float(step)}, step)
-    synced.flush()
-    resumed.flush()
+        for d in "ab":
+            logs[d].write("step", step, loss=float(step))
+    assert wait_for(lambda: all_sent(tmp_path / "a") and all_sent(tmp_path / "b"))
 
     server.pause()
     for step in range(11, 21):
-        for t in (synced, resumed):
-            assert timed(t.log_metrics, {"loss": float(step)}, step) < BLOCK_BOUND_S
+        for d in "ab":
+            logs[d].write("step", step, loss=float(step))
+    logs["a"].close()
+    logs["b"].close()
     assert timed(synced.close, "FINISHED") < 2 + BLOCK_BOUND_S
     assert timed(resumed.close, "KILLED") < 2 + BLOCK_BOUND_S
     for d in ("a", "b"):
-        assert (tmp_path / d / OUTBOX_FILE).exists()
+        assert not all_sent(tmp_path / d)
+    assert cursor(tmp_path / "a")["status"] == "FINISHED"
     late_cfg = make_cfg(tmp_path, server.uri)
     t0 = time.monotonic()
     late = Tracker(late_cfg, DistInfo(), str(tmp_path / "c"))
     assert time.monotonic() - t0 < late_cfg.tracking.timeout_s + 1 + BLOCK_BOUND_S
     assert late.run_id is None
     for step in range(1, 6):
-        assert timed(late.log_metrics, {"loss": float(step)}, step) < BLOCK_BOUND_S
+        assert timed(logs["c"].write, "step", step, loss=float(step)) < BLOCK_BOUND_S
+    logs["c"].close()
 
     server.resume()  # requests that timed out on our side may be stored now: they must not appear twice
     client = client_for(server.uri)
@@ -279,16 +388,17 @@ def test_frozen_server_at_start_and_at_close(mlflow_server_factory, tmp_path, ca
     assert r.returncode == 0, r.stderr[-2000:]
     assert history(client, synced.run_id, "loss") == [(s, float(s)) for s in range(1, 21)]
     assert client.get_run(synced.run_id).info.status == "FINISHED"
-    assert not (tmp_path / "a" / OUTBOX_FILE).exists()
+    assert all_sent(tmp_path / "a")
 
     again = Tracker(resumed_cfg, DistInfo(), str(tmp_path / "b"), run_id=resumed.run_id)
+    log = run_log(tmp_path / "b")
     for step in range(16, 31):  # resumed from a checkpoint at step 15
-        again.log_metrics({"loss": 1000.0 + step}, step)
+        log.write("step", step, loss=1000.0 + step)
+    log.close()
     again.close("FINISHED")
     assert history(client, resumed.run_id, "loss") == \
         [(s, float(s)) for s in range(1, 21)] + [(s, 1000.0 + s) for s in range(21, 31)]
     assert client.get_run(resumed.run_id).info.status == "FINISHED"
-    assert not (tmp_path / "b" / OUTBOX_FILE).exists()
 
     late.close("FINISHED")
     assert late.run_id is not None
@@ -311,18 +421,19 @@ def test_hung_server_never_blocks_training(tmp_path, caplog):
         t0 = time.monotonic()
         tracker = Tracker(cfg, DistInfo(), str(tmp_path / "run"))
         assert time.monotonic() - t0 < cfg.tracking.timeout_s + 1 + BLOCK_BOUND_S
-        waits = [timed(tracker.log_metrics, {"loss": float(s)}, s) for s in range(1, 201)]
-        waits.append(timed(tracker.flush))
+        log = run_log(tmp_path / "run")
+        waits = [timed(log.write, "step", s, loss=float(s)) for s in range(1, 201)]
+        waits.append(timed(tracker.log_artifact, str(tmp_path / "run" / "log.jsonl")))
         assert max(waits) < BLOCK_BOUND_S
+        log.close()
         assert timed(tracker.close, "FINISHED") < cfg.tracking.close_timeout_s + BLOCK_BOUND_S
         outage = [r for r in tracker_warnings(caplog) if "not answering" in r.getMessage()]
         assert len(outage) == 1 and len(tracker_warnings(caplog)) == 2  # the outage, and what close left behind
-        outbox = (tmp_path / "run" / OUTBOX_FILE).read_text()
-        assert len(outbox.splitlines()) == 1 + 200  # header + every point
+        left = cursor(tmp_path / "run")
+        assert left["run_id"] is None and left["offset"] == 0 and left["status"] == "FINISHED"
+        assert left["artifacts"] == [[str(tmp_path / "run" / "log.jsonl"), None]]  # for sync or the next attempt
 
-        cfg.checkpoint.resume = "never"  # a new training run in the same run dir: its outbox is its own
+        cfg.checkpoint.resume = "never"  # a new training run in the same run dir: it starts after the old records
         other = Tracker(cfg, DistInfo(), str(tmp_path / "run"))
-        other.log_metrics({"loss": 1.0}, 1)
         other.close("FINISHED")
-    assert (tmp_path / "run" / OUTBOX_FILE).read_text() == outbox
-    assert len(list((tmp_path / "run").glob("mlflow_outbox*.jsonl"))) == 2
+    assert cursor(tmp_path / "run")["start"] == (tmp_path / "run" / "log.jsonl").stat().st_size
