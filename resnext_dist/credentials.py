@@ -57,4 +57,6 @@ def move_uri_credentials(uri: str, environ: Optional[MutableMapping[str, str]] =
         else:
             kept.append((name, value))
     query = urlencode(kept) if len(kept) != len(parse_qsl(parts.query, keep_blank_values=True)) else parts.query
+    if (netloc, query) == (parts.netloc, parts.query):
+        return uri  # nothing taken out: as given (urlunsplit would turn sqlite:////abs into sqlite://abs)
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

@@ -172,6 +172,7 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
                     loss = record["loss"]
                     emit(record)
                 progress.step(loss)
+                state.mlflow_run_id = tracker.run_id or state.mlflow_run_id  # the tracker may connect late
                 saver.after_step()
                 if agreed is not None and agreed.stop_signal:
                     saver.save()

@@ -247,6 +247,12 @@ def test_credentials_leave_the_uri_for_mlflows_environment(clean_mlflow_env, cap
         assert secret not in recorded and secret not in out.out + out.err
 
 
+def test_a_uri_without_credentials_is_kept_exactly():
+    from resnext_dist.credentials import move_uri_credentials
+    for uri in ("sqlite:////tmp/x/mlflow.db", "sqlite:///rel.db", "file:///tmp/m", "http://h:5000/p?x=1"):
+        assert move_uri_credentials(uri, {}) == uri
+
+
 def test_credentials_already_in_the_environment_win(clean_mlflow_env):
     clean_mlflow_env.setenv("MLFLOW_TRACKING_PASSWORD", "from-env")
     cfg = load_config(None, ["tracking.uri=https://bob:in-uri@host"])
