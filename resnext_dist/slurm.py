@@ -40,6 +40,7 @@ from resnext_dist.cli import all_sections, arg_parser
 from resnext_dist.errors import InputError
 from resnext_dist.config import TrainConfig, find_config, load_config, to_yaml, validate
 from resnext_dist.signals import StopRequested
+from resnext_dist.tracking import experiment_link
 from resnext_dist.slurm_checks import SlurmOptionError, check_against_cluster, check_run_dir_free, run, \
     tasks_per_node
 
@@ -316,7 +317,7 @@ def describe(job: submitit.Job, cfg: TrainConfig) -> str:
         f"  follow:   squeue -j {job.job_id}    tail -f {stdout}    tail -f {os.path.join(cfg.run.dir, 'log.jsonl')}",
         f"  details:  scontrol show job {job.job_id}",
         f"  cancel:   scancel {job.job_id}      (checkpoints and stops; submit again to resume)",
-    ])
+    ] + ([f"  MLflow:   {experiment_link(cfg)}  (run {cfg.run.name})"] if cfg.tracking.enabled else []))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -55,6 +55,22 @@ def experiment_url(ui: str, experiment_id: str) -> str:
     return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{view}"
 
 
+def experiment_link(cfg) -> str:
+    """Where a run of `cfg` appears: the experiment's runs table on a tracking server (looked up with a short
+    timeout; the experiment may not exist before the first run), else the command that opens the UI."""
+    ui = ui_command(cfg)
+    if not ui.startswith(("http://", "https://")):
+        return f"{ui}  (experiment {cfg.tracking.experiment})"
+    try:
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        from mlflow.tracking import MlflowClient
+        found = MlflowClient(ui).get_experiment_by_name(cfg.tracking.experiment)
+    except Exception:  # an unreachable server must not stop a submission
+        found = None
+    return experiment_url(ui, found.experiment_id) if found else f"{ui}  (experiment {cfg.tracking.experiment})"
+
+
 class Tracker:
     """See the module docstring. Every public method is a no-op when tracking is off or not on the main rank."""
 

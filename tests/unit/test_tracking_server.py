@@ -437,3 +437,15 @@ def test_hung_server_never_blocks_training(tmp_path, caplog):
         other = Tracker(cfg, DistInfo(), str(tmp_path / "run"))
         other.close("FINISHED")
     assert cursor(tmp_path / "run")["start"] == (tmp_path / "run" / "log.jsonl").stat().st_size
+
+
+def test_submit_names_where_the_run_appears(mlflow_server, tmp_path):
+    """launch/submit.py prints the experiment's runs table on a server (once it exists), else the UI command."""
+    from resnext_dist.tracking import experiment_link
+    cfg = make_cfg(tmp_path, mlflow_server)
+    assert experiment_link(cfg) == f"{mlflow_server}  (experiment {cfg.tracking.experiment})"  # not created yet
+    experiment_id = client_for(mlflow_server).create_experiment(cfg.tracking.experiment)
+    assert experiment_link(cfg) == (f"{mlflow_server.rstrip('/')}/#/experiments/{experiment_id}/runs"
+                                    "?workflowType=machine_learning&viewStateShareKey=training")
+    local = load_config(None, [f"run.root={tmp_path}"])
+    assert experiment_link(local).startswith(f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db")
