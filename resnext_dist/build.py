@@ -48,6 +48,8 @@ def build(cfg: TrainConfig, dist) -> Parts:
         raise InputError(f"data.train has too few images for one global batch of {global_batch}")
 
     model = build_model(cfg.model)
+    if cfg.model.sync_bn and dist.is_distributed and dist.device.type != "cuda":
+        raise InputError("model.sync_bn=true needs GPUs: torch's SyncBatchNorm runs on CUDA only")
     if cfg.model.sync_bn and dist.is_distributed:
         # BatchNorm statistics over the global batch (one all-reduce per BN layer and step); without it, each
         # rank normalizes over its own batch and DDP copies rank 0's running statistics to the others.

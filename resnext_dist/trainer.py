@@ -110,10 +110,22 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
     state.config_yaml = to_yaml(cfg)
     from resnext_dist.tracking import Tracker, ui_command
     from resnext_dist.tracking.plot import write_curves
-    # The tracker first: it reads log.jsonl from where this attempt starts writing (its cursor).
+
+    # ---- the banner now, before anything slow or remote (MLflow's first connection, compile warm-up)
+    total_steps = parts.steps_per_epoch * cfg.train.epochs
+    last_step = min(total_steps, cfg.train.max_steps or total_steps)  # train.max_steps: checked here only
     own = resume_from and os.path.abspath(resume_from).startswith(os.path.abspath(ckpt_dir) + os.sep)
+    mlflow_run = lambda run_id: (f"{'run ' + run_id if run_id else 'a new run'} | {ui_command(cfg)}"
+                                 if cfg.tracking.enabled else "")
+    start = _start_record(cfg, dist, parts, resume_from, total_steps,
+                          mlflow=mlflow_run(state.mlflow_run_id if own else None))
+    start["init"] = init_note
+    say(console.banner(start))
+
+    # ---- the record: MLflow's reader first (its cursor starts where this attempt starts writing), then log.jsonl
     tracker = Tracker(cfg, dist, run_dir, run_id=state.mlflow_run_id if own else None)
     state.mlflow_run_id = tracker.run_id
+    start["mlflow"] = mlflow_run(tracker.run_id)
     log = RunLog(os.path.join(run_dir, "log.jsonl"), enabled=dist.is_main)
     for key, was, now in changes:
         log.write("event", state.step, event="config_changed", key=key, old=was, new=now)
@@ -123,15 +135,7 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
         log.write("event", state.step, event="checkpoint_skipped", checkpoint=path, reason=reason)
     if resume_from:
         log.write("event", state.step, event="resumed", checkpoint=resume_from, restart=_restart_count())
-
-    total_steps = parts.steps_per_epoch * cfg.train.epochs
-    last_step = min(total_steps, cfg.train.max_steps or total_steps)  # train.max_steps: checked here only
-    start = _start_record(cfg, dist, parts, resume_from, total_steps,
-                          mlflow=f"{'run ' + tracker.run_id if tracker.run_id else 'a new run'} | {ui_command(cfg)}"
-                          if cfg.tracking.enabled else "")
-    start["init"] = init_note
     log.write("start", state.step, **start)
-    say(console.banner(start))
 
     runner = builder.runner(state.model, cfg, dist)
     ctx = StepContext(runner, dist, builder.autocast_factory(cfg.train.precision, dist.device),

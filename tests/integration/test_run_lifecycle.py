@@ -74,3 +74,27 @@ def test_a_kill_right_after_an_epoch_end_checkpoint_repeats_no_epoch(tmp_path):
     assert epochs_logged(run) == [0]
     ok(run_train(run, ["train.epochs=2", "checkpoint.every_steps=16"]))
     assert epochs_logged(run) == [0, 1]
+
+
+def test_a_fresh_run_starts_from_an_export_with_a_new_classifier(tmp_path):
+    """model.init: the weights of another run's export; 7 classes instead of 10: the classifier starts afresh,
+    every other tensor is the export's, and the start record says so."""
+    import torch
+    from safetensors.torch import load_file
+    ok(run_train(tmp_path / "a", ["train.epochs=1", "train.max_steps=3"]))
+    b = tmp_path / "b"
+    r = ok(run_train(b, ["train.epochs=1", "train.max_steps=1", "optim.lr=1e-9", "model.num_classes=7",
+                         f"model.init={tmp_path / 'a' / 'export'}", "data.val_synthetic_size=0"]))
+    start = [x for x in read_log(b / "log.jsonl") if x["kind"] == "start"][0]
+    assert "re-initialized" in start["init"] and "re-initialized" in r.stdout
+    a_sd, b_sd = load_file(str(tmp_path / "a" / "export" / "model.safetensors")), \
+        load_file(str(b / "export" / "model.safetensors"))
+    assert b_sd["fc.weight"].shape[0] == 7
+    same = [k for k in a_sd if k.endswith("conv1.weight")]
+    assert same and all(torch.allclose(a_sd[k], b_sd[k], atol=1e-6) for k in same)
+
+
+def test_sync_bn_on_cpu_ranks_is_refused_at_start(tmp_path):
+    r = run_train(tmp_path / "run", ["model.sync_bn=true"], nproc=2)
+    assert r.returncode != 0 and "model.sync_bn=true needs GPUs" in r.stderr
+    assert not (tmp_path / "run").exists()
