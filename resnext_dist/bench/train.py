@@ -53,7 +53,7 @@ def summarize_log(records: List[Dict], *, global_batch: int, warmup_intervals: i
     intervals, prev = [], 0
     steps = [r for r in records if r.get("kind") == "step"]
     for n, r in enumerate(steps):
-        if r["step"] == 1 and n + 1 < len(steps) and steps[n + 1]["step"] > 2:
+        if r["step"] == 1 and n + 1 < len(steps):
             prev = 1  # the trainer's line for its first step (start-up, compile): not an interval of its own
             continue
         images = (r["step"] - prev) * global_batch

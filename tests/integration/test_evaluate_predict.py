@@ -114,7 +114,7 @@ def test_evaluate_bad_input_exits_2_with_one_line(trained, tmp_path):
                                                       "export, a run directory) or a run directory")
     r = evaluate([trained, "model.num_classes=5"])  # the classifier must fit: no re-initialization here
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
-    assert r.stderr.startswith(f"error: {trained}/final_weights.pt: weights do not fit this model")
+    assert r.stderr.startswith(f"error: {trained}/export/model.safetensors: weights do not fit this model")
     assert "fc.weight (10, 256) vs (5, 256)" in r.stderr
 
 

@@ -93,7 +93,7 @@ def test_two_rank_run_is_one_mlflow_run_mirroring_the_log(mlflow_server, tmp_pat
         assert data.tags.get(key), key
     assert_mirrors_log(client, info.run_id, run)
     assert sorted(a.path for a in client.list_artifacts(info.run_id)) == \
-        ["config.yaml", "curves.png", "final_weights.pt", "log.jsonl"]
+        ["config.yaml", "curves.png", "export", "final_weights.pt", "log.jsonl"]
     assert (run / "curves.png").stat().st_size > 10_000
     # the final model, logged as an MLflow model: MLflow's own loader gives the logits of final_weights.pt
     import mlflow.pytorch
