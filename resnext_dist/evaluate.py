@@ -149,15 +149,13 @@ def main(argv=None) -> int:
             if args.mlflow_run_id:
                 log_to_mlflow(cfg, args.mlflow_run_id, result)
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        from resnext_dist.cli import launcher_rank
+        if launcher_rank() == 0:  # every rank meets the same bad input: say it once
+            print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 
 
 if __name__ == "__main__":
-    code = main()
-    # As in resnext_dist.train: skip the interpreter's teardown, where gloo's native destructors were seen to
-    # abort a finished rank.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    from resnext_dist.cli import exit_without_teardown
+    exit_without_teardown(main())

@@ -11,10 +11,9 @@ checkpoint (140 = SIGUSR2 "requeue me", 143 = SIGTERM); anything else is a crash
 """
 from __future__ import annotations
 
-import os
 import sys
 
-from resnext_dist.cli import arg_parser, load_train_config
+from resnext_dist.cli import arg_parser, exit_without_teardown, launcher_rank, load_train_config
 from resnext_dist.config import TrainConfig, to_yaml
 from resnext_dist.errors import EXIT_BAD_INPUT, InputError
 
@@ -35,11 +34,11 @@ def main(argv=None) -> int:
             return 0
         run(cfg, note or "")
     except InputError as e:
-        if _launcher_rank() == 0:  # every rank meets the same bad input: say it once
+        if launcher_rank() == 0:  # every rank meets the same bad input: say it once
             print(f"error: {e}", file=sys.stderr, flush=True)
         return EXIT_BAD_INPUT
     except StopRequested as e:
-        if _launcher_rank() == 0:
+        if launcher_rank() == 0:
             print(f"resnext_dist: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     return 0
@@ -51,20 +50,5 @@ def run(cfg: TrainConfig, note: str = "") -> None:
     trainer.run(cfg, note)
 
 
-def _launcher_rank() -> int:
-    """This process's rank as the launcher set it (torchrun, srun), without joining any process group."""
-    for key in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(key, "").isdigit():
-            return int(os.environ[key])
-    return 0
-
-
 if __name__ == "__main__":
-    exit_code = main()
-    # By now everything that matters is closed: checkpoints fsynced, log.jsonl and the tracker closed, the
-    # process group destroyed. The interpreter's own teardown is skipped: native destructors that run there
-    # (gloo / c10d threads) were seen to abort a finished rank with SIGABRT ("terminate called without an
-    # active exception", 2 runs in ~45 of a test session), which torchrun reports as a failed run.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(exit_code)
+    exit_without_teardown(main())

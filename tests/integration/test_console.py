@@ -1,6 +1,5 @@
 """What a person sees: the banner before the first step, a line at least every train.log_every_s, the summary,
 and a bad input said once under torchrun, leaving nothing behind."""
-import os
 import subprocess
 
 import pytest

@@ -9,7 +9,6 @@ import subprocess
 import time
 
 import pytest
-import torch
 
 from resnext_dist import checkpoint as ckpt
 from resnext_dist.runlog import read_log
