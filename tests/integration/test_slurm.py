@@ -298,14 +298,19 @@ def test_train_sbatch_requeues_on_usr2_and_trains_to_done(slurm_cluster, plain_j
     assert_same_weights(run_dir, plain_jobs["one_node"].run_dir)
 
 
-def test_torchrun_sbatch_trains_to_done(slurm_cluster, plain_jobs, recipe, tmp_path):
+def test_torchrun_sbatch_requeues_on_usr2_and_trains_to_done(slurm_cluster, plain_jobs, recipe, tmp_path):
     job_id = sbatch(slurm_cluster, "--gpus-per-node=0", "--nodes=2", "--cpus-per-task=1",
                     f"--output={tmp_path}/torchrun-%j.out", "slurm/torchrun.sbatch", "--config", str(recipe),
                     f"run.root={tmp_path}", "run.name=torchrun", env_extra={"NPROC_PER_NODE": "1"})
+    wait_for_step(tmp_path / "torchrun", 20)
+    slurm_cluster.run("scancel", "--batch", "--signal=USR2", job_id)  # what --signal=B:USR2@120 sends
     info = wait_job(slurm_cluster, job_id)
     output = (tmp_path / f"torchrun-{job_id}.out").read_text()
-    assert info["JobState"] == "COMPLETED", output
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", output
     assert "2 node(s) x 1" in output
+    # a requeue reads as one: the trainers' checkpoint line and the script's requeue, no torchrun failure report
+    assert "after saving a checkpoint at step" in output and "requeueing job" in output, output
+    assert "ChildFailedError" not in output and "FAILED" not in output, output
     assert_trained_to_done(tmp_path / "torchrun")
     assert plain_jobs["one_node"].finish() == 0
     assert_same_weights(tmp_path / "torchrun", plain_jobs["one_node"].run_dir)
