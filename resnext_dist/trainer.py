@@ -51,6 +51,7 @@ def run(cfg: TrainConfig, note: str = "") -> None:
 
 
 def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> None:
+    t_start = time.perf_counter()
     run_dir, ckpt_dir = cfg.run.dir, os.path.join(cfg.run.dir, "checkpoints")
     say = console.say if dist.is_main else (lambda text: None)
     if note:
@@ -224,7 +225,8 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
             rundir.write_done(run_dir, state.step, state.epoch)
             progress.close()
             mlflow = f"run {tracker.run_id} | {ui_command(cfg)}" if cfg.tracking.enabled else None
-            say(console.summary({**summary, "step": state.step}, os.path.join(export_dir, "model.safetensors"),
+            say(console.summary({**summary, "step": state.step, "wall_s": time.perf_counter() - t_start},
+                                os.path.join(export_dir, "model.safetensors"),
                                 log.path, mlflow))
         status = "FINISHED"
     finally:
