@@ -45,8 +45,11 @@ def identity(cfg: TrainConfig) -> Dict[str, Any]:
 
 
 def identity_hash(cfg: TrainConfig) -> str:
-    """8 hex digits of the identity: the default run name's suffix."""
-    text = json.dumps(identity(cfg), sort_keys=True, default=str)
+    """8 hex digits of the identity keys that differ from the schema's defaults: the default run name's suffix.
+    Leaving the defaults out keeps names stable when a version adds a key (at its default)."""
+    defaults = to_flat_dict(TrainConfig())
+    kept = {k: v for k, v in identity(cfg).items() if _norm(v) != _norm(defaults.get(k))}
+    text = json.dumps(kept, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 

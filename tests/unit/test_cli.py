@@ -161,6 +161,7 @@ def test_default_run_names_keep_experiments_apart_and_find_the_same_run_again():
     assert base.startswith("quickstart-") and len(base) == len("quickstart-") + 8
     assert name() == base
     assert name("train.epochs=20", "data.num_workers=3", "tracking.enabled=false") == base
+    assert name("model.sync_bn=false", "model.blurpool=false") == base  # at their defaults, as a key added later is
     assert len({base, name("optim.lr=0.5"), name("train.seed=1"), name("model.layers=[1,1,2,1]")}) == 4
     assert name("run.name=mine") == "mine"
 
