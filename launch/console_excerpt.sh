@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate docs/console-excerpt.txt (what the main command prints) and the excerpt of it in README.md.
 #
-#   bash launch/console_excerpt.sh                 # train the quickstart afresh (about 2-3 minutes on 2 CPU cores)
+#   bash launch/console_excerpt.sh                 # train the quickstart afresh (under a minute on 2 CPU cores)
 #   bash launch/console_excerpt.sh --from FILE      # only re-cut the README excerpt from a saved console
 #   bash launch/console_excerpt.sh key=value ...    # the same, with overrides passed to the trainer
 #
