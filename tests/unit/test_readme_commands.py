@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from resnext_dist import slurm, train
+from resnext_dist import slurm_submit, train
 from resnext_dist.cli import load_train_config
 from resnext_dist.config import find_config, load_config
 
@@ -81,5 +81,5 @@ def test_train_command_loads_its_config(argv, monkeypatch):
 @pytest.mark.parametrize("argv", SUBMIT, ids=[" ".join(a)[:60] for a in SUBMIT])
 def test_submit_command_loads_its_config(argv, monkeypatch):
     monkeypatch.chdir(ROOT)
-    args = slurm.parse_args(argv)
-    slurm.check_slurm_config(load_config(find_config(args.config), args.overrides))  # nothing is submitted
+    args = slurm_submit.parse_args(argv)
+    slurm_submit.check_slurm_config(load_config(find_config(args.config), args.overrides))  # nothing is submitted

@@ -1,4 +1,4 @@
-"""resnext_dist.slurm without a cluster: config -> sbatch, the CLI's bad-input paths, the job's environment."""
+"""resnext_dist.slurm_submit and slurm_job without a cluster: config -> sbatch, the CLI's bad-input paths, the job's environment."""
 import os
 import signal
 import subprocess
@@ -8,7 +8,7 @@ import cloudpickle
 import pytest
 import submitit
 
-from resnext_dist import slurm, slurm_checks
+from resnext_dist import slurm_checks, slurm_job, slurm_submit
 from resnext_dist.config import load_config
 from resnext_dist.signals import StopFlag
 from tests.tiny import TINY
@@ -25,7 +25,7 @@ def submit_cli(*args):
 
 
 def submit_main(capsys, *args):
-    rc = slurm.main(list(args))
+    rc = slurm_submit.main(list(args))
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -34,9 +34,9 @@ def submit_main(capsys, *args):
 
 
 def test_one_task_per_gpu_and_one_per_cpu_node():
-    assert slurm.tasks_per_node(cfg("slurm.gpus_per_node=8").slurm) == 8
-    assert slurm.tasks_per_node(cfg("slurm.gpus_per_node=0").slurm) == 1
-    assert slurm.tasks_per_node(cfg("slurm.gpus_per_node=0", "slurm.tasks_per_node=2").slurm) == 2
+    assert slurm_checks.tasks_per_node(cfg("slurm.gpus_per_node=8").slurm) == 8
+    assert slurm_checks.tasks_per_node(cfg("slurm.gpus_per_node=0").slurm) == 1
+    assert slurm_checks.tasks_per_node(cfg("slurm.gpus_per_node=0", "slurm.tasks_per_node=2").slurm) == 2
 
 
 def test_sbatch_parameters_follow_the_config():
@@ -44,13 +44,13 @@ def test_sbatch_parameters_follow_the_config():
             "slurm.partition=gpu", "slurm.account=vision", "slurm.qos=high", "slurm.constraint=a100",
             "slurm.exclusive=true", "slurm.timeout_min=90", "slurm.signal_delay_s=180", "slurm.job_name=rx",
             "slurm.additional_parameters={mail-type: END}")
-    p = slurm.sbatch_parameters(c.slurm)
+    p = slurm_submit.sbatch_parameters(c.slurm)
     assert p["nodes"] == 2 and p["ntasks_per_node"] == 4 and p["gpus_per_node"] == 4 and p["cpus_per_task"] == 6
     assert p["mem"] == "64GB" and p["time"] == 90 and p["signal_delay_s"] == 180 and p["job_name"] == "rx"
     assert (p["partition"], p["account"], p["qos"], p["constraint"], p["exclusive"]) == \
         ("gpu", "vision", "high", "a100", True)
     assert p["additional_parameters"] == {"mail-type": "END", "requeue": True}
-    cpu = slurm.sbatch_parameters(cfg("slurm.gpus_per_node=0").slurm)
+    cpu = slurm_submit.sbatch_parameters(cfg("slurm.gpus_per_node=0").slurm)
     assert "gpus_per_node" not in cpu and "mem" not in cpu and "partition" not in cpu
 
 
@@ -147,11 +147,11 @@ def test_a_line_break_in_a_slurm_value_exits_2_before_anything_is_submitted(tmp_
 
 def test_requeued_job_resumes_from_the_run_dir_with_the_same_config(tmp_path):
     c = cfg("checkpoint.resume=never", tmp=tmp_path)
-    job = slurm.TrainJob(c)
+    job = slurm_job.TrainJob(c)
     delayed = job.checkpoint()
     assert isinstance(delayed, submitit.helpers.DelayedSubmission)
     again = cloudpickle.loads(cloudpickle.dumps(delayed)).function
-    assert isinstance(again, slurm.TrainJob)
+    assert isinstance(again, slurm_job.TrainJob)
     assert again.cfg.checkpoint.resume == "auto"
     assert again.cfg.run == c.run and again.cfg.model == c.model and again.cfg.slurm == c.slurm
 
@@ -166,12 +166,12 @@ def test_submitit_handler_is_found_behind_the_trainers_stop_flag():
     try:
         flag = StopFlag().install()
         try:
-            assert slurm.submitit_signal_handler() is submitit_like  # flag still installed
+            assert slurm_job.submitit_signal_handler() is submitit_like  # flag still installed
         finally:
             flag.restore()
-        assert slurm.submitit_signal_handler() is submitit_like      # after restore()
+        assert slurm_job.submitit_signal_handler() is submitit_like      # after restore()
         signal.signal(signal.SIGUSR2, signal.SIG_DFL)
-        assert slurm.submitit_signal_handler() is None
+        assert slurm_job.submitit_signal_handler() is None
     finally:
         signal.signal(signal.SIGUSR2, old)
 
@@ -187,7 +187,7 @@ def _exported(monkeypatch, gpus, **extra):
         monkeypatch.delenv(k, raising=False)
     for k, v in {**SLURM_TASK_ENV, **extra}.items():
         monkeypatch.setenv(k, v)
-    slurm.export_dist_env(submitit.JobEnvironment(), gpus=gpus)
+    slurm_job.export_dist_env(submitit.JobEnvironment(), gpus=gpus)
     return {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK",
                                            "LOCAL_WORLD_SIZE", "CUDA_VISIBLE_DEVICES")}
 

@@ -1,21 +1,12 @@
 """Submit training to Slurm through submitit: `python launch/submit.py --config FILE [key=value ...]`.
 
     python launch/submit.py --config configs/resnext50_imagenet.yaml slurm.nodes=4 slurm.gpus_per_node=8
-    python launch/submit.py --config ... --dry-run      # print the sbatch script, submit nothing
+    python launch/submit.py --config ... --dry-run      # print the sbatch options and command, submit nothing
     python launch/submit.py --config ... --wait         # follow the job; exit with its status
+    python launch/submit.py --config ... --sweep optim.lr=0.05,0.1   # a sweep: one job array (slurm_sweep.py)
 
-One Slurm task per GPU (`slurm.tasks_per_node`, default `slurm.gpus_per_node`, or 1 for a CPU job). Each
-task takes its rank, world size, local rank and master address from the Slurm environment through
-submitit's `TorchDistributedEnvironment` and runs `resnext_dist.train.run(cfg)` in-process: no torchrun
-inside the job (submitit's maintainers advise against mixing the two).
-
-Requeue: Slurm signals the tasks with USR2 `slurm.signal_delay_s` before the time limit (or at preemption).
-The trainer's own handler turns the signal into a flag, all ranks agree at the next step boundary, save a
-checkpoint, and `run()` raises StopRequested(USR2). `TrainJob` then hands the signal to submitit's
-handler on global rank 0, which tells a timeout from a preemption by elapsed time, counts timeouts
-against `slurm.max_num_timeout`, pickles `TrainJob.checkpoint()` (the same config with
-checkpoint.resume=auto) and runs `scontrol requeue`. The requeued job resumes from that checkpoint and
-continues the same MLflow run (the run id is in the checkpoint).
+This is the submitting host's side: config -> sbatch parameters, checks, submit, follow (scontrol), describe.
+What runs inside the job is slurm_job.py; what the cluster can run, slurm_checks.py.
 
 Bad input exits 2 with one line before anything is submitted: config errors, and Slurm options the
 cluster cannot satisfy (unknown partition, more nodes, CPUs, GPUs or memory than it has), checked with
@@ -24,118 +15,30 @@ cluster cannot satisfy (unknown partition, more nodes, CPUs, GPUs or memory than
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import re
 import shlex
-import signal
 import sys
 import time
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import submitit
-from submitit.core.utils import UncompletedJobError
+from submitit.core.utils import JobPaths
 
 from resnext_dist.cli import all_sections, arg_parser
-from resnext_dist.errors import InputError
 from resnext_dist.config import TrainConfig, find_config, load_config, to_yaml, validate
-from resnext_dist.signals import StopRequested
-from resnext_dist.tracking import experiment_link
+from resnext_dist.errors import InputError
 from resnext_dist.slurm_checks import SlurmOptionError, check_against_cluster, check_run_dir_free, run, \
     tasks_per_node
-
+from resnext_dist.slurm_job import TrainJob
+from resnext_dist.tracking import experiment_link
 
 # Job states after which nothing more happens (squeue/scontrol names); REQUEUED and PREEMPTED with
 # PreemptMode=REQUEUE come back as PENDING, so they are not final.
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                 "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
-
-
-# ----------------------------------------------------------------------------------------------
-# The job: what every Slurm task runs
-
-
-class TrainJob(submitit.helpers.Checkpointable):
-    """The callable submitit pickles; one instance per job, run by every task of the job."""
-
-    def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
-
-    def __call__(self) -> str:
-        env = submitit.JobEnvironment()
-        try:
-            return self._train(env)
-        except UncompletedJobError as e:  # submitit's verdict on rank 0: timed out too many times
-            raise self._out_of_timeouts(env, e) from None
-
-    def _train(self, env) -> str:
-        from resnext_dist import train  # imported in the job only: submitting needs none of it
-
-        export_dist_env(env, gpus=self.cfg.slurm.gpus_per_node > 0)
-        # A USR2 that arrives before the trainer installs its handler (startup) goes to submitit's handler
-        # directly: it requeues (or raises UncompletedJobError) from wherever this thread is, and the job
-        # resumes from the last periodic checkpoint, if any.
-        try:
-            train.run(self.cfg)
-        except StopRequested as stop:
-            print(f"resnext_dist: {stop}", file=sys.stderr, flush=True)
-            if stop.signum != signal.SIGUSR2:
-                # SIGTERM/SIGINT: cancelled, checkpoint saved, no requeue (exit 143 like the trainer's CLI).
-                raise SystemExit(stop.exit_code) from None
-            self._requeue(env, stop)
-        return self.cfg.run.dir
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        """What submitit requeues: the same job resuming from the newest checkpoint of its run dir."""
-        cfg = dataclasses.replace(self.cfg, checkpoint=dataclasses.replace(self.cfg.checkpoint, resume="auto"))
-        return submitit.helpers.DelayedSubmission(TrainJob(cfg), *args, **kwargs)
-
-    def _requeue(self, env, stop: StopRequested) -> None:
-        """The trainer saved at a step boundary on every rank; now let submitit requeue (rank 0 only)."""
-        handler = submitit_signal_handler()
-        if handler is None:
-            raise RuntimeError("SIGUSR2 reached the job but submitit's requeue handler is not installed")
-        if env.global_rank != 0:
-            handler(signal.SIGUSR2, None)  # logs and returns: only rank 0 requeues
-            # No result file from this task: the job is not over. 140 = "checkpointed, requeue me".
-            raise SystemExit(stop.exit_code)
-        handler(signal.SIGUSR2, None)  # rank 0: checkpoint() -> pickle -> scontrol requeue -> sys.exit
-        raise SystemExit(stop.exit_code)  # not reached with submitit's handler; never report success
-
-    def _out_of_timeouts(self, env, e: UncompletedJobError) -> UncompletedJobError:
-        s = self.cfg.slurm
-        return UncompletedJobError(
-            f"job {env.job_id} not requeued ({e}): slurm.max_num_timeout={s.max_num_timeout} timeouts of "
-            f"slurm.timeout_min={s.timeout_min} used up. The last checkpoint is in "
-            f"{os.path.join(self.cfg.run.dir, 'checkpoints')}; submit the same command again to continue "
-            f"(checkpoint.resume=auto), with a larger slurm.timeout_min or slurm.max_num_timeout")
-
-
-def submitit_signal_handler():
-    """submitit's SIGUSR2 handler, whether or not the trainer's StopFlag still sits in front of it."""
-    handler = signal.getsignal(signal.SIGUSR2)
-    owner = getattr(handler, "__self__", None)
-    if owner is not None and hasattr(owner, "previous_handler"):  # a StopFlag that was not restored
-        handler = owner.previous_handler(signal.SIGUSR2)
-    return handler if callable(handler) else None
-
-
-def export_dist_env(env, gpus: bool) -> None:
-    """RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT for env:// from Slurm's variables; one GPU per task."""
-    from resnext_dist.dist import slurm_master_port  # torch: only inside the job, not on the submitting host
-    os.environ["MASTER_PORT"] = str(slurm_master_port({**os.environ, "SLURM_JOB_ID": str(env.job_id)}))
-    # overwrite: RANK, MASTER_ADDR, ... may come from the submitting shell through sbatch's --export=ALL.
-    submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
-    if gpus:
-        # Slurm lists the node's GPUs given to this job (e.g. "4,5,6,7" on a shared node); task k takes the
-        # k-th, so each process sees exactly one GPU as cuda:0 (submitit would pick "k", the wrong one here).
-        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
-        local = env.local_rank
-        os.environ["CUDA_VISIBLE_DEVICES"] = visible[local] if local < len(visible) else str(local)
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
-    if cpus:
-        import torch
-        torch.set_num_threads(int(cpus))  # not the whole node's cores in each of its tasks
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,24 +92,33 @@ def sbatch_parameters(s) -> Dict[str, Any]:
     return params
 
 
+def sbatch_script(cfg: TrainConfig, array: str = "") -> str:
+    """The sbatch options we ask submitit for, as #SBATCH lines, and the job's command: what --dry-run prints
+    and `sbatch --test-only` checks. Written from our own parameters (submitit's rendering is private); the
+    script submitit writes (<slurm.folder>/<job id>_submission.sh) holds these options and its own bookkeeping.
+    `array`: sbatch's --array value for a sweep ("0-3%2")."""
+    params = sbatch_parameters(cfg.slurm)
+    log = JobPaths(cfg.slurm.folder)  # submitit's log names: %j (%A_%a in an array) and task %t
+    out, err = (str(p).replace("%j", "%A_%a") if array else str(p) for p in (log.stdout, log.stderr))
+    own = {"signal_delay_s", "srun_args", "additional_parameters"}
+    flags = {k.replace("_", "-"): v for k, v in params.items() if k not in own}
+    flags.update({"signal": f"{submitit.JobEnvironment.USR_SIG}@{params['signal_delay_s']}",
+                  "output": out.replace("%t", "0"), "error": err.replace("%t", "0"), "open-mode": "append"})
+    if array:
+        flags["array"] = array
+    flags.update(params["additional_parameters"])
+    lines = ["#!/bin/bash"] + [f"#SBATCH --{k}" if v is True else f"#SBATCH --{k}={shlex.quote(str(v))}"
+                               for k, v in sorted(flags.items())]
+    srun = ["srun", "--unbuffered", "--output", out, "--error", err, *params["srun_args"]]
+    command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(cfg.slurm.folder)}"
+    return "\n".join(lines + ["", " ".join(shlex.quote(a) for a in srun) + " " + command, ""])
+
+
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """run.dir and slurm.folder as absolute paths, so the job finds them whatever its working directory."""
-    run = dataclasses.replace(cfg.run, dir=os.path.abspath(cfg.run.dir), root=os.path.abspath(cfg.run.root))
+    run_cfg = dataclasses.replace(cfg.run, dir=os.path.abspath(cfg.run.dir), root=os.path.abspath(cfg.run.root))
     folder = os.path.abspath(cfg.slurm.folder)
-    return dataclasses.replace(cfg, run=run, slurm=dataclasses.replace(cfg.slurm, folder=folder))
-
-
-def submitit_command(folder: str) -> str:
-    """The job's command line, as submitit writes it (SlurmExecutor._submitit_command_str)."""
-    return f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(folder)}"
-
-
-def sbatch_script(cfg: TrainConfig) -> str:
-    """The sbatch script submitit would submit for this config (for --dry-run and --test-only)."""
-    from submitit.slurm.slurm import _make_sbatch_string  # what SlurmExecutor writes; pinned submitit
-
-    return _make_sbatch_string(command=submitit_command(cfg.slurm.folder), folder=cfg.slurm.folder,
-                               **sbatch_parameters(cfg.slurm))
+    return dataclasses.replace(cfg, run=run_cfg, slurm=dataclasses.replace(cfg.slurm, folder=folder))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,6 +131,17 @@ def make_executor(cfg: TrainConfig) -> submitit.SlurmExecutor:
     return executor
 
 
+@contextlib.contextmanager
+def clean_submit_env():
+    """Variables of an enclosing job (SLURM_*, RANK, ...) would leak into the new one through --export=ALL;
+    SLURM_CONF is not the job's but the cluster's address, and sbatch needs it."""
+    conf = os.environ.get("SLURM_CONF")
+    with submitit.helpers.clean_env():
+        if conf:
+            os.environ["SLURM_CONF"] = conf
+        yield
+
+
 def submit(cfg: TrainConfig, check_cluster: bool = True) -> submitit.Job:
     """Validate, then submit one TrainJob; returns submitit's Job (job_id, paths)."""
     cfg = absolute_paths(cfg)
@@ -227,21 +150,22 @@ def submit(cfg: TrainConfig, check_cluster: bool = True) -> submitit.Job:
         check_against_cluster(cfg, sbatch_script(cfg))
         check_run_dir_free(cfg)
     executor = make_executor(cfg)
-    # Variables of an enclosing job (SLURM_*, RANK, ...) would leak into the new one through --export=ALL;
-    # SLURM_CONF is not the job's but the cluster's address, and sbatch needs it.
-    conf = os.environ.get("SLURM_CONF")
-    with submitit.helpers.clean_env():
-        if conf:
-            os.environ["SLURM_CONF"] = conf
+    with clean_submit_env():
         return executor.submit(TrainJob(cfg))
 
 
 def job_state(job_id: str) -> Dict[str, str]:
     """scontrol's view of the job: JobState, Reason, ExitCode, Restarts, NodeList ({} once purged)."""
+    states = job_states(job_id)
+    return states[0] if states else {}
+
+
+def job_states(job_id: str) -> List[Dict[str, str]]:
+    """scontrol's records of a job, one per element for a job array ([] once purged)."""
     out = run(["scontrol", "-o", "show", "job", job_id])
     if out.returncode != 0:
-        return {}
-    return dict(re.findall(r"(\w+)=(\S*)", out.stdout))
+        return []
+    return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in out.stdout.splitlines() if line.strip()]
 
 
 def wait(job: submitit.Job, out=sys.stdout, poll_s: float = 2.0) -> int:
@@ -262,15 +186,20 @@ def wait(job: submitit.Job, out=sys.stdout, poll_s: float = 2.0) -> int:
             misses, info = 0, now
             seen = (info.get("JobState"), info.get("Restarts", "0"), info.get("Reason"))
             if seen != last:
-                print(f"job {job_id}: {_state_line(info)}", file=out, flush=True)
+                print(f"job {job_id}: {state_line(info)}", file=out, flush=True)
                 last = seen
             if info.get("JobState") in FINAL_STATES:
                 break
-        time.sleep(poll_s if time.time() - start < 120 else max(poll_s, 10.0))
+        time.sleep(poll_interval(start, poll_s))
     return _outcome(job, info, out)
 
 
-def _state_line(info: Dict[str, str]) -> str:
+def poll_interval(start: float, poll_s: float) -> float:
+    """Often at first (short jobs, tests), then at most every 10 s (scontrol talks to slurmctld)."""
+    return poll_s if time.time() - start < 120 else max(poll_s, 10.0)
+
+
+def state_line(info: Dict[str, str]) -> str:
     state = info.get("JobState", "?")
     where = f" on {info.get('NodeList')}" if state == "RUNNING" else ""
     reason = f" ({info['Reason']})" if info.get("Reason") not in (None, "", "None") else ""
@@ -307,7 +236,7 @@ def describe(job: submitit.Job, cfg: TrainConfig) -> str:
     """What the user needs after submitting: ids, paths, and how to follow the job."""
     stdout = str(job.paths.stdout)
     stderr = str(job.paths.stderr)
-    pattern = str(submitit.core.utils.JobPaths(cfg.slurm.folder, job_id=str(job.job_id), task_id=0).stdout)
+    pattern = str(JobPaths(cfg.slurm.folder, job_id=str(job.job_id), task_id=0).stdout)
     return "\n".join([
         f"submitted job {job.job_id} ({job.num_tasks} task(s) on {cfg.slurm.nodes} node(s))",
         f"  run dir:  {cfg.run.dir}",
@@ -325,11 +254,12 @@ def describe(job: submitit.Job, cfg: TrainConfig) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = arg_parser("resnext_dist.slurm", "Submit resnext_dist training to Slurm (submitit; one task per "
-                        "GPU; requeue on timeout or preemption).",
+    parser = arg_parser("resnext_dist.slurm_submit", "Submit resnext_dist training to Slurm (submitit; one task "
+                        "per GPU; requeue on timeout or preemption).",
                         "slurm.nodes=2 slurm.gpus_per_node=8 slurm.partition=gpu", sections=all_sections())
     parser.add_argument("--wait", action="store_true", help="follow the job to its end and exit with its status")
-    parser.add_argument("--dry-run", action="store_true", help="print the sbatch script and exit; submit nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the sbatch options and the job's command, and exit; submit nothing")
     return parser.parse_args(argv)
 
 
