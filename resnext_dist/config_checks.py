@@ -182,14 +182,14 @@ RULES: Dict[str, Rule] = {
 
     "tracking.enabled": typed, "tracking.uri": tracking_uri, "tracking.experiment": nonempty_text,
     "tracking.system_metrics": typed, "tracking.timeout_s": positive, "tracking.close_timeout_s": non_negative,
-    "tracking.system_metrics_interval_s": positive,
+    "tracking.system_metrics_interval_s": positive, "tracking.parent_run_id": text,
 
     "slurm.nodes": at_least(1), "slurm.gpus_per_node": non_negative, "slurm.tasks_per_node": non_negative,
     "slurm.cpus_per_task": at_least(1), "slurm.mem_gb": non_negative, "slurm.timeout_min": at_least(1),
     "slurm.partition": sbatch_value, "slurm.account": sbatch_value, "slurm.qos": sbatch_value,
     "slurm.constraint": sbatch_value, "slurm.exclusive": typed, "slurm.job_name": job_name,
     "slurm.signal_delay_s": non_negative, "slurm.max_num_timeout": non_negative, "slurm.folder": sbatch_value,
-    "slurm.additional_parameters": sbatch_options,
+    "slurm.additional_parameters": sbatch_options, "slurm.array_parallelism": at_least(1),
 
     "run.name": run_name, "run.root": nonempty_text, "run.dir": nonempty_text,
 }

@@ -181,6 +181,8 @@ class TrackingConfig:
     "seconds between two samples of the system metrics"
     log_model: bool = True
     "at the end, log the final weights as an MLflow model (signature and input example included)"
+    parent_run_id: str = ""
+    "MLflow run this run is a child of (a sweep's parent run; set by launch/submit.py --sweep)"
 
 
 @dataclass
@@ -213,6 +215,8 @@ class SlurmConfig:
     "seconds before the time limit at which the job is signalled to checkpoint and requeue"
     max_num_timeout: int = 3
     "requeues after a timeout before the job fails (preemptions always requeue)"
+    array_parallelism: int = 64
+    "a sweep (launch/submit.py --sweep): at most this many of its runs at once"
     folder: str = "${run.dir}/slurm"
     "submitit's folder for job scripts, pickles and logs (%j = job id)"
     additional_parameters: Dict[str, Any] = field(default_factory=dict)

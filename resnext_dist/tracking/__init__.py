@@ -104,7 +104,9 @@ class Tracker:
                    "launch_id": uuid.uuid4().hex, "start": end, "offset": end}
         self._reopen, pending = rec["run_id"] is not None, rec.get("artifacts", [])
         self._mirror = Mirror(MlflowClient(tracking_uri=self.uri), self.run_dir, rec, config_params(cfg))
-        self._mirror.save(tags=provenance_tags(dist, self.run_dir), artifacts=[],
+        # a sweep's run is a child of the sweep's run (tag read when the run is created; the UI nests it)
+        parent = {"mlflow.parentRunId": t.parent_run_id} if t.parent_run_id else {}
+        self._mirror.save(tags={**provenance_tags(dist, self.run_dir), **parent}, artifacts=[],
                           constants=["val_images"] + ([] if cfg.data.min_train_res else ["res"]))  # not charts
         self._jobs = collections.deque(("artifact", p, a) for p, a in pending)
         self._lock, self._wake, self._first = threading.Lock(), threading.Event(), threading.Event()
