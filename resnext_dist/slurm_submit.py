@@ -259,12 +259,26 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "slurm.nodes=2 slurm.gpus_per_node=8 slurm.partition=gpu", sections=all_sections())
     parser.add_argument("--wait", action="store_true", help="follow the job to its end and exit with its status")
     parser.add_argument("--dry-run", action="store_true",
-                        help="print the sbatch options and the job's command, and exit; submit nothing")
-    return parser.parse_args(argv)
+                        help="print the sbatch options and the job's command (with --sweep: the runs and their "
+                             "run directories too), and exit; submit nothing")
+    parser.add_argument("--sweep", action="append", metavar="KEY=V1,V2|KEY=A:B", default=[],
+                        help="sweep KEY over values, or over the integers A, A+1, ..., B-1 (the end B is excluded, as "
+                             "in Python's range); several --sweep make a grid, submitted as one job array in "
+                             "<run.root>/<sweep name>/ (run.name, or a name from the recipe and the grid); runs "
+                             "already DONE are not submitted again. --wait ends with the table of the runs")
+    parser.add_argument("--max-runs", type=int, default=64, metavar="N",
+                        help="refuse a sweep of more than N runs (default 64)")
+    args, unknown = parser.parse_known_intermixed_args(argv)  # key=value after --sweep too
+    if unknown:
+        parser.parse_args(argv)  # says what is wrong (an unknown option: the config key it likely meant) and exits 2
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.sweep:
+        from resnext_dist.slurm_sweep import main_sweep
+        return main_sweep(args)
     try:
         cfg = absolute_paths(load_config(find_config(args.config) if args.config else None, args.overrides))
         if args.print_config:
