@@ -218,15 +218,24 @@ def main_sweep(args: argparse.Namespace, out=None) -> int:
         if args.dry_run:
             print(f"\n# one job array of {len(todo)} run(s):\n{sbatch_script(first, array=array)}", file=out)
             return 0
-        if not todo:
-            print(f"every run is DONE; nothing submitted\n\n{_table(sweep, config, args.overrides)}", file=out)
-            return 0
-        check_against_cluster(first, sbatch_script(first, array=array))
-        check_run_dir_free(first)  # the sweep's folder: a second array of the same sweep would fight the first
+        if todo:
+            check_against_cluster(first, sbatch_script(first, array=array))
+            check_run_dir_free(first)  # the sweep's folder: a second array of the same sweep would fight the first
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    configs = sweep.configs
+    record = sweep.record(config, args.overrides)
+    if not todo:
+        write_sweep(sweep.dir, record)
+        print(f"every run is DONE; nothing submitted\n\n{report(sweep.dir)[0]}", file=out)
+        finish_parent(sweep.dir)
+        return 0
+    return submit_array(sweep, record, todo, args.wait, out)
+
+
+def submit_array(sweep: Sweep, record: dict, todo: List[int], wait: bool, out) -> int:
+    """Submit the runs `todo` (indices into sweep.runs) as one job array; with `wait`, follow it to the table."""
+    first, configs = sweep.configs[todo[0]], sweep.configs
     if first.tracking.enabled:
         try:
             parent = parent_run(first, sweep)
@@ -237,11 +246,11 @@ def main_sweep(args: argparse.Namespace, out=None) -> int:
         configs = [dataclasses.replace(c, tracking=dataclasses.replace(c.tracking, parent_run_id=parent))
                    for c in configs]
         print(f"MLflow: parent run {parent} ({first.tracking.experiment})", file=out)
-    write_sweep(sweep.dir, sweep.record(config, args.overrides))
+    write_sweep(sweep.dir, record)
     executor = make_executor(first)
     executor.update_parameters(array_parallelism=first.slurm.array_parallelism)
     try:
-        with clean_submit_env(), executor.batch():
+        with clean_submit_env(), executor.batch():  # one sbatch --array at the end of the block
             jobs = [executor.submit(TrainJob(configs[i])) for i in todo]
     except submitit.core.utils.FailedJobError as e:  # sbatch refused after the checks passed
         print(f"error: sbatch failed: {one_line(e)}", file=sys.stderr)
@@ -249,17 +258,18 @@ def main_sweep(args: argparse.Namespace, out=None) -> int:
     ids = {sweep.runs[i]["name"]: str(job.job_id) for i, job in zip(todo, jobs)}
     array_id = str(jobs[0].job_id).split("_")[0]
     report(sweep.dir)
-    print(f"submitted job array {array_id}: {len(todo)} run(s), at most {first.slurm.array_parallelism} at once\n"
-          f"  logs:     {os.path.join(sweep.dir, 'slurm')}/{array_id}_<i>_0_log.out\n"
+    # submitit submits a single run as a plain job: logs <id>_0_log.out rather than <id>_<i>_0_log.out
+    what, logs = ("job array", f"{array_id}_<i>_0_log.out") if len(todo) > 1 else ("job", f"{array_id}_0_log.out")
+    print(f"submitted {what} {array_id}: {len(todo)} run(s), at most {first.slurm.array_parallelism} at once\n"
+          f"  logs:     {os.path.join(sweep.dir, 'slurm', logs)}\n"
           f"  follow:   squeue -j {array_id}    python -m resnext_dist.sweep report {sweep.dir}\n"
           f"  cancel:   scancel {array_id}      (checkpoints and stops; submit again to resume)", file=out, flush=True)
-    if not args.wait:
+    if not wait:
         return 0
     try:
         states = follow(sweep.dir, ids, out)
     except KeyboardInterrupt:
-        print(f"\nstopped following job array {array_id}; it keeps running (scancel {array_id} stops it)",
-              file=sys.stderr)
+        print(f"\nstopped following job {array_id}; it keeps running (scancel {array_id} stops it)", file=sys.stderr)
         return 130
     text, rows = report(sweep.dir, states)
     print(f"\n{text}", file=out)
@@ -267,9 +277,3 @@ def main_sweep(args: argparse.Namespace, out=None) -> int:
         finish_parent(sweep.dir)
         return 0
     return 1
-
-
-def _table(sweep: Sweep, config: Optional[str], overrides: List[str]) -> str:
-    if read_sweep(sweep.dir) is None:
-        write_sweep(sweep.dir, sweep.record(config, overrides))
-    return report(sweep.dir)[0]

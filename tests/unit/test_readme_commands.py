@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from resnext_dist import slurm_submit, train
+from resnext_dist import slurm_submit, slurm_sweep, train
 from resnext_dist.cli import load_train_config
 from resnext_dist.config import find_config, load_config
 
@@ -83,3 +83,5 @@ def test_submit_command_loads_its_config(argv, monkeypatch):
     monkeypatch.chdir(ROOT)
     args = slurm_submit.parse_args(argv)
     slurm_submit.check_slurm_config(load_config(find_config(args.config), args.overrides))  # nothing is submitted
+    if args.sweep:  # and every run of a sweep, as submit.py checks them before submitting (nothing is written)
+        slurm_sweep.plan(find_config(args.config), args.overrides, args.sweep, args.max_runs)
