@@ -164,3 +164,11 @@ def test_done_runs_are_listed_as_not_submitted(tmp_path, capsys):
     assert f"{done}  (DONE: not submitted)" in out and "# one job array of 1 run(s)" in out
     assert "#SBATCH --array" not in out  # one run left: a plain job
     assert os.listdir(tmp_path / "s") == ["lr=0.1"]
+
+
+def test_a_named_sweep_refuses_another_grid_in_its_directory(tmp_path, capsys):
+    args = [*TINY, *CPU, f"run.root={tmp_path}", "run.name=s"]
+    sweep.write_sweep(str(tmp_path / "s"), {"grid": [["optim.lr", ["0.1", "0.2"]]], "runs": []})
+    assert submit_main(capsys, "--dry-run", *args, "--sweep", "optim.lr=0.1,0.2")[0] == 0  # the same grid: fine
+    rc, _, err = submit_main(capsys, "--dry-run", *args, "--sweep", "optim.lr=0.1,0.3")
+    assert rc == 2 and f"{tmp_path}/s holds a sweep over another grid" in err and "another run.name" in err
