@@ -184,7 +184,10 @@ SLURM_TASK_ENV = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_J
 def _exported(monkeypatch, gpus, **extra):
     for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
               "CUDA_VISIBLE_DEVICES", "SLURM_RESTART_COUNT", "SLURM_CPUS_PER_TASK"):
-        monkeypatch.delenv(k, raising=False)
+        # setenv first: monkeypatch then undoes what export_dist_env writes (a RANK=3 left behind would silence
+        # every later trainer subprocess of the session: only rank 0 prints)
+        monkeypatch.setenv(k, "")
+        monkeypatch.delenv(k)
     for k, v in {**SLURM_TASK_ENV, **extra}.items():
         monkeypatch.setenv(k, v)
     slurm_job.export_dist_env(submitit.JobEnvironment(), gpus=gpus)
