@@ -12,6 +12,7 @@ its ranks, so that Linux's per-session fair share (autogroup) treats them alike.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import subprocess
@@ -22,8 +23,8 @@ from typing import Dict, List, Tuple
 import torch
 
 from resnext_dist.bench import report, workload
-from resnext_dist.bench.train import (OWNED, add_trainer_args, check_trainer_args, median_try, run_root,
-                                      summarize_log, trainer_overrides)
+from resnext_dist.bench.train import (OWNED, add_trainer_args, alternate, check_trainer_args, median_try,
+                                      summarize_log, trainer_overrides, tries_notes)
 from resnext_dist.config import load_config
 from resnext_dist.errors import InputError
 from resnext_dist.runlog import read_log
@@ -81,7 +82,7 @@ def _run_all(jobs: List[Tuple[List[str], Dict[str, str], str]], timeout: float) 
             raise RuntimeError(f"run failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
 
 
-def run_once(cfg, base: List[str], mode: str, nproc: int, run_dir: str, args, device: str) -> Dict:
+def run_once(cfg, base: List[str], mode: str, nproc: int, run_dir: str, *, args, device: str) -> Dict:
     """mode: 'single' (1 process), 'ddp' (torchrun, nproc ranks) or 'independent' (nproc single processes)."""
     max_steps = check_trainer_args(args)
 
@@ -138,23 +139,14 @@ def run(argv=None) -> int:
     title = f"bench scaling: {workload.label(cfg)}, 1 vs {nproc} processes ({where})"
     print(title, flush=True)
 
-    modes = ["single", "ddp"] + (["independent"] if args.independent else [])
-    runs: Dict[str, List[Dict]] = {mode: [] for mode in modes}
-    with run_root(args, "resnext-scaling-") as root:
-        for r in range(args.repeats):
-            for mode in modes:
-                s = run_once(cfg, base, mode, nproc, os.path.join(root, f"{mode}_r{r}"), args, device)
-                runs[mode].append(s)
-                print(f"{mode}, try {r + 1}: {s['img_per_s']:,.1f} img/s (data wait {s['data_wait']:.1%})",
-                      flush=True)
-
-    mid = {mode: median_try(tries) for mode, tries in runs.items()}
-    base_rate = mid["single"]["img_per_s"]
     labels = {"single": ("trainer, 1 process", 1), "ddp": (f"trainer, {nproc} processes (DDP)", nproc),
               "independent": (f"{nproc} independent processes (no DDP)", nproc)}
-    rows = []
+    modes = ["single", "ddp"] + (["independent"] if args.independent else [])
+    runs, root = alternate(args, "resnext-scaling-", {
+        mode: functools.partial(run_once, cfg, base, mode, nproc, args=args, device=device) for mode in modes})
+    base_rate, rows = median_try(runs["single"])["img_per_s"], []
     for mode in modes:
-        s, (label, n) = mid[mode], labels[mode]
+        s, (label, n) = median_try(runs[mode]), labels[mode]
         rows.append({"measure": label, **workload.columns(cfg), "world_size": n, "img_per_s": s["img_per_s"],
                      "per_rank_img_per_s": s["img_per_s"] / n, "efficiency": s["img_per_s"] / (n * base_rate),
                      "data_wait": s["data_wait"], "tries_img_per_s": [t["img_per_s"] for t in runs[mode]],
@@ -173,8 +165,7 @@ def run(argv=None) -> int:
         notes.append(f"CPU: every process uses {args.threads} intra-op thread(s) (OMP_NUM_THREADS={args.threads}), "
                      f"the single process too: 1 x {args.threads} vs {nproc} x {args.threads} threads on "
                      f"{os.cpu_count()} cores; gloo")
-    if args.repeats > 1:
-        notes.append(f"median of {args.repeats} alternating tries per measure (all tries are in the JSON)")
+    notes += tries_notes(args, root)
     params = {**workload.params(cfg), "device": device,
               "nproc": nproc, "threads_per_process": args.threads, "steps": args.steps, "log_every": args.log_every,
               "warmup_intervals": args.warmup_intervals, "repeats": args.repeats, "independent": args.independent}
