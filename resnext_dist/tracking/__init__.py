@@ -7,10 +7,11 @@
 
 One thread (rank 0, when enabled) runs mirror.Mirror: it sends new complete lines of log.jsonl in batches from
 the cursor in <run dir>/mlflow_run.json and backs off when the server is away (1 s doubling to 30 s, one warning
-per outage). What close() could not send within tracking.close_timeout_s stays after the cursor, for the next
-attempt of the run or `python -m resnext_dist.tracking sync RUN_DIR`. The run id is in the checkpoint (passed back
-as `run_id`) and in the cursor (a crash before the first checkpoint). A new run in a run dir whose cursor names a
-run still RUNNING (its trainer gone, e.g. checkpoint.resume=never) ends that one KILLED, with an event in log.jsonl.
+per outage); artifacts wait in the cursor's list until uploaded. What close() could not send within
+tracking.close_timeout_s stays there, for the next attempt of the run or `python -m resnext_dist.tracking sync
+RUN_DIR`. The run id is in the checkpoint (passed back as `run_id`) and in the cursor (a crash before the first
+checkpoint). A new run in a run dir whose cursor names a run still RUNNING (its trainer gone, e.g.
+checkpoint.resume=never) ends that one KILLED, with an event in log.jsonl.
 """
 from __future__ import annotations
 
@@ -85,19 +86,16 @@ class Tracker:
         if self.uri.startswith("sqlite:///"):
             os.makedirs(os.path.dirname(self.uri[len("sqlite:///"):]), exist_ok=True)
         configure_http(max(0.1, self._t.timeout_s))
-        old = read_cursor(self.run_dir)
-        old = old if old is not None and old.get("tracking_uri") == self.uri else None
-        self._stale = None
-        if old is not None and cfg.checkpoint.resume != "never" and run_id in (None, old.get("run_id")):
-            rec = dict(old, status=None)  # this run goes on from its cursor
-        else:  # a new cursor, from where this attempt starts writing; an older run of this run dir is stale
-            self._stale = old if old is not None and old.get("run_id") not in (None, run_id) else None
-            log_path = os.path.join(self.run_dir, "log.jsonl")
-            end = os.path.getsize(log_path) if os.path.exists(log_path) else 0
-            rec = {"run_id": run_id, "tracking_uri": self.uri, "experiment": self._t.experiment,
-                   "run_name": cfg.run.name, "launch_id": uuid.uuid4().hex, "start": end, "offset": end,
-                   "artifact_location": None if self._t.uri else os.path.join(os.path.abspath(cfg.run.root),
-                                                                             "mlartifacts")}
+        old = read_cursor(self.run_dir) or {}
+        old = old if old.get("tracking_uri") == self.uri else {}  # a cursor of another store is not this run's
+        goes_on = bool(old) and cfg.checkpoint.resume != "never" and run_id in (None, old["run_id"])
+        self._stale = None if goes_on or old.get("run_id") in (None, run_id) else old  # its trainer is gone
+        log_path = os.path.join(self.run_dir, "log.jsonl")
+        end = os.path.getsize(log_path) if os.path.exists(log_path) else 0  # a new cursor starts here
+        rec = dict(old, status=None) if goes_on else {
+            "run_id": run_id, "tracking_uri": self.uri, "experiment": self._t.experiment, "run_name": cfg.run.name,
+            "launch_id": uuid.uuid4().hex, "start": end, "offset": end,
+            "artifact_location": None if self._t.uri else os.path.join(os.path.abspath(cfg.run.root), "mlartifacts")}
         self._reopen = rec["run_id"] is not None
         self._mirror = Mirror(MlflowClient(tracking_uri=self.uri), self.run_dir, rec, config_params(cfg))
         self._mirror.save(tags=provenance_tags(dist, self.run_dir), artifacts=rec.get("artifacts", []),

@@ -1,12 +1,13 @@
 """log.jsonl -> one MLflow run, from a cursor: what the Tracker's thread and `sync` both run.
 
 The cursor, <run dir>/mlflow_run.json, holds the MLflow run id and URI, `start` (where the run's records begin in
-log.jsonl) and `offset` (up to where MLflow holds them); also what `sync` needs to create the run (experiment, name,
-tags) and, after a close that timed out, the final `status` and the `artifacts` left. It is saved (atomic_write)
-after each stored batch, so a process killed at any moment resends at most one batch, and a resent batch is the
-same batch (timestamps are the records' `time`), which MLflow's store keeps once. No step twice: a point (key, step)
-is sent only if `step` is above that key's highest step in the log since `start` (a resumed attempt repeats steps
-after its checkpoint: the first values stay). MlflowClient.log_batch splits a request to MLflow's limits itself.
+log.jsonl), `offset` (up to where MLflow holds them) and `hwm` (each metric's highest step sent); what `sync` needs
+to create the run (experiment, name, tags); the `artifacts` asked for and not uploaded yet; and, after a close that
+timed out, the final `status`. It is saved (atomic_write) after each stored batch, so a process killed at any
+moment resends at most one batch, and a resent batch is the same batch (timestamps are the records' `time`), which
+MLflow's store keeps once. No step twice: a point (key, step) is sent only if `step` is above `hwm[key]` (a resumed
+attempt repeats the steps after its checkpoint: the first values stay). MlflowClient.log_batch itself splits a
+batch to MLflow's request limits.
 """
 from __future__ import annotations
 
