@@ -5,8 +5,9 @@
 
 The ceiling (bench model), then `resnext_dist.train.run(cfg)` per input (synthetic; the config's loader on
 data.train) in a temporary run directory, tracking and validation off; its figures are the log.jsonl intervals
-after --warmup-intervals, weighted by images and time ("wall img/s" also counts epoch ends). What it measures
-and the target: docs/performance.md.
+after --warmup-intervals, weighted by images and time ("wall img/s" also counts epoch ends). With --repeats the
+measures take turns (`alternate`, which bench scaling uses too) and each reports its median try. What it
+measures and the target: docs/performance.md.
 """
 from __future__ import annotations
 
