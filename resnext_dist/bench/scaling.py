@@ -32,28 +32,6 @@ from resnext_dist.runlog import read_log
 TARGET_EFFICIENCY = 0.9
 
 
-def launch_command(nproc: int, config: str, overrides: List[str]) -> List[str]:
-    """The trainer's own command line: plain for one process, torchrun (a free port of its own) for N."""
-    train = ["-m", "resnext_dist.train", *(["--config", config] if config else []), *overrides]
-    if nproc == 1:
-        return [sys.executable, *train]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *train]
-
-
-def child_env(device: str, threads: int, gpu: str = "") -> Dict[str, str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if threads:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    if device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""  # the trainer takes a GPU whenever it sees one
-    elif gpu:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
-    # The children import this very package, wherever it lies (an editable install, or PYTHONPATH on a host).
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
-    return env
-
-
 def _run_all(jobs: List[Tuple[List[str], Dict[str, str], str]], timeout: float) -> None:
     """Start every (command, env, run_dir) at once, each in its own session; wait for all; raise on failure."""
     procs = []
@@ -83,20 +61,27 @@ def _run_all(jobs: List[Tuple[List[str], Dict[str, str], str]], timeout: float) 
 
 
 def run_once(cfg, base: List[str], mode: str, nproc: int, run_dir: str, *, args, device: str) -> Dict:
-    """mode: 'single' (1 process), 'ddp' (torchrun, nproc ranks) or 'independent' (nproc single processes)."""
-    max_steps = check_trainer_args(args)
+    """mode: 'single' (1 process), 'ddp' (torchrun, nproc ranks, a free port of its own) or 'independent' (nproc
+    single processes at once): the trainer's own command line, on synthetic input."""
+    max_steps, world = check_trainer_args(args), nproc if mode == "ddp" else 1
+    # The children import this very package, wherever it lies (an editable install, or PYTHONPATH on a host).
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p))
+    if args.threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"] if world > 1 else []
 
-    def job(directory: str, world: int, gpu: str = ""):
+    def job(directory: str, gpu: str = ""):
         overrides = base + trainer_overrides(cfg, "synthetic", run_dir=directory, max_steps=max_steps,
                                              log_every=args.log_every, world_size=world)
-        return launch_command(world, args.config, overrides), child_env(device, args.threads, gpu), directory
+        cmd = [sys.executable, *launcher, "-m", "resnext_dist.train",
+               *(["--config", args.config] if args.config else []), *overrides]
+        visible = "" if device == "cpu" else gpu  # on a CPU no GPU: the trainer takes one whenever it sees one
+        return cmd, dict(env, CUDA_VISIBLE_DEVICES=visible) if device == "cpu" or gpu else env, directory
 
-    if mode == "independent":
-        jobs = [job(f"{run_dir}/p{i}", 1, gpu=str(i) if device == "cuda" else "") for i in range(nproc)]
-    else:
-        jobs = [job(run_dir, nproc if mode == "ddp" else 1)]
+    jobs = [job(f"{run_dir}/p{i}", str(i)) for i in range(nproc)] if mode == "independent" else [job(run_dir)]
     _run_all(jobs, args.timeout)
-    world = nproc if mode == "ddp" else 1
     parts = [summarize_log(read_log(os.path.join(d, "log.jsonl")), global_batch=cfg.data.batch_size * world,
                            warmup_intervals=args.warmup_intervals) for _, _, d in jobs]
     total = sum(p["img_per_s"] for p in parts)
