@@ -1,4 +1,4 @@
-"""log.jsonl -> one MLflow run, from a cursor: what the Tracker's thread and `sync` both run.
+"""log.jsonl -> one MLflow run, from a cursor: what the Tracker's thread and `sync` (__main__.py) both run.
 
 The cursor, <run dir>/mlflow_run.json, holds the MLflow run id and URI, `start` (where the run's records begin in
 log.jsonl), `offset` (up to where MLflow holds them) and `hwm` (each metric's highest step sent); what `sync` needs
@@ -241,22 +241,3 @@ def translate(r: dict, hwm: Dict[str, int], constants) -> tuple:
             hwm[metric_key(k)] = step
             metrics.append((metric_key(k), float(v), int(float(r.get("time", 0)) * 1000), step))
     return metrics, tags
-
-
-def sync(run_dir: str, timeout_s: float = 30.0) -> str:
-    """The reader run once to the end of log.jsonl; then the artifacts close() left and the final status (the
-    recorded one, else FINISHED with a DONE marker, else KILLED)."""
-    from mlflow import MlflowClient
-    from resnext_dist.config import load_config
-    run_dir, config = os.path.abspath(run_dir), os.path.join(run_dir, "config.yaml")
-    rec = read_cursor(run_dir)
-    if rec is None:
-        return f"nothing to send: no {os.path.join(run_dir, RUN_FILE)}"
-    configure_http(timeout_s)
-    mirror = Mirror(MlflowClient(tracking_uri=rec["tracking_uri"]), run_dir, rec,
-                    config_params(load_config(config)) if os.path.isfile(config) else {})
-    mirror.setup(reopen=False)
-    sent = mirror.send_new()
-    status = rec.get("status") or ("FINISHED" if os.path.exists(os.path.join(run_dir, "DONE")) else "KILLED")
-    mirror.finish(status)
-    return f"sent {sent} metric points to MLflow run {mirror.run_id} ({rec['tracking_uri']}); status {status}"
