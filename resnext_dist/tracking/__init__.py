@@ -26,7 +26,6 @@ from typing import Optional
 
 from resnext_dist.errors import one_line
 from resnext_dist.provenance import provenance_tags
-from resnext_dist.runlog import RunLog
 from resnext_dist.tracking.mirror import (MAX_PARAM_VALUE, RUN_FILE, Mirror, config_params, configure_http,
                                           is_permanent, metric_key, read_cursor)
 
@@ -89,12 +88,12 @@ class Tracker:
         old = read_cursor(self.run_dir) or {}
         old = old if old.get("tracking_uri") == self.uri else {}  # a cursor of another store is not this run's
         goes_on = bool(old) and cfg.checkpoint.resume != "never" and run_id in (None, old["run_id"])
-        self._stale = None if goes_on or old.get("run_id") in (None, run_id) else old  # its trainer is gone
         log_path = os.path.join(self.run_dir, "log.jsonl")
         end = os.path.getsize(log_path) if os.path.exists(log_path) else 0  # a new cursor starts here
         rec = dict(old, status=None) if goes_on else {
             "run_id": run_id, "tracking_uri": self.uri, "experiment": self._t.experiment, "run_name": cfg.run.name,
-            "launch_id": uuid.uuid4().hex, "start": end, "offset": end,
+            "launch_id": uuid.uuid4().hex, "start": end, "offset": end,  # the old cursor's run, its trainer gone:
+            "stale": None if old.get("run_id") in (None, run_id) else [old["run_id"], old.get("status")],
             "artifact_location": None if self._t.uri else os.path.join(os.path.abspath(cfg.run.root), "mlartifacts")}
         self._reopen = rec["run_id"] is not None
         self._mirror = Mirror(MlflowClient(tracking_uri=self.uri), self.run_dir, rec, config_params(cfg))
@@ -146,8 +145,6 @@ class Tracker:
         while not self._abort.is_set():
             status = self._status
             try:
-                if self._stale is not None:
-                    self._close_stale()
                 m.setup(self._reopen)
                 self._first.set()
                 if self._t.system_metrics and self._monitor is None and status is None:
@@ -190,16 +187,3 @@ class Tracker:
                 raise
             log.warning("MLflow: the model was not logged (%s)", one_line(e, 300))
         self._model = None
-
-    def _close_stale(self) -> None:
-        """The run this run dir tracked before is still RUNNING, its trainer gone: end it, and say so."""
-        old_id, status = self._stale["run_id"], self._stale.get("status") or "KILLED"
-        run = self._mirror.get_run(old_id)
-        if run is not None and run.info.status == "RUNNING":
-            self._mirror.client.set_terminated(old_id, status)
-            events = RunLog(os.path.join(self.run_dir, "log.jsonl"))  # one append of one line: lines stay whole
-            events.write("event", 0, event="mlflow_run_closed", run_id=old_id, status=status,
-                         why="its trainer is gone; this run dir tracks a new run")
-            events.close()
-            log.warning("MLflow run %s was still RUNNING without a trainer; marked %s", old_id, status)
-        self._stale = None

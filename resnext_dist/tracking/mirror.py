@@ -2,12 +2,12 @@
 
 The cursor, <run dir>/mlflow_run.json, holds the MLflow run id and URI, `start` (where the run's records begin in
 log.jsonl), `offset` (up to where MLflow holds them) and `hwm` (each metric's highest step sent); what `sync` needs
-to create the run (experiment, name, tags); the `artifacts` asked for and not uploaded yet; and, after a close that
-timed out, the final `status`. It is saved (atomic_write) after each stored batch, so a process killed at any
-moment resends at most one batch, and a resent batch is the same batch (timestamps are the records' `time`), which
-MLflow's store keeps once. No step twice: a point (key, step) is sent only if `step` is above `hwm[key]` (a resumed
-attempt repeats the steps after its checkpoint: the first values stay). MlflowClient.log_batch itself splits a
-batch to MLflow's request limits.
+to create the run (experiment, name, tags); the `artifacts` asked for and not uploaded yet; a `stale` run to end;
+and, after a close that timed out, the final `status`. It is saved (atomic_write) after each stored batch, so a
+process killed at any moment resends at most one batch, and a resent batch is the same batch (timestamps are the
+records' `time`), which MLflow's store keeps once. No step twice: a point (key, step) is sent only if `step` is
+above `hwm[key]` (a resumed attempt repeats the steps after its checkpoint: the first values stay).
+MlflowClient.log_batch itself splits a batch to MLflow's request limits.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import threading
 from typing import Dict, Optional
 
 from resnext_dist.files import atomic_write
+from resnext_dist.runlog import RunLog
 
 log = logging.getLogger(__package__)
 RUN_FILE, BATCH = "mlflow_run.json", 1000  # metric points per stored batch (one cursor move)
@@ -104,9 +105,21 @@ class Mirror:
             return None
 
     def setup(self, reopen: bool) -> None:
-        """The run exists with its params and tags; `reopen`: an earlier attempt's run, made RUNNING again."""
+        """The run exists with its params and tags; `reopen`: an earlier attempt's run, made RUNNING again. A run
+        this run dir tracked before (`stale`: its trainer is gone, a new run starts here) is ended if still RUNNING."""
         if self.ready:
             return
+        if self.rec.get("stale"):
+            old_id, status = self.rec["stale"][0], self.rec["stale"][1] or "KILLED"
+            old = self.get_run(old_id)
+            if old is not None and old.info.status == "RUNNING":
+                self.client.set_terminated(old_id, status)
+                events = RunLog(os.path.join(self.run_dir, "log.jsonl"))  # one append of one line: lines stay whole
+                events.write("event", 0, event="mlflow_run_closed", run_id=old_id, status=status,
+                             why="its trainer is gone; this run dir tracks a new run")
+                events.close()
+                log.warning("MLflow run %s was still RUNNING without a trainer; marked %s", old_id, status)
+            self.save(stale=None)
         run = self.get_run(self.run_id) if self.run_id else None
         if self.run_id and (run is None or run.info.lifecycle_stage == "deleted"):
             log.warning("MLflow run %s is gone from %s; starting a new run", self.run_id, self.rec["tracking_uri"])
