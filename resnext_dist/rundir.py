@@ -1,6 +1,7 @@
 """A run directory holds one run, and its config.yaml is the run's identity.
 
-    changes = check_identity(cfg)     # InputError listing each differing identity key (old -> new); nothing written
+    old = read_config(cfg.run.dir)    # {section.key: value} of the recorded config, None for a new run dir
+    changes = check_identity(cfg, old)  # InputError listing each differing identity key (old -> new)
     write_config(cfg)                 # atomically, only once the run starts or legitimately continues
     done = read_done(run_dir); finished_for(done, cfg)   # is there anything left to train for this config?
 
@@ -71,9 +72,9 @@ def read_config(run_dir: str) -> Optional[Dict[str, Any]]:
     return {f"{s}.{k}": v for s, section in data.items() if isinstance(section, dict) for k, v in section.items()}
 
 
-def check_identity(cfg: TrainConfig) -> List[Tuple[str, Any, Any]]:
-    """The allowed changes (key, old, new) against the run's recorded config; refuses identity changes."""
-    old = read_config(cfg.run.dir)
+def check_identity(cfg: TrainConfig, old: Optional[Dict[str, Any]]) -> List[Tuple[str, Any, Any]]:
+    """The allowed changes (key, old, new) against the run's recorded config `old` (read_config); refuses
+    identity changes."""
     if old is None:
         return []
     new = to_flat_dict(cfg)

@@ -61,8 +61,9 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
     existed = os.path.isdir(run_dir)
     lock = hold_run_dir(run_dir, dist)  # a second trainer on this directory exits 2 here, naming the holder
     try:
-        changes = rundir.check_identity(cfg)
-        old = rundir.read_config(run_dir) or {}
+        old = rundir.read_config(run_dir)
+        changes = rundir.check_identity(cfg, old)
+        old = old or {}
         done = rundir.read_done(run_dir)
         if rundir.finished_for(done, cfg, old.get("train.epochs")):
             say(f"resnext_dist: {run_dir} is already finished ({done.get('epochs_done', '?')} epochs, step "

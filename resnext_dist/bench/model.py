@@ -33,7 +33,7 @@ def measure_ceiling(cfg: TrainConfig, device: torch.device, *, steps: int, warmu
     model = build_model(cfg.model).to(device, memory_format=fmt)
     optimizer = build_optimizer(model, cfg.optim, batch)
     runner = torch.compile(model) if t.compile else model
-    scaler = torch.amp.GradScaler(device.type) if t.precision == "fp16" else None
+    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")  # off: a pass-through
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
     images = torch.randn(batch, 3, res, res, device=device).contiguous(memory_format=fmt)
     labels = torch.randint(0, cfg.model.num_classes, (batch,), device=device)
@@ -41,35 +41,22 @@ def measure_ceiling(cfg: TrainConfig, device: torch.device, *, steps: int, warmu
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = F.cross_entropy(runner(images).float(), labels, label_smoothing=cfg.optim.label_smoothing)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
-    model.train()
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    warmup_s = time.perf_counter() - t0
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(steps):
-            step()
-        end.record()
-        end.synchronize()
-        elapsed, peak = start.elapsed_time(end) / 1000.0, torch.cuda.max_memory_allocated(device) / 2**20
-    else:
+    def timed(n: int) -> float:
         t0 = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(n):
             step()
-        elapsed, peak = time.perf_counter() - t0, None
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the queued kernels are part of the steps
+        return time.perf_counter() - t0
+
+    model.train()
+    warmup_s, elapsed = timed(warmup), timed(steps)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     del runner, model, optimizer, images, labels
     release(device, compiled=t.compile)
     return {"img_per_s": batch * steps / elapsed, "step_ms": 1000.0 * elapsed / steps, "steps": steps,

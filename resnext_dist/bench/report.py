@@ -22,6 +22,7 @@ from resnext_dist.dist import DistInfo
 from resnext_dist.errors import InputError, one_line
 from resnext_dist.files import atomic_write
 from resnext_dist.provenance import provenance_tags
+from resnext_dist.tracking.mirror import MAX_PARAM_VALUE, cut  # MLflow's limit, said once (imports no mlflow)
 
 # (key, header, format): the table's columns, in order; a table shows the ones its rows carry.
 COLUMNS = (("bench", "bench", "{}"), ("measure", "measure", "{}"), ("arch", "arch", "{}"), ("res", "res", "{}"),
@@ -75,7 +76,7 @@ def log_mlflow(uri: str, experiment: str, result: Dict) -> str:
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=f"bench-{result['bench']}") as run:
         mlflow.set_tags({"bench": result["bench"], **{k: str(v) for k, v in result["machine"].items()}})
-        mlflow.log_params({k: str(v)[:6000] for k, v in result["params"].items()})
+        mlflow.log_params({k: cut(str(v), MAX_PARAM_VALUE) for k, v in result["params"].items()})
         metrics = {k: float(v) for k, v in result["summary"].items() if isinstance(v, (int, float))}
         metrics.update({f"row{i}.{key}": float(row[key]) for i, row in enumerate(result["rows"])
                         for key in ROW_METRICS if isinstance(row.get(key), (int, float))})

@@ -12,6 +12,7 @@ its ranks, so that Linux's per-session fair share (autogroup) treats them alike.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import subprocess
@@ -22,35 +23,13 @@ from typing import Dict, List, Tuple
 import torch
 
 from resnext_dist.bench import report, workload
-from resnext_dist.bench.train import (OWNED, add_trainer_args, check_trainer_args, median_try, run_root,
-                                      summarize_log, trainer_overrides)
+from resnext_dist.bench.train import (OWNED, add_trainer_args, alternate, check_trainer_args, median_try,
+                                      summarize_log, trainer_overrides, tries_notes)
 from resnext_dist.config import load_config
 from resnext_dist.errors import InputError
 from resnext_dist.runlog import read_log
 
 TARGET_EFFICIENCY = 0.9
-
-
-def launch_command(nproc: int, config: str, overrides: List[str]) -> List[str]:
-    """The trainer's own command line: plain for one process, torchrun (a free port of its own) for N."""
-    train = ["-m", "resnext_dist.train", *(["--config", config] if config else []), *overrides]
-    if nproc == 1:
-        return [sys.executable, *train]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *train]
-
-
-def child_env(device: str, threads: int, gpu: str = "") -> Dict[str, str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if threads:
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    if device == "cpu":
-        env["CUDA_VISIBLE_DEVICES"] = ""  # the trainer takes a GPU whenever it sees one
-    elif gpu:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
-    # The children import this very package, wherever it lies (an editable install, or PYTHONPATH on a host).
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
-    return env
 
 
 def _run_all(jobs: List[Tuple[List[str], Dict[str, str], str]], timeout: float) -> None:
@@ -81,21 +60,28 @@ def _run_all(jobs: List[Tuple[List[str], Dict[str, str], str]], timeout: float) 
             raise RuntimeError(f"run failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
 
 
-def run_once(cfg, base: List[str], mode: str, nproc: int, run_dir: str, args, device: str) -> Dict:
-    """mode: 'single' (1 process), 'ddp' (torchrun, nproc ranks) or 'independent' (nproc single processes)."""
-    max_steps = check_trainer_args(args)
+def run_once(cfg, base: List[str], mode: str, nproc: int, run_dir: str, *, args, device: str) -> Dict:
+    """mode: 'single' (1 process), 'ddp' (torchrun, nproc ranks, a free port of its own) or 'independent' (nproc
+    single processes at once): the trainer's own command line, on synthetic input."""
+    max_steps, world = check_trainer_args(args), nproc if mode == "ddp" else 1
+    # The children import this very package, wherever it lies (an editable install, or PYTHONPATH on a host).
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p))
+    if args.threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"] if world > 1 else []
 
-    def job(directory: str, world: int, gpu: str = ""):
+    def job(directory: str, gpu: str = ""):
         overrides = base + trainer_overrides(cfg, "synthetic", run_dir=directory, max_steps=max_steps,
                                              log_every=args.log_every, world_size=world)
-        return launch_command(world, args.config, overrides), child_env(device, args.threads, gpu), directory
+        cmd = [sys.executable, *launcher, "-m", "resnext_dist.train",
+               *(["--config", args.config] if args.config else []), *overrides]
+        visible = "" if device == "cpu" else gpu  # on a CPU no GPU: the trainer takes one whenever it sees one
+        return cmd, dict(env, CUDA_VISIBLE_DEVICES=visible) if device == "cpu" or gpu else env, directory
 
-    if mode == "independent":
-        jobs = [job(f"{run_dir}/p{i}", 1, gpu=str(i) if device == "cuda" else "") for i in range(nproc)]
-    else:
-        jobs = [job(run_dir, nproc if mode == "ddp" else 1)]
+    jobs = [job(f"{run_dir}/p{i}", str(i)) for i in range(nproc)] if mode == "independent" else [job(run_dir)]
     _run_all(jobs, args.timeout)
-    world = nproc if mode == "ddp" else 1
     parts = [summarize_log(read_log(os.path.join(d, "log.jsonl")), global_batch=cfg.data.batch_size * world,
                            warmup_intervals=args.warmup_intervals) for _, _, d in jobs]
     total = sum(p["img_per_s"] for p in parts)
@@ -138,23 +124,14 @@ def run(argv=None) -> int:
     title = f"bench scaling: {workload.label(cfg)}, 1 vs {nproc} processes ({where})"
     print(title, flush=True)
 
-    modes = ["single", "ddp"] + (["independent"] if args.independent else [])
-    runs: Dict[str, List[Dict]] = {mode: [] for mode in modes}
-    with run_root(args, "resnext-scaling-") as root:
-        for r in range(args.repeats):
-            for mode in modes:
-                s = run_once(cfg, base, mode, nproc, os.path.join(root, f"{mode}_r{r}"), args, device)
-                runs[mode].append(s)
-                print(f"{mode}, try {r + 1}: {s['img_per_s']:,.1f} img/s (data wait {s['data_wait']:.1%})",
-                      flush=True)
-
-    mid = {mode: median_try(tries) for mode, tries in runs.items()}
-    base_rate = mid["single"]["img_per_s"]
     labels = {"single": ("trainer, 1 process", 1), "ddp": (f"trainer, {nproc} processes (DDP)", nproc),
               "independent": (f"{nproc} independent processes (no DDP)", nproc)}
-    rows = []
+    modes = ["single", "ddp"] + (["independent"] if args.independent else [])
+    runs, root = alternate(args, "resnext-scaling-", {
+        mode: functools.partial(run_once, cfg, base, mode, nproc, args=args, device=device) for mode in modes})
+    base_rate, rows = median_try(runs["single"])["img_per_s"], []
     for mode in modes:
-        s, (label, n) = mid[mode], labels[mode]
+        s, (label, n) = median_try(runs[mode]), labels[mode]
         rows.append({"measure": label, **workload.columns(cfg), "world_size": n, "img_per_s": s["img_per_s"],
                      "per_rank_img_per_s": s["img_per_s"] / n, "efficiency": s["img_per_s"] / (n * base_rate),
                      "data_wait": s["data_wait"], "tries_img_per_s": [t["img_per_s"] for t in runs[mode]],
@@ -173,8 +150,7 @@ def run(argv=None) -> int:
         notes.append(f"CPU: every process uses {args.threads} intra-op thread(s) (OMP_NUM_THREADS={args.threads}), "
                      f"the single process too: 1 x {args.threads} vs {nproc} x {args.threads} threads on "
                      f"{os.cpu_count()} cores; gloo")
-    if args.repeats > 1:
-        notes.append(f"median of {args.repeats} alternating tries per measure (all tries are in the JSON)")
+    notes += tries_notes(args, root)
     params = {**workload.params(cfg), "device": device,
               "nproc": nproc, "threads_per_process": args.threads, "steps": args.steps, "log_every": args.log_every,
               "warmup_intervals": args.warmup_intervals, "repeats": args.repeats, "independent": args.independent}

@@ -5,17 +5,19 @@
 
 The ceiling (bench model), then `resnext_dist.train.run(cfg)` per input (synthetic; the config's loader on
 data.train) in a temporary run directory, tracking and validation off; its figures are the log.jsonl intervals
-after --warmup-intervals, weighted by images and time ("wall img/s" also counts epoch ends). What it measures
-and the target: docs/performance.md.
+after --warmup-intervals, weighted by images and time ("wall img/s" also counts epoch ends). With --repeats the
+measures take turns (`alternate`, which bench scaling uses too) and each reports its median try. What it
+measures and the target: docs/performance.md.
 """
 from __future__ import annotations
 
-import contextlib
+import functools
 import os
+import re
 import shutil
 import tempfile
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -81,6 +83,33 @@ def median_try(tries: List[Dict]) -> Dict:
     return sorted(tries, key=lambda t: t["img_per_s"])[(len(tries) - 1) // 2]
 
 
+def alternate(args, prefix: str, measures: Dict[str, Callable[[str], Dict]]) -> Tuple[Dict[str, List[Dict]], str]:
+    """--repeats tries, each running every measure once in turn with a run directory of its own (in a fresh
+    folder in --run-root, removed unless --keep-runs): on a shared machine single tries swing both ways by 10 %
+    and more, and alternating spreads the swings over all measures. Returns {measure: tries}, the folder."""
+    tries: Dict[str, List[Dict]] = {name: [] for name in measures}
+    if args.run_root:
+        os.makedirs(args.run_root, exist_ok=True)
+    root = tempfile.mkdtemp(prefix=prefix, dir=args.run_root or None)
+    try:
+        for attempt in range(args.repeats):
+            for name, measure in measures.items():
+                slug = re.sub(r"[^\w.-]+", "_", name).strip("_")  # trainer (ffcv) -> trainer_ffcv
+                s = measure(os.path.join(root, f"{slug}.{attempt}"))
+                tries[name].append(s)
+                wait = f", data wait {s['data_wait']:.1%}" if "data_wait" in s else ""
+                print(f"{name}, try {attempt + 1}: {s['img_per_s']:,.1f} img/s{wait}", flush=True)
+    finally:
+        if not args.keep_runs:
+            shutil.rmtree(root, ignore_errors=True)
+    return tries, root
+
+
+def tries_notes(args, root: str) -> List[str]:
+    notes = [f"median of {args.repeats} alternating tries per measure (all tries are in the JSON)"]
+    return (notes if args.repeats > 1 else []) + ([f"run directories kept in {root}"] if args.keep_runs else [])
+
+
 def add_trainer_args(p, *, steps: int, log_every: int) -> None:
     """The flags of a bench that runs the trainer (train, scaling): its length, what counts, where it runs."""
     g = p.add_argument_group("trainer runs")
@@ -98,19 +127,6 @@ def check_trainer_args(args) -> int:
     if args.steps < 1 or args.log_every < 1 or args.warmup_intervals < 0 or args.repeats < 1:
         raise InputError("--steps, --log-every and --repeats must be >= 1, --warmup-intervals >= 0")
     return (args.warmup_intervals + -(-args.steps // args.log_every)) * args.log_every
-
-
-@contextlib.contextmanager
-def run_root(args, prefix: str):
-    """A fresh folder for the trainer runs in --run-root (made if missing), removed at the end unless --keep-runs."""
-    if args.run_root:
-        os.makedirs(args.run_root, exist_ok=True)
-    root = tempfile.mkdtemp(prefix=prefix, dir=args.run_root or None)
-    try:
-        yield root
-    finally:
-        if not args.keep_runs:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 def parser():
@@ -155,56 +171,44 @@ def run(argv=None) -> int:
     def plan(name: str, run_dir: str) -> List[str]:
         return base + trainer_overrides(cfg, name, run_dir=run_dir, max_steps=max_steps, log_every=args.log_every)
 
+    def trainer(name: str, run_dir: str) -> Dict:
+        if args.threads:
+            torch.set_num_threads(args.threads)  # FFCV sets torch's thread count to its worker count
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)  # the run's peak, not the ceiling's before it
+        t0 = time.perf_counter()
+        train_run(load_config(args.config, plan(name, run_dir)))
+        s = summarize_log(read_log(os.path.join(run_dir, "log.jsonl")), global_batch=cfg.data.batch_size,
+                          warmup_intervals=args.warmup_intervals)
+        release(device, compiled=cfg.train.compile)
+        return dict(s, run_s=time.perf_counter() - t0)
+
     for name in inputs:  # every config is checked before any measuring starts
         load_config(args.config, plan(name, "unused"))
     title = f"bench train: {workload.label(cfg)} on {workload.device_label(device)}"
     print(title, flush=True)
-
-    # Each try measures the ceiling, then each input; with --repeats the tries alternate and each measure
-    # reports its median try (on a shared machine single tries swing both ways by 10 % and more).
-    ceilings, trainer_runs = [], {name: [] for name in inputs}
-    with run_root(args, "resnext-bench-") as root:
-        for attempt in range(args.repeats):
-            if not args.no_ceiling:
-                ceilings.append(measure_ceiling(cfg, device, steps=args.ceiling_steps, warmup=args.ceiling_warmup))
-                print(f"ceiling, try {attempt + 1}: {ceilings[-1]['img_per_s']:,.1f} img/s", flush=True)
-            for name in inputs:
-                if args.threads:
-                    torch.set_num_threads(args.threads)  # FFCV sets torch's thread count to its worker count
-                run_dir = os.path.join(root, f"{name}.{attempt}")
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats(device)  # the run's peak, not the ceiling's before it
-                t0 = time.perf_counter()
-                train_run(load_config(args.config, plan(name, run_dir)))
-                s = summarize_log(read_log(os.path.join(run_dir, "log.jsonl")), global_batch=cfg.data.batch_size,
-                                  warmup_intervals=args.warmup_intervals)
-                s["run_s"] = time.perf_counter() - t0
-                release(device, compiled=cfg.train.compile)
-                trainer_runs[name].append(s)
-                print(f"trainer ({name}), try {attempt + 1}: {s['img_per_s']:,.1f} img/s, "
-                      f"data wait {s['data_wait']:.1%}", flush=True)
+    measures = {} if args.no_ceiling else {
+        "ceiling": lambda _: measure_ceiling(cfg, device, steps=args.ceiling_steps, warmup=args.ceiling_warmup)}
+    measures.update({f"trainer ({name})": functools.partial(trainer, name) for name in inputs})
+    tries, root = alternate(args, "resnext-bench-", measures)
 
     rows, summary, ceiling = [], {}, None
-    if ceilings:
-        mid = median_try(ceilings)
+    if "ceiling" in tries:
+        mid = median_try(tries["ceiling"])
         ceiling = summary["ceiling_img_per_s"] = mid["img_per_s"]
-        rows.append({**ceiling_row(cfg, mid), "tries_img_per_s": [m["img_per_s"] for m in ceilings]})
-    for name, tries in trainer_runs.items():
-        s = median_try(tries)
+        rows.append({**ceiling_row(cfg, mid), "tries_img_per_s": [m["img_per_s"] for m in tries["ceiling"]]})
+    for name in inputs:
+        s = median_try(tries[f"trainer ({name})"])
         ratio = s["img_per_s"] / ceiling if ceiling else None
         rows.append({"measure": f"trainer ({'; '.join([name, *workload.extra_overrides(args)])})", "input": name,
                      **workload.columns(cfg), "img_per_s": s["img_per_s"], "wall_img_per_s": s["wall_img_per_s"],
                      "ratio": ratio, "data_wait": s["data_wait"], "timed_steps": s["timed_steps"],
                      "timed_s": s["timed_s"], "peak_mem_mb": s["peak_mem_mb"], "run_s": s["run_s"],
-                     "tries_img_per_s": [t["img_per_s"] for t in tries]})
+                     "tries_img_per_s": [t["img_per_s"] for t in tries[f"trainer ({name})"]]})
         summary.update({f"{name}_img_per_s": s["img_per_s"], f"{name}_data_wait": s["data_wait"],
                         **({f"{name}_ratio": ratio} if ratio is not None else {})})
     notes = [f"trainer img/s: log.jsonl intervals after the first {args.warmup_intervals} "
-             f"({args.log_every} steps each); wall img/s also counts epoch ends"]
-    if args.repeats > 1:
-        notes.append(f"median of {args.repeats} alternating tries per measure (all tries are in the JSON)")
-    if args.keep_runs:
-        notes.append(f"run directories kept in {root}")
+             f"({args.log_every} steps each); wall img/s also counts epoch ends", *tries_notes(args, root)]
     real = [f"{name}_ratio" for name in inputs if name != "synthetic" and f"{name}_ratio" in summary]
     judged = (real or ["synthetic_ratio"])[0]  # the target is about real input
     if judged in summary:

@@ -22,8 +22,9 @@ from resnext_dist.models.resnext import PRESETS
 # The trainer's defaults suit a GPU; on a CPU without a recipe a bench starts from these (your overrides win).
 CPU_DEFAULTS = ["train.precision=fp32", "train.channels_last=false"]
 SECTIONS = ("model", "data", "train", "optim")  # what decides a step's work: a result's params
-# The keys the table's columns show (the rest of model.* and data.* is in the title).
-SHOWN = ("model.arch", "data.train_res", "data.batch_size", "train.precision", "train.channels_last", "train.compile")
+# The table's columns -> the config keys they show (the rest of model.* and data.* is in the title).
+COLUMNS = {"arch": "model.arch", "res": "data.train_res", "batch": "data.batch_size", "precision": "train.precision",
+           "channels_last": "train.channels_last", "compile": "train.compile"}
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -67,7 +68,8 @@ def load(args, device_type: str, defaults: Sequence[str] = (), owned: Dict[str, 
 def extra_overrides(args) -> List[str]:
     """The overrides neither the title nor the columns show (train.nan_check=false, optim.*): row labels
     carry them, so A/B runs stay apart in a combined table."""
-    return [o for o in args.overrides if not o.startswith(("model.", "data.")) and o.split("=")[0] not in SHOWN]
+    return [o for o in args.overrides if not o.startswith(("model.", "data.")) and o.split("=")[0] not in
+            COLUMNS.values()]
 
 
 def num_parameters(cfg: TrainConfig) -> int:
@@ -90,8 +92,8 @@ def label(cfg: TrainConfig) -> str:
 
 
 def columns(cfg: TrainConfig) -> Dict:
-    return {"arch": cfg.model.arch, "res": cfg.data.train_res, "batch": cfg.data.batch_size,
-            "precision": cfg.train.precision, "channels_last": cfg.train.channels_last, "compile": cfg.train.compile}
+    flat = to_flat_dict(cfg)
+    return {column: flat[key] for column, key in COLUMNS.items()}
 
 
 def params(cfg: TrainConfig) -> Dict:

@@ -7,22 +7,20 @@
 
 One thread (rank 0, when enabled) runs mirror.Mirror: it sends new complete lines of log.jsonl in batches from
 the cursor in <run dir>/mlflow_run.json and backs off when the server is away (1 s doubling to 30 s, one warning
-per outage). What close() could not send within tracking.close_timeout_s stays after the cursor, for the next
-attempt of the run or `python -m resnext_dist.tracking sync RUN_DIR`. The run id is in the checkpoint (passed back
-as `run_id`) and in the cursor (a crash before the first checkpoint). A new run in a run dir whose cursor names a
-run still RUNNING (its trainer gone, e.g. checkpoint.resume=never) ends that one KILLED, with an event in log.jsonl.
+per outage); artifacts wait in the cursor's list until uploaded. What close() could not send within
+tracking.close_timeout_s stays there, for the next attempt of the run or `python -m resnext_dist.tracking sync
+RUN_DIR`. The run id is in the checkpoint (passed back as `run_id`) and in the cursor (a crash before the first
+checkpoint). A new run in a run dir whose cursor names a run still RUNNING (its trainer gone, e.g.
+checkpoint.resume=never) ends that one KILLED, with an event in log.jsonl.
 """
 from __future__ import annotations
 
 import atexit
-import collections
 import copy
-import json
 import logging
 import os
 import shlex
 import threading
-import time
 import uuid
 from typing import Optional
 
@@ -31,8 +29,8 @@ from resnext_dist.provenance import provenance_tags
 from resnext_dist.tracking.mirror import (MAX_PARAM_VALUE, RUN_FILE, Mirror, config_params, configure_http,
                                           is_permanent, metric_key, read_cursor)
 
-__all__ = ["Tracker", "resolve_uri", "ui_command", "experiment_url", "config_params", "metric_key", "RUN_FILE",
-           "MAX_PARAM_VALUE"]
+__all__ = ["Tracker", "resolve_uri", "ui_command", "experiment_url", "experiment_link", "config_params",
+           "metric_key", "RUN_FILE", "MAX_PARAM_VALUE"]
 log = logging.getLogger(__name__)
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 POLL_S, BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 1.0, 30.0
@@ -58,16 +56,14 @@ def experiment_url(ui: str, experiment_id: str) -> str:
 def experiment_link(cfg) -> str:
     """Where a run of `cfg` appears: the experiment's runs table on a tracking server (looked up with a short
     timeout; the experiment may not exist before the first run), else the command that opens the UI."""
-    ui = ui_command(cfg)
-    if not ui.startswith(("http://", "https://")):
-        return f"{ui}  (experiment {cfg.tracking.experiment})"
-    try:
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        from mlflow.tracking import MlflowClient
-        found = MlflowClient(ui).get_experiment_by_name(cfg.tracking.experiment)
-    except Exception:  # an unreachable server must not stop a submission
-        found = None
+    ui, found = ui_command(cfg), None
+    if ui.startswith(("http://", "https://")):
+        try:
+            configure_http(5)
+            from mlflow import MlflowClient
+            found = MlflowClient(ui).get_experiment_by_name(cfg.tracking.experiment)
+        except Exception:  # an unreachable server must not stop a submission
+            pass
     return experiment_url(ui, found.experiment_id) if found else f"{ui}  (experiment {cfg.tracking.experiment})"
 
 
@@ -78,42 +74,39 @@ class Tracker:
         self.enabled, self._closed, self._mirror = bool(cfg.tracking.enabled and dist.is_main), False, None
         if not self.enabled:
             return
-        t, self.uri, self.run_dir = cfg.tracking, resolve_uri(cfg), os.path.abspath(run_dir)
-        os.makedirs(self.run_dir, exist_ok=True)
-        if self.uri.startswith("sqlite:///"):
-            os.makedirs(os.path.dirname(self.uri[len("sqlite:///"):]), exist_ok=True)
         try:
             from mlflow import MlflowClient  # seconds: only here, on the main rank, when enabled
         except Exception as e:
             log.warning("MLflow tracking off: cannot import mlflow (%s); log.jsonl is still written", e)
             self.enabled = False
             return
-        self._t = t
-        configure_http(max(0.1, t.timeout_s))
+        self._t, self.uri, self.run_dir = cfg.tracking, resolve_uri(cfg), os.path.abspath(run_dir)
+        os.makedirs(self.run_dir, exist_ok=True)
+        if self.uri.startswith("sqlite:///"):
+            os.makedirs(os.path.dirname(self.uri[len("sqlite:///"):]), exist_ok=True)
+        configure_http(max(0.1, self._t.timeout_s))
+        old = read_cursor(self.run_dir) or {}
+        old = old if old.get("tracking_uri") == self.uri else {}  # a cursor of another store is not this run's
+        goes_on = bool(old) and cfg.checkpoint.resume != "never" and run_id in (None, old["run_id"])
         log_path = os.path.join(self.run_dir, "log.jsonl")
-        end = os.path.getsize(log_path) if os.path.exists(log_path) else 0
-        old = read_cursor(self.run_dir)
-        old = old if old is not None and old.get("tracking_uri") == self.uri else None
-        self._stale = None
-        if old is not None and cfg.checkpoint.resume != "never" and run_id in (None, old.get("run_id")):
-            rec = dict(old, status=None)  # this run goes on from its cursor
-        else:
-            self._stale = old if old is not None and old.get("run_id") not in (None, run_id) else None
-            rec = {"run_id": run_id, "tracking_uri": self.uri, "experiment": t.experiment, "run_name": cfg.run.name,
-                   "artifact_location": None if t.uri else os.path.join(os.path.abspath(cfg.run.root), "mlartifacts"),
-                   "launch_id": uuid.uuid4().hex, "start": end, "offset": end}
-        self._reopen, pending = rec["run_id"] is not None, rec.get("artifacts", [])
+        end = os.path.getsize(log_path) if os.path.exists(log_path) else 0  # a new cursor starts here
+        rec = dict(old, status=None) if goes_on else {
+            "run_id": run_id, "tracking_uri": self.uri, "experiment": self._t.experiment, "run_name": cfg.run.name,
+            "launch_id": uuid.uuid4().hex, "start": end, "offset": end,  # the old cursor's run, its trainer gone:
+            "stale": None if old.get("run_id") in (None, run_id) else [old["run_id"], old.get("status")],
+            "artifact_location": None if self._t.uri else os.path.join(os.path.abspath(cfg.run.root), "mlartifacts")}
+        self._reopen = rec["run_id"] is not None
         self._mirror = Mirror(MlflowClient(tracking_uri=self.uri), self.run_dir, rec, config_params(cfg))
         # a sweep's run is a child of the sweep's run (tag read when the run is created; the UI nests it)
-        parent = {"mlflow.parentRunId": t.parent_run_id} if t.parent_run_id else {}
-        self._mirror.save(tags={**provenance_tags(dist, self.run_dir), **parent}, artifacts=[],
+        parent = {"mlflow.parentRunId": self._t.parent_run_id} if self._t.parent_run_id else {}
+        self._mirror.save(tags={**provenance_tags(dist, self.run_dir), **parent}, artifacts=rec.get("artifacts", []),
                           constants=["val_images"] + ([] if cfg.data.min_train_res else ["res"]))  # not charts
-        self._jobs = collections.deque(("artifact", p, a) for p, a in pending)
-        self._lock, self._wake, self._first = threading.Lock(), threading.Event(), threading.Event()
-        self._done, self._abort, self._status, self._monitor = threading.Event(), threading.Event(), None, None
-        threading.Thread(target=self._work, name="mlflow-tracker", daemon=True).start()
+        self._model, self._status, self._monitor = None, None, None
+        self._wake, self._first, self._abort = threading.Event(), threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._work, name="mlflow-tracker", daemon=True)
+        self._thread.start()
         # A moment for the run to exist, so the first checkpoint carries its id; an absent server holds up no longer.
-        self._first.wait(max(0.1, t.timeout_s) + 1.0)
+        self._first.wait(max(0.1, self._t.timeout_s) + 1.0)
         atexit.register(self.close, "FAILED")  # the interpreter exits without close(): a bug, an unhandled error
 
     @property
@@ -122,14 +115,17 @@ class Tracker:
         return self._mirror.run_id if self._mirror is not None else None
 
     def log_artifact(self, path: str, artifact_path: Optional[str] = None) -> None:
-        """Upload a file or folder (read when sent), in the background. Best effort, never blocks."""
-        self._add(("artifact", os.path.abspath(path), artifact_path))
+        """Upload a file or folder (read when sent), in the background; until then it is listed in the cursor."""
+        if self.enabled and not self._closed:
+            self._mirror.add_artifact(os.path.abspath(path), artifact_path)
+            self._wake.set()
 
     def log_model(self, model, example_input) -> None:
         """Log a CPU copy of `model` as the MLflow model "model", its signature and input example from
         `example_input` (a batch of 2 or more: batch size 1 would be fixed in the export), in the background."""
         if self.enabled and self._t.log_model and not self._closed:
-            self._add(("model", copy.deepcopy(model).cpu().eval(), example_input.detach().cpu().numpy()))
+            self._model = copy.deepcopy(model).cpu().eval(), example_input.detach().cpu().numpy()
+            self._wake.set()
 
     def close(self, status: str = "FINISHED") -> None:
         """Send the rest of log.jsonl and the artifacts, end the run; give up after tracking.close_timeout_s."""
@@ -137,19 +133,13 @@ class Tracker:
             return
         self._closed, self._status = True, status if status in STATUSES else "FAILED"
         self._wake.set()
-        if self._done.wait(max(0.0, self._t.close_timeout_s)):
+        self._thread.join(max(0.0, self._t.close_timeout_s))
+        if not self._thread.is_alive():
             return
         self._abort.set()
-        with self._lock:
-            self._mirror.save(status=self._status, artifacts=[[p, a] for k, p, a in self._jobs if k == "artifact"])
+        self._mirror.save(status=self._status)
         log.warning("MLflow at %s did not take everything within %.0f s; the rest is sent when this run resumes, "
                     "or by: python -m resnext_dist.tracking sync %s", self.uri, self._t.close_timeout_s, self.run_dir)
-
-    def _add(self, job) -> None:
-        if self.enabled and not self._closed:
-            with self._lock:
-                self._jobs.append(job)
-            self._wake.set()
 
     def _work(self) -> None:
         """The thread: every MLflow call happens here."""
@@ -157,8 +147,6 @@ class Tracker:
         while not self._abort.is_set():
             status = self._status
             try:
-                if self._stale is not None:
-                    self._close_stale()
                 m.setup(self._reopen)
                 self._first.set()
                 if self._t.system_metrics and self._monitor is None and status is None:
@@ -167,13 +155,13 @@ class Tracker:
                                                          resume_logging=True, tracking_uri=self.uri)
                     self._monitor.start()
                 m.send_new(self._abort)
-                self._run_jobs()
+                m.send_artifacts(self._abort)
+                if self._model is not None and not self._abort.is_set():
+                    self._log_model()
                 if status is not None:
                     if self._monitor is not None:
                         self._monitor.finish()
-                    m.client.set_terminated(m.run_id, status)
-                    m.save(status=status)
-                    self._done.set()
+                    m.finish(status)
                     return
                 if down:
                     log.info("MLflow at %s answers again; backlog sent", self.uri)
@@ -187,44 +175,17 @@ class Tracker:
             self._wake.wait(wait)
             self._wake.clear()
 
-    def _run_jobs(self) -> None:
-        while not self._abort.is_set():
-            with self._lock:
-                if not self._jobs:
-                    return
-                kind, a, b = self._jobs[0]
-            try:
-                if kind == "artifact":
-                    self._mirror.upload(a, b)
-                else:
-                    import mlflow.pytorch
-                    import torch
-                    # the fluent API's store and experiment (process-wide: rank 0 talks to this one run only)
-                    mlflow.set_tracking_uri(self.uri)
-                    mlflow.set_experiment(experiment_id=self._mirror.client.get_run(self.run_id).info.experiment_id)
-                    mlflow.pytorch.log_model(a, name="model", input_example=b, run_id=self.run_id,
-                                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-            except Exception as e:
-                if not is_permanent(e):
-                    raise
-                log.warning("MLflow: %s %s not logged (%s)", kind, a if kind == "artifact" else "", one_line(e, 300))
-            with self._lock:
-                self._jobs.popleft()
-
-    def _close_stale(self) -> None:
-        """The run this run dir tracked before is still RUNNING, its trainer gone: end it, and say so."""
-        old_id, status, c = self._stale["run_id"], self._stale.get("status") or "KILLED", self._mirror.client
-        try:
-            running = c.get_run(old_id).info.status == "RUNNING"
+    def _log_model(self) -> None:
+        import mlflow.pytorch
+        import torch
+        model, example = self._model
+        try:  # the fluent API's store and experiment (process-wide: rank 0 talks to this one run only)
+            mlflow.set_tracking_uri(self.uri)
+            mlflow.set_experiment(experiment_id=self._mirror.client.get_run(self.run_id).info.experiment_id)
+            mlflow.pytorch.log_model(model, name="model", input_example=example, run_id=self.run_id,
+                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         except Exception as e:
             if not is_permanent(e):
                 raise
-            running = False
-        if running:
-            c.set_terminated(old_id, status)
-            event = {"kind": "event", "step": 0, "time": round(time.time(), 3), "event": "mlflow_run_closed",
-                     "run_id": old_id, "status": status, "why": "its trainer is gone; this run dir tracks a new run"}
-            with open(os.path.join(self.run_dir, "log.jsonl"), "a") as f:
-                f.write(json.dumps(event) + "\n")  # one append of one line: the trainer's lines stay whole
-            log.warning("MLflow run %s was still RUNNING without a trainer; marked %s", old_id, status)
-        self._stale = None
+            log.warning("MLflow: the model was not logged (%s)", one_line(e, 300))
+        self._model = None

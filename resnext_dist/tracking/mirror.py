@@ -1,12 +1,13 @@
-"""log.jsonl -> one MLflow run, from a cursor: what the Tracker's thread and `sync` both run.
+"""log.jsonl -> one MLflow run, from a cursor: what the Tracker's thread and `sync` (__main__.py) both run.
 
 The cursor, <run dir>/mlflow_run.json, holds the MLflow run id and URI, `start` (where the run's records begin in
-log.jsonl) and `offset` (up to where MLflow holds them); also what `sync` needs to create the run (experiment, name,
-tags) and, after a close that timed out, the final `status` and the `artifacts` left. It is saved (atomic_write)
-after each stored batch, so a process killed at any moment resends at most one batch, and a resent batch is the
-same batch (timestamps are the records' `time`), which MLflow's store keeps once. No step twice: a point (key, step)
-is sent only if `step` is above that key's highest step in the log since `start` (a resumed attempt repeats steps
-after its checkpoint: the first values stay).
+log.jsonl), `offset` (up to where MLflow holds them) and `hwm` (each metric's highest step sent); what `sync` needs
+to create the run (experiment, name, tags); the `artifacts` asked for and not uploaded yet; a `stale` run to end;
+and, after a close that timed out, the final `status`. It is saved (atomic_write) after each stored batch, so a
+process killed at any moment resends at most one batch, and a resent batch is the same batch (timestamps are the
+records' `time`), which MLflow's store keeps once. No step twice: a point (key, step) is sent only if `step` is
+above `hwm[key]` (a resumed attempt repeats the steps after its checkpoint: the first values stay).
+MlflowClient.log_batch itself splits a batch to MLflow's request limits.
 """
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ import threading
 from typing import Dict, Optional
 
 from resnext_dist.files import atomic_write
+from resnext_dist.runlog import RunLog
 
 log = logging.getLogger(__package__)
-RUN_FILE = "mlflow_run.json"
-BATCH, PARAMS_TAGS_PER_BATCH, MAX_PARAM_VALUE, MAX_TAG_VALUE, MAX_KEY = 950, 100, 6000, 8000, 250  # MLflow's limits
+RUN_FILE, BATCH = "mlflow_run.json", 1000  # metric points per stored batch (one cursor move)
+MAX_PARAM_VALUE, MAX_TAG_VALUE, MAX_KEY = 6000, 8000, 250  # MLflow's limits (importing mlflow takes seconds)
 SUMMARY = ("best_val_top1", "final_val_top1", "epochs_done", "train_hours", "mean_img_per_s")
 # A model-training experiment (the UI's runs table and training charts, not the GenAI overview), and a view of its
 # runs table with the summary metrics as columns, best first, which experiment_url() links to.
@@ -41,20 +43,16 @@ def cut(text: str, limit: int) -> str:
 
 
 def config_params(cfg) -> Dict[str, str]:
-    """The flattened resolved config as MLflow params (dict values flattened further, strings cut to size)."""
+    """The flattened resolved config as MLflow params (dict values flattened further, values cut to size)."""
     from resnext_dist.config import to_flat_dict
-    out: Dict[str, str] = {}
-
-    def add(key: str, value) -> None:
+    todo, out = list(to_flat_dict(cfg).items()), {}
+    while todo:
+        key, value = todo.pop()
         if isinstance(value, dict) and value:
-            for k, v in value.items():
-                add(f"{key}.{k}", v)
+            todo += [(f"{key}.{k}", v) for k, v in value.items()]
         else:
             text = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
             out[key[:MAX_KEY]] = cut(text, MAX_PARAM_VALUE)
-
-    for key, value in to_flat_dict(cfg).items():
-        add(key, value)
     return out
 
 
@@ -74,41 +72,62 @@ def is_permanent(exc: BaseException) -> bool:
     return 400 <= exc.get_http_status_code() < 500 and exc.get_http_status_code() not in (408, 429)
 
 
+def configure_http(timeout_s: float) -> None:
+    """Short requests, no in-request retries (MLflow's default: minutes per call); the caller retries. Process-wide
+    on purpose: rank 0 is the only process that talks to MLflow. MLflow reads these at each request."""
+    os.environ.update(MLFLOW_HTTP_REQUEST_TIMEOUT=str(max(1, int(timeout_s + 0.999))),
+                      MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0")
+
+
 class Mirror:
     """Sends the log after the cursor to the cursor's run; creates (or reopens) that run first."""
 
     def __init__(self, client, run_dir: str, rec: dict, params: Dict[str, str]):
         self.client, self.run_dir, self.rec, self.params = client, run_dir, rec, params
-        self.ready, self._hwm, self._lock = False, None, threading.Lock()
+        self.ready, self._lock = False, threading.RLock()
 
     @property
     def run_id(self) -> Optional[str]:
         return self.rec.get("run_id")
 
     def save(self, **fields) -> None:
-        with self._lock:  # the Tracker's close() may save while the thread does
+        with self._lock:  # the trainer's thread (log_artifact, close) and the tracker's both save
             self.rec.update(fields)
             atomic_write(os.path.join(self.run_dir, RUN_FILE), json.dumps(self.rec) + "\n")
 
+    def get_run(self, run_id: str):
+        """The run, or None when MLflow says it does not exist; transient errors raise (the caller retries)."""
+        try:
+            return self.client.get_run(run_id)
+        except Exception as e:
+            if not is_permanent(e):
+                raise
+            return None
+
     def setup(self, reopen: bool) -> None:
-        """The run exists with its params and tags; `reopen`: an earlier attempt's run, made RUNNING again."""
-        c, run = self.client, None
+        """The run exists with its params and tags; `reopen`: an earlier attempt's run, made RUNNING again. A run
+        this run dir tracked before (`stale`: its trainer is gone, a new run starts here) is ended if still RUNNING."""
         if self.ready:
             return
-        if self.run_id is not None:
-            try:
-                run = c.get_run(self.run_id)
-            except Exception as e:
-                if not is_permanent(e):
-                    raise
-            if run is None or run.info.lifecycle_stage == "deleted":
-                log.warning("MLflow run %s is gone from %s; starting a new run", self.run_id, self.rec["tracking_uri"])
-                self.save(run_id=None)
-                run = None
-        if self.run_id is None:
+        if self.rec.get("stale"):
+            old_id, status = self.rec["stale"][0], self.rec["stale"][1] or "KILLED"
+            old = self.get_run(old_id)
+            if old is not None and old.info.status == "RUNNING":
+                self.client.set_terminated(old_id, status)
+                events = RunLog(os.path.join(self.run_dir, "log.jsonl"))  # one append of one line: lines stay whole
+                events.write("event", 0, event="mlflow_run_closed", run_id=old_id, status=status,
+                             why="its trainer is gone; this run dir tracks a new run")
+                events.close()
+                log.warning("MLflow run %s was still RUNNING without a trainer; marked %s", old_id, status)
+            self.save(stale=None)
+        run = self.get_run(self.run_id) if self.run_id else None
+        if self.run_id and (run is None or run.info.lifecycle_stage == "deleted"):
+            log.warning("MLflow run %s is gone from %s; starting a new run", self.run_id, self.rec["tracking_uri"])
+            self.rec["run_id"], run = None, None
+        if run is None:
             self._create()
         elif reopen:
-            c.update_run(self.run_id, status="RUNNING")
+            self.client.update_run(self.run_id, status="RUNNING")
             attempt, have = int(run.data.tags.get("attempt") or 1) + 1, run.data.params
             changed = {k: v for k, v in self.params.items() if k in have and have[k] != v}
             tags = dict(self.rec.get("tags", {}), attempt=str(attempt))
@@ -116,8 +135,8 @@ class Mirror:
                 log.warning("config changed on resume (%s); MLflow params keep the first values, the new ones are in "
                             "the tag 'changed_on_attempt_%d'", ", ".join(sorted(changed)), attempt)
                 tags[f"changed_on_attempt_{attempt}"] = json.dumps(changed)
-            self._params_tags({k: v for k, v in self.params.items() if k not in have}, tags)
-        how = ("reopened" if reopen else "found") if run else "created"
+            self._log(params={k: v for k, v in self.params.items() if k not in have}, tags=tags)
+        how = "created" if run is None else "reopened" if reopen else "found"
         log.info("MLflow run %s %s (%s)", self.run_id, how, self.rec["tracking_uri"])
         self.ready = True
 
@@ -136,59 +155,49 @@ class Mirror:
         # A create whose answer was lost (timeout) may have made the run: find it by this launch's tag.
         found = c.search_runs([exp.experiment_id], f"tags.launch_id = '{rec['launch_id']}'", max_results=1)
         tags = {k: cut(v, MAX_TAG_VALUE) for k, v in rec.get("tags", {}).items()}
-        run_id = found[0].info.run_id if found else c.create_run(
+        self.save(run_id=found[0].info.run_id if found else c.create_run(
             exp.experiment_id, run_name=rec.get("run_name"), tags=dict(tags, launch_id=rec["launch_id"], attempt="1")
-        ).info.run_id
-        self.save(run_id=run_id)
-        self._params_tags(self.params, {})
+        ).info.run_id)
+        self._log(params=self.params)
 
-    def _params_tags(self, params: Dict[str, str], tags: Dict[str, str]) -> None:
-        from mlflow.entities import Param, RunTag
-        p = [Param(k, v) for k, v in params.items()]
-        t = [RunTag(k, cut(v, MAX_TAG_VALUE)) for k, v in tags.items()]
-        for i in range(0, max(len(p), len(t)), PARAMS_TAGS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=p[i:i + PARAMS_TAGS_PER_BATCH],
-                                  tags=t[i:i + PARAMS_TAGS_PER_BATCH])
+    def _log(self, metrics=(), params: Dict[str, str] = None, tags: Dict[str, str] = None) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+        self.client.log_batch(self.run_id, [Metric(*m) for m in metrics],
+                              [Param(k, v) for k, v in (params or {}).items()],
+                              [RunTag(k, cut(v, MAX_TAG_VALUE)) for k, v in (tags or {}).items()])
 
     def send_new(self, stop: Optional[threading.Event] = None) -> int:
-        """Send the complete lines after the cursor, batch by batch, moving the cursor after each stored batch.
-        Returns the number of metric points sent."""
-        if self._hwm is None:  # the highest step per key in what is sent already
-            self._hwm = {}
-            for _ in self._records(self.rec["start"], self.rec["offset"], self._hwm):
-                pass
-        hwm, metrics, tags, sent, end = dict(self._hwm), [], {}, 0, self.rec["offset"]
-        for (m, t), end in self._records(self.rec["offset"], None, hwm):
-            metrics, tags = metrics + m, {**tags, **t}
-            if len(metrics) > BATCH or len(tags) > PARAMS_TAGS_PER_BATCH - 10:
+        """Send the complete lines after the cursor, batch by batch, moving the cursor (and `hwm`, each key's
+        highest step sent) after each stored batch. Returns the number of metric points sent."""
+        hwm, metrics, tags, sent, end = dict(self.rec.get("hwm", {})), [], {}, 0, self.rec["offset"]
+        for (m, t), end in self._read(end, hwm):
+            metrics += m
+            tags.update(t)
+            if len(metrics) >= BATCH:
                 sent, metrics, tags = sent + self._send(metrics, tags, hwm, end), [], {}
                 if stop is not None and stop.is_set():
                     return sent
         return sent + (self._send(metrics, tags, hwm, end) if end != self.rec["offset"] else 0)
 
     def _send(self, metrics: list, tags: dict, hwm: Dict[str, int], end: int) -> int:
-        from mlflow.entities import Metric, RunTag
         try:
-            self.client.log_batch(self.run_id, [Metric(*m) for m in metrics],
-                                  tags=[RunTag(k, cut(v, MAX_TAG_VALUE)) for k, v in tags.items()])
+            self._log(metrics, tags=tags)
         except Exception as e:
             if not is_permanent(e):
                 raise
             log.warning("MLflow refused %d metric points (%s); they are in log.jsonl only", len(metrics), e)
-        self._hwm = dict(hwm)
-        self.save(offset=end)
+        self.save(offset=end, hwm=dict(hwm))  # a copy: the caller reads on
         return len(metrics)
 
-    def _records(self, begin: int, end: Optional[int], hwm: Dict[str, int]):
-        """((metric tuples, tags), offset after the line) for each complete line from `begin` (to `end`)."""
-        path = os.path.join(self.run_dir, "log.jsonl")
+    def _read(self, begin: int, hwm: Dict[str, int]):
+        """((metric tuples, tags), offset after the line) for each complete line from `begin`."""
+        path, constants = os.path.join(self.run_dir, "log.jsonl"), set(self.rec.get("constants", []))
         if not os.path.exists(path):
             return
-        constants = set(self.rec.get("constants", []))
         with open(path, "rb") as f:
             f.seek(begin)
             for line in f:  # streamed: a long backlog is not read into memory at once
-                if not line.endswith(b"\n") or (end is not None and begin >= end):
+                if not line.endswith(b"\n"):
                     return  # a line still being written
                 begin += len(line)
                 try:
@@ -197,13 +206,36 @@ class Mirror:
                     out = ([], {})
                 yield out, begin
 
-    def upload(self, path: str, artifact_path: Optional[str]) -> None:
-        if os.path.isdir(path):  # a folder: its files, under the folder's name
-            self.client.log_artifacts(self.run_id, path, artifact_path or os.path.basename(path.rstrip("/")))
-        elif os.path.isfile(path):
-            self.client.log_artifact(self.run_id, path, artifact_path)
-        else:
-            log.warning("MLflow artifact %s does not exist; skipped", path)
+    def add_artifact(self, path: str, artifact_path: Optional[str]) -> None:
+        with self._lock:
+            self.rec["artifacts"].append([path, artifact_path])
+            self.save()
+
+    def send_artifacts(self, stop: Optional[threading.Event] = None) -> None:
+        """Upload the files and folders listed in the cursor, in order; each leaves the list once sent (or
+        refused for good)."""
+        while self.rec["artifacts"] and not (stop is not None and stop.is_set()):
+            path, artifact_path = self.rec["artifacts"][0]
+            try:
+                if os.path.isdir(path):  # a folder: its files, under the folder's name
+                    self.client.log_artifacts(self.run_id, path, artifact_path or os.path.basename(path.rstrip("/")))
+                elif os.path.isfile(path):
+                    self.client.log_artifact(self.run_id, path, artifact_path)
+                else:
+                    log.warning("MLflow artifact %s does not exist; skipped", path)
+            except Exception as e:
+                if not is_permanent(e):
+                    raise
+                log.warning("MLflow: artifact %s not logged (%s)", path, e)
+            with self._lock:
+                self.rec["artifacts"].pop(0)
+                self.save()
+
+    def finish(self, status: str) -> None:
+        """The artifacts not sent yet, then the run's final status."""
+        self.send_artifacts()
+        self.client.set_terminated(self.run_id, status)
+        self.save(status=status)
 
 
 def translate(r: dict, hwm: Dict[str, int], constants) -> tuple:
@@ -222,32 +254,3 @@ def translate(r: dict, hwm: Dict[str, int], constants) -> tuple:
             hwm[metric_key(k)] = step
             metrics.append((metric_key(k), float(v), int(float(r.get("time", 0)) * 1000), step))
     return metrics, tags
-
-
-def configure_http(timeout_s: float) -> None:
-    """Short requests, no in-request retries (MLflow's default: minutes per call); the thread retries. Process-wide
-    on purpose: rank 0 is the only process that talks to MLflow. MLflow reads these at each request."""
-    os.environ.update(MLFLOW_HTTP_REQUEST_TIMEOUT=str(max(1, int(timeout_s + 0.999))),
-                      MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0")
-
-
-def sync(run_dir: str, timeout_s: float = 30.0) -> str:
-    """The reader run once to the end of log.jsonl; then the artifacts close() left and the final status (the
-    recorded one, else FINISHED with a DONE marker, else KILLED)."""
-    from mlflow import MlflowClient
-    from resnext_dist.config import load_config
-    run_dir, config = os.path.abspath(run_dir), os.path.join(run_dir, "config.yaml")
-    rec = read_cursor(run_dir)
-    if rec is None:
-        return f"nothing to send: no {os.path.join(run_dir, RUN_FILE)}"
-    configure_http(timeout_s)
-    mirror = Mirror(MlflowClient(tracking_uri=rec["tracking_uri"]), run_dir, rec,
-                    config_params(load_config(config)) if os.path.isfile(config) else {})
-    mirror.setup(reopen=False)
-    sent = mirror.send_new()
-    for path, artifact_path in rec.get("artifacts", []):
-        mirror.upload(path, artifact_path)
-    status = rec.get("status") or ("FINISHED" if os.path.exists(os.path.join(run_dir, "DONE")) else "KILLED")
-    mirror.client.set_terminated(mirror.run_id, status)
-    mirror.save(artifacts=[], status=status)
-    return f"sent {sent} metric points to MLflow run {mirror.run_id} ({rec['tracking_uri']}); status {status}"

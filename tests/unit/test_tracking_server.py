@@ -439,6 +439,20 @@ def test_hung_server_never_blocks_training(tmp_path, caplog):
     assert cursor(tmp_path / "run")["start"] == (tmp_path / "run" / "log.jsonl").stat().st_size
 
 
+def test_an_artifact_asked_for_during_an_outage_is_in_the_cursor_at_once(tmp_path):
+    """log_artifact lists the file in the cursor before anything is sent: a SIGKILL during an outage loses no
+    upload (the next attempt or `sync` sends it)."""
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(128)
+        cfg = make_cfg(tmp_path, f"http://127.0.0.1:{hole.getsockname()[1]}", "tracking.close_timeout_s=1")
+        tracker = Tracker(cfg, DistInfo(), str(tmp_path / "run"))
+        (tmp_path / "run" / "config.yaml").write_text("a: 1\n")
+        tracker.log_artifact(str(tmp_path / "run" / "config.yaml"))
+        assert cursor(tmp_path / "run")["artifacts"] == [[str(tmp_path / "run" / "config.yaml"), None]]
+        tracker.close("KILLED")
+
+
 def test_submit_names_where_the_run_appears(mlflow_server, tmp_path):
     """launch/submit.py prints the experiment's runs table on a server (once it exists), else the UI command."""
     from resnext_dist.tracking import experiment_link
