@@ -77,7 +77,7 @@ def plan(config: Optional[str], overrides: List[str], specs: List[str], max_runs
         try:
             cfg = absolute_paths(load_config(config, list(overrides) + extra))
             check_slurm_config(cfg)
-            check_identity(cfg)  # an unfinished run of another config in this directory: refused here, not in the job
+            check_identity(cfg, read_config(run_dir))  # an unfinished run of another config in this directory: refused here, not in the job
         except InputError as e:
             raise InputError(f"sweep run {i + 1}/{len(points)} ({run}): {e}") from None
         runs.append({"name": run, "values": values, "dir": run_dir})
