@@ -111,7 +111,8 @@ def ffcv_boxes(heights, widths, u):
         def uniform(low, high, tries=tries, position=position):
             return low + (high - low) * next(position if low == 0 else tries)
 
-        shim = types.SimpleNamespace(log=np.log, exp=np.exp, sqrt=np.sqrt, random=types.SimpleNamespace(uniform=uniform))
+        shim = types.SimpleNamespace(log=np.log, exp=np.exp, sqrt=np.sqrt,
+                                     random=types.SimpleNamespace(uniform=uniform))
         get_random_crop = types.FunctionType(rgb_image.get_random_crop.__code__, {**rgb_image.__dict__, "np": shim})
         boxes.append(get_random_crop(int(h), int(w), (0.08, 1.0), np.array((3 / 4, 4 / 3))))
     return np.array(boxes)
@@ -135,7 +136,8 @@ def test_the_random_numbers_depend_on_seed_epoch_and_image_only():
     assert abs(u.mean() - 0.5) < 0.01 and abs(u.std() - 12 ** -0.5) < 0.01
     again = device_decode.keyed_uniforms(7, 3, np.array([999, 5, 5]))  # another batch, another position
     assert np.array_equal(again, u[[999, 5, 5]])
-    for other in (device_decode.keyed_uniforms(8, 3, np.arange(1000)), device_decode.keyed_uniforms(7, 4, np.arange(1000))):
+    for seed, epoch in ((8, 3), (7, 4)):
+        other = device_decode.keyed_uniforms(seed, epoch, np.arange(1000))
         assert not np.isclose(other, u).any(axis=1).all()
 
 
@@ -189,7 +191,8 @@ def test_the_resize_is_inter_area_but_for_rounding():
     stripes[:, ::2] = 255
     got = decoder(rows_of([(stripes.reshape(-1), device_decode.RAW, H, W)], [0]), np.array([(0, 0, 48, 48)]),
                   np.zeros(1, bool), 16)
-    assert np.abs(unnormalize(got).astype(int) - cpu_path_crop((stripes.reshape(-1), 1, H, W), (0, 0, 48, 48), 16)).max() <= 1
+    want = cpu_path_crop((stripes.reshape(-1), device_decode.RAW, H, W), (0, 0, 48, 48), 16)
+    assert np.abs(unnormalize(got).astype(int) - want).max() <= 1
 
 
 def test_flips_mirror_the_crop():
