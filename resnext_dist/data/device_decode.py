@@ -201,21 +201,18 @@ class DeviceDecoder:
         crops = torch.empty((n, 3, hb, wb), dtype=torch.float32, device=self.device)
         for k, (image, (top, left, h, w)) in enumerate(zip(images, boxes.tolist())):
             crops[k, :, :h, :w].copy_(image[:, top:top + h, left:left + w])  # one small copy kernel each
-        rows = torch.arange(n, device=self.device)
-        hs = torch.as_tensor(boxes[:, 2], device=self.device)
-        ws = torch.as_tensor(boxes[:, 3], device=self.device)
+        # One small copy to the device: per crop its height, width and flip.
+        hwf = torch.from_numpy(np.stack([boxes[:, 2], boxes[:, 3], flips]).astype(np.int64)).to(self.device)
+        rows, hs, ws = torch.arange(n, device=self.device), hwf[0], hwf[1]
         crops[rows, :, hs, :] = crops[rows, :, hs - 1, :]
         crops[rows, :, :, ws] = crops[rows, :, :, ws - 1]
         # (k, x1, y1, x2, y2) per crop; aligned=True: pixel centers at +0.5; sampling_ratio=-1: ceil(crop / res)
         # bilinear samples per output pixel and axis, i.e. an area average when shrinking.
-        rois = torch.zeros((n, 5), dtype=torch.float32)
-        rois[:, 0] = torch.arange(n)
-        rois[:, 3], rois[:, 4] = torch.as_tensor(boxes[:, 3]), torch.as_tensor(boxes[:, 2])
-        out = roi_align(crops, rois.to(self.device, non_blocking=True), (res, res), spatial_scale=1.0,
-                        sampling_ratio=-1, aligned=True)
+        zeros = torch.zeros_like(hs)
+        rois = torch.stack([rows, zeros, zeros, ws, hs], 1).float()
+        out = roi_align(crops, rois, (res, res), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
         if flips.any():
-            flip = torch.as_tensor(flips, device=self.device).view(-1, 1, 1, 1)
-            out = torch.where(flip, out.flip(3), out)
+            out = torch.where(hwf[2].bool().view(-1, 1, 1, 1), out.flip(3), out)
         x = torch.empty(out.shape, dtype=torch.float32, device=self.device, memory_format=self.memory_format)
         return torch.addcmul(self.shift, out, self.scale, out=x)
 
@@ -228,11 +225,12 @@ class DeviceDecoder:
             data = [torch.from_numpy(stored[k, header:header + int(records["length"][k])]) for k in jpegs]
             for k, image in zip(jpegs, self._decode_jpegs(data, records["index"][jpegs])):
                 images[k] = image
-        for k in range(len(records)):
-            if images[k] is None:  # stored raw: height x width x 3, RGB
+        raw = [k for k in range(len(records)) if records["mode"][k] != JPEG]
+        if raw:  # stored raw (height x width x 3, RGB): their rows to the device in one copy
+            rows = torch.from_numpy(stored[raw]).to(self.device)
+            for row, k in zip(rows, raw):
                 h, w = int(records["height"][k]), int(records["width"][k])
-                pixels = torch.from_numpy(stored[k, header:header + h * w * 3]).view(h, w, 3)
-                images[k] = pixels.to(self.device).permute(2, 0, 1)
+                images[k] = row[header:header + h * w * 3].view(h, w, 3).permute(2, 0, 1)
         for k, image in enumerate(images):
             if tuple(image.shape[1:]) != (int(records["height"][k]), int(records["width"][k])):
                 raise self._error(records["index"][k], f"decodes to {tuple(image.shape[1:])}, the .beton says "

@@ -150,8 +150,12 @@ def test_center_crops_are_ffcvs():
 # ---- pixels
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # on a GPU host: nvJPEG against the CPU path
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["jpg", "mixed"])
-def test_crops_match_the_cpu_paths_decode_and_resize_of_the_same_boxes(betons, kind):
+def test_crops_match_the_cpu_paths_decode_and_resize_of_the_same_boxes(betons, kind, device):
     samples = stored(betons[kind])
     if kind == "mixed":
         assert {s[1] for s in samples} == {device_decode.JPEG, device_decode.RAW}  # both handed over
@@ -160,7 +164,7 @@ def test_crops_match_the_cpu_paths_decode_and_resize_of_the_same_boxes(betons, k
     boxes = device_decode.random_crops([s[2] for s in samples], [s[3] for s in samples], u)
     boxes[0] = (0, 0, H, W)  # the whole image, and one crop smaller than the output (enlarged)
     boxes[1] = (10, 20, 20, 25)
-    decoder = device_decode.DeviceDecoder(torch.device("cpu"), channels_last=True)
+    decoder = device_decode.DeviceDecoder(torch.device(device), channels_last=True)
     for res in (32, 24):
         got = decoder(rows_of(samples, indices), boxes, np.zeros(N, bool), res)
         assert got.shape == (N, 3, res, res) and got.is_contiguous(memory_format=torch.channels_last)
