@@ -197,6 +197,7 @@ class DeviceDecoder:
         n = len(records)
         # Every crop into one padded float batch, one row and one column more than the tallest / widest crop:
         # roi_align's bilinear samples near a crop's far edges read that row / column, which repeats the edge.
+        # Cost: n x 3 x hb x wb float32 (256 crops of up to 500 px: up to 770 MB, reused by the caching allocator).
         hb, wb = int(boxes[:, 2].max()) + 1, int(boxes[:, 3].max()) + 1
         crops = torch.empty((n, 3, hb, wb), dtype=torch.float32, device=self.device)
         for k, (image, (top, left, h, w)) in enumerate(zip(images, boxes.tolist())):
