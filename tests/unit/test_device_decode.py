@@ -22,7 +22,7 @@ from resnext_dist.data.sources import ImageFolderSource
 from resnext_dist.dist import DistInfo
 from resnext_dist.errors import InputError
 from tests.data_helpers import data_cfg, unnormalize, write
-from tests.tiny import run_train
+from tests.tiny import params, run_train
 
 H, W = 75, 101  # not multiples of the JPEG blocks
 SEED, BATCH, N = 3, 4, 18
@@ -297,13 +297,20 @@ def test_the_config_takes_cpu_or_gpu_and_gpu_only_for_ffcv(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_trainer_trains_with_data_decode_gpu(betons, tmp_path):
-    run_dir = tmp_path / "run"
-    proc = run_train(run_dir, ["data.loader=ffcv", f"data.train={betons['jpg']}", f"data.val={betons['jpg']}",
-                               "data.decode=gpu", "data.batch_size=4", "data.num_workers=1", "model.num_classes=3",
-                               "train.max_steps=4", "train.epochs=2", "train.channels_last=true"], timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    records = [json.loads(line) for line in open(run_dir / "log.jsonl")]
-    steps = [r for r in records if r.get("kind") == "step"]
-    assert steps[-1]["step"] == 4 and all(np.isfinite(r["loss"]) for r in steps)
-    assert any(r.get("kind") == "epoch" for r in records) and (run_dir / "DONE").exists()
+def test_the_trainer_resumed_mid_epoch_equals_the_uninterrupted_run_bit_for_bit(betons, tmp_path):
+    """Random-resized crops and flips on (data.decode=gpu): a run killed after step 7 and resumed from its step-6
+    checkpoint (6 of epoch 0's 9 batches done) ends with the uninterrupted run's weights: it saw the same crops."""
+    common = ["data.loader=ffcv", f"data.train={betons['jpg']}", f"data.val={betons['jpg']}", "data.decode=gpu",
+              "data.random_crop=true", "data.batch_size=2", "data.num_workers=1", "model.num_classes=3",
+              "train.epochs=2", "train.deterministic=true", "train.log_every_steps=1", "checkpoint.every_steps=3"]
+    straight = run_train(tmp_path / "straight", common, timeout=300)
+    assert straight.returncode == 0, straight.stdout[-3000:] + straight.stderr[-3000:]
+    crashed = run_train(tmp_path / "resumed", common, timeout=300, RESNEXT_DIST_FAULT="kill@0:7")
+    assert crashed.returncode != 0
+    resumed = run_train(tmp_path / "resumed", common, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    records = [json.loads(line) for line in open(tmp_path / "resumed" / "log.jsonl")]
+    assert [r["step"] for r in records if r.get("event") == "resumed"] == [6]
+    a, b = params(tmp_path / "straight"), params(tmp_path / "resumed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "resumed" / "DONE").exists()
