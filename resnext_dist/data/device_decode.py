@@ -18,8 +18,9 @@ per output pixel as the shrink factor (an area average, like the CPU path's INTE
 enlarging), over each crop alone (its edge pixels repeated, as OpenCV sees a crop): pixels within a few
 levels of the CPU path's for the same box.
 
-A stored JPEG that does not decode raises DataError naming the file and the dataset index (the CPU path's
-decoders leave such an image black or garbled, silently).
+A stored JPEG that does not decode (the file was damaged after it was written: the writer encodes every JPEG
+itself) raises DataError naming the file and the dataset index; the CPU path's decoders hand such an image on
+as whatever their buffer held, silently.
 """
 from __future__ import annotations
 
@@ -254,5 +255,5 @@ class DeviceDecoder:
         raise DataError(f"{self.path}: a batch of {len(data)} JPEGs does not decode, though each one does")
 
     def _error(self, index, problem: str) -> DataError:
-        return DataError(f"{self.path}: image {int(index)}: {problem} (data.decode=gpu); "
-                         f"rewrite the .beton with --skip-corrupt to leave such images out")
+        return DataError(f"{self.path}: image {int(index)}: {problem} (data.decode=gpu); the file is damaged: "
+                         f"write it again (python -m resnext_dist.data.write)")
