@@ -1,30 +1,36 @@
 #!/usr/bin/env bash
-# The prepared GPU benchmark of resnext_dist: one GPU, under 6 minutes, the summary table printed LAST.
+# The prepared GPU benchmark of resnext_dist: one GPU, at most 9 minutes, the summary table printed LAST.
 #
 #   bash launch/gpu_bundle.sh            # on the build machine, once: .gpu/ (FFCV + pure-Python wheels)
 #   bash launch/gpu_bench.sh             # on the GPU host, from the checkout (with .gpu/ copied along)
-#   GPU_BENCH_SMOKE=1 bash launch/gpu_bench.sh    # the same steps with a tiny net on a CPU (~5 min on 2 cores)
+#   GPU_BENCH_SMOKE=1 bash launch/gpu_bench.sh    # the same steps with a tiny net on a CPU (~8 min on 2 cores)
 #
 # Steps (ResNeXt-50 32x4d, batch 256, bf16 autocast, channels_last: the trainer's defaults; FFCV, 16 workers),
 # each a `python -m resnext_dist.bench` command in the trainer's words (key=value overrides):
 #   0. the data, once per host, in $GPU_BENCH_DIR (default /tmp/resnext_bench; kept, so a second run skips it):
 #      12,800 JPEGs of 300x400 px (quality 90; crops of scikit-learn's sample photos: real photographs, not
 #      synthetic pictures) and their .beton (jpg mode)
-#   1. 224 px eager:     ceiling (bare step), trainer on synthetic input, trainer on FFCV
-#   2. FFCV alone at 224 px (no model): the loader's supply, the figure the data wait is explained by; decoding
-#      only each crop (data.crop_decode, the default) and whole JPEGs (ffcv-full)
-#   3. 224 px compiled:  ceiling compiled, trainer compiled on FFCV          (target: >= 5,000 img/s on an H200)
-#   4. 176 px eager:     ceiling, trainer on FFCV
-#   5. as the time left allows: the trainer on FFCV at 224 px with one worker less than the cores (is the
-#      training thread starved of a core?); ResNeXt-101 at 224 px eager; 224 px eager on synthetic input with
-#      train.nan_check=false (what the per-step flag agreement costs); ResNeXt-152; 176 px compiled
-# A step runs only if its estimated time fits in GPU_BENCH_BUDGET_S (default 330 s) from the start, and is
+#   1. data.decode (issue 20), 224 px compiled, the process pinned to 6 cores (taskset; data.num_workers=6): the
+#      ceiling, the trainer with data.decode=gpu and with data.decode=cpu data.crop_decode=true, in one run
+#      (target: decode=gpu >= 0.97 of the ceiling and >= 5,000 img/s on an H200)
+#   2. the ImageNet recipes (configs/resnext{50,101,152}_imagenet.yaml) on synthetic input at their per-GPU batch
+#      (optim.global_batch_size=0: no accumulation), 30 timed steps each: peak memory and img/s
+#   3. the loader alone, data.decode=cpu vs gpu, at 2, 4, 6 and all cores (bench loader --cores: a child pinned
+#      to each count, as many workers as cores): img/s per core, and the device part's time and memory
+#      (2,560 photos of their own, made once, so each epoch is short)
+#   4. 224 px eager:     ceiling (bare step), trainer on synthetic input, trainer on FFCV
+#   5. FFCV alone at 224 px (no model): decoding only each crop (data.crop_decode) and whole JPEGs (ffcv-full)
+#   6. 224 px compiled:  ceiling compiled, trainer compiled on FFCV (all cores)
+#   7. as the time left allows: 176 px eager; the trainer on FFCV at 224 px with one worker less than the cores;
+#      ResNeXt-101 at 224 px eager; 224 px eager on synthetic input with train.nan_check=false (what the
+#      per-step flag agreement costs); ResNeXt-152; 176 px compiled
+# A step runs only if its estimated time fits in GPU_BENCH_BUDGET_S (default 540 s) from the start, and is
 # stopped at the budget's end whatever its estimate; a failed or stopped step is reported and the rest go on.
 # Each step writes JSON to $GPU_BENCH_RESULTS (default $OUT/bench when $OUT is set, else $GPU_BENCH_DIR/results)
 # and its output to a .log beside it; the last lines are `python -m resnext_dist.bench report` over them all.
 #
 # Environment: PYTHON (default .venv/bin/python if present, else python3), GPU_BENCH_WORKERS (16),
-# GPU_BENCH_BUDGET_S (330), GPU_BENCH_DIR, GPU_BENCH_RESULTS, GPU_BENCH_SMOKE (1 = tiny, CPU-sized),
+# GPU_BENCH_BUDGET_S (540), GPU_BENCH_DIR, GPU_BENCH_RESULTS, GPU_BENCH_SMOKE (1 = tiny, CPU-sized),
 # GPU_BENCH_ONLY ("r50_224_compiled r101_224_eager": run only these steps; names as in the summary).
 # The trainer runs with tracking.enabled=false (no mlflow on the host); PYTHONPATH / LD_LIBRARY_PATH point at
 # .gpu/ (launch/gpu_bundle.sh) when it is there.
@@ -34,7 +40,7 @@ REPO=$PWD
 T0=$SECONDS
 SMOKE=${GPU_BENCH_SMOKE:-0}
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
-BUDGET=${GPU_BENCH_BUDGET_S:-330}
+BUDGET=${GPU_BENCH_BUDGET_S:-540}
 WORK=${GPU_BENCH_DIR:-/tmp/resnext_bench}
 RESULTS=${GPU_BENCH_RESULTS:-${OUT:+$OUT/bench}}
 RESULTS=${RESULTS:-$WORK/results}
@@ -61,15 +67,22 @@ if [ "$SMOKE" = 1 ]; then
   BATCH=8
   COMMON=(data.batch_size=$BATCH --steps 4 --log-every 2 --ceiling-steps 4 --ceiling-warmup 1 --threads 1)
   RES_HI=32; RES_LO=24; IMAGES=128; PHOTO=40x48; WORKERS=${GPU_BENCH_WORKERS:-1}; LOADER_EPOCHS=1
-  EST_EAGER=40; EST_COMPILED=150; EST_DEEP=40; EST_NOCHECK=30; EST_LOADER=60
+  CORES="1,all"; CORES_IMAGES=64; RECIPE=("${NET_50[@]}" data.batch_size=$BATCH data.train_res=$RES_HI
+                                          train.precision=fp32 train.channels_last=false)
+  RECIPE_STEPS=(--steps 4 --log-every 2 --threads 1)
+  EST_EAGER=40; EST_COMPILED=150; EST_DEEP=40; EST_NOCHECK=30; EST_LOADER=60; EST_DECODE=200; EST_CORES=150
+  EST_RECIPE=30
 else
   NET_50=(model.arch=resnext50_32x4d); NET_101=(model.arch=resnext101_32x4d); NET_152=(model.arch=resnext152_32x4d)
   BATCH=256
   COMMON=(data.batch_size=$BATCH --steps 100 --log-every 20 --ceiling-steps 50 --ceiling-warmup 10)
   RES_HI=224; RES_LO=176; IMAGES=12800; PHOTO=300x400; LOADER_EPOCHS=2
+  CORES="2,4,6,all"; CORES_IMAGES=2560; RECIPE=(); RECIPE_STEPS=(--steps 30 --log-every 10)
   # Seconds per step on one H100/H200, with margin (compile: ~50 s for the ceiling, less for the trainer's
-  # second compile of the same graph, which the inductor caches serve).
-  EST_EAGER=75; EST_COMPILED=150; EST_DEEP=75; EST_NOCHECK=40; EST_LOADER=55
+  # second compile of the same graph, which the inductor caches serve). Not yet run: EST_DECODE, EST_CORES
+  # (4 children, each importing FFCV and compiling its pipelines), EST_RECIPE.
+  EST_EAGER=75; EST_COMPILED=150; EST_DEEP=75; EST_NOCHECK=40; EST_LOADER=55; EST_DECODE=200; EST_CORES=180
+  EST_RECIPE=45
 fi
 
 mkdir -p "$WORK" "$RESULTS" || { echo "gpu_bench: cannot create $WORK / $RESULTS" >&2; exit 2; }
@@ -118,12 +131,13 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
 GPU_BENCH_SMOKE=$SMOKE "$PY" - <<'EOF' || exit 2
 import os, sys
 try:
-    import torch, ffcv, omegaconf, resnext_dist.train, resnext_dist.bench.train  # noqa: F401
+    import torch, torchvision, ffcv, omegaconf, resnext_dist.train, resnext_dist.bench.train  # noqa: F401
 except Exception as e:
     sys.exit(f"gpu_bench: the packages do not import ({type(e).__name__}: {e}); did launch/gpu_bundle.sh build .gpu/?")
 gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU (CPU run)"
 from resnext_dist.data import crop_decode
-print(f"gpu_bench: python {sys.version.split()[0]}, torch {torch.__version__}, cuda {torch.version.cuda}, {gpu}, "
+print(f"gpu_bench: python {sys.version.split()[0]}, torch {torch.__version__}, torchvision {torchvision.__version__} "
+      f"(data.decode=gpu decodes with it), cuda {torch.version.cuda}, {gpu}, "
       f"{torch.cuda.device_count()} GPU(s), ffcv from {os.path.dirname(ffcv.__file__)}, partial JPEG decode "
       f"(data.crop_decode) {'on' if crop_decode.available() else 'NOT BUILT: FFCV decodes whole images'}")
 if os.environ["GPU_BENCH_SMOKE"] != "1" and not torch.cuda.is_available():
@@ -149,7 +163,28 @@ else
 fi
 [ -f "$BETON" ] || { echo "gpu_bench: writing $BETON failed (see $RESULTS/write_beton.log)" >&2; exit 1; }
 
-# --- 1-5. ceiling vs trainer, and the loader alone
+# --- 1-3. data.decode=gpu (issue 20): the trainer on 6 cores against the ceiling; the recipes; the loader per core
+# The first 6 cores this process may use (all of them where there are fewer), for the whole trainer process.
+read -r PIN6 N6 <<< "$("$PY" -c "import os; c = sorted(os.sched_getaffinity(0))[:6]; print(','.join(map(str, c)), len(c))")"
+PIN=(taskset -c "$PIN6")
+command -v taskset >/dev/null || { PIN=(); STATUS+=("r50_${RES_HI}_compiled_decode: NOT pinned (no taskset)"); }
+ORDER+=("$RESULTS/r50_${RES_HI}_compiled_decode.json")
+run_step r50_${RES_HI}_compiled_decode "$EST_DECODE" "${PIN[@]}" "$PY" -m resnext_dist.bench train "${COMMON[@]}" \
+  data.loader=ffcv "data.train=$BETON" data.num_workers="$N6" "${NET_50[@]}" data.train_res=$RES_HI \
+  train.compile=true data.crop_decode=true --inputs ffcv-gpu,ffcv-cpu --out "$RESULTS/r50_${RES_HI}_compiled_decode.json"
+for depth in 50 101 152; do
+  ORDER+=("$RESULTS/recipe_r$depth.json")
+  run_step recipe_r$depth "$EST_RECIPE" "$PY" -m resnext_dist.bench train --config configs/resnext${depth}_imagenet.yaml \
+    data.loader=synthetic optim.global_batch_size=0 "${RECIPE[@]}" --inputs synthetic --no-ceiling \
+    "${RECIPE_STEPS[@]}" --out "$RESULTS/recipe_r$depth.json"
+done
+ORDER+=("$RESULTS/loader_cores.json")
+run_step loader_cores "$EST_CORES" "$PY" -m resnext_dist.bench loader --workdir "$WORK/loader_cores" \
+  --images "$CORES_IMAGES" --photo-size "$PHOTO" --loaders ffcv --decode cpu,gpu --cores "$CORES" \
+  data.train_res=$RES_HI data.batch_size=$BATCH --epochs 1 --warmup 1 \
+  --device "$([ "$SMOKE" = 1 ] && echo cpu || echo cuda)" --out "$RESULTS/loader_cores.json"
+
+# --- 4-7. ceiling vs trainer, and the loader alone
 bench_train r50_${RES_HI}_eager "$EST_EAGER" "${NET_50[@]}" data.train_res=$RES_HI --inputs synthetic,ffcv
 ORDER+=("$RESULTS/ffcv_${RES_HI}.json")
 run_step ffcv_${RES_HI} "$EST_LOADER" "$PY" -m resnext_dist.bench loader --workdir "$WORK" --images "$IMAGES" \

@@ -157,7 +157,7 @@ RULES: Dict[str, Rule] = {
     "data.ramp_start_epoch": non_negative, "data.ramp_end_epoch": non_negative, "data.random_crop": typed,
     "data.pad_crop": non_negative, "data.os_cache": typed,
     # FFCV's queue of ready batches is Queue(batches_ahead): 0 would make it unbounded over reused buffers.
-    "data.batches_ahead": at_least(1), "data.crop_decode": typed,
+    "data.batches_ahead": at_least(1), "data.crop_decode": typed, "data.decode": one_of("data.decode"),
     "data.synthetic_size": positive, "data.val_synthetic_size": non_negative,
 
     "train.epochs": positive, "train.precision": one_of("train.precision"), "train.channels_last": typed,
@@ -246,6 +246,9 @@ def _check_together(cfg: TrainConfig) -> None:
             raise InputError(f"data.min_train_res={d.min_train_res} must be <= data.train_res={d.train_res}")
         if not d.ramp_start_epoch <= d.ramp_end_epoch:
             raise InputError("data.ramp_start_epoch must be <= data.ramp_end_epoch")
+    if d.decode == "gpu" and (d.loader == "torchvision" or d.pad_crop):  # synthetic: nothing to decode
+        raise InputError(f"data.decode=gpu needs data.loader=ffcv and data.pad_crop=0 (got data.loader={d.loader}, "
+                         f"data.pad_crop={d.pad_crop}); use data.decode=cpu")
     if d.pad_crop and d.pad_crop >= d.train_res:
         raise InputError(f"data.pad_crop={d.pad_crop} must be smaller than data.train_res={d.train_res}")
     if o.nesterov and o.momentum == 0:

@@ -71,6 +71,8 @@ class DataConfig:
     "ffcv: batches prepared ahead of the training step"
     crop_decode: bool = True
     "ffcv: decode only each crop of a JPEG and shrink it with our INTER_AREA (faster); false = FFCV's decoders"
+    decode: str = "cpu"
+    "ffcv: cpu = FFCV's workers decode; gpu = decode, crop (the same after a resume), flip, normalize on the device"
     synthetic_size: int = 2048
     "synthetic: images per epoch (split across ranks)"
     val_synthetic_size: int = 256
@@ -249,6 +251,7 @@ class TrainConfig:
 CHOICES = {
     "model.stem": ("imagenet", "cifar"),
     "data.loader": ("ffcv", "torchvision", "synthetic"),
+    "data.decode": ("cpu", "gpu"),
     "train.precision": ("bf16", "fp16", "fp32"),
     "optim.schedule": ("cosine", "step", "linear"),
     "dist.backend": ("auto", "nccl", "gloo"),

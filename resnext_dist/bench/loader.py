@@ -1,18 +1,25 @@
 """`python -m resnext_dist.bench loader`: FFCV vs the torchvision loader (and synthetic) on the same JPEGs.
 
     python -m resnext_dist.bench loader --workers 1,2 --epochs 3           # 2,048 photos of 350x467, 176 px
+    python -m resnext_dist.bench loader --loaders ffcv --decode cpu,gpu --cores 2,4,6,all   # data.decode, per core
     python -m resnext_dist.bench loader --workdir /tmp/photos --prepare-only --images 12800 --photo-size 300x400
 
 It makes --images JPEGs cut from scikit-learn's sample photographs, as an ImageFolder and a .beton (kept and
 reused with --workdir), then times the trainer's loaders (data.build_loaders with the config's data section) at
 each worker count, taking turns epoch by epoch, and each loader's per-image work in one thread. `ffcv-full` is
-FFCV with its own whole-image decoders (data.crop_decode=false). See docs/performance.md.
+FFCV with its own whole-image decoders (data.crop_decode=false); `ffcv-gpu` is data.decode=gpu (FFCV reads the
+stored bytes; decoding and augmentation run on the device: its time per image and, on CUDA, its peak memory are
+reported). --cores N,...: each count is measured in a child process pinned to that many cores
+(os.sched_setaffinity, so every thread it starts stays on them) with as many workers as cores, so "images per
+second per core" is measured, not inferred. See docs/performance.md.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Dict, List
@@ -26,6 +33,7 @@ from resnext_dist.dist import DistInfo
 from resnext_dist.errors import InputError
 
 LOADERS = ("ffcv", "ffcv-full", "torchvision", "synthetic")  # ffcv-full: data.crop_decode=false
+DECODES = ("cpu", "gpu")  # data.decode of the ffcv loaders; gpu is timed as `ffcv-gpu`
 PHOTO_SIZE = (350, 467)  # height, width: ~350 px photos, the shape the CPU targets were measured on
 MAX_PHOTO_SIZE = (427, 640)  # scikit-learn's sample photographs
 DEFAULTS = ["data.train_res=176", "data.batch_size=64"]  # without --config (the CPU figures' shape)
@@ -165,29 +173,78 @@ def cpu_normalize_cost(res: int, batch: int, repeats: int = 10) -> float:
         torch.set_num_threads(threads)
 
 
+class DeviceTimer:
+    """Stands in for a data.decode=gpu loader's device decoder (`train.on_device`) and times its calls: CUDA
+    events around each on a GPU (the stream's time from the decoder's first kernel to its last), wall time on
+    a CPU. `ms_per_image()` since the last `reset()`."""
+
+    def __init__(self, decoder, device: torch.device):
+        self.decoder, self.device = decoder, device
+        self.reset()
+
+    def reset(self) -> None:
+        self.seconds, self.images, self.events = 0.0, 0, []
+
+    def __call__(self, stored, boxes, flips, res):
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = self.decoder(stored, boxes, flips, res)
+            end.record()
+            self.events.append((start, end))
+        else:
+            t = time.perf_counter()
+            out = self.decoder(stored, boxes, flips, res)
+            self.seconds += time.perf_counter() - t
+        self.images += len(boxes)
+        return out
+
+    def ms_per_image(self) -> float:
+        if self.events:
+            torch.cuda.synchronize(self.device)
+            self.seconds += sum(s.elapsed_time(e) for s, e in self.events) / 1e3
+            self.events = []
+        return 1e3 * self.seconds / max(1, self.images)
+
+
 def time_epochs(loaders: Dict[str, object], res: int, warmup: int, epochs: int, device: torch.device,
                 torch_threads: int) -> Dict[str, Dict]:
     """Per loader: the best img/s over `epochs` timed epochs after `warmup` untimed ones, images per CPU
-    second (all processes) of those epochs, and the first epoch's seconds. Loaders take turns epoch by
-    epoch, so a busy machine slows them alike."""
+    second (all processes) of those epochs, and the first epoch's seconds; for data.decode=gpu loaders the
+    device decoder's milliseconds per image, and on CUDA each loader's peak device memory. Loaders take turns
+    epoch by epoch, so a busy machine slows them alike."""
     rates: Dict[str, List[float]] = {name: [] for name in loaders}
     cpu_rates: Dict[str, List[float]] = {name: [] for name in loaders}
     first_s: Dict[str, float] = {}
+    peak_mb: Dict[str, float] = {}
+    timers = {name: DeviceTimer(train.on_device, device) for name, train in loaders.items()
+              if getattr(train, "on_device", None) is not None}
+    for name, timer in timers.items():
+        loaders[name].on_device = timer
     for e in range(warmup + epochs):
         for name, train in loaders.items():
             torch.set_num_threads(torch_threads)  # FFCV sets it to its worker count: undo between loaders
+            if e == warmup and name in timers:
+                timers[name].reset()
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             start, cpu_start, n = time.perf_counter(), cpu_seconds(), 0
             for images, labels in train.epoch(e, res):
                 n += labels.shape[0]
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
+                peak_mb[name] = max(peak_mb.get(name, 0.0), torch.cuda.max_memory_allocated(device) / 2**20)
             seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
             first_s.setdefault(name, seconds)
             if e >= warmup:
                 rates[name].append(n / seconds)
                 cpu_rates[name].append(n / cpu if cpu > 0 else float("nan"))
-    return {name: {"img_per_s": max(rates[name]), "epoch_img_per_s": rates[name],
-                   "img_per_cpu_s": max(cpu_rates[name]), "first_epoch_s": first_s[name]} for name in loaders}
+    cores = len(os.sched_getaffinity(0))
+    return {name: {"img_per_s": max(rates[name]), "epoch_img_per_s": rates[name], "cores": cores,
+                   "img_per_s_per_core": max(rates[name]) / cores, "img_per_cpu_s": max(cpu_rates[name]),
+                   "first_epoch_s": first_s[name],
+                   **({"device_ms_per_image": timers[name].ms_per_image()} if name in timers else {}),
+                   **({"peak_mem_mb": peak_mb[name]} if name in peak_mb else {})} for name in loaders}
 
 
 def parser():
@@ -196,6 +253,10 @@ def parser():
     p.add_argument("--images", type=int, default=2048, help="number of JPEGs")
     p.add_argument("--workers", default="1,2", help="comma-separated worker counts to compare at")
     p.add_argument("--loaders", default="ffcv,ffcv-full,torchvision", help=f"comma-separated, of {', '.join(LOADERS)}")
+    p.add_argument("--decode", default="cpu", help="comma-separated data.decode values for the ffcv loaders "
+                   "(gpu: the `ffcv-gpu` loader; it runs on a CPU too, with CPU decode)")
+    p.add_argument("--cores", default="", help="comma-separated core counts (or `all`): each measured in a child "
+                   "process pinned to that many cores, with as many workers as cores (--workers is then ignored)")
     p.add_argument("--epochs", type=int, default=2, help="timed epochs (the best counts)")
     p.add_argument("--warmup", type=int, default=1, help="untimed epochs first")
     p.add_argument("--photo-size", default=f"{PHOTO_SIZE[0]}x{PHOTO_SIZE[1]}",
@@ -221,6 +282,14 @@ def _check(args, cfg) -> None:
     args.loader_list = [name.strip() for name in args.loaders.split(",") if name.strip()]
     if not args.loader_list or set(args.loader_list) - set(LOADERS):
         raise InputError(f"--loaders {args.loaders!r}: choose from {', '.join(LOADERS)}")
+    args.decode_list = [d.strip() for d in args.decode.split(",") if d.strip()]
+    if not args.decode_list or set(args.decode_list) - set(DECODES):
+        raise InputError(f"--decode {args.decode!r}: choose from {', '.join(DECODES)}")
+    cpus = len(os.sched_getaffinity(0))
+    args.core_counts = [cpus if c.strip() == "all" else int(c) if c.strip().isdigit() else -1
+                        for c in args.cores.split(",") if c.strip()]
+    if any(not 1 <= c <= cpus for c in args.core_counts):
+        raise InputError(f"--cores {args.cores!r}: expected counts between 1 and this machine's {cpus} cores, or all")
     if args.images < cfg.data.batch_size or cfg.data.train_res < 8:
         raise InputError(f"--images {args.images} must be >= data.batch_size={cfg.data.batch_size}, and "
                          f"data.train_res={cfg.data.train_res} >= 8")
@@ -257,7 +326,46 @@ def prepare_data(workdir: str, n: int, size=PHOTO_SIZE, write_mode: str = "jpg")
     return {"ffcv": beton, "torchvision": folder, "synthetic": ""}
 
 
+def variants(loader_list: List[str], decode_list: List[str]) -> List[tuple]:
+    """(name, data.loader, data.decode, data.crop_decode) of each loader timed: the ffcv ones once per decode
+    (with data.decode=gpu, ffcv and ffcv-full are the same `ffcv-gpu`: the CPU decodes nothing)."""
+    out = []
+    for name in loader_list:
+        for decode in (decode_list if name.startswith("ffcv") else ["cpu"]):
+            label = "ffcv-gpu" if decode == "gpu" else name
+            if label not in [v[0] for v in out]:
+                out.append((label, "ffcv" if name.startswith("ffcv") else name, decode, name != "ffcv-full"))
+    return out
+
+
+def run_pinned(args, argv: List[str], workdir: str, device: torch.device, title: str) -> int:
+    """--cores: this bench once per core count, each in a child pinned to the first N cores of this process's,
+    with N workers (numba's pool sized N too); the children's rows in one table."""
+    cpus = sorted(os.sched_getaffinity(0))
+    rows, summary, children = [], {}, []
+    for n in args.core_counts:
+        out = os.path.join(workdir, f"loader_{n}_cores.json")
+        # later options win: the child's own cores, workers, data and output
+        cmd = [sys.executable, "-m", "resnext_dist.bench", "loader", *argv, "--cores", "", "--workers", str(n),
+               "--workdir", workdir, "--out", out, "--mlflow", ""]
+        print(f"--- {n} core{'s' if n > 1 else ''}: cores {cpus[:n]}", flush=True)
+        proc = subprocess.run(cmd, env={**os.environ, "NUMBA_NUM_THREADS": str(n)},
+                              preexec_fn=lambda n=n: os.sched_setaffinity(0, cpus[:n]))
+        if proc.returncode != 0:
+            raise InputError(f"bench loader at {n} cores failed (exit {proc.returncode}; its output is above)")
+        result = report.load_results([out])[0]
+        children.append(result)
+        rows += [{**row, "measure": f"{row['measure']}, {n} core{'s' if n > 1 else ''}"} for row in result["rows"]]
+        summary.update({f"{key}_{n}_cores": value for key, value in result["summary"].items()
+                        if not key.startswith("ms_per_image_")})
+    summary.update({k: v for k, v in children[-1]["summary"].items() if k.startswith("ms_per_image_")})
+    params = {k: v for k, v in children[-1]["params"].items() if k not in ("config", "overrides")}
+    return report.finish("loader", device, args, argv, params={**params, "cores": args.core_counts}, rows=rows,
+                         summary=summary, notes=children[-1]["notes"], title=f"{title}, at {args.cores} cores")
+
+
 def run(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_intermixed_args(argv)
     device = workload.pick_device(args.device)
     cfg = workload.load(args, device.type, defaults=DEFAULTS, force=["data.loader=synthetic"])
@@ -272,6 +380,10 @@ def run(argv=None) -> int:
         if args.prepare_only:
             print(paths["ffcv"])
             return 0
+        title = (f"bench loader: {args.images} JPEGs {args.size[0]}x{args.size[1]} ({args.write_mode}) -> {res} px, "
+                 f"batch {batch}, on {device.type}")
+        if args.core_counts:
+            return run_pinned(args, argv, workdir, device, title)
         torch_threads = torch.get_num_threads()
         rows: List[Dict] = []
         summary: Dict[str, float] = per_image_costs(paths["torchvision"], res)
@@ -281,10 +393,9 @@ def run(argv=None) -> int:
                                                     for key, ms in summary.items()), flush=True)
         for workers in args.worker_counts:
             loaders = {}
-            for name in args.loader_list:
-                loader = "ffcv" if name == "ffcv-full" else name
+            for name, loader, decode, crop in variants(args.loader_list, args.decode_list):
                 data = dataclasses.replace(cfg.data, loader=loader, train=paths[loader], val="", num_workers=workers,
-                                           crop_decode=cfg.data.crop_decode and name != "ffcv-full",
+                                           crop_decode=cfg.data.crop_decode and crop, decode=decode,
                                            synthetic_size=args.images)
                 loaders[name], _ = build_loaders(data, DistInfo(device=device), seed=0, num_classes=10,
                                                  channels_last=True)
@@ -294,24 +405,34 @@ def run(argv=None) -> int:
                 label = f"{name}, {workers} worker{'s' if workers > 1 else ''}"
                 rows.append({"measure": label, "res": res, "batch": batch, "workers": workers, "loader": name,
                              **timing})
-                print(f"{label}: {timing['img_per_s']:,.1f} img/s, {timing['img_per_cpu_s']:,.1f} img per CPU s "
-                      f"(first epoch {timing['first_epoch_s']:.1f} s)", flush=True)
+                device_ms = (f", device part {timing['device_ms_per_image']:.3f} ms/image"
+                             if "device_ms_per_image" in timing else "")
+                print(f"{label}: {timing['img_per_s']:,.1f} img/s ({timing['img_per_s_per_core']:,.1f} per core of "
+                      f"{timing['cores']}), {timing['img_per_cpu_s']:,.1f} img per CPU s (first epoch "
+                      f"{timing['first_epoch_s']:.1f} s){device_ms}", flush=True)
             if "ffcv" in timings and "torchvision" in timings:
                 ffcv, tv = timings["ffcv"], timings["torchvision"]
                 summary[f"ffcv_vs_torchvision_{workers}_workers"] = ffcv["img_per_s"] / tv["img_per_s"]
                 summary[f"ffcv_vs_torchvision_{workers}_workers_per_cpu_s"] = \
                     ffcv["img_per_cpu_s"] / tv["img_per_cpu_s"]
+            if "ffcv" in timings and "ffcv-gpu" in timings:
+                summary[f"gpu_vs_cpu_decode_{workers}_workers"] = \
+                    timings["ffcv-gpu"]["img_per_s"] / timings["ffcv"]["img_per_s"]
             if "ffcv" in timings and "ffcv-full" in timings:
                 summary[f"crop_decode_speedup_{workers}_workers"] = \
                     timings["ffcv"]["img_per_s"] / timings["ffcv-full"]["img_per_s"]
         params = {**{k: v for k, v in workload.params(cfg).items() if k.startswith("data.")}, "images": args.images,
                   "photo_hw": list(args.size), "write_mode": args.write_mode, "jpeg_quality": 90,
-                  "workers": args.worker_counts, "loaders": args.loader_list, "epochs": args.epochs,
+                  "workers": args.worker_counts, "loaders": args.loader_list, "decode": args.decode_list,
+                  "cores": len(os.sched_getaffinity(0)), "epochs": args.epochs,
                   "warmup": args.warmup}
         notes = ["img/s: best timed epoch after the warm-up; same JPEGs, crop, flip, batch and workers for all",
                  "ffcv_vs_torchvision_N_workers: FFCV img/s / torchvision img/s at N workers (target >= 2.0); "
                  "..._per_cpu_s: the same ratio of images per CPU second (all processes), robust to other load",
                  "crop_decode_speedup_N_workers: FFCV decoding only each crop (data.crop_decode) / whole JPEGs",
+                 "ffcv-gpu: data.decode=gpu; device_ms_per_image: its device part (decode, crop, resize, flip, "
+                 "normalize; CUDA events on a GPU); gpu_vs_cpu_decode_N_workers: its img/s / ffcv's; per core: "
+                 "img/s / the cores this process may use",
                  "ms_per_image_*: one thread, one image (a centered crop of half its area to data.train_res px): "
                  "FFCV's decode + OpenCV INTER_AREA, ours (crop only + our INTER_AREA), PIL decode + resize"
                  + ("; cpu_normalize: a batch to normalized float32 per image, in the training process on a CPU"
@@ -319,8 +440,7 @@ def run(argv=None) -> int:
                  f"load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} on "
                  f"{len(os.sched_getaffinity(0))} cores"]
         return report.finish("loader", device, args, argv, params=params, rows=rows, summary=summary, notes=notes,
-                             title=f"bench loader: {args.images} JPEGs {args.size[0]}x{args.size[1]} "
-                                   f"({args.write_mode}) -> {res} px, batch {batch}, on {device.type}")
+                             title=title)
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)

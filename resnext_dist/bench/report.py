@@ -27,10 +27,13 @@ from resnext_dist.tracking.mirror import MAX_PARAM_VALUE, cut  # MLflow's limit,
 # (key, header, format): the table's columns, in order; a table shows the ones its rows carry.
 COLUMNS = (("bench", "bench", "{}"), ("measure", "measure", "{}"), ("arch", "arch", "{}"), ("res", "res", "{}"),
            ("batch", "batch", "{}"), ("precision", "prec", "{}"), ("channels_last", "NHWC", "yn"),
-           ("compile", "compile", "yn"), ("workers", "workers", "{}"), ("world_size", "ranks", "{}"),
+           ("compile", "compile", "yn"), ("workers", "workers", "{}"), ("cores", "cores", "{}"),
+           ("world_size", "ranks", "{}"),
            ("img_per_s", "img/s", "{:,.1f}"), ("wall_img_per_s", "wall img/s", "{:,.1f}"),
            ("per_rank_img_per_s", "img/s/rank", "{:,.1f}"), ("ratio", "vs ceiling", "{:.3f}"),
-           ("efficiency", "efficiency", "{:.3f}"), ("data_wait", "data wait", "{:.1%}"))
+           ("efficiency", "efficiency", "{:.3f}"), ("data_wait", "data wait", "{:.1%}"),
+           ("img_per_s_per_core", "img/s/core", "{:,.1f}"), ("device_ms_per_image", "device ms/img", "{:.3f}"),
+           ("peak_mem_mb", "peak MiB", "{:,.0f}"))
 ROW_METRICS = ("img_per_s", "wall_img_per_s", "per_rank_img_per_s", "ratio", "efficiency", "data_wait")
 
 

@@ -30,13 +30,16 @@ from resnext_dist.runlog import read_log
 TARGET_RATIO = 0.97
 DATA_WAIT_LIMIT = 0.05
 SYNTHETIC_POOL_BYTES = 2 * 2**30  # the synthetic loader's image pool on the device; epochs wrap beyond it
+# inputs beyond the data.loader values: the FFCV loader with each data.decode, compared in one run
+DECODED_INPUTS = {f"ffcv-{d}": ["data.loader=ffcv", f"data.decode={d}"] for d in ("cpu", "gpu")}
 OWNED = {"train.max_steps": "--steps", "train.log_every_steps": "--log-every", "run.dir": "--run-root"}
 
 
 def trainer_overrides(cfg: TrainConfig, loader: str, *, run_dir: str, max_steps: int, log_every: int,
                       world_size: int = 1) -> List[str]:
     """What the bench sets on top of the config for one trainer run: the input, the length, nothing else."""
-    out = [f"data.loader={loader}", f"train.max_steps={max_steps}", f"train.log_every_steps={log_every}",
+    out = [*DECODED_INPUTS.get(loader, [f"data.loader={loader}"]), f"train.max_steps={max_steps}",
+           f"train.log_every_steps={log_every}",
            "train.log_every_s=0",  # intervals of steps only: a timed line would split one
            f"train.epochs={max_steps}",  # >= 1 step per epoch, so max_steps always ends the run
            "train.progress_bar=false", "tracking.enabled=false", "checkpoint.every_steps=0",
@@ -148,8 +151,9 @@ def _inputs(args, cfg: TrainConfig) -> List[str]:
     if not names:
         raise InputError("--inputs: nothing to run")
     for name in names:
-        if name not in CHOICES["data.loader"]:
-            raise InputError(f"--inputs: unknown input {name!r} ({', '.join(CHOICES['data.loader'])})")
+        if name not in (*CHOICES["data.loader"], *DECODED_INPUTS):
+            known = ", ".join([*CHOICES["data.loader"], *DECODED_INPUTS])
+            raise InputError(f"--inputs: unknown input {name!r} ({known})")
         if name != "synthetic" and not cfg.data.train:
             raise InputError(f"--inputs {name} needs data.train=FILE")
         if name != "synthetic" and not os.path.exists(cfg.data.train):

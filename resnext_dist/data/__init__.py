@@ -20,7 +20,8 @@ Also here: `val.num_images` (all ranks together: the denominator of exact top-1/
 `check_dataset(cfg.data, num_classes)` (build_loaders runs it too), which raises `DataError`, a
 InputError, for missing or bad data: one line naming the file, exit code 2.
 Modules: sources (what can be read), write (the .beton writer CLI), checks, sharding (who reads what),
-resolution, normalize, and one module per loader: ffcv, torchvision, synthetic.
+resolution, normalize, and one module per loader: ffcv (with crop_decode and device_decode: data.decode=gpu),
+torchvision, synthetic.
 """
 
 from resnext_dist.data.build import build_loaders

@@ -21,6 +21,11 @@ ffcv 1.0.2 (an instance) and ffcv main (a class).
 Validation: a center-crop decode (ratio data.val_crop_ratio) at data.val_res, SEQUENTIAL, no drop_last,
 over this rank's block of explicit `indices` (sharding.eval_shard): every image once over all ranks.
 
+data.decode=gpu (device_decode.py): the same loaders, order and skip, but FFCV's workers only copy each
+image's stored bytes; decoding, crop, resize, flip and normalization run on the device, with crops keyed
+by (seed, epoch, image index). Training crops are random-resized (or, with data.random_crop=false, center)
+crops; data.pad_crop needs data.decode=cpu.
+
 data.num_workers is FFCV's number of decoding threads (numba's), kept within [1, cores]. Costs: importing
 FFCV takes ~10 s (numba, OpenCV) and the first epoch of each pipeline compiles it with numba (~15-20 s
 for the random-resized-crop pipeline, ~5 s for center crop, on a 2-core machine). FFCV also sets torch's
@@ -37,7 +42,7 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, ToDevice, ToTensor, ToTorchImage
 
-from resnext_dist.data import crop_decode
+from resnext_dist.data import crop_decode, device_decode
 from resnext_dist.data.normalize import DeviceNormalize
 from resnext_dist.data.sharding import batches_per_epoch, eval_shard, train_shard
 
@@ -87,26 +92,36 @@ class _EpochShards(TraversalOrder):
         return self.indices[shard[self.skip * b:whole]]
 
 
+def _stored_bytes_pipeline(path: str) -> list:
+    """data.decode=gpu: each image's stored bytes, as they are in the file (device_decode.py decodes them)."""
+    return [device_decode.StoredBytes(device_decode.stored_capacity(path))]
+
+
 class FfcvTrain:
     """`batches_per_epoch`, `epoch(epoch, res, skip=0)` -> (float32 images on device, int64 labels)."""
 
     def __init__(self, path: str, data_cfg, dist, *, seed: int, channels_last: bool, num_images: int):
         self.path, self.num_images = path, num_images
-        self.batch_size = data_cfg.batch_size
+        self.batch_size, self.seed, self.data_cfg = data_cfg.batch_size, seed, data_cfg
         self.batches_per_epoch = batches_per_epoch(num_images, dist.world_size, self.batch_size)
         res = data_cfg.train_res
         random_resized_crop, center_crop = _decoders(data_cfg)
-        if data_cfg.random_crop and not data_cfg.pad_crop:
-            self.decoder = random_resized_crop((res, res))
+        self.decoder, self.on_device = None, None
+        if data_cfg.decode == "gpu":
+            self.on_device = device_decode.DeviceDecoder(dist.device, channels_last, path)
+            images = _stored_bytes_pipeline(path)
         else:
-            self.decoder = center_crop((res, res), ratio=data_cfg.val_crop_ratio)
+            if data_cfg.random_crop and not data_cfg.pad_crop:
+                self.decoder = random_resized_crop((res, res))
+            else:
+                self.decoder = center_crop((res, res), ratio=data_cfg.val_crop_ratio)
+            images = _image_pipeline(self.decoder, data_cfg.random_crop, dist.device,
+                                     data_cfg.pad_crop if data_cfg.random_crop else 0)
         self.loader = Loader(
             path, batch_size=self.batch_size, num_workers=ffcv_workers(data_cfg.num_workers),
             os_cache=data_cfg.os_cache, order=OrderOption.SEQUENTIAL, seed=seed, drop_last=True,
             batches_ahead=data_cfg.batches_ahead,
-            pipelines={"image": _image_pipeline(self.decoder, data_cfg.random_crop, dist.device,
-                                                data_cfg.pad_crop if data_cfg.random_crop else 0),
-                       "label": _label_pipeline(dist.device)})
+            pipelines={"image": images, "label": _label_pipeline(dist.device)})
         self.order = _EpochShards(self.loader, dist.rank, dist.world_size)
         self.loader.traversal_order = self.order  # see the module docstring
         self.loader.first_traversal_order = self.order.sample_order(0)  # what len(loader) counts
@@ -115,18 +130,26 @@ class FfcvTrain:
     def epoch(self, epoch: int, res: int, skip: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         if skip < 0 or res < 1:
             raise ValueError(f"epoch({epoch}, res={res}, skip={skip}): res must be >= 1 and skip >= 0")
-        self.decoder.output_size = (res, res)
+        if self.decoder is not None:
+            self.decoder.output_size = (res, res)
         self.order.skip = skip
         self.loader.next_epoch = epoch  # the order is a function of (seed, epoch) only
-        return self._batches()
+        return self._batches(epoch, res)
 
-    def _batches(self):
+    def _batches(self, epoch: int, res: int):
         it = iter(self.loader)
         try:
             for images, labels in it:
                 # FFCV reuses its output buffers batches_ahead+2 batches later: hand out copies only
-                # (normalize makes a new image tensor; the labels are cloned).
-                yield self.normalize(images, labels.reshape(-1).clone())
+                # (normalize and the device decoder make new image tensors; the labels are cloned).
+                labels = labels.reshape(-1).clone()
+                if self.on_device is None:
+                    yield self.normalize(images, labels)
+                    continue
+                boxes, flips = device_decode.train_boxes(
+                    device_decode.headers(images), seed=self.seed, epoch=epoch,
+                    random_crop=self.data_cfg.random_crop, val_crop_ratio=self.data_cfg.val_crop_ratio)
+                yield self.on_device(images, boxes, flips, res), labels.to(torch.int64)
         finally:
             it.close()  # stop the prefetch thread when the caller leaves the epoch early
 
@@ -137,18 +160,21 @@ class FfcvVal:
     def __init__(self, path: str, data_cfg, dist, *, channels_last: bool, num_images: int):
         self.path, self.num_images = path, num_images
         self.indices = eval_shard(num_images, rank=dist.rank, world_size=dist.world_size)
-        self.batch_size = data_cfg.batch_size
-        self.loader = None
+        self.batch_size, self.res, self.ratio = data_cfg.batch_size, data_cfg.val_res, data_cfg.val_crop_ratio
+        self.loader, self.on_device = None, None
         if len(self.indices):  # a rank may have nothing to evaluate when images < ranks
             _, center_crop = _decoders(data_cfg)
             decoder = center_crop((data_cfg.val_res, data_cfg.val_res), ratio=data_cfg.val_crop_ratio)
+            images = _image_pipeline(decoder, False, dist.device)
+            if data_cfg.decode == "gpu":
+                self.on_device = device_decode.DeviceDecoder(dist.device, channels_last, path)
+                images = _stored_bytes_pipeline(path)
             self.loader = Loader(
                 path, batch_size=self.batch_size, num_workers=ffcv_workers(data_cfg.num_workers),
                 os_cache=data_cfg.os_cache, order=OrderOption.SEQUENTIAL, indices=self.indices,
                 seed=0,  # unused by SEQUENTIAL; without one FFCV draws from numpy's global generator
                 drop_last=False, batches_ahead=data_cfg.batches_ahead,
-                pipelines={"image": _image_pipeline(decoder, False, dist.device),
-                           "label": _label_pipeline(dist.device)})
+                pipelines={"image": images, "label": _label_pipeline(dist.device)})
         self.normalize = DeviceNormalize(dist.device, channels_last)
 
     def __len__(self) -> int:
@@ -160,6 +186,12 @@ class FfcvVal:
         it = iter(self.loader)
         try:
             for images, labels in it:
-                yield self.normalize(images, labels.reshape(-1).clone())
+                labels = labels.reshape(-1).clone()
+                if self.on_device is None:
+                    yield self.normalize(images, labels)
+                    continue
+                records = device_decode.headers(images)
+                boxes = device_decode.center_crops(records["height"], records["width"], self.ratio)
+                yield self.on_device(images, boxes, np.zeros(len(boxes), bool), self.res), labels.to(torch.int64)
         finally:
             it.close()

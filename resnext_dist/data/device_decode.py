@@ -1,0 +1,259 @@
+"""data.decode=gpu: the stored bytes of a batch -> normalized channels-last float images on the device.
+
+FFCV still reads the .beton (memory-mapped, the sharded order and skip-on-resume of ffcv.py), but its worker
+threads only copy each sample's stored bytes (`StoredBytes`, an FFCV decoder): the JPEG as written, or the
+pixels of an image stored raw (`proportion`/`raw` write modes). Everything costly then runs on the device
+in `DeviceDecoder`: one batched `torchvision.io.decode_jpeg(list, device=...)` (nvJPEG on a GPU, libjpeg-turbo
+on a CPU: the same call), the crops copied into one padded float batch, one `roi_align` that resizes every
+crop to the epoch's resolution, the flips, and the normalization into channels-last memory. So the CPU
+cost per image is a memcpy, and the kernels per batch are one copy per image plus a handful.
+
+Crop boxes and flips are drawn on the host, before decoding, from a counter-based generator keyed by
+(seed, epoch, dataset index) (`keyed_uniforms`): image k of epoch e gets the same crop whichever rank
+reads it, however many workers there are, and whether or not the run was resumed. The boxes follow
+torchvision's / FFCV's RandomResizedCrop exactly (FFCV's get_random_crop, vectorized: scale 0.08-1,
+log-uniform ratio 3/4-4/3, 10 tries, then the same center-crop fallback); validation uses FFCV's center
+crop (side = data.val_crop_ratio x the shorter side). The resize is roi_align with as many bilinear samples
+per output pixel as the shrink factor (an area average, like the CPU path's INTER_AREA; bilinear when
+enlarging), over each crop alone (its edge pixels repeated, as OpenCV sees a crop): pixels within a few
+levels of the CPU path's for the same box.
+
+A stored JPEG that does not decode (the file was damaged after it was written: the writer encodes every JPEG
+itself) raises DataError naming the file and the dataset index; the CPU path's decoders hand such an image on
+as whatever their buffer held, silently.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable, List, Tuple
+
+import numpy as np
+import torch
+from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder
+from ffcv.libffcv import memcpy
+from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.compiler import Compiler
+from ffcv.pipeline.state import State
+
+from resnext_dist.data.errors import DataError
+from resnext_dist.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from resnext_dist.errors import one_line
+
+# Each sample's row: a 24-byte header, then its stored bytes (a JPEG, or height x width x 3 raw pixels).
+HEADER = np.dtype([("index", "<i8"), ("length", "<u4"), ("height", "<u4"), ("width", "<u4"), ("mode", "u1"),
+                   ("pad", "u1", (3,))])
+JPEG, RAW = int(IMAGE_MODES["jpg"]), int(IMAGE_MODES["raw"])
+SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)  # RandomResizedCrop's defaults (torchvision, FFCV)
+TRIES = 10
+UNIFORMS = 2 * TRIES + 3  # per image: 10 tries x (scale, ratio), top, left, flip
+
+
+def stored_capacity(path: str, field: str = "image") -> int:
+    """The largest stored size in bytes of `field` over the .beton's samples (each row's capacity)."""
+    from ffcv.reader import Reader
+
+    reader = Reader(path)
+    ptrs = reader.metadata[f"f{reader.field_names.index(field)}"]["data_ptr"]
+    table = np.sort(reader.alloc_table, order="ptr")
+    return int(table["size"][np.searchsorted(table["ptr"], ptrs)].max())
+
+
+class StoredBytes(SimpleRGBImageDecoder):
+    """FFCV decoder for an RGBImageField that decodes nothing: each sample becomes a row of HEADER.itemsize +
+    `capacity` bytes holding its header (dataset index, stored length, height, width, mode) and its stored
+    bytes as they are in the file. (A subclass of the field's decoder class: FFCV takes the first operation
+    of a pipeline as its decoder only if it is one.) Nothing here may raise: an exception in FFCV's
+    pipeline thread would leave the loader waiting forever."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = int(capacity)
+
+    def declare_state_and_memory(self, previous_state: State) -> Tuple[State, AllocationQuery]:
+        shape = (HEADER.itemsize + self.capacity,)
+        return replace(previous_state, jit_mode=True, shape=shape, dtype=np.dtype("u1")), \
+            AllocationQuery(shape, np.dtype("u1"))
+
+    def generate_code(self) -> Callable:
+        mem_read = self.memory_read
+        my_range = Compiler.get_iterator()
+        my_memcpy = Compiler.compile(memcpy)
+        put = Compiler.compile(_put)
+        header = HEADER.itemsize
+
+        def copy_stored(batch_indices, destination, metadata, storage_state):
+            for dst_ix in my_range(len(batch_indices)):
+                source_ix = batch_indices[dst_ix]
+                field = metadata[source_ix]
+                data = mem_read(field["data_ptr"], storage_state)
+                row = destination[dst_ix]
+                put(row, 0, 8, np.uint64(source_ix))
+                put(row, 8, 4, np.uint64(data.size))
+                put(row, 12, 4, np.uint64(field["height"]))
+                put(row, 16, 4, np.uint64(field["width"]))
+                row[20] = field["mode"]
+                my_memcpy(data, row[header:header + data.size])
+            return destination[:len(batch_indices)]
+
+        copy_stored.is_parallel = True
+        return copy_stored
+
+
+def _put(row, offset, size, value):
+    """Little-endian `value` into row[offset:offset + size] (numba-compiled: no views, plain shifts)."""
+    for k in range(size):
+        row[offset + k] = (value >> np.uint64(8 * k)) & np.uint64(255)
+
+
+def headers(stored: np.ndarray) -> np.ndarray:
+    """The HEADER records of a batch of StoredBytes rows."""
+    return np.ascontiguousarray(stored[:, :HEADER.itemsize]).view(HEADER).reshape(-1)
+
+
+# ---- crop boxes and flips, on the host
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's output function (a bijection of uint64 that scrambles every bit)."""
+    x = x + _GOLDEN
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def keyed_uniforms(seed: int, epoch: int, indices: np.ndarray, count: int = UNIFORMS) -> np.ndarray:
+    """(len(indices), count) uniforms in [0, 1), a function of (seed, epoch, index, k) only: a counter-based
+    generator, so no state is carried from batch to batch (nothing to save in a checkpoint)."""
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps, as intended
+        key = _mix(_mix(np.full(1, seed, np.uint64)) + np.uint64(epoch))
+        base = _mix(key + np.asarray(indices, np.uint64))
+        bits = _mix(base[:, None] + np.arange(count, dtype=np.uint64)[None, :])
+    return (bits >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def random_crops(heights: np.ndarray, widths: np.ndarray, u: np.ndarray, scale=SCALE, ratio=RATIO) -> np.ndarray:
+    """(N, 4) boxes (top, left, height, width): FFCV's get_random_crop for each image with the uniforms in row
+    u[n] (u[n, 2t], u[n, 2t + 1]: try t's area and log-ratio; u[n, 20], u[n, 21]: the top and left)."""
+    heights, widths = np.asarray(heights, np.int64), np.asarray(widths, np.int64)
+    log_ratio = np.log(np.asarray(ratio, np.float64))
+    area = (heights * widths).astype(np.float64)[:, None]
+    target = area * (scale[0] + (scale[1] - scale[0]) * u[:, 0:2 * TRIES:2])
+    aspect = np.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * u[:, 1:2 * TRIES:2])
+    w = np.round(np.sqrt(target * aspect)).astype(np.int64)  # round half to even, as Python's round
+    h = np.round(np.sqrt(target / aspect)).astype(np.int64)
+    fits = (w > 0) & (w <= widths[:, None]) & (h > 0) & (h <= heights[:, None])
+    first, rows = fits.argmax(1), np.arange(len(heights))
+    h, w = h[rows, first], w[rows, first]
+    top = (u[:, 2 * TRIES] * (heights - h + 1)).astype(np.int64)
+    left = (u[:, 2 * TRIES + 1] * (widths - w + 1)).astype(np.int64)
+    # no try fitted: the whole image, cut to the nearest allowed ratio, centered
+    in_ratio = widths / heights
+    fall_w = np.where(in_ratio < min(ratio), widths, np.where(
+        in_ratio > max(ratio), np.round(heights * max(ratio)).astype(np.int64), widths))
+    fall_h = np.where(in_ratio < min(ratio), np.round(widths / min(ratio)).astype(np.int64), heights)
+    none = ~fits.any(1)
+    h, w = np.where(none, fall_h, h), np.where(none, fall_w, w)
+    top = np.where(none, (heights - h) // 2, top)
+    left = np.where(none, (widths - w) // 2, left)
+    return np.stack([top, left, h, w], 1)
+
+
+def center_crops(heights: np.ndarray, widths: np.ndarray, ratio: float) -> np.ndarray:
+    """(N, 4) boxes: FFCV's get_center_crop (a square of ratio x the shorter side, centered)."""
+    heights, widths = np.asarray(heights, np.int64), np.asarray(widths, np.int64)
+    side = (ratio * np.minimum(heights, widths)).astype(np.int64)
+    return np.stack([(heights - side) // 2, (widths - side) // 2, side, side], 1)
+
+
+def train_boxes(records: np.ndarray, *, seed: int, epoch: int, random_crop: bool,
+                val_crop_ratio: float) -> Tuple[np.ndarray, np.ndarray]:
+    """(boxes, flips) of a training batch: random-resized crops and coin flips keyed by (seed, epoch, index),
+    or (data.random_crop=false) center crops and no flips."""
+    if not random_crop:
+        return center_crops(records["height"], records["width"], val_crop_ratio), np.zeros(len(records), bool)
+    u = keyed_uniforms(seed, epoch, records["index"])
+    return random_crops(records["height"], records["width"], u), u[:, -1] < 0.5
+
+
+# ---- on the device
+
+
+class DeviceDecoder:
+    """`(stored rows, boxes, flips, res) -> float32 (N, 3, res, res) normalized, channels-last if asked`."""
+
+    def __init__(self, device: torch.device, channels_last: bool, path: str = ""):
+        self.device, self.path = torch.device(device), path
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
+        self.scale = 1.0 / (torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255)
+        self.shift = -mean * self.scale  # (x - mean) / std == x * scale + shift
+
+    def __call__(self, stored: np.ndarray, boxes: np.ndarray, flips: np.ndarray, res: int) -> torch.Tensor:
+        from torchvision.ops import roi_align
+
+        records = headers(stored)
+        images = self.decode(stored, records)
+        n = len(records)
+        # Every crop into one padded float batch, one row and one column more than the tallest / widest crop:
+        # roi_align's bilinear samples near a crop's far edges read that row / column, which repeats the edge.
+        # Cost: n x 3 x hb x wb float32 (256 crops of up to 500 px: up to 770 MB, reused by the caching allocator).
+        hb, wb = int(boxes[:, 2].max()) + 1, int(boxes[:, 3].max()) + 1
+        crops = torch.empty((n, 3, hb, wb), dtype=torch.float32, device=self.device)
+        for k, (image, (top, left, h, w)) in enumerate(zip(images, boxes.tolist())):
+            crops[k, :, :h, :w].copy_(image[:, top:top + h, left:left + w])  # one small copy kernel each
+        # One small copy to the device: per crop its height, width and flip.
+        hwf = torch.from_numpy(np.stack([boxes[:, 2], boxes[:, 3], flips]).astype(np.int64)).to(self.device)
+        rows, hs, ws = torch.arange(n, device=self.device), hwf[0], hwf[1]
+        crops[rows, :, hs, :] = crops[rows, :, hs - 1, :]
+        crops[rows, :, :, ws] = crops[rows, :, :, ws - 1]
+        # (k, x1, y1, x2, y2) per crop; aligned=True: pixel centers at +0.5; sampling_ratio=-1: ceil(crop / res)
+        # bilinear samples per output pixel and axis, i.e. an area average when shrinking.
+        zeros = torch.zeros_like(hs)
+        rois = torch.stack([rows, zeros, zeros, ws, hs], 1).float()
+        out = roi_align(crops, rois, (res, res), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        if flips.any():
+            out = torch.where(hwf[2].bool().view(-1, 1, 1, 1), out.flip(3), out)
+        x = torch.empty(out.shape, dtype=torch.float32, device=self.device, memory_format=self.memory_format)
+        return torch.addcmul(self.shift, out, self.scale, out=x)
+
+    def decode(self, stored: np.ndarray, records: np.ndarray) -> List[torch.Tensor]:
+        """(3, height, width) uint8 images on the device: the JPEGs in one batched decode, raw pixels copied."""
+        header = HEADER.itemsize
+        images: List[torch.Tensor] = [None] * len(records)
+        jpegs = [k for k in range(len(records)) if records["mode"][k] == JPEG]
+        if jpegs:
+            data = [torch.from_numpy(stored[k, header:header + int(records["length"][k])]) for k in jpegs]
+            for k, image in zip(jpegs, self._decode_jpegs(data, records["index"][jpegs])):
+                images[k] = image
+        raw = [k for k in range(len(records)) if records["mode"][k] != JPEG]
+        if raw:  # stored raw (height x width x 3, RGB): their rows to the device in one copy
+            rows = torch.from_numpy(stored[raw]).to(self.device)
+            for row, k in zip(rows, raw):
+                h, w = int(records["height"][k]), int(records["width"][k])
+                images[k] = row[header:header + h * w * 3].view(h, w, 3).permute(2, 0, 1)
+        for k, image in enumerate(images):
+            if tuple(image.shape[1:]) != (int(records["height"][k]), int(records["width"][k])):
+                raise self._error(records["index"][k], f"decodes to {tuple(image.shape[1:])}, the .beton says "
+                                                       f"{int(records['height'][k])}x{int(records['width'][k])}")
+        return images
+
+    def _decode_jpegs(self, data: List[torch.Tensor], indices: np.ndarray) -> List[torch.Tensor]:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+        except RuntimeError:
+            pass
+        # The batch failed: find the image at fault (one at a time; only ever on this error path).
+        for one, index in zip(data, indices):
+            try:
+                decode_jpeg([one], mode=ImageReadMode.RGB, device=self.device)
+            except RuntimeError as e:
+                raise self._error(index, f"its stored JPEG does not decode ({one_line(e)})") from None
+        raise DataError(f"{self.path}: a batch of {len(data)} JPEGs does not decode, though each one does")
+
+    def _error(self, index, problem: str) -> DataError:
+        return DataError(f"{self.path}: image {int(index)}: {problem} (data.decode=gpu); the file is damaged: "
+                         f"write it again (python -m resnext_dist.data.write)")
