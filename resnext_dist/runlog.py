@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 
 class RunLog:
@@ -41,7 +41,16 @@ def _jsonable(x):
     return str(x)
 
 
-def read_log(path: str):
-    """All records of a log.jsonl (tests and the bench read it back)."""
+def read_log(path: str) -> List[Dict[str, Any]]:
+    """The records of a log.jsonl, for whoever reads it back (the summary, the bench, the sweep table, the curves).
+    A line that is not a whole record (one being written now, or torn by a crash) is left out."""
+    out = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                out.append(record)
+    return out

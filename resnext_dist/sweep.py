@@ -26,6 +26,7 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from resnext_dist.errors import InputError
 from resnext_dist.files import atomic_write
 from resnext_dist.rundir import read_done
+from resnext_dist.runlog import read_log
 
 SWEEP_FILE, SUMMARY_JSON, SUMMARY_CSV = "sweep.json", "summary.json", "summary.csv"
 NOT_SWEPT = ("run", "slurm")  # one job array: the same resources and one sweep directory for every run
@@ -146,16 +147,11 @@ def run_result(run_dir: str) -> dict:
     some and not finished, or not started)."""
     evals, epochs = [], 0
     try:
-        with open(os.path.join(run_dir, "log.jsonl")) as f:
-            for line in f:
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue  # a line being written
-                if isinstance(r, dict) and r.get("kind") == "epoch":
-                    epochs = max(epochs, int(r.get("epoch", 0)) + 1)
-                    if isinstance(r.get("val_top1"), (int, float)):
-                        evals.append(r["val_top1"])
+        for r in read_log(os.path.join(run_dir, "log.jsonl")):
+            if r.get("kind") == "epoch":
+                epochs = max(epochs, int(r.get("epoch", 0)) + 1)
+                if isinstance(r.get("val_top1"), (int, float)):
+                    evals.append(r["val_top1"])
         started = True
     except FileNotFoundError:
         started = False

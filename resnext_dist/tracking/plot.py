@@ -8,9 +8,10 @@ A step logged twice (a resumed attempt repeats steps after its checkpoint) is dr
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict, List, Sequence, Tuple
+
+from resnext_dist.runlog import read_log
 
 PANELS = (("loss", "step", "training loss"), ("lr", "step", "learning rate"),
           ("val_top1", "epoch", "val top-1 (solid) / top-5 (dashed)"), ("data_wait", "step", "data wait (fraction)"))
@@ -19,18 +20,13 @@ PANELS = (("loss", "step", "training loss"), ("lr", "step", "learning rate"),
 def series(run_dir: str) -> Dict[str, List[Tuple[float, float]]]:
     """key -> [(x, value)] from log.jsonl: step records against the global step, epoch records against epochs."""
     out: Dict[str, Dict[float, float]] = {}
-    with open(os.path.join(run_dir, "log.jsonl")) as f:
-        for line in f:
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue  # a line being written
-            if r.get("kind") not in ("step", "epoch"):
-                continue
-            x = r.get("epoch", 0) + 1 if r["kind"] == "epoch" else r.get("step", 0)  # epochs done
-            for k, v in r.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    out.setdefault(k, {}).setdefault(x, float(v))
+    for r in read_log(os.path.join(run_dir, "log.jsonl")):
+        if r.get("kind") not in ("step", "epoch"):
+            continue
+        x = r.get("epoch", 0) + 1 if r["kind"] == "epoch" else r.get("step", 0)  # epochs done
+        for k, v in r.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out.setdefault(k, {}).setdefault(x, float(v))
     return {k: sorted(v.items()) for k, v in out.items()}
 
 
