@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_slurm import job_info, records, wait_for_step, wait_job
+from tests.tiny import free_port
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -215,3 +216,18 @@ def test_a_bad_value_in_one_element_submits_nothing(slurm_cluster, recipe, tmp_p
         len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert slurm_cluster.run("squeue", "-h", "-o", "%A").stdout == before
     assert not (tmp_path / "bad").exists()
+
+
+def test_an_unreachable_mlflow_server_submits_nothing_and_says_so(slurm_cluster, recipe, tmp_path):
+    """The parent run cannot be made (nothing listens at tracking.uri): no run of the sweep is submitted, since its
+    runs could not be linked to it, and the message names MLflow and the way to sweep without it."""
+    before = slurm_cluster.run("squeue", "-h", "-o", "%A").stdout
+    uri = f"http://127.0.0.1:{free_port()}"  # a port nothing listens on
+    out = subprocess.run([sys.executable, "launch/submit.py", "--config", str(recipe), f"run.root={tmp_path}",
+                          "run.name=away", "tracking.enabled=true", f"tracking.uri={uri}", "tracking.timeout_s=2",
+                          "--sweep", "optim.lr=0.1,0.2"], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "error: MLflow parent run" in out.stderr and "nothing submitted" in out.stderr, out.stderr
+    assert "tracking.enabled=false" in out.stderr, out.stderr
+    assert slurm_cluster.run("squeue", "-h", "-o", "%A").stdout == before
+    assert not (tmp_path / "away" / "sweep.json").exists()
