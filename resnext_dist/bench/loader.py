@@ -11,7 +11,8 @@ FFCV with its own whole-image decoders (data.crop_decode=false); `ffcv-gpu` is d
 stored bytes; decoding and augmentation run on the device: its time per image and, on CUDA, its peak memory are
 reported). --cores N,...: each count is measured in a child process pinned to that many cores
 (os.sched_setaffinity, so every thread it starts stays on them) with as many workers as cores, so "images per
-second per core" is measured, not inferred. See docs/performance.md.
+second per core" is measured, not inferred. The images: bench/photos.py; the per-image costs: bench/per_image.py.
+See docs/performance.md.
 """
 from __future__ import annotations
 
@@ -24,54 +25,17 @@ import tempfile
 import time
 from typing import Dict, List
 
-import numpy as np
 import torch
 
 from resnext_dist.bench import report, workload
-from resnext_dist.data.normalize import DeviceNormalize
+from resnext_dist.bench.per_image import cpu_normalize_cost, per_image_costs
+from resnext_dist.bench.photos import MAX_PHOTO_SIZE, PHOTO_SIZE, prepare_data
 from resnext_dist.dist import DistInfo
 from resnext_dist.errors import InputError
 
 LOADERS = ("ffcv", "ffcv-full", "torchvision", "synthetic")  # ffcv-full: data.crop_decode=false
 DECODES = ("cpu", "gpu")  # data.decode of the ffcv loaders; gpu is timed as `ffcv-gpu`
-PHOTO_SIZE = (350, 467)  # height, width: ~350 px photos, the shape the CPU targets were measured on
-MAX_PHOTO_SIZE = (427, 640)  # scikit-learn's sample photographs
 DEFAULTS = ["data.train_res=176", "data.batch_size=64"]  # without --config (the CPU figures' shape)
-
-
-def _save_photos(folder: str, start: int, stop: int, size, classes: int, quality: int, seed: int) -> None:
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-
-    photos = load_sample_images().images  # two 427x640 RGB photographs
-    h, w = size
-    for i in range(start, stop):
-        rng = np.random.default_rng([seed, i])  # image i is the same whichever process makes it
-        photo = photos[i % len(photos)]
-        top = rng.integers(0, photo.shape[0] - h + 1)
-        left = rng.integers(0, photo.shape[1] - w + 1)
-        crop = photo[top:top + h, left:left + w]
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        Image.fromarray(np.ascontiguousarray(crop)).save(
-            os.path.join(folder, f"class_{i % classes}", f"{i:06d}.jpg"), quality=quality)
-
-
-def make_photos(folder: str, n: int, *, size=PHOTO_SIZE, classes: int = 10, quality: int = 90,
-                seed: int = 0) -> None:
-    """`n` JPEGs of `size` (h, w) in folder/class_k/: random crops of load_sample_images' photos, half of
-    them mirrored; made by one process per core (12,800 of them take minutes in one)."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    for k in range(classes):
-        os.makedirs(os.path.join(folder, f"class_{k}"), exist_ok=True)
-    procs = min(len(os.sched_getaffinity(0)), max(1, n // 500))
-    bounds = np.linspace(0, n, procs + 1).astype(int)
-    with ProcessPoolExecutor(procs) as pool:
-        jobs = [pool.submit(_save_photos, folder, int(a), int(b), size, classes, quality, seed)
-                for a, b in zip(bounds[:-1], bounds[1:])]
-        for job in jobs:
-            job.result()
 
 
 def cpu_seconds() -> float:
@@ -90,87 +54,6 @@ def cpu_seconds() -> float:
         except psutil.NoSuchProcess:
             pass
     return total
-
-
-def per_image_costs(folder: str, res: int, n: int = 200) -> Dict[str, float]:
-    """Milliseconds per image, in this thread, of the work each loader does for one training image (here a
-    centered crop of half the image's area, resized to res px): FFCV's libjpeg-turbo decode of the whole
-    JPEG and OpenCV INTER_AREA resize, our decode of the crop only and our INTER_AREA (crop_decode.py, when
-    built; what data.crop_decode runs instead), and PIL's decode, torchvision's antialiased bilinear
-    resize and the uint8 tensor. Where the time goes, with no workers, threads or batches."""
-    from ffcv.libffcv import imdecode, resize_crop
-    from PIL import Image
-    from torchvision.transforms import v2
-
-    from resnext_dist.data import crop_decode
-
-    files = sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names if f.endswith(".jpg"))[:n]
-    steps = ["ffcv_decode", "ffcv_crop_decode", "ffcv_resize", "ffcv_area_resize", "pil_decode", "pil_resize",
-             "pil_to_tensor"]
-    if not crop_decode.available():
-        steps = [step for step in steps if step not in ("ffcv_crop_decode", "ffcv_area_resize")]
-    costs = dict.fromkeys(steps, 0.0)
-    out = np.empty((res, res, 3), np.uint8)
-    for path in files:
-        with open(path, "rb") as f:
-            data = np.frombuffer(f.read(), np.uint8)
-        w, h = Image.open(path).size
-        ch, cw = int(h * 0.5 ** 0.5), int(w * 0.5 ** 0.5)
-        top, left = (h - ch) // 2, (w - cw) // 2
-        buf, part = np.empty((h, w, 3), np.uint8), np.empty((h, w, 3), np.uint8)
-        times = [time.perf_counter()]
-        if imdecode(data, buf, h, w, h, w, 0, 0, 1, 1, False, False) != 0:
-            raise InputError(f"{path}: libjpeg-turbo could not decode it")
-        times.append(time.perf_counter())
-        if "ffcv_crop_decode" in costs:
-            if crop_decode.decode_crop(data, part, top, left, ch, cw, 3 * w) < 0:
-                raise InputError(f"{path}: libjpeg could not decode its crop")
-            times.append(time.perf_counter())
-        resize_crop(buf, top, top + ch, left, left + cw, out)
-        times.append(time.perf_counter())
-        if "ffcv_area_resize" in costs:
-            crop_decode_resize(buf, top, left, ch, cw, out)
-            times.append(time.perf_counter())
-        img = Image.open(path).convert("RGB")
-        times.append(time.perf_counter())
-        img = v2.functional.resized_crop(img, top, left, ch, cw, [res, res], antialias=True)
-        times.append(time.perf_counter())
-        v2.functional.pil_to_tensor(img)
-        times.append(time.perf_counter())
-        for key, t0, t1 in zip(costs, times, times[1:]):
-            costs[key] += t1 - t0
-    return {f"ms_per_image_{key}": 1e3 * total / max(1, len(files)) for key, total in costs.items()}
-
-
-def crop_decode_resize(image: np.ndarray, top: int, left: int, height: int, width: int, out: np.ndarray) -> None:
-    """The resize data.crop_decode's decoders do: our INTER_AREA when the crop shrinks, else (it must grow
-    in a dimension) FFCV's OpenCV call."""
-    from ffcv.libffcv import resize_crop
-
-    from resnext_dist.data import crop_decode
-
-    if crop_decode.resize_area(image, top, left, height, width, out) != 0:
-        resize_crop(image, top, top + height, left, left + width, out)
-
-
-def cpu_normalize_cost(res: int, batch: int, repeats: int = 10) -> float:
-    """Milliseconds per image, in this thread, of what every loader's batch goes through last on a CPU
-    device: uint8 to normalized float32 channels-last (data/normalize.py; on a GPU this runs on the
-    device). It runs in the training process, beside the loop, whatever the workers do. Each batch is
-    dropped before the next, as the training loop does, so outputs are recycled as they are there."""
-    normalize = DeviceNormalize(torch.device("cpu"), channels_last=True)
-    images = torch.randint(0, 256, (batch, res, res, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
-    labels = torch.zeros(batch, dtype=torch.int64)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        normalize(images, labels)  # first touch
-        start = time.perf_counter()
-        for _ in range(repeats):
-            normalize(images, labels)
-        return 1e3 * (time.perf_counter() - start) / (repeats * batch)
-    finally:
-        torch.set_num_threads(threads)
 
 
 class DeviceTimer:
@@ -302,28 +185,6 @@ def _check(args, cfg) -> None:
                          f"{MAX_PHOTO_SIZE[0]}x{MAX_PHOTO_SIZE[1]}, e.g. 300x400")
     if args.prepare_only and not args.workdir:
         raise InputError("--prepare-only needs --workdir (where the .beton is kept)")
-
-
-def prepare_data(workdir: str, n: int, size=PHOTO_SIZE, write_mode: str = "jpg") -> Dict[str, str]:
-    """The ImageFolder and the .beton of the same photos, each made unless already there (a marker file
-    written last says a folder is complete; the writer itself writes the .beton atomically)."""
-    from resnext_dist.data.sources import ImageFolderSource
-    from resnext_dist.data.write import write_beton
-
-    h, w = size
-    folder = os.path.join(workdir, f"photos_{h}x{w}")
-    beton = os.path.join(workdir, f"photos_{n}_{h}x{w}_{write_mode}.beton")
-    marker = folder + f".{n}.done"
-    if not os.path.exists(marker):
-        shutil.rmtree(folder, ignore_errors=True)
-        if os.path.exists(beton):
-            os.remove(beton)  # made from the images just removed
-        print(f"making {n} JPEGs of {h}x{w} in {folder} ...", flush=True)
-        make_photos(folder, n, size=size)
-        open(marker, "w").close()
-    if not os.path.exists(beton):
-        write_beton(ImageFolderSource(folder), beton, write_mode=write_mode, jpeg_quality=90)
-    return {"ffcv": beton, "torchvision": folder, "synthetic": ""}
 
 
 def variants(loader_list: List[str], decode_list: List[str]) -> List[tuple]:

@@ -74,7 +74,7 @@ def test_per_image_resize_is_the_one_the_decoders_run_shrinking_and_growing():
     import numpy as np
     from ffcv.libffcv import resize_crop
 
-    from resnext_dist.bench.loader import crop_decode_resize
+    from resnext_dist.bench.per_image import crop_decode_resize
     from resnext_dist.data import crop_decode
 
     if not crop_decode.available():
