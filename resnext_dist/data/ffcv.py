@@ -163,12 +163,13 @@ class FfcvVal:
         self.batch_size, self.res, self.ratio = data_cfg.batch_size, data_cfg.val_res, data_cfg.val_crop_ratio
         self.loader, self.on_device = None, None
         if len(self.indices):  # a rank may have nothing to evaluate when images < ranks
-            _, center_crop = _decoders(data_cfg)
-            decoder = center_crop((data_cfg.val_res, data_cfg.val_res), ratio=data_cfg.val_crop_ratio)
-            images = _image_pipeline(decoder, False, dist.device)
             if data_cfg.decode == "gpu":
                 self.on_device = device_decode.DeviceDecoder(dist.device, channels_last, path)
                 images = _stored_bytes_pipeline(path)
+            else:
+                _, center_crop = _decoders(data_cfg)
+                decoder = center_crop((data_cfg.val_res, data_cfg.val_res), ratio=data_cfg.val_crop_ratio)
+                images = _image_pipeline(decoder, False, dist.device)
             self.loader = Loader(
                 path, batch_size=self.batch_size, num_workers=ffcv_workers(data_cfg.num_workers),
                 os_cache=data_cfg.os_cache, order=OrderOption.SEQUENTIAL, indices=self.indices,
