@@ -77,7 +77,8 @@ def plan(config: Optional[str], overrides: List[str], specs: List[str], max_runs
         try:
             cfg = absolute_paths(load_config(config, list(overrides) + extra))
             check_slurm_config(cfg)
-            check_identity(cfg, read_config(run_dir))  # an unfinished run of another config in this directory: refused here, not in the job
+            # an unfinished run of another config in this directory: refused here, not in the job
+            check_identity(cfg, read_config(run_dir))
         except InputError as e:
             raise InputError(f"sweep run {i + 1}/{len(points)} ({run}): {e}") from None
         runs.append({"name": run, "values": values, "dir": run_dir})
@@ -108,14 +109,14 @@ def parent_run(cfg: TrainConfig, sweep: Sweep) -> str:
     """The sweep's MLflow run (its grid as params), created once; its id is kept in the sweep directory so a
     resubmission reuses it. Raises what MLflow raises (nothing has been submitted yet)."""
     from resnext_dist.tracking import resolve_uri
+    from resnext_dist.tracking.mirror import configure_http, experiment_id
     path, uri = os.path.join(sweep.dir, PARENT_FILE), resolve_uri(cfg)
     try:
         with open(path) as f:
             old = json.load(f)
     except (OSError, ValueError):
         old = {}
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(max(1, int(cfg.tracking.timeout_s))))
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    configure_http(cfg.tracking.timeout_s)  # as the Tracker: short requests; an absent server is said at once
     from mlflow import MlflowClient
     from mlflow.entities import Param
     if uri.startswith("sqlite:///"):
@@ -124,10 +125,9 @@ def parent_run(cfg: TrainConfig, sweep: Sweep) -> str:
     if old.get("tracking_uri") == uri and old.get("experiment") == cfg.tracking.experiment:
         client.update_run(old["run_id"], status="RUNNING")  # runs to train again: the sweep is not finished
         return old["run_id"]
-    exp = client.get_experiment_by_name(cfg.tracking.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(
-        cfg.tracking.experiment, artifact_location=None if cfg.tracking.uri else
-        os.path.join(cfg.run.root, "mlartifacts"))  # where the runs' Tracker puts them too
+    # where the runs' Tracker puts artifacts too
+    artifacts = None if cfg.tracking.uri else os.path.join(os.path.abspath(cfg.run.root), "mlartifacts")
+    exp_id = experiment_id(client, cfg.tracking.experiment, artifacts)
     run_id = client.create_run(exp_id, run_name=sweep.name, tags={"sweep_dir": sweep.dir}).info.run_id
     client.log_batch(run_id, params=[Param(k, ",".join(v)) for k, v in sweep.grid])
     os.makedirs(sweep.dir, exist_ok=True)

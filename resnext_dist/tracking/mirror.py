@@ -79,6 +79,22 @@ def configure_http(timeout_s: float) -> None:
                       MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0")
 
 
+def experiment_id(client, name: str, artifact_location: Optional[str]) -> str:
+    """The experiment `name`, made (or restored from deleted) if need be, tagged as a model-training experiment
+    with its runs-table view (EXPERIMENT_TAGS). The Tracker's runs and a sweep's parent run both come here."""
+    if client.get_experiment_by_name(name) is None:
+        try:
+            client.create_experiment(name, artifact_location=artifact_location)
+        except Exception:
+            pass  # another run created it meanwhile, or the answer was lost: read it back
+    exp = client.get_experiment_by_name(name)
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    for key, value in EXPERIMENT_TAGS.items():
+        client.set_experiment_tag(exp.experiment_id, key, value)
+    return exp.experiment_id
+
+
 class Mirror:
     """Sends the log after the cursor to the cursor's run; creates (or reopens) that run first."""
 
@@ -142,21 +158,12 @@ class Mirror:
 
     def _create(self) -> None:
         c, rec = self.client, self.rec
-        if c.get_experiment_by_name(rec["experiment"]) is None:
-            try:
-                c.create_experiment(rec["experiment"], artifact_location=rec.get("artifact_location"))
-            except Exception:
-                pass  # another run created it meanwhile, or the answer was lost: read it back
-        exp = c.get_experiment_by_name(rec["experiment"])
-        if exp.lifecycle_stage == "deleted":
-            c.restore_experiment(exp.experiment_id)
-        for key, value in EXPERIMENT_TAGS.items():
-            c.set_experiment_tag(exp.experiment_id, key, value)
+        exp_id = experiment_id(c, rec["experiment"], rec.get("artifact_location"))
         # A create whose answer was lost (timeout) may have made the run: find it by this launch's tag.
-        found = c.search_runs([exp.experiment_id], f"tags.launch_id = '{rec['launch_id']}'", max_results=1)
+        found = c.search_runs([exp_id], f"tags.launch_id = '{rec['launch_id']}'", max_results=1)
         tags = {k: cut(v, MAX_TAG_VALUE) for k, v in rec.get("tags", {}).items()}
         self.save(run_id=found[0].info.run_id if found else c.create_run(
-            exp.experiment_id, run_name=rec.get("run_name"), tags=dict(tags, launch_id=rec["launch_id"], attempt="1")
+            exp_id, run_name=rec.get("run_name"), tags=dict(tags, launch_id=rec["launch_id"], attempt="1")
         ).info.run_id)
         self._log(params=self.params)
 
