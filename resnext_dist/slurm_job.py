@@ -16,8 +16,10 @@ job too, requeued alone.
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
+import pickle
 import signal
 import sys
 from typing import Any
@@ -38,9 +40,11 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self) -> str:
         env = submitit.JobEnvironment()
         try:
-            return self._train(env)
+            run_dir = self._train(env)
         except UncompletedJobError as e:  # submitit's verdict on rank 0: timed out too many times
             raise self._out_of_timeouts(env, e) from None
+        atexit.register(end_once_result_saved, str(env.paths.result_pickle))
+        return run_dir
 
     def _train(self, env) -> str:
         from resnext_dist import train  # imported in the job only: submitting needs none of it
@@ -83,6 +87,21 @@ class TrainJob(submitit.helpers.Checkpointable):
             f"slurm.timeout_min={s.timeout_min} used up. The last checkpoint is in "
             f"{os.path.join(self.cfg.run.dir, 'checkpoints')}; submit the same command again to continue "
             f"(checkpoint.resume=auto), with a larger slurm.timeout_min or slurm.max_num_timeout")
+
+
+def end_once_result_saved(result_pickle: str) -> None:
+    """At the exit of a task whose run finished: once submitit has saved the task's success result, end as the
+    trainer's CLI ends (cli.exit_without_teardown), because gloo's native destructors in the interpreter's
+    teardown were seen to abort finished ranks with SIGABRT, which Slurm would report as a failed job. Without a
+    success result (submitit failed to save it), the interpreter exits as usual, with its error status."""
+    try:
+        with open(result_pickle, "rb") as f:
+            saved = pickle.load(f)[0] == "success"
+    except Exception:
+        return
+    if saved:
+        from resnext_dist.cli import exit_without_teardown
+        exit_without_teardown(0)
 
 
 def submitit_signal_handler():

@@ -156,6 +156,23 @@ def test_requeued_job_resumes_from_the_run_dir_with_the_same_config(tmp_path):
     assert again.cfg.run == c.run and again.cfg.model == c.model and again.cfg.slurm == c.slurm
 
 
+@pytest.mark.parametrize("result", ["success", "error", None])
+def test_a_finished_task_ends_without_teardown_only_once_submitit_saved_its_success(tmp_path, result):
+    pkl = tmp_path / "0_0_result.pkl"
+    if result:
+        pkl.write_bytes(cloudpickle.dumps((result, "run dir")))
+    script = ("import atexit, sys\n"
+              "atexit.register(print, 'teardown ran')  # registered first: runs after the job's handler\n"
+              "from resnext_dist.slurm_job import end_once_result_saved\n"
+              f"atexit.register(end_once_result_saved, {str(pkl)!r})\n"
+              "sys.exit(3)\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    if result == "success":
+        assert (r.returncode, r.stdout) == (0, "")
+    else:  # no success saved: the usual exit, its status and the rest of the teardown
+        assert (r.returncode, r.stdout) == (3, "teardown ran\n")
+
+
 def test_submitit_handler_is_found_behind_the_trainers_stop_flag():
     calls = []
 
