@@ -246,7 +246,8 @@ def _check_together(cfg: TrainConfig) -> None:
             raise InputError(f"data.min_train_res={d.min_train_res} must be <= data.train_res={d.train_res}")
         if not d.ramp_start_epoch <= d.ramp_end_epoch:
             raise InputError("data.ramp_start_epoch must be <= data.ramp_end_epoch")
-    if d.decode == "gpu" and (d.loader == "torchvision" or d.pad_crop):  # synthetic: nothing to decode
+    # synthetic data has nothing to decode (data.decode is ignored there); pad_crop has no GPU form for any loader
+    if d.decode == "gpu" and (d.loader == "torchvision" or d.pad_crop):
         raise InputError(f"data.decode=gpu needs data.loader=ffcv and data.pad_crop=0 (got data.loader={d.loader}, "
                          f"data.pad_crop={d.pad_crop}); use data.decode=cpu")
     if d.pad_crop and d.pad_crop >= d.train_res:

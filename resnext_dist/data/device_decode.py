@@ -35,8 +35,8 @@ from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.state import State
 
-from resnext_dist.data.errors import DataError
-from resnext_dist.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from resnext_dist.data.errors import CorruptImage, DataError
+from resnext_dist.data.normalize import scale_shift
 from resnext_dist.errors import one_line
 
 # Each sample's row: a 24-byte header, then its stored bytes (a JPEG, or height x width x 3 raw pixels).
@@ -186,9 +186,7 @@ class DeviceDecoder:
     def __init__(self, device: torch.device, channels_last: bool, path: str = ""):
         self.device, self.path = torch.device(device), path
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
-        self.scale = 1.0 / (torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255)
-        self.shift = -mean * self.scale  # (x - mean) / std == x * scale + shift
+        self.scale, self.shift = scale_shift(self.device)
 
     def __call__(self, stored: np.ndarray, boxes: np.ndarray, flips: np.ndarray, res: int) -> torch.Tensor:
         from torchvision.ops import roi_align
@@ -203,9 +201,9 @@ class DeviceDecoder:
         crops = torch.empty((n, 3, hb, wb), dtype=torch.float32, device=self.device)
         for k, (image, (top, left, h, w)) in enumerate(zip(images, boxes.tolist())):
             crops[k, :, :h, :w].copy_(image[:, top:top + h, left:left + w])  # one small copy kernel each
-        # One small copy to the device: per crop its height, width and flip.
-        hwf = torch.from_numpy(np.stack([boxes[:, 2], boxes[:, 3], flips]).astype(np.int64)).to(self.device)
-        rows, hs, ws = torch.arange(n, device=self.device), hwf[0], hwf[1]
+        # One small copy to the device: per crop its row, height, width and flip.
+        meta = self._to_device(np.stack([np.arange(n), boxes[:, 2], boxes[:, 3], flips]).astype(np.int64))
+        rows, hs, ws = meta[0], meta[1], meta[2]
         crops[rows, :, hs, :] = crops[rows, :, hs - 1, :]
         crops[rows, :, :, ws] = crops[rows, :, :, ws - 1]
         # (k, x1, y1, x2, y2) per crop; aligned=True: pixel centers at +0.5; sampling_ratio=-1: ceil(crop / res)
@@ -214,7 +212,7 @@ class DeviceDecoder:
         rois = torch.stack([rows, zeros, zeros, ws, hs], 1).float()
         out = roi_align(crops, rois, (res, res), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
         if flips.any():
-            out = torch.where(hwf[2].bool().view(-1, 1, 1, 1), out.flip(3), out)
+            out = torch.where(meta[3].bool().view(-1, 1, 1, 1), out.flip(3), out)
         x = torch.empty(out.shape, dtype=torch.float32, device=self.device, memory_format=self.memory_format)
         return torch.addcmul(self.shift, out, self.scale, out=x)
 
@@ -229,7 +227,7 @@ class DeviceDecoder:
                 images[k] = image
         raw = [k for k in range(len(records)) if records["mode"][k] != JPEG]
         if raw:  # stored raw (height x width x 3, RGB): their rows to the device in one copy
-            rows = torch.from_numpy(stored[raw]).to(self.device)
+            rows = self._to_device(stored[raw])
             for row, k in zip(rows, raw):
                 h, w = int(records["height"][k]), int(records["width"][k])
                 images[k] = row[header:header + h * w * 3].view(h, w, 3).permute(2, 0, 1)
@@ -238,6 +236,15 @@ class DeviceDecoder:
                 raise self._error(records["index"][k], f"decodes to {tuple(image.shape[1:])}, the .beton says "
                                                        f"{int(records['height'][k])}x{int(records['width'][k])}")
         return images
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        """A host array on the device without waiting for the stream: from pageable memory a copy to the GPU
+        waits for every kernel queued before it (the previous training step); from pinned memory it does not
+        (torch keeps the pinned buffer until the copy is done)."""
+        host = torch.from_numpy(array)
+        if self.device.type != "cuda":
+            return host.to(self.device)
+        return host.pin_memory().to(self.device, non_blocking=True)
 
     def _decode_jpegs(self, data: List[torch.Tensor], indices: np.ndarray) -> List[torch.Tensor]:
         from torchvision.io import ImageReadMode, decode_jpeg
@@ -254,6 +261,6 @@ class DeviceDecoder:
                 raise self._error(index, f"its stored JPEG does not decode ({one_line(e)})") from None
         raise DataError(f"{self.path}: a batch of {len(data)} JPEGs does not decode, though each one does")
 
-    def _error(self, index, problem: str) -> DataError:
-        return DataError(f"{self.path}: image {int(index)}: {problem} (data.decode=gpu); the file is damaged: "
+    def _error(self, index, problem: str) -> CorruptImage:
+        return CorruptImage(f"{self.path}: image {int(index)}: {problem} (data.decode=gpu); the file is damaged: "
                          f"write it again (python -m resnext_dist.data.write)")

@@ -105,12 +105,13 @@ class FfcvTrain:
         self.batch_size, self.seed, self.data_cfg = data_cfg.batch_size, seed, data_cfg
         self.batches_per_epoch = batches_per_epoch(num_images, dist.world_size, self.batch_size)
         res = data_cfg.train_res
-        random_resized_crop, center_crop = _decoders(data_cfg)
-        self.decoder, self.on_device = None, None
+        self.decoder, self.on_device, self.normalize = None, None, None
         if data_cfg.decode == "gpu":
             self.on_device = device_decode.DeviceDecoder(dist.device, channels_last, path)
             images = _stored_bytes_pipeline(path)
         else:
+            self.normalize = DeviceNormalize(dist.device, channels_last)
+            random_resized_crop, center_crop = _decoders(data_cfg)
             if data_cfg.random_crop and not data_cfg.pad_crop:
                 self.decoder = random_resized_crop((res, res))
             else:
@@ -125,7 +126,6 @@ class FfcvTrain:
         self.order = _EpochShards(self.loader, dist.rank, dist.world_size)
         self.loader.traversal_order = self.order  # see the module docstring
         self.loader.first_traversal_order = self.order.sample_order(0)  # what len(loader) counts
-        self.normalize = DeviceNormalize(dist.device, channels_last)
 
     def epoch(self, epoch: int, res: int, skip: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         if skip < 0 or res < 1:
@@ -161,12 +161,13 @@ class FfcvVal:
         self.path, self.num_images = path, num_images
         self.indices = eval_shard(num_images, rank=dist.rank, world_size=dist.world_size)
         self.batch_size, self.res, self.ratio = data_cfg.batch_size, data_cfg.val_res, data_cfg.val_crop_ratio
-        self.loader, self.on_device = None, None
+        self.loader, self.on_device, self.normalize = None, None, None
         if len(self.indices):  # a rank may have nothing to evaluate when images < ranks
             if data_cfg.decode == "gpu":
                 self.on_device = device_decode.DeviceDecoder(dist.device, channels_last, path)
                 images = _stored_bytes_pipeline(path)
             else:
+                self.normalize = DeviceNormalize(dist.device, channels_last)
                 _, center_crop = _decoders(data_cfg)
                 decoder = center_crop((data_cfg.val_res, data_cfg.val_res), ratio=data_cfg.val_crop_ratio)
                 images = _image_pipeline(decoder, False, dist.device)
@@ -176,7 +177,6 @@ class FfcvVal:
                 seed=0,  # unused by SEQUENTIAL; without one FFCV draws from numpy's global generator
                 drop_last=False, batches_ahead=data_cfg.batches_ahead,
                 pipelines={"image": images, "label": _label_pipeline(dist.device)})
-        self.normalize = DeviceNormalize(dist.device, channels_last)
 
     def __len__(self) -> int:
         return -(-len(self.indices) // self.batch_size)

@@ -27,15 +27,20 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def scale_shift(device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), (1, 3, 1, 1) float32 on `device`: (x - mean) / std == x * scale + shift, x in 0..255."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+    scale = 1.0 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255)
+    return scale, -mean * scale
+
+
 class DeviceNormalize:
     """`(images_uint8 NCHW, labels) -> (float32 normalized on device, int64 labels on device)`."""
 
     def __init__(self, device: torch.device, channels_last: bool):
         self.device = torch.device(device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
-        self.scale = 1.0 / (torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255)
-        self.shift = -mean * self.scale  # (x - mean) / std == x * scale + shift
+        self.scale, self.shift = scale_shift(self.device)
         self._rows: Dict[int, Tuple[torch.Tensor, torch.Tensor]] = {}  # width -> (scale, shift) per row
         self._outputs = _Recycler() if self.device.type == "cpu" else None
 

@@ -17,6 +17,7 @@ from ffcv.libffcv import imdecode, resize_crop
 from PIL import Image
 
 from resnext_dist.data import DataError, build_loaders, device_decode
+from resnext_dist.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from resnext_dist.data.sharding import train_shard
 from resnext_dist.data.sources import ImageFolderSource
 from resnext_dist.dist import DistInfo
@@ -185,8 +186,8 @@ def test_the_resize_is_inter_area_but_for_rounding():
     decoder = device_decode.DeviceDecoder(torch.device("cpu"), channels_last=False)
     for box, res in [((0, 0, 64, 64), 32), ((0, 0, H, W), 32), ((5, 7, 50, 60), 32), ((0, 0, H, W), 24)]:
         got = decoder(rows_of([sample], [0]), np.array([box]), np.zeros(1, bool), res)
-        mean = torch.tensor(device_decode.IMAGENET_MEAN).view(1, 3, 1, 1) * 255
-        std = torch.tensor(device_decode.IMAGENET_STD).view(1, 3, 1, 1) * 255
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
         got = (got * std + mean)[0].permute(1, 2, 0).numpy()
         want = cpu_path_crop(sample, box, res)
         assert np.abs(got - want).max() <= 0.6, box  # float here, OpenCV's uint8 there
