@@ -108,9 +108,9 @@ def is_done(cfg: TrainConfig) -> bool:
 def parent_run(cfg: TrainConfig, sweep: Sweep) -> str:
     """The sweep's MLflow run (its grid as params), created once; its id is kept in the sweep directory so a
     resubmission reuses it. Raises what MLflow raises (nothing has been submitted yet)."""
-    from resnext_dist.tracking import resolve_uri
+    from resnext_dist.tracking import open_store
     from resnext_dist.tracking.mirror import configure_http, experiment_id
-    path, uri = os.path.join(sweep.dir, PARENT_FILE), resolve_uri(cfg)
+    path, (uri, artifacts) = os.path.join(sweep.dir, PARENT_FILE), open_store(cfg)
     try:
         with open(path) as f:
             old = json.load(f)
@@ -119,14 +119,10 @@ def parent_run(cfg: TrainConfig, sweep: Sweep) -> str:
     configure_http(cfg.tracking.timeout_s)  # as the Tracker: short requests; an absent server is said at once
     from mlflow import MlflowClient
     from mlflow.entities import Param
-    if uri.startswith("sqlite:///"):
-        os.makedirs(os.path.dirname(uri[len("sqlite:///"):]), exist_ok=True)
     client = MlflowClient(tracking_uri=uri)
     if old.get("tracking_uri") == uri and old.get("experiment") == cfg.tracking.experiment:
         client.update_run(old["run_id"], status="RUNNING")  # runs to train again: the sweep is not finished
         return old["run_id"]
-    # where the runs' Tracker puts artifacts too
-    artifacts = None if cfg.tracking.uri else os.path.join(os.path.abspath(cfg.run.root), "mlartifacts")
     exp_id = experiment_id(client, cfg.tracking.experiment, artifacts)
     run_id = client.create_run(exp_id, run_name=sweep.name, tags={"sweep_dir": sweep.dir}).info.run_id
     client.log_batch(run_id, params=[Param(k, ",".join(v)) for k, v in sweep.grid])

@@ -22,7 +22,7 @@ import os
 import shlex
 import threading
 import uuid
-from typing import Optional
+from typing import Optional, Tuple
 
 from resnext_dist.errors import one_line
 from resnext_dist.provenance import provenance_tags
@@ -39,6 +39,16 @@ POLL_S, BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 1.0, 30.0
 def resolve_uri(cfg) -> str:
     """`tracking.uri`, or a sqlite store at <run.root>/mlflow.db (absolute: ui_command works from anywhere)."""
     return cfg.tracking.uri or "sqlite:///" + os.path.join(os.path.abspath(cfg.run.root), "mlflow.db")
+
+
+def open_store(cfg) -> Tuple[str, Optional[str]]:
+    """(tracking URI, artifact location) for the runs of `cfg`, the sqlite store's folder made: artifacts go to
+    <run.root>/mlartifacts next to the default store, where a tracking server puts them otherwise (None). The
+    Tracker's runs and a sweep's parent run both come here, so they share one store."""
+    uri = resolve_uri(cfg)
+    if uri.startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(uri[len("sqlite:///"):]), exist_ok=True)
+    return uri, None if cfg.tracking.uri else os.path.join(os.path.abspath(cfg.run.root), "mlartifacts")
 
 
 def ui_command(cfg) -> str:
@@ -80,10 +90,9 @@ class Tracker:
             log.warning("MLflow tracking off: cannot import mlflow (%s); log.jsonl is still written", e)
             self.enabled = False
             return
-        self._t, self.uri, self.run_dir = cfg.tracking, resolve_uri(cfg), os.path.abspath(run_dir)
+        self._t, self.run_dir = cfg.tracking, os.path.abspath(run_dir)
+        self.uri, artifact_location = open_store(cfg)
         os.makedirs(self.run_dir, exist_ok=True)
-        if self.uri.startswith("sqlite:///"):
-            os.makedirs(os.path.dirname(self.uri[len("sqlite:///"):]), exist_ok=True)
         configure_http(max(0.1, self._t.timeout_s))
         old = read_cursor(self.run_dir) or {}
         old = old if old.get("tracking_uri") == self.uri else {}  # a cursor of another store is not this run's
@@ -94,7 +103,7 @@ class Tracker:
             "run_id": run_id, "tracking_uri": self.uri, "experiment": self._t.experiment, "run_name": cfg.run.name,
             "launch_id": uuid.uuid4().hex, "start": end, "offset": end,  # the old cursor's run, its trainer gone:
             "stale": None if old.get("run_id") in (None, run_id) else [old["run_id"], old.get("status")],
-            "artifact_location": None if self._t.uri else os.path.join(os.path.abspath(cfg.run.root), "mlartifacts")}
+            "artifact_location": artifact_location}
         self._reopen = rec["run_id"] is not None
         self._mirror = Mirror(MlflowClient(tracking_uri=self.uri), self.run_dir, rec, config_params(cfg))
         # a sweep's run is a child of the sweep's run (tag read when the run is created; the UI nests it)
