@@ -46,11 +46,12 @@ def recipe(tmp_path_factory) -> Path:
 class Submission:
     """`python launch/submit.py ... --wait` in the background: its job id as soon as it is printed, then its end."""
 
-    def __init__(self, recipe: Path, root: Path, name: str, *overrides: str):
+    def __init__(self, recipe: Path, root: Path, name: str, *args: str, **env: str):
         self.run_dir = root / name
         cmd = [sys.executable, "launch/submit.py", "--config", str(recipe), f"run.root={root}", f"run.name={name}",
-               *overrides, "--wait"]
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               *args, "--wait"]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, **env})
         self.lines: list = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -64,14 +65,18 @@ class Submission:
         return "".join(self.lines)
 
     def job_id(self, timeout: float = 120) -> str:
+        return self.submitted(r"submitted job (\d+)", timeout)
+
+    def submitted(self, pattern: str, timeout: float) -> str:
+        """The id `pattern` finds in the output, as soon as submit.py prints it."""
         deadline = time.time() + timeout
         while time.time() < deadline:
-            m = re.search(r"submitted job (\d+)", self.output)
+            m = re.search(pattern, self.output)
             if m:
                 return m.group(1)
             if self.proc.poll() is not None:
                 self._reader.join(5)
-                m = re.search(r"submitted job (\d+)", self.output)
+                m = re.search(pattern, self.output)
                 if m:
                     return m.group(1)
                 raise AssertionError(f"submit.py exited {self.proc.returncode} without a job:\n{self.output}")

@@ -9,13 +9,11 @@ import os
 import re
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_slurm import job_info, records, wait_for_step, wait_job
+from tests.integration.test_slurm import Submission, job_info, records, wait_for_step, wait_job
 from tests.tiny import free_port
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -40,41 +38,15 @@ def recipe(tmp_path_factory) -> Path:
     return path
 
 
-class Sweep:
-    """`python launch/submit.py --config RECIPE ... --sweep ...` (with --wait: in the background)."""
-
-    def __init__(self, recipe: Path, root: Path, name: str, *args: str, wait: bool = True, **env: str):
-        self.dir = root / name
-        cmd = [sys.executable, "launch/submit.py", "--config", str(recipe), f"run.root={root}", f"run.name={name}",
-               *args] + (["--wait"] if wait else [])
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, **env})
-        self.lines: list = []
-        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
-        self._reader.start()
+class Sweep(Submission):
+    """`python launch/submit.py --config RECIPE ... --sweep ... --wait` in the background; `dir` is the sweep's."""
 
     @property
-    def output(self) -> str:
-        return "".join(self.lines)
+    def dir(self) -> Path:
+        return self.run_dir
 
     def array_id(self, timeout: float = 120) -> str:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            m = re.search(r"submitted job array (\d+)", self.output)
-            if m:
-                return m.group(1)
-            assert self.proc.poll() is None, f"submit.py exited {self.proc.returncode}:\n{self.output}"
-            time.sleep(0.2)
-        raise AssertionError(f"no job array after {timeout} s:\n{self.output}")
-
-    def finish(self, timeout: float = 300) -> int:
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise AssertionError(f"submit.py still running after {timeout} s:\n{self.output}")
-        self._reader.join(10)
-        return rc
+        return self.submitted(r"submitted job array (\d+)", timeout)
 
 
 def table_runs(output: str, keys: int) -> list:
