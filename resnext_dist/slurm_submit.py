@@ -274,6 +274,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def sbatch_failed(e: Exception) -> str:
+    """One line for a refused sbatch: submitit's error holds sbatch's whole output; its last line says why."""
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return f"error: sbatch failed: {lines[-1] if lines else e}"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.sweep:
@@ -293,8 +299,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except submitit.core.utils.FailedJobError as e:  # sbatch refused after the checks passed
-        lines = [ln for ln in str(e).splitlines() if ln.strip()]
-        print(f"error: sbatch failed: {lines[-1] if lines else e}", file=sys.stderr)
+        print(sbatch_failed(e), file=sys.stderr)
         return 1
     print(describe(job, cfg), flush=True)
     if args.wait:

@@ -33,7 +33,8 @@ from resnext_dist.rundir import check_identity, finished_for, identity_hash, rea
 from resnext_dist.slurm_checks import check_against_cluster, check_run_dir_free
 from resnext_dist.slurm_job import TrainJob
 from resnext_dist.slurm_submit import (FINAL_STATES, absolute_paths, check_slurm_config, clean_submit_env,
-                                       job_states, make_executor, poll_interval, sbatch_script, state_line)
+                                       job_states, make_executor, poll_interval, sbatch_failed, sbatch_script,
+                                       state_line)
 from resnext_dist.sweep import describe_grid, expand, parse_grid, read_sweep, report, run_names, write_sweep
 
 PARENT_FILE = "mlflow_parent.json"
@@ -249,7 +250,7 @@ def submit_array(sweep: Sweep, record: dict, todo: List[int], wait: bool, out) -
         with clean_submit_env(), executor.batch():  # one sbatch --array at the end of the block
             jobs = [executor.submit(TrainJob(configs[i])) for i in todo]
     except submitit.core.utils.FailedJobError as e:  # sbatch refused after the checks passed
-        print(f"error: sbatch failed: {one_line(e)}", file=sys.stderr)
+        print(sbatch_failed(e), file=sys.stderr)
         return 1
     ids = {sweep.runs[i]["name"]: str(job.job_id) for i, job in zip(todo, jobs)}
     array_id = str(jobs[0].job_id).split("_")[0]
