@@ -26,7 +26,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from resnext_dist.cli import arg_parser
+from resnext_dist.config.arguments import arg_parser
 from resnext_dist.config import TrainConfig, load_config, to_yaml
 from resnext_dist.errors import EXIT_BAD_INPUT, InputError, one_line
 from resnext_dist.files import atomic_write
@@ -89,9 +89,9 @@ def val_loader(cfg: TrainConfig, dist):
 def run(cfg: TrainConfig, weights: str, tta_flip: bool = False) -> dict:
     """Evaluate on every rank; returns the figures (the same on every rank)."""
     from resnext_dist.dist import close_distributed, init_distributed
-    from resnext_dist.loop import evaluate
+    from resnext_dist.run.step import evaluate
     from resnext_dist.models import build_model
-    from resnext_dist.build import autocast_factory
+    from resnext_dist.run.build import autocast_factory
     from resnext_dist.weights import init_model
 
     dist = init_distributed(cfg.dist)
@@ -149,7 +149,7 @@ def main(argv=None) -> int:
             if args.mlflow_run_id:
                 log_to_mlflow(cfg, args.mlflow_run_id, result)
     except InputError as e:
-        from resnext_dist.cli import launcher_rank
+        from resnext_dist.commandline import launcher_rank
         if launcher_rank() == 0:  # every rank meets the same bad input: say it once
             print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -157,5 +157,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from resnext_dist.cli import exit_without_teardown
+    from resnext_dist.commandline import exit_without_teardown
     exit_without_teardown(main())

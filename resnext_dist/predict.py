@@ -49,7 +49,7 @@ def load_predictor(path: str, config: Optional[str] = None, overrides=(), device
     """The model, its preprocessing and class names from WEIGHTS (see the module docstring)."""
     from resnext_dist.config import load_config
     from resnext_dist.data.normalize import IMAGENET_MEAN, IMAGENET_STD
-    from resnext_dist.export import dataset_class_names, load_model, meta_path, read_meta
+    from resnext_dist.weights.export import dataset_class_names, load_model, meta_path, read_meta
     from resnext_dist.models import build_model
     from resnext_dist.weights import init_model
 

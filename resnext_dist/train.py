@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import sys
 
-from resnext_dist.cli import arg_parser, exit_without_teardown, launcher_rank, load_train_config
+from resnext_dist.commandline import exit_without_teardown, launcher_rank
+from resnext_dist.config.arguments import arg_parser, load_train_config
 from resnext_dist.config import TrainConfig, to_yaml
 from resnext_dist.errors import EXIT_BAD_INPUT, InputError
 
@@ -26,7 +27,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from resnext_dist.signals import StopRequested
+    from resnext_dist.run.signals import StopRequested
     try:
         cfg, note = load_train_config(args)  # no --config: the embedded default, and a note saying so
         if args.print_config:
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
 
 def run(cfg: TrainConfig, note: str = "") -> None:
     """Train to the end in this process (torch is imported here, not when the command line is read)."""
-    from resnext_dist import trainer
+    from resnext_dist.run import trainer
     trainer.run(cfg, note)
 
 

@@ -122,7 +122,7 @@ def probe(cfg_fields: dict, out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    from resnext_dist.cli import exit_without_teardown
+    from resnext_dist.commandline import exit_without_teardown
 
     probe(json.loads(sys.argv[1]), sys.argv[2])
     exit_without_teardown(0)  # as the trainer ends: gloo's teardown was seen to abort a finished rank

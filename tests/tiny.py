@@ -55,5 +55,5 @@ def params(run_dir) -> dict:
 
 
 def last_checkpoint(run_dir) -> dict:
-    from resnext_dist.checkpoint import find_latest, load_file
+    from resnext_dist.run.checkpoint import find_latest, load_file
     return load_file(find_latest(os.path.join(run_dir, "checkpoints")))

@@ -1,6 +1,6 @@
 """`python -m resnext_dist.bench NAME ...`: see resnext_dist.bench for the benches."""
 from resnext_dist.bench import main
-from resnext_dist.cli import exit_without_teardown
+from resnext_dist.commandline import exit_without_teardown
 
 if __name__ == "__main__":
     # As the trainer: a finished bench (its JSON written, its MLflow run closed) skips the interpreter's teardown,

@@ -21,7 +21,7 @@ import torch
 from resnext_dist.dist import DistInfo
 from resnext_dist.errors import InputError, one_line
 from resnext_dist.files import atomic_write
-from resnext_dist.provenance import provenance_tags
+from resnext_dist.tracking.provenance import provenance_tags
 from resnext_dist.tracking.mirror import MAX_PARAM_VALUE, cut  # MLflow's limit, said once (imports no mlflow)
 
 # (key, header, format): the table's columns, in order; a table shows the ones its rows carry.

@@ -13,11 +13,10 @@ from typing import Dict, List, Sequence
 
 import torch
 
-from resnext_dist.cli import arg_parser
+from resnext_dist.config.arguments import arg_parser
 from resnext_dist.config import TrainConfig, load_config, to_flat_dict, to_yaml
 from resnext_dist.errors import InputError
-from resnext_dist.models import build_model
-from resnext_dist.models.resnext import PRESETS
+from resnext_dist.models import PRESETS, build_model
 
 # The trainer's defaults suit a GPU; on a CPU without a recipe a bench starts from these (your overrides win).
 CPU_DEFAULTS = ["train.precision=fp32", "train.channels_last=false"]

@@ -38,6 +38,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
+from resnext_dist.commandline import HelpFormatter, command_name
 from resnext_dist.data.errors import CorruptImage, DataError
 from resnext_dist.data.beton_writer import (MAX_SIDE, Failure, GuardedEncode, GuardedSource, WriteInterrupted,
                                             disk_message, stop_on_signals, writer_class)
@@ -169,7 +170,6 @@ def subset_indices(num_images: int, subset: int, seed: int) -> np.ndarray:
 
 
 def parser() -> argparse.ArgumentParser:
-    from resnext_dist.cli import HelpFormatter, command_name  # defaults shown only where they say something
     p = argparse.ArgumentParser(prog=command_name("resnext_dist.data.write"),
                                 description=__doc__.split("\n\n")[0].strip(),
                                 epilog="Bad input exits 2 with one line naming the file. A corrupt image is fatal "

@@ -1,6 +1,9 @@
 """MLflow as the reader of log.jsonl: one MLflow run per training run, from rank 0, never in the way of training.
+Everything MLflow-specific lives in this package; the trainer talks to a tracker and keeps its state opaquely.
 
-    tracker = Tracker(cfg, dist, run_dir, run_id=state.mlflow_run_id)  # before this attempt writes to log.jsonl
+    line = describe(cfg, state.tracker)       # for the banner, before anything remote: "run <id> | mlflow ui ..."
+    tracker = open_tracker(cfg, dist, run_dir, state.tracker)  # before this attempt writes to log.jsonl
+    state.tracker = tracker.state             # what a checkpoint keeps, so a resume continues the same MLflow run
     tracker.log_artifact(path)                # the trainer only appends to log.jsonl; this, in the background
     tracker.log_model(model, example_input)   # the final model as an MLflow model (unless tracking.log_model=false)
     tracker.close("FINISHED")                 # | "FAILED" | "KILLED": the rest of log.jsonl, artifacts, end the run
@@ -9,7 +12,7 @@ One thread (rank 0, when enabled) runs mirror.Mirror: it sends new complete line
 the cursor in <run dir>/mlflow_run.json and backs off when the server is away (1 s doubling to 30 s, one warning
 per outage); artifacts wait in the cursor's list until uploaded. What close() could not send within
 tracking.close_timeout_s stays there, for the next attempt of the run or `python -m resnext_dist.tracking sync
-RUN_DIR`. The run id is in the checkpoint (passed back as `run_id`) and in the cursor (a crash before the first
+RUN_DIR`. The run id is in the checkpoint (the tracker's `state`, passed back to open_tracker) and in the cursor (a crash before the first
 checkpoint). A new run in a run dir whose cursor names a run still RUNNING (its trainer gone, e.g.
 checkpoint.resume=never) ends that one KILLED, with an event in log.jsonl.
 """
@@ -25,11 +28,11 @@ import uuid
 from typing import Optional, Tuple
 
 from resnext_dist.errors import one_line
-from resnext_dist.provenance import provenance_tags
+from resnext_dist.tracking.provenance import provenance_tags
 from resnext_dist.tracking.mirror import (MAX_PARAM_VALUE, RUN_FILE, Mirror, config_params, configure_http,
                                           is_permanent, metric_key, read_cursor)
 
-__all__ = ["Tracker", "resolve_uri", "ui_command", "experiment_url", "experiment_link", "config_params",
+__all__ = ["Tracker", "open_tracker", "describe", "resolve_uri", "ui_command", "experiment_url", "experiment_link", "config_params",
            "metric_key", "RUN_FILE", "MAX_PARAM_VALUE"]
 log = logging.getLogger(__name__)
 STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -77,11 +80,26 @@ def experiment_link(cfg) -> str:
     return experiment_url(ui, found.experiment_id) if found else f"{ui}  (experiment {cfg.tracking.experiment})"
 
 
+def open_tracker(cfg, dist, run_dir: str, state: Optional[dict] = None) -> "Tracker":
+    """The tracker of this attempt of the run; `state` is what an earlier attempt's `tracker.state` was (from the
+    checkpoint resumed), None for a new run."""
+    return Tracker(cfg, dist, run_dir, run_id=(state or {}).get("mlflow_run_id"))
+
+
+def describe(cfg, state: Optional[dict] = None) -> Optional[str]:
+    """Where the run is tracked, for the console: `run <id> | <how to see it>` (`a new run | ...` before it exists);
+    None when tracking is off."""
+    if not cfg.tracking.enabled:
+        return None
+    run_id = (state or {}).get("mlflow_run_id")
+    return f"{'run ' + run_id if run_id else 'a new run'} | {ui_command(cfg)}"
+
+
 class Tracker:
     """See the module docstring. Every public method is a no-op when tracking is off or not on the main rank."""
 
     def __init__(self, cfg, dist, run_dir: str, run_id: Optional[str] = None):
-        self.enabled, self._closed, self._mirror = bool(cfg.tracking.enabled and dist.is_main), False, None
+        self.enabled, self._closed, self._mirror, self._cfg = bool(cfg.tracking.enabled and dist.is_main), False, None, cfg
         if not self.enabled:
             return
         try:
@@ -122,6 +140,15 @@ class Tracker:
     def run_id(self) -> Optional[str]:
         """The MLflow run id once the run exists (None while disabled or before the server answered)."""
         return self._mirror.run_id if self._mirror is not None else None
+
+    @property
+    def state(self) -> Optional[dict]:
+        """What a checkpoint keeps of the tracker (plain values), for open_tracker on a resume."""
+        return {"mlflow_run_id": self.run_id} if self.run_id else None
+
+    def describe(self) -> Optional[str]:
+        """`describe` for this tracker's run now (None when tracking is off or not on this rank)."""
+        return describe(self._cfg, self.state) if self.enabled else None
 
     def log_artifact(self, path: str, artifact_path: Optional[str] = None) -> None:
         """Upload a file or folder (read when sent), in the background; until then it is listed in the cursor."""

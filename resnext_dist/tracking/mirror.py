@@ -19,7 +19,7 @@ import threading
 from typing import Dict, Optional
 
 from resnext_dist.files import atomic_write
-from resnext_dist.runlog import RunLog
+from resnext_dist.run.log import RunLog
 
 log = logging.getLogger(__package__)
 RUN_FILE, BATCH = "mlflow_run.json", 1000  # metric points per stored batch (one cursor move)

@@ -14,7 +14,7 @@ from PIL import Image
 from resnext_dist import models
 from resnext_dist.config import load_config
 from resnext_dist.data.sources import class_names_for
-from resnext_dist.export import write_export
+from resnext_dist.weights.export import write_export
 from tests.tiny import PYTHON, REPO, env, run_train
 
 pytestmark = pytest.mark.slow

@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from resnext_dist.checkpoint import find_latest, list_checkpoints, load_file
-from resnext_dist.runlog import read_log
+from resnext_dist.run.checkpoint import find_latest, list_checkpoints, load_file
+from resnext_dist.run.log import read_log
 from tests.tiny import PYTHON, REPO, TINY, env, free_port, params, run_train
 
 pytestmark = pytest.mark.slow
@@ -93,8 +93,8 @@ def test_full_or_read_only_checkpoint_dir_stops_every_rank_together(tmp_path, ki
         r = run_train(run, ["train.epochs=2", "checkpoint.every_steps=5", "checkpoint.keep=10"], nproc=2, timeout=120)
         assert r.returncode != 0 and time.time() - t0 < 110
         out = r.stdout + r.stderr
-        assert "[rank0]: resnext_dist.checkpoint.CheckpointWriteError: could not save checkpoint" in out, out[-3000:]
-        assert "[rank1]: resnext_dist.checkpoint.CheckpointWriteError" in out  # the other rank stopped too
+        assert "[rank0]: resnext_dist.run.checkpoint.CheckpointWriteError: could not save checkpoint" in out, out[-3000:]
+        assert "[rank1]: resnext_dist.run.checkpoint.CheckpointWriteError" in out  # the other rank stopped too
         names = [os.path.basename(p) for p in list_checkpoints(str(ckpts))]
         assert names and all(load_file(str(ckpts / n))["step"] > 0 for n in names)  # previous ones intact
         assert not [n for n in os.listdir(ckpts) if n.startswith(".tmp-")]

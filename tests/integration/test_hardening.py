@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from resnext_dist import checkpoint as ckpt
-from resnext_dist.runlog import read_log
+from resnext_dist.run import checkpoint as ckpt
+from resnext_dist.run.log import read_log
 from tests.mounts import small_tmpfs
 from tests.tiny import REPO, TINY, env, free_port, run_train, train_cmd
 from tests.unit.test_checkpoint import crafted, make_state
@@ -54,7 +54,7 @@ def _rank(rank, body, *args):
     """Run one spawned rank's `body`, then end it as the trainer ends (cli.exit_without_teardown): gloo's native
     destructors in the interpreter's teardown were seen to abort a finished rank with SIGABRT ("terminate called
     without an active exception", once in a CI session), which is not what these tests are about."""
-    from resnext_dist.cli import exit_without_teardown
+    from resnext_dist.commandline import exit_without_teardown
 
     body(rank, *args)
     exit_without_teardown(0)
@@ -145,7 +145,7 @@ def _hold_on_two_ranks(rank, world, port, run_dir, out_dir):
     import torch.distributed as tdist
 
     from resnext_dist.dist import DistInfo
-    from resnext_dist.runlock import hold_run_dir
+    from resnext_dist.run.lock import hold_run_dir
 
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -161,7 +161,7 @@ def _hold_on_two_ranks(rank, world, port, run_dir, out_dir):
 def test_every_rank_of_a_second_trainer_learns_the_directory_is_held(tmp_path):
     import torch.multiprocessing as tmp
 
-    from resnext_dist.runlock import RunLock
+    from resnext_dist.run.lock import RunLock
 
     with RunLock(str(tmp_path / "run")):  # the first trainer
         tmp.spawn(_rank, args=(_hold_on_two_ranks, 2, free_port(), str(tmp_path / "run"), str(tmp_path)), nprocs=2)
@@ -198,7 +198,7 @@ def test_worker_of_a_killed_torchrun_agent_stops_with_a_checkpoint(tmp_path):
             if len(logged) >= 2:
                 break
             time.sleep(0.2)
-        from resnext_dist.runlock import read_lease
+        from resnext_dist.run.lock import read_lease
         worker = read_lease(str(run)).get("pid")
         assert worker and worker != agent.pid, "the trainer did not take the run directory's lock"
         agent.kill()  # SIGKILL: the agent cannot pass anything on; its worker lives in its own session

@@ -14,7 +14,7 @@ from collections import defaultdict
 import pytest
 
 from resnext_dist.config import load_config
-from resnext_dist.runlog import read_log
+from resnext_dist.run.log import read_log
 from resnext_dist.tracking import RUN_FILE, config_params
 from tests.tiny import PYTHON, REPO, TINY, env, free_port, run_train
 from tests.plugins.mlflow_server import client_for, runs_in
@@ -109,7 +109,7 @@ def test_two_rank_run_is_one_mlflow_run_mirroring_the_log(mlflow_server, tmp_pat
         assert torch.allclose(loaded(x), model(x), atol=1e-5)
     assert json.loads((run / RUN_FILE).read_text())["run_id"] == info.run_id
     from tests.tiny import last_checkpoint
-    assert last_checkpoint(run)["mlflow_run_id"] == info.run_id  # what a resume reopens
+    assert last_checkpoint(run)["tracker"] == {"mlflow_run_id": info.run_id}  # what a resume reopens
 
 
 def test_resume_after_rank0_is_killed_continues_the_same_run(mlflow_server, tmp_path):

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 import torch
 
-from resnext_dist.runlog import read_log
+from resnext_dist.run.log import read_log
 from tests.tiny import PYTHON, REPO, TINY, env, free_port, params, run_train
 
 pytestmark = pytest.mark.slow
@@ -73,7 +73,7 @@ def test_two_torchrun_nodes_with_c10d_rendezvous(tmp_path):
 
 
 def _latest(run):
-    from resnext_dist.checkpoint import find_latest
+    from resnext_dist.run.checkpoint import find_latest
     return find_latest(str(run / "checkpoints"))
 
 
@@ -115,8 +115,8 @@ def test_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     assert r.returncode != 0
     out = r.stdout + r.stderr
     for rank in (0, 1):  # both ranks raised, naming the step
-        assert f"[rank{rank}]: resnext_dist.loop.NonFiniteLoss: non-finite loss at step 3" in out, out[-3000:]
-    from resnext_dist.checkpoint import list_checkpoints
+        assert f"[rank{rank}]: resnext_dist.run.step.NonFiniteLoss: non-finite loss at step 3" in out, out[-3000:]
+    from resnext_dist.run.checkpoint import list_checkpoints
     names = [os.path.basename(p) for p in list_checkpoints(str(tmp_path / "run" / "checkpoints"))]
     assert names[-1] == "step_00000002.pt"  # nothing from the poisoned step was saved
     assert not (tmp_path / "run" / "DONE").exists()

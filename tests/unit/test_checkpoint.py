@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from resnext_dist import checkpoint as ckpt
+from resnext_dist.run import checkpoint as ckpt
 from resnext_dist.dist import DistInfo
 from resnext_dist.models import resnext
 from resnext_dist.optim import build_optimizer, build_scheduler
@@ -86,14 +86,14 @@ def test_round_trip_restores_everything(tmp_path):
     a.model(x).sum().backward()
     a.optimizer.step()
     a.scheduler.step()
-    a.step, a.epoch, a.samples_in_epoch, a.mlflow_run_id = 7, 1, 48, "abc"
+    a.step, a.epoch, a.samples_in_epoch, a.tracker = 7, 1, 48, {"mlflow_run_id": "abc"}
     torch.manual_seed(123)
     path = str(tmp_path / "c.pt")
     ckpt.atomic_save(a.state_dict(), path)
     expected_draw = torch.rand(3)
     b = make_state()
     b.load_state_dict(ckpt.load_file(path), path)
-    assert (b.step, b.epoch, b.samples_in_epoch, b.mlflow_run_id) == (7, 1, 48, "abc")
+    assert (b.step, b.epoch, b.samples_in_epoch, b.tracker) == (7, 1, 48, {"mlflow_run_id": "abc"})
     assert torch.equal(torch.rand(3), expected_draw)  # RNG state restored
     assert b.scheduler.state_dict()["last_epoch"] == a.scheduler.state_dict()["last_epoch"]
     for p, q in zip(a.model.parameters(), b.model.parameters()):

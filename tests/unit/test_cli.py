@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from resnext_dist import cli
+from resnext_dist import commandline
+from resnext_dist.config import arguments as cli
 from resnext_dist.config import find_config
 from resnext_dist.errors import InputError
 
@@ -25,8 +26,8 @@ def trainer_parser():
 
 
 def test_the_command_line_modules_import_no_torch():
-    r = py("-c", "import sys, resnext_dist, resnext_dist.cli, resnext_dist.config, resnext_dist.config_checks, "
-                 "resnext_dist.credentials, resnext_dist.data.embedded\n"
+    r = py("-c", "import sys, resnext_dist, resnext_dist.commandline, resnext_dist.config, resnext_dist.config.arguments, resnext_dist.config.checks, "
+                 "resnext_dist.config.credentials, resnext_dist.data.embedded\n"
                  "assert 'torch' not in sys.modules, 'torch imported'")
     assert r.returncode == 0, r.stderr
 
@@ -50,8 +51,8 @@ def test_version_is_the_installed_distributions(capsys):
     with pytest.raises(SystemExit) as e:
         trainer_parser().parse_args(["--version"])
     assert e.value.code == 0
-    assert capsys.readouterr().out.strip().endswith(" " + cli.version())
-    assert cli.version()[0].isdigit()
+    assert capsys.readouterr().out.strip().endswith(" " + commandline.version())
+    assert commandline.version()[0].isdigit()
 
 
 @pytest.mark.parametrize("argv0, shown", [
@@ -62,7 +63,7 @@ def test_version_is_the_installed_distributions(capsys):
     ("launch/other.py", "python launch/other.py"),
 ])
 def test_usage_names_the_command_as_typed(argv0, shown):
-    assert cli.command_name("resnext_dist.train", argv0) == shown
+    assert commandline.command_name("resnext_dist.train", argv0) == shown
 
 
 def test_usage_line_of_a_real_command():

@@ -6,7 +6,8 @@ import sys
 import pytest
 import yaml
 
-from resnext_dist import config_checks, config_schema
+from resnext_dist.config import checks as config_checks
+from resnext_dist.config import schema as config_schema
 from resnext_dist.errors import InputError
 
 from resnext_dist.config import TrainConfig, grad_accum_steps, load_config, to_flat_dict, to_yaml, validate
@@ -248,7 +249,7 @@ def test_credentials_leave_the_uri_for_mlflows_environment(clean_mlflow_env, cap
 
 
 def test_a_uri_without_credentials_is_kept_exactly():
-    from resnext_dist.credentials import move_uri_credentials
+    from resnext_dist.config.credentials import move_uri_credentials
     for uri in ("sqlite:////tmp/x/mlflow.db", "sqlite:///rel.db", "file:///tmp/m", "http://h:5000/p?x=1"):
         assert move_uri_credentials(uri, {}) == uri
 

@@ -1,4 +1,4 @@
-"""export/: safetensors + model.json; models.load rebuilds the model; torchvision loads it strictly; the writer
+"""export/: safetensors + model.json; weights.load rebuilds the model; torchvision loads it strictly; the writer
 records class names and class_names_for finds them."""
 import json
 import os
@@ -8,11 +8,11 @@ import torch
 import torchvision
 from safetensors.torch import load_file
 
-from resnext_dist import models
+from resnext_dist import models, weights
 from resnext_dist.config import load_config
 from resnext_dist.data.sources import class_names_for, class_names_path
 from resnext_dist.errors import InputError
-from resnext_dist.export import read_meta, write_export
+from resnext_dist.weights.export import read_meta, write_export
 from tests.data_helpers import make_cifar_folder, make_image_folder
 from tests.tiny import TINY
 
@@ -43,7 +43,7 @@ def test_export_round_trip_rebuilds_the_same_model(tmp_path):
     x = torch.randn(3, 3, 16, 16)
     model.eval()
     for path in (out, os.path.join(out, "model.json"), os.path.join(out, "model.safetensors"), str(tmp_path)):
-        loaded = models.load(path)
+        loaded = weights.load(path)
         assert not loaded.training
         with torch.no_grad():
             assert torch.equal(loaded(x), model(x)), path
@@ -82,15 +82,15 @@ def test_weights_of_another_export_are_refused(tmp_path):
     write_export(models.build_model(cfg.model), cfg, b)
     os.replace(os.path.join(b, "model.safetensors"), os.path.join(a, "model.safetensors"))
     with pytest.raises(InputError, match="not the weights .*model.json describes"):
-        models.load(a)
+        weights.load(a)
 
 
 def test_not_an_export(tmp_path):
     with pytest.raises(InputError, match="no model.json"):
-        models.load(str(tmp_path))
+        weights.load(str(tmp_path))
     (tmp_path / "model.json").write_text('{"format": "something else"}')
     with pytest.raises(InputError, match="not a resnext_dist export description"):
-        models.load(str(tmp_path))
+        weights.load(str(tmp_path))
 
 
 def test_writer_records_class_names_beside_the_beton(tmp_path):
@@ -127,7 +127,7 @@ def test_class_names_of_torchvision_specs_and_unrecorded_betons(tmp_path):
 
 
 def test_dataset_class_names_of_a_config(tmp_path):
-    from resnext_dist.export import dataset_class_names
+    from resnext_dist.weights.export import dataset_class_names
     make_image_folder(str(tmp_path / "folder"), classes=("b", "a"), per_class=1, size=(8, 8))
     folder = ["data.loader=torchvision", f"data.train={tmp_path / 'folder'}"]
     assert dataset_class_names(tiny_cfg(*folder, "model.num_classes=2")) == ["a", "b"]

@@ -5,7 +5,7 @@ import torch.nn as nn
 import torchvision
 
 from resnext_dist.models import PRESETS, resnext
-from resnext_dist.models.resnext import BlurConv2d, Bottleneck
+from resnext_dist.models.network import BlurConv2d, Bottleneck
 
 # Counts published by torchvision / timm for the same architectures; ResNeXt-152 32x4d is ours
 # (mmpretrain publishes "59.95 M" for [3, 8, 36, 3]).

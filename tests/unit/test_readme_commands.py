@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from resnext_dist import slurm_submit, slurm_sweep, train
-from resnext_dist.cli import load_train_config
+from resnext_dist import train
+from resnext_dist import submit as submit_command
+from resnext_dist.slurm import submit as slurm_submit
+from resnext_dist.slurm import sweep as slurm_sweep
+from resnext_dist.config.arguments import load_train_config
 from resnext_dist.config import find_config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,7 +84,7 @@ def test_train_command_loads_its_config(argv, monkeypatch):
 @pytest.mark.parametrize("argv", SUBMIT, ids=[" ".join(a)[:60] for a in SUBMIT])
 def test_submit_command_loads_its_config(argv, monkeypatch):
     monkeypatch.chdir(ROOT)
-    args = slurm_submit.parse_args(argv)
+    args = submit_command.parse_args(argv)
     slurm_submit.check_slurm_config(load_config(find_config(args.config), args.overrides))  # nothing is submitted
     if args.sweep:  # and every run of a sweep, as submit.py checks them before submitting (nothing is written)
         slurm_sweep.plan(find_config(args.config), args.overrides, args.sweep, args.max_runs)

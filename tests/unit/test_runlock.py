@@ -14,12 +14,12 @@ import pytest
 
 from resnext_dist.dist import DistInfo
 from resnext_dist.errors import InputError
-from resnext_dist.runlock import RunDirInUse, RunLock, hold_run_dir, read_lease
+from resnext_dist.run.lock import RunDirInUse, RunLock, hold_run_dir, read_lease
 from tests.tiny import REPO, env
 
 HOLD = textwrap.dedent("""
     import sys, time
-    from resnext_dist.runlock import RunLock
+    from resnext_dist.run.lock import RunLock
     RunLock(sys.argv[1]).acquire()
     print("held", flush=True)
     time.sleep(600)
@@ -96,7 +96,7 @@ def test_without_a_lock_service_the_lease_decides(tmp_path, monkeypatch):
 
 WORKER = textwrap.dedent("""
     import sys, time
-    from resnext_dist.signals import launcher_alive
+    from resnext_dist.run.signals import launcher_alive
     print("started", launcher_alive(), flush=True)
     deadline = time.time() + 60
     while launcher_alive() and time.time() < deadline:

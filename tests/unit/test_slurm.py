@@ -1,4 +1,4 @@
-"""resnext_dist.slurm_submit and slurm_job without a cluster: config -> sbatch, the CLI's bad-input paths, the job's environment."""
+"""resnext_dist.slurm.submit and slurm_job without a cluster: config -> sbatch, the CLI's bad-input paths, the job's environment."""
 import os
 import signal
 import subprocess
@@ -8,9 +8,12 @@ import cloudpickle
 import pytest
 import submitit
 
-from resnext_dist import slurm_checks, slurm_job, slurm_submit
+from resnext_dist.slurm import checks as slurm_checks
+from resnext_dist.slurm import job as slurm_job
+from resnext_dist import submit as submit_command
+from resnext_dist.slurm import submit as slurm_submit
 from resnext_dist.config import load_config
-from resnext_dist.signals import StopFlag
+from resnext_dist.run.signals import StopFlag
 from tests.tiny import TINY
 
 
@@ -25,7 +28,7 @@ def submit_cli(*args):
 
 
 def submit_main(capsys, *args):
-    rc = slurm_submit.main(list(args))
+    rc = submit_command.main(list(args))
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -163,7 +166,7 @@ def test_a_finished_task_ends_without_teardown_only_once_submitit_saved_its_succ
         pkl.write_bytes(cloudpickle.dumps((result, "run dir")))
     script = ("import atexit, sys\n"
               "atexit.register(print, 'teardown ran')  # registered first: runs after the job's handler\n"
-              "from resnext_dist.slurm_job import end_once_result_saved\n"
+              "from resnext_dist.slurm.job import end_once_result_saved\n"
               f"atexit.register(end_once_result_saved, {str(pkl)!r})\n"
               "sys.exit(3)\n")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)

@@ -1,11 +1,13 @@
-"""Sweeps without a cluster: the grid (sweep.py), the report from run directories, and submit.py --sweep's checks
-that run before anything is submitted (slurm_sweep.plan)."""
+"""Sweeps without a cluster: the grid (slurm/grid.py), the report from run directories, and submit.py --sweep's checks
+that run before anything is submitted (slurm/sweep.plan)."""
 import json
 import os
 
 import pytest
 
-from resnext_dist import slurm_submit, sweep
+from resnext_dist import sweep
+from resnext_dist.slurm import grid as sweep_grid, report
+from resnext_dist import submit as submit_command
 from resnext_dist.errors import InputError
 from tests.tiny import TINY
 
@@ -16,10 +18,10 @@ CPU = ["slurm.gpus_per_node=0", "slurm.cpus_per_task=1"]
 
 
 def test_values_ranges_and_bracketed_lists():
-    assert sweep.parse_sweep("optim.lr=0.05, 0.1") == ("optim.lr", ["0.05", "0.1"])
-    assert sweep.parse_sweep("train.seed=0:3") == ("train.seed", ["0", "1", "2"])  # the end is excluded
-    assert sweep.parse_sweep("train.seed=10:0:-5") == ("train.seed", ["10", "5"])
-    assert sweep.parse_sweep("model.layers=[1,1,1,1],[2,2,2,2]") == ("model.layers", ["[1,1,1,1]", "[2,2,2,2]"])
+    assert sweep_grid.parse_sweep("optim.lr=0.05, 0.1") == ("optim.lr", ["0.05", "0.1"])
+    assert sweep_grid.parse_sweep("train.seed=0:3") == ("train.seed", ["0", "1", "2"])  # the end is excluded
+    assert sweep_grid.parse_sweep("train.seed=10:0:-5") == ("train.seed", ["10", "5"])
+    assert sweep_grid.parse_sweep("model.layers=[1,1,1,1],[2,2,2,2]") == ("model.layers", ["[1,1,1,1]", "[2,2,2,2]"])
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -33,26 +35,26 @@ def test_values_ranges_and_bracketed_lists():
 ])
 def test_bad_sweeps_name_the_problem(spec, message):
     with pytest.raises(InputError, match=message.replace(".", r"\.")):
-        sweep.parse_sweep(spec)
+        sweep_grid.parse_sweep(spec)
 
 
 def test_grid_expands_first_key_slowest_and_says_its_size():
-    grid = sweep.parse_grid(["optim.lr=0.05,0.1", "optim.weight_decay=5e-5,1e-4,0"])
-    points = sweep.expand(grid)
+    grid = sweep_grid.parse_grid(["optim.lr=0.05,0.1", "optim.weight_decay=5e-5,1e-4,0"])
+    points = sweep_grid.expand(grid)
     assert len(points) == 6 and points[0] == {"optim.lr": "0.05", "optim.weight_decay": "5e-5"}
     assert points[3] == {"optim.lr": "0.1", "optim.weight_decay": "5e-5"}
-    assert sweep.describe_grid(grid) == "6 runs (optim.lr x optim.weight_decay = 2 x 3)"
+    assert sweep_grid.describe_grid(grid) == "6 runs (optim.lr x optim.weight_decay = 2 x 3)"
     with pytest.raises(InputError, match="given twice"):
-        sweep.parse_grid(["optim.lr=0.1", "optim.lr=0.2"])
+        sweep_grid.parse_grid(["optim.lr=0.1", "optim.lr=0.2"])
 
 
 def test_run_names_carry_the_values():
-    assert sweep.run_name({"optim.lr": "0.05", "optim.weight_decay": "5e-5"}) == "lr=0.05,weight_decay=5e-5"
+    assert sweep_grid.run_name({"optim.lr": "0.05", "optim.weight_decay": "5e-5"}) == "lr=0.05,weight_decay=5e-5"
     # two keys ending alike: the full keys
-    assert sweep.run_name({"data.train_res": "16", "model.train_res": "8"}) == "data.train_res=16,model.train_res=8"
-    assert sweep.run_name({"data.train": "/a/b.beton"}) == "train=_a_b.beton"  # no '/' in a directory name
+    assert sweep_grid.run_name({"data.train_res": "16", "model.train_res": "8"}) == "data.train_res=16,model.train_res=8"
+    assert sweep_grid.run_name({"data.train": "/a/b.beton"}) == "train=_a_b.beton"  # no '/' in a directory name
     with pytest.raises(InputError, match="would both be named"):
-        sweep.run_names([{"data.train": "a/b"}, {"data.train": "a_b"}])
+        sweep_grid.run_names([{"data.train": "a/b"}, {"data.train": "a_b"}])
 
 
 # ---- the report, from the run directories alone
@@ -72,7 +74,7 @@ def _run(sweep_dir, name, top1s, done):
 
 def test_report_sorts_by_best_top1_and_writes_the_summaries(tmp_path, capsys):
     names = ["lr=0.05", "lr=0.1", "lr=0.2", "lr=0.4"]
-    sweep.write_sweep(str(tmp_path), {"grid": [["optim.lr", ["0.05", "0.1", "0.2", "0.4"]]], "runs": [
+    report.write_sweep(str(tmp_path), {"grid": [["optim.lr", ["0.05", "0.1", "0.2", "0.4"]]], "runs": [
         {"name": n, "values": {"optim.lr": n[3:]}, "dir": str(tmp_path / n)} for n in names]})
     _run(tmp_path, "lr=0.05", [0.30, 0.50], done=True)
     _run(tmp_path, "lr=0.1", [0.60, 0.55], done=True)   # best 0.60 but final 0.55: sorted by best
@@ -91,7 +93,7 @@ def test_report_sorts_by_best_top1_and_writes_the_summaries(tmp_path, capsys):
     assert csv_lines[0] == "optim.lr,best_val_top1,final_val_top1,epochs_done,state,run"
     assert csv_lines[1] == "0.1,0.600000,0.550000,2,DONE,lr=0.1"
     # what Slurm says of runs that are not DONE replaces the files' guess; DONE stays DONE
-    _, rows = sweep.report(str(tmp_path), {"lr=0.2": "RUNNING", "lr=0.1": "COMPLETED"})
+    _, rows = report.report(str(tmp_path), {"lr=0.2": "RUNNING", "lr=0.1": "COMPLETED"})
     assert {r["run"]: r["state"] for r in rows}["lr=0.2"] == "RUNNING"
     assert {r["run"]: r["state"] for r in rows}["lr=0.1"] == "DONE"
 
@@ -105,7 +107,7 @@ def test_report_on_a_folder_that_is_no_sweep_exits_2(tmp_path, capsys):
 
 
 def submit_main(capsys, *args):
-    rc = slurm_submit.main(list(args))
+    rc = submit_command.main(list(args))
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -168,7 +170,7 @@ def test_done_runs_are_listed_as_not_submitted(tmp_path, capsys):
 
 def test_a_named_sweep_refuses_another_grid_in_its_directory(tmp_path, capsys):
     args = [*TINY, *CPU, f"run.root={tmp_path}", "run.name=s"]
-    sweep.write_sweep(str(tmp_path / "s"), {"grid": [["optim.lr", ["0.1", "0.2"]]], "runs": []})
+    report.write_sweep(str(tmp_path / "s"), {"grid": [["optim.lr", ["0.1", "0.2"]]], "runs": []})
     assert submit_main(capsys, "--dry-run", *args, "--sweep", "optim.lr=0.1,0.2")[0] == 0  # the same grid: fine
     rc, _, err = submit_main(capsys, "--dry-run", *args, "--sweep", "optim.lr=0.1,0.3")
     assert rc == 2 and f"{tmp_path}/s holds a sweep over another grid" in err and "another run.name" in err

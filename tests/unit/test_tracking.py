@@ -8,7 +8,7 @@ import torch
 
 from resnext_dist.config import load_config, to_flat_dict
 from resnext_dist.dist import DistInfo
-from resnext_dist.provenance import git_state, provenance_tags
+from resnext_dist.tracking.provenance import git_state, provenance_tags
 from resnext_dist.tracking import MAX_PARAM_VALUE, config_params, metric_key, resolve_uri, ui_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -111,7 +111,7 @@ def test_disabled_or_not_main_rank_is_a_no_op(tmp_path):
 
 
 def _fake_run(run_dir, lr_scale=1.0):
-    from resnext_dist.runlog import RunLog
+    from resnext_dist.run.log import RunLog
     os.makedirs(run_dir)
     log = RunLog(os.path.join(run_dir, "log.jsonl"))
     log.write("start", 0, world_size=1)

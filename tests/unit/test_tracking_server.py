@@ -15,7 +15,7 @@ import pytest
 
 from resnext_dist.config import load_config
 from resnext_dist.dist import DistInfo
-from resnext_dist.runlog import RunLog, read_log
+from resnext_dist.run.log import RunLog, read_log
 from resnext_dist.tracking import RUN_FILE, Tracker, config_params
 from tests.plugins.mlflow_server import client_for, runs_in
 
@@ -217,7 +217,7 @@ _CRASH = r"""
 import os, signal, sys, time
 from resnext_dist.config import load_config
 from resnext_dist.dist import DistInfo
-from resnext_dist.runlog import RunLog
+from resnext_dist.run.log import RunLog
 from resnext_dist.tracking import Tracker
 uri, root, experiment, wait = sys.argv[1:5]
 cfg = load_config(None, [f"tracking.uri={uri}", f"tracking.experiment={experiment}", f"run.root={root}",

@@ -9,10 +9,10 @@ import torchvision
 from torchvision.models.resnet import Bottleneck as TvBottleneck
 from torchvision.models.resnet import ResNet as TvResNet
 
-from resnext_dist import checkpoint as ckpt
+from resnext_dist.run import checkpoint as ckpt
 from resnext_dist.config import load_config
 from resnext_dist.errors import InputError
-from resnext_dist.export import write_export
+from resnext_dist.weights.export import write_export
 from resnext_dist.models import resnext
 from resnext_dist.weights import init_model, read_state_dict
 from tests.tiny import TINY
@@ -161,6 +161,7 @@ def test_full_torchvision_resnext50_state_dict_loads_into_the_constructor(tmp_pa
     theirs = torchvision.models.resnext50_32x4d()
     path = str(tmp_path / "resnext50_32x4d-1a0047aa.pth")
     torch.save(theirs.state_dict(), path)
-    model = resnext50_32x4d(num_classes=10, init=path)
+    model = resnext50_32x4d(num_classes=10)
+    init_model(model, path)
     assert same_params(model, theirs, skip=("fc.weight", "fc.bias"))
     assert model.fc.out_features == 10

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from resnext_dist.checkpoint import TrainState
+from resnext_dist.run.checkpoint import TrainState
 from resnext_dist.config import TrainConfig, grad_accum_steps
 from resnext_dist.errors import InputError
 from resnext_dist.models import build_model

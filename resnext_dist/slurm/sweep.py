@@ -2,7 +2,7 @@
 
     python launch/submit.py --config tiny.yaml --sweep optim.lr=0.05,0.1 --sweep train.seed=0:3 --wait
 
-Every point of the grid (sweep.py) is a normal run: its own config (the command's, with the point's values), its
+Every point of the grid (grid.py) is a normal run: its own config (the command's, with the point's values), its
 own run directory <run.root>/<sweep name>/<values>, its own element of the job array, requeued alone on a timeout
 or a preemption (slurm_job.TrainJob), resumable like any run. `slurm.array_parallelism` caps how many run at once.
 
@@ -29,13 +29,15 @@ import submitit
 from resnext_dist.config import TrainConfig, find_config, load_config, to_yaml
 from resnext_dist.errors import InputError, one_line
 from resnext_dist.files import atomic_write
-from resnext_dist.rundir import check_identity, finished_for, identity_hash, read_config, read_done
-from resnext_dist.slurm_checks import check_against_cluster, check_run_dir_free
-from resnext_dist.slurm_job import TrainJob
-from resnext_dist.slurm_submit import (FINAL_STATES, absolute_paths, check_slurm_config, clean_submit_env,
+from resnext_dist.config.identity import identity_hash
+from resnext_dist.run.rundir import check_identity, finished_for, read_config, read_done
+from resnext_dist.slurm.checks import check_against_cluster, check_run_dir_free
+from resnext_dist.slurm.job import TrainJob
+from resnext_dist.slurm.submit import (FINAL_STATES, absolute_paths, check_slurm_config, clean_submit_env,
                                        job_states, make_executor, poll_interval, sbatch_failed, sbatch_script,
                                        state_line)
-from resnext_dist.sweep import describe_grid, expand, parse_grid, read_sweep, report, run_names, write_sweep
+from resnext_dist.slurm.grid import describe_grid, expand, parse_grid, run_names
+from resnext_dist.slurm.report import read_sweep, report, write_sweep
 
 PARENT_FILE = "mlflow_parent.json"
 

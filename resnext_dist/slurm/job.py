@@ -28,7 +28,7 @@ import submitit
 from submitit.core.utils import UncompletedJobError
 
 from resnext_dist.config import TrainConfig
-from resnext_dist.signals import StopRequested
+from resnext_dist.run.signals import StopRequested
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -100,7 +100,7 @@ def end_once_result_saved(result_pickle: str) -> None:
     except Exception:
         return
     if saved:
-        from resnext_dist.cli import exit_without_teardown
+        from resnext_dist.commandline import exit_without_teardown
         exit_without_teardown(0)
 
 

@@ -14,7 +14,7 @@ import os
 import re
 from typing import Any, Callable, Dict, Optional
 
-from resnext_dist.config_schema import CHOICES, TrainConfig, _section_types
+from resnext_dist.config.schema import CHOICES, TrainConfig, _section_types
 from resnext_dist.errors import InputError
 
 Rule = Callable[[Any], Optional[str]]  # value -> what is wrong with it, or None
@@ -225,7 +225,7 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
 
 def _check_together(cfg: TrainConfig) -> None:
     from resnext_dist.data.embedded import check_name, is_embedded
-    from resnext_dist.models.resnext import PRESETS  # imports torch: only when a config is checked
+    from resnext_dist.models import PRESETS
 
     m, d, o = cfg.model, cfg.data, cfg.optim
     if m.arch not in PRESETS:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from resnext_dist import dist as rdist
-from resnext_dist import faults
+from resnext_dist.run import faults
 
 
 class NonFiniteLoss(RuntimeError):

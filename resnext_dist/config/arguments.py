@@ -1,6 +1,6 @@
-"""The command line the entry points share (train, submit): --config, --print-config, --version, key=value
-overrides, and a --help that lists the config keys the command uses with their defaults and the docstring
-written under each field.
+"""The config's command line, shared by the entry points (train, evaluate, submit, bench): --config, --print-config,
+--version, key=value overrides, and a --help that lists the config keys the command uses with their defaults and
+docs.
 
     parser = arg_parser("resnext_dist.train", "Train ...", "data.batch_size=128")
     args = parser.parse_args(argv)          # `--epochs 3` -> "error: unknown option --epochs; did you mean
@@ -17,14 +17,15 @@ import dataclasses
 import difflib
 import functools
 import inspect
-import os
 import sys
 import textwrap
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import MISSING
 
-from resnext_dist.config_schema import _section_types
+from resnext_dist.config.load import find_config, load_config
+from resnext_dist.config.schema import _section_types
+from resnext_dist.commandline import command_name, version
 from resnext_dist.errors import EXIT_BAD_INPUT
 
 DEFAULT_RECIPE = "quickstart"  # what the trainer runs without --config: configs/quickstart.yaml, embedded digits
@@ -32,33 +33,6 @@ IMAGENET_RECIPE = "configs/resnext50_imagenet.yaml"
 DEFAULT_NOTE = (f"no --config: training the embedded default (digits {DEFAULT_RECIPE}); "
                 f"for ImageNet use --config {IMAGENET_RECIPE}")
 SUBMIT_ONLY = ("slurm",)  # sections only the Slurm submitter reads; the trainer's --help leaves them out
-
-
-def version() -> str:
-    """The installed distribution's version (the package's own when it is run from a clone uninstalled)."""
-    from importlib.metadata import PackageNotFoundError, version as dist_version
-    try:
-        return dist_version("resnext_dist")
-    except PackageNotFoundError:
-        from resnext_dist import __version__
-        return __version__
-
-
-def command_name(module: str, argv0: Optional[str] = None) -> str:
-    """The command as the user typed it, for usage lines: a console script by its name (`resnext-train`),
-    `python -m module` when argv[0] is the module's own file (also under torchrun), else `python argv0`
-    (e.g. `python launch/submit.py`)."""
-    argv0 = sys.argv[0] if argv0 is None else argv0
-    base = os.path.basename(argv0)
-    if base in ("", "-c", "-m"):
-        return f"python -m {module}"
-    if not base.endswith(".py"):
-        return base  # a console script (resnext-train, resnext-submit)
-    if base == "__main__.py":
-        return f"python -m {os.path.basename(os.path.dirname(os.path.abspath(argv0)))}"
-    if os.path.abspath(argv0).endswith(os.sep + os.path.join(*module.split(".")) + ".py"):
-        return f"python -m {module}"
-    return f"python {argv0}"
 
 
 def arg_parser(module: str, description: str, example: str,
@@ -176,20 +150,6 @@ def _field_docs(cls) -> Dict[str, str]:
     return docs
 
 
-class HelpFormatter(argparse.HelpFormatter):
-    """argparse's ArgumentDefaultsHelpFormatter without the noise: a default is shown only when it says
-    something (not None, '', False, or one the help text already gives)."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        default = action.default
-        says_nothing = default is None or isinstance(default, bool) or default == "" or default == argparse.SUPPRESS
-        told = "default" in text.lower() or f"{default} =" in text  # "(0 = all cores)" already gives it
-        if says_nothing or told or not action.option_strings:
-            return text
-        return f"{text} (default: %(default)s)"
-
-
 # ----------------------------------------------------------------------------------------------
 # The trainer's config: --config, or the embedded default
 
@@ -198,27 +158,6 @@ def load_train_config(args: argparse.Namespace):
     """(cfg, note) for the trainer: `--config FILE|NAME` and the overrides, or without --config the embedded
     default recipe (configs/quickstart.yaml: digits, made on first use); `note` is the line to print first
     in that case, else None. Raises InputError."""
-    from resnext_dist.config import find_config, load_config
-
     if args.config:
         return load_config(find_config(args.config), args.overrides), None
     return load_config(find_config(DEFAULT_RECIPE), args.overrides), DEFAULT_NOTE
-
-
-def launcher_rank() -> int:
-    """This process's rank as the launcher set it (torchrun, srun), without joining any process group: who
-    says a bad input (every rank meets the same one; rank 0 says it once)."""
-    for key in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(key, "").isdigit():
-            return int(os.environ[key])
-    return 0
-
-
-def exit_without_teardown(code: int) -> None:
-    """End an entry point whose work is closed (files fsynced, the process group destroyed) without the
-    interpreter's teardown: native destructors that run there (gloo / c10d threads) were seen to abort a finished
-    rank with SIGABRT ("terminate called without an active exception", 2 runs in ~45 of a test session), which
-    torchrun reports as a failed run."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)

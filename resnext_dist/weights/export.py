@@ -1,7 +1,7 @@
 """Weights for use elsewhere: `export/` = model.safetensors (the state dict) + model.json (how to rebuild and feed it).
 
     write_export(model, cfg, "runs/x/export", class_names=["cat", "dog"])   # the trainer, rank 0, at the end
-    model = resnext_dist.models.load("runs/x/export")                        # anyone: the model, in eval mode
+    model = resnext_dist.weights.load("runs/x/export")                       # anyone: the model, in eval mode
 
 model.json holds the arch and the model.* keys that rebuild it (also as `key=value` overrides), the name of
 the torchvision constructor whose state dict is the same (ImageNet-stem presets torchvision has:
@@ -26,7 +26,7 @@ import torch
 from resnext_dist.errors import InputError, one_line
 from resnext_dist.files import atomic_write
 
-FORMAT = "resnext_dist.export"
+FORMAT = "resnext_dist.weights.export"
 VERSION = 1
 WEIGHTS_FILE, META_FILE = "model.safetensors", "model.json"
 TORCHVISION_ARCHS = ("resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d")  # torchvision.models has these
@@ -77,7 +77,7 @@ def dataset_class_names(cfg) -> Optional[List[str]]:
 
 def export_meta(cfg, class_names: Optional[List[str]] = None, extra: Optional[Dict[str, Any]] = None) -> dict:
     """model.json's content (without the weights' sha256)."""
-    from resnext_dist.config_schema import ModelConfig
+    from resnext_dist.config.schema import ModelConfig
     from resnext_dist.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 
     model_keys = {f.name: getattr(cfg.model, f.name) for f in dataclasses.fields(ModelConfig) if f.name != "init"}
@@ -157,7 +157,7 @@ def read_meta(path: str) -> dict:
 
 def model_config(meta: dict):
     """The ModelConfig that rebuilds the exported model."""
-    from resnext_dist.config_schema import ModelConfig
+    from resnext_dist.config.schema import ModelConfig
 
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(meta["model"]) - known)
@@ -169,7 +169,7 @@ def model_config(meta: dict):
 def load_model(path: str, map_location="cpu") -> torch.nn.Module:
     """Rebuild the exported model at `path` (export dir, run dir, model.json or model.safetensors), eval mode."""
     from resnext_dist.models import build_model
-    from resnext_dist.weights import init_model
+    from resnext_dist.weights.init import init_model
 
     meta = read_meta(path)
     model = build_model(model_config(meta))

@@ -12,16 +12,19 @@ import signal
 import time
 import torch
 
-from resnext_dist import build as builder
-from resnext_dist import checkpoint as ckpt
-from resnext_dist import console, rundir
+from resnext_dist.run import build as builder
+from resnext_dist.run import checkpoint as ckpt
+from resnext_dist.run import console
+from resnext_dist.run import rundir
 from resnext_dist.config import TrainConfig, to_yaml, validate
 from resnext_dist.dist import DistInfo, close_distributed, init_distributed
-from resnext_dist.loop import StepContext, evaluate, mean_over_ranks, peak_memory_mb, train_step
+from resnext_dist.run.step import StepContext, evaluate, mean_over_ranks, peak_memory_mb, train_step
 from resnext_dist.optim import peak_lr
-from resnext_dist.runlog import RunLog, read_log
-from resnext_dist.runlock import hold_run_dir
-from resnext_dist.signals import StopFlag, StopRequested, launcher_alive
+from resnext_dist import tracking
+from resnext_dist.tracking.plot import write_curves
+from resnext_dist.run.log import RunLog, read_log
+from resnext_dist.run.lock import hold_run_dir
+from resnext_dist.run.signals import StopFlag, StopRequested, launcher_alive
 
 
 class CollectiveTimeout(RuntimeError):
@@ -110,24 +113,20 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
         rundir.write_config(cfg)
         rundir.clear_done(run_dir)
     state.config_yaml = to_yaml(cfg)
-    from resnext_dist.tracking import Tracker, ui_command
-    from resnext_dist.tracking.plot import write_curves
 
     # ---- the banner now, before anything slow or remote (MLflow's first connection, compile warm-up)
     total_steps = parts.steps_per_epoch * cfg.train.epochs
     last_step = min(total_steps, cfg.train.max_steps or total_steps)  # train.max_steps: checked here only
     own = resume_from and os.path.abspath(resume_from).startswith(os.path.abspath(ckpt_dir) + os.sep)
-    mlflow_run = lambda run_id: (f"{'run ' + run_id if run_id else 'a new run'} | {ui_command(cfg)}"
-                                 if cfg.tracking.enabled else "")
-    start = _start_record(cfg, dist, parts, resume_from, total_steps,
-                          mlflow=mlflow_run(state.mlflow_run_id if own else None))
+    tracked = state.tracker if own else None  # a checkpoint of another run directory continues no tracked run
+    start = _start_record(cfg, dist, parts, resume_from, total_steps, mlflow=tracking.describe(cfg, tracked))
     start["init"] = init_note
     say(console.banner(start))
 
     # ---- the record: MLflow's reader first (its cursor starts where this attempt starts writing), then log.jsonl
-    tracker = Tracker(cfg, dist, run_dir, run_id=state.mlflow_run_id if own else None)
-    state.mlflow_run_id = tracker.run_id
-    start["mlflow"] = mlflow_run(tracker.run_id)
+    tracker = tracking.open_tracker(cfg, dist, run_dir, tracked)
+    state.tracker = tracker.state
+    start["mlflow"] = tracker.describe()
     log = RunLog(os.path.join(run_dir, "log.jsonl"), enabled=dist.is_main)
     for key, was, now in changes:
         log.write("event", state.step, event="config_changed", key=key, old=was, new=now)
@@ -178,7 +177,7 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
                     loss = record["loss"]
                     emit(record)
                 progress.step(loss)
-                state.mlflow_run_id = tracker.run_id or state.mlflow_run_id  # the tracker may connect late
+                state.tracker = tracker.state or state.tracker  # the tracker may connect late
                 saver.after_step()
                 if agreed is not None and agreed.stop_signal:
                     saver.save()
@@ -210,7 +209,7 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
             final = state.ema.module if state.ema is not None else state.model
             weights = os.path.join(run_dir, "final_weights.pt")
             ckpt.atomic_save(final.state_dict(), weights)
-            from resnext_dist.export import dataset_class_names, write_export
+            from resnext_dist.weights.export import dataset_class_names, write_export
             from resnext_dist.data.embedded import resolve_data_paths
             names = dataset_class_names(dataclasses.replace(cfg, data=resolve_data_paths(cfg.data)))
             export_dir = write_export(final, cfg, os.path.join(run_dir, "export"), names,
@@ -225,10 +224,8 @@ def train(cfg: TrainConfig, dist: DistInfo, stop: StopFlag, note: str = "") -> N
             tracker.log_artifact(log.path)
             rundir.write_done(run_dir, state.step, state.epoch)
             progress.close()
-            mlflow = f"run {tracker.run_id} | {ui_command(cfg)}" if cfg.tracking.enabled else None
             say(console.summary({**summary, "step": state.step, "wall_s": time.perf_counter() - t_start},
-                                os.path.join(export_dir, "model.safetensors"),
-                                log.path, mlflow))
+                                os.path.join(export_dir, "model.safetensors"), log.path, tracker.describe()))
         status = "FINISHED"
     finally:
         progress.close()

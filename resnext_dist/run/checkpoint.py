@@ -3,7 +3,7 @@ running code, chosen once for all ranks.
 
 A checkpoint is `TrainState.state_dict()` in one file `checkpoints/step_00001234.pt`:
   model (unwrapped), optimizer, GradScaler, LR scheduler, EMA, step, epoch, samples consumed in the epoch
-  (the loader position), RNG states (python, numpy, torch, cuda), the MLflow run id, the resolved config with
+  (the loader position), RNG states (python, numpy, torch, cuda), the tracker's state, the resolved config with
   its hash, and `format` (FORMAT). Everything in it is a tensor or a plain value (dict, list, int, float, str,
   None), so it loads with `torch.load(..., weights_only=True)`: a file that needs anything more (a crafted
   pickle whose loading would run code) is refused with `UnsafeCheckpoint`, never unpickled.
@@ -35,7 +35,7 @@ from resnext_dist.errors import InputError, one_line
 from resnext_dist.files import atomic_write
 
 NAME = re.compile(r"^step_(\d{8})\.pt$")
-FORMAT = "resnext_dist.checkpoint/2"  # 2: plain values only (1 held numpy RNG arrays and needed a full unpickle)
+FORMAT = "resnext_dist.run.checkpoint/2"  # 2: plain values only (1 held numpy RNG arrays and needed a full unpickle)
 MESSAGE_LIMIT = 300  # characters of a foreign error quoted in ours, cut at a word boundary
 
 
@@ -63,7 +63,7 @@ class TrainState:
     step: int = 0  # optimizer steps taken
     epoch: int = 0  # current epoch (0-based)
     samples_in_epoch: int = 0  # samples (over all ranks) of `epoch` already trained on
-    mlflow_run_id: Optional[str] = None
+    tracker: Optional[Dict[str, Any]] = None  # the tracker's own state (resnext_dist.tracking), kept as it is
     config_yaml: str = ""
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -78,7 +78,7 @@ class TrainState:
             "epoch": self.epoch,
             "samples_in_epoch": self.samples_in_epoch,
             "rng": rng_state(),
-            "mlflow_run_id": self.mlflow_run_id,
+            "tracker": self.tracker,
             "format": FORMAT,
             "config": self.config_yaml,
             "config_hash": config_hash(self.config_yaml),
@@ -96,7 +96,8 @@ class TrainState:
         if self.scaler is not None and sd.get("scaler"):
             self.scaler.load_state_dict(sd["scaler"])
         self.step, self.epoch, self.samples_in_epoch = sd["step"], sd["epoch"], sd["samples_in_epoch"]
-        self.mlflow_run_id = sd.get("mlflow_run_id")
+        # checkpoints written before the tracker's state was opaque hold its MLflow run id alone
+        self.tracker = sd.get("tracker") or ({"mlflow_run_id": sd["mlflow_run_id"]} if sd.get("mlflow_run_id") else None)
         set_rng_state(sd["rng"])
 
 

@@ -1,12 +1,6 @@
-"""Submit training to Slurm through submitit: `python launch/submit.py --config FILE [key=value ...]`.
-
-    python launch/submit.py --config configs/resnext50_imagenet.yaml slurm.nodes=4 slurm.gpus_per_node=8
-    python launch/submit.py --config ... --dry-run      # print the sbatch options and command, submit nothing
-    python launch/submit.py --config ... --wait         # follow the job; exit with its status
-    python launch/submit.py --config ... --sweep optim.lr=0.05,0.1   # a sweep: one job array (slurm_sweep.py)
-
-This is the submitting host's side: config -> sbatch parameters, checks, submit, follow (scontrol), describe.
-What runs inside the job is slurm_job.py; what the cluster can run, slurm_checks.py.
+"""Submitting one training job through submitit, the submitting host's side: config -> sbatch parameters, checks,
+submit, follow (scontrol), describe. The command line is resnext_dist/submit.py; what runs inside the job is
+job.py; what the cluster can run, checks.py; a sweep, sweep.py.
 
 Bad input exits 2 with one line before anything is submitted: config errors, and Slurm options the
 cluster cannot satisfy (unknown partition, more nodes, CPUs, GPUs or memory than it has), checked with
@@ -14,7 +8,6 @@ cluster cannot satisfy (unknown partition, more nodes, CPUs, GPUs or memory than
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import os
@@ -27,12 +20,10 @@ from typing import Any, Dict, List
 import submitit
 from submitit.core.utils import JobPaths
 
-from resnext_dist.cli import all_sections, arg_parser
-from resnext_dist.config import TrainConfig, find_config, load_config, to_yaml, validate
-from resnext_dist.errors import InputError
-from resnext_dist.slurm_checks import SlurmOptionError, check_against_cluster, check_run_dir_free, run, \
+from resnext_dist.config import TrainConfig, validate
+from resnext_dist.slurm.checks import SlurmOptionError, check_against_cluster, check_run_dir_free, run, \
     tasks_per_node
-from resnext_dist.slurm_job import TrainJob
+from resnext_dist.slurm.job import TrainJob
 from resnext_dist.tracking import experiment_link
 
 # Job states after which nothing more happens (squeue/scontrol names); REQUEUED and PREEMPTED with
@@ -249,68 +240,7 @@ def describe(job: submitit.Job, cfg: TrainConfig) -> str:
     ] + ([f"  MLflow:   {experiment_link(cfg)}  (run {cfg.run.name})"] if cfg.tracking.enabled else []))
 
 
-# ----------------------------------------------------------------------------------------------
-# CLI
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = arg_parser("resnext_dist.slurm_submit", "Submit resnext_dist training to Slurm (submitit; one task "
-                        "per GPU; requeue on timeout or preemption).",
-                        "slurm.nodes=2 slurm.gpus_per_node=8 slurm.partition=gpu", sections=all_sections())
-    parser.add_argument("--wait", action="store_true", help="follow the job to its end and exit with its status")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the sbatch options and the job's command (with --sweep: the runs and their "
-                             "run directories too), and exit; submit nothing")
-    parser.add_argument("--sweep", action="append", metavar="KEY=V1,V2|KEY=A:B", default=[],
-                        help="sweep KEY over values, or over the integers A, A+1, ..., B-1 (the end B is excluded, as "
-                             "in Python's range); several --sweep make a grid, submitted as one job array in "
-                             "<run.root>/<sweep name>/ (run.name, or a name from the recipe and the grid); runs "
-                             "already DONE are not submitted again. --wait ends with the table of the runs")
-    parser.add_argument("--max-runs", type=int, default=64, metavar="N",
-                        help="refuse a sweep of more than N runs (default 64)")
-    args, unknown = parser.parse_known_intermixed_args(argv)  # key=value after --sweep too
-    if unknown:
-        parser.parse_args(argv)  # says what is wrong (an unknown option: the config key it likely meant) and exits 2
-    return args
-
-
 def sbatch_failed(e: Exception) -> str:
     """One line for a refused sbatch: submitit's error holds sbatch's whole output; its last line says why."""
     lines = [ln for ln in str(e).splitlines() if ln.strip()]
     return f"error: sbatch failed: {lines[-1] if lines else e}"
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.sweep:
-        from resnext_dist.slurm_sweep import main_sweep
-        return main_sweep(args)
-    try:
-        cfg = absolute_paths(load_config(find_config(args.config) if args.config else None, args.overrides))
-        if args.print_config:
-            print(to_yaml(cfg), end="")
-            return 0
-        check_slurm_config(cfg)
-        if args.dry_run:
-            print(sbatch_script(cfg))
-            return 0
-        job = submit(cfg)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except submitit.core.utils.FailedJobError as e:  # sbatch refused after the checks passed
-        print(sbatch_failed(e), file=sys.stderr)
-        return 1
-    print(describe(job, cfg), flush=True)
-    if args.wait:
-        try:
-            return wait(job)
-        except KeyboardInterrupt:
-            print(f"\nstopped following job {job.job_id}; it keeps running (scancel {job.job_id} stops it)",
-                  file=sys.stderr)
-            return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

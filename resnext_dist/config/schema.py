@@ -264,3 +264,12 @@ def _section_types() -> Dict[str, type]:
     for f in dataclasses.fields(TrainConfig):
         out[f.name] = f.default_factory().__class__
     return out
+
+
+def to_flat_dict(cfg: TrainConfig) -> Dict[str, Any]:
+    """{'model.arch': ..., ...}: MLflow params and config hashes use this."""
+    out = {}
+    for section, cls in _section_types().items():
+        for f in dataclasses.fields(cls):
+            out[f"{section}.{f.name}"] = getattr(getattr(cfg, section), f.name)
+    return out

@@ -13,7 +13,6 @@ experiments never share a directory and the same command always finds its own.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any, Dict, List, Optional, Tuple
@@ -21,37 +20,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from resnext_dist.config import TrainConfig, to_flat_dict, to_yaml
+from resnext_dist.config.identity import may_change, norm
 from resnext_dist.errors import InputError
 from resnext_dist.files import atomic_write
-
-# Keys that may differ between attempts of one run: placement, speed, logging, checkpointing, length.
-MAY_CHANGE_SECTIONS = ("dist", "slurm", "tracking", "run", "checkpoint")
-MAY_CHANGE_KEYS = frozenset({
-    "data.num_workers", "data.os_cache", "data.batches_ahead", "data.crop_decode", "data.decode",
-    "train.compile", "train.cudnn_benchmark", "train.nan_check", "train.progress_bar",
-    "train.log_every_steps", "train.log_every_s", "train.eval_every_epochs",
-    "train.epochs", "train.max_steps",
-    # the global batch as such is checked against the checkpoint's (the number of processes may change)
-    "optim.global_batch_size",
-})
-
-
-def may_change(key: str) -> bool:
-    return key.split(".", 1)[0] in MAY_CHANGE_SECTIONS or key in MAY_CHANGE_KEYS
-
-
-def identity(cfg: TrainConfig) -> Dict[str, Any]:
-    """The keys that make a run what it is, with their values."""
-    return {k: v for k, v in to_flat_dict(cfg).items() if not may_change(k)}
-
-
-def identity_hash(cfg: TrainConfig) -> str:
-    """8 hex digits of the identity keys that differ from the schema's defaults: the default run name's suffix.
-    Leaving the defaults out keeps names stable when a version adds a key (at its default)."""
-    defaults = to_flat_dict(TrainConfig())
-    kept = {k: v for k, v in identity(cfg).items() if _norm(v) != _norm(defaults.get(k))}
-    text = json.dumps(kept, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def config_path(run_dir: str) -> str:
@@ -78,7 +49,7 @@ def check_identity(cfg: TrainConfig, old: Optional[Dict[str, Any]]) -> List[Tupl
     if old is None:
         return []
     new = to_flat_dict(cfg)
-    changed = [(k, old[k], v) for k, v in new.items() if k in old and _norm(old[k]) != _norm(v)]
+    changed = [(k, old[k], v) for k, v in new.items() if k in old and norm(old[k]) != norm(v)]
     refused = [c for c in changed if not may_change(c[0])]
     if refused:
         diff = ", ".join(f"{k}: {_show(o)} -> {_show(n)}" for k, o, n in refused)
@@ -132,10 +103,6 @@ def clear_done(run_dir: str) -> None:
         os.remove(done_path(run_dir))
     except FileNotFoundError:
         pass
-
-
-def _norm(v: Any) -> str:
-    return json.dumps(v, sort_keys=True, default=str)
 
 
 def _show(v: Any) -> str:

@@ -7,7 +7,7 @@ What PATH may be (`read_state_dict`):
     our trainer writes final_weights.pt; keys saved from a DDP or compiled model (`module.`, `_orig_mod.`)
     are accepted too;
   - our export (resnext_dist/export.py): its directory, model.json or model.safetensors;
-  - a training checkpoint (resnext_dist.checkpoint): its `model` entry only;
+  - a training checkpoint (resnext_dist.run.checkpoint): its `model` entry only;
   - a run directory: its export/, else final_weights.pt, else its newest checkpoint.
 Nothing read can run code: pickles go through `torch.load(weights_only=True)` (tensors, containers, and the
 numpy arrays of a checkpoint's RNG state, nothing else), safetensors holds tensors only. A file that would
@@ -68,7 +68,7 @@ def resolve(path: str) -> Tuple[str, str]:
                                 (os.path.join(path, "final_weights.pt"), "final weights")):
             if os.path.isfile(candidate):
                 return candidate, kind
-        from resnext_dist.checkpoint import find_latest
+        from resnext_dist.run.checkpoint import find_latest
         latest = find_latest(os.path.join(path, "checkpoints"))
         if latest:
             return latest, "checkpoint"

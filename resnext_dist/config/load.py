@@ -1,5 +1,4 @@
-"""The typed configuration: finding a recipe, loading it, and output; the schema itself (one dataclass per concern,
-composed into `TrainConfig`) is config_schema.py and the value checks config_checks.py, both re-exported here.
+"""Finding a recipe, loading it with its overrides, and writing it out; the schema is schema.py, the checks checks.py.
 
     cfg = load_config("configs/quickstart.yaml", ["data.batch_size=64", "train.epochs=2"])
     cfg = load_config(find_config("quickstart"), [])        # a recipe of configs/ by name
@@ -22,21 +21,16 @@ import dataclasses
 import difflib
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from resnext_dist.config.checks import validate
+from resnext_dist.config.credentials import move_uri_credentials
+from resnext_dist.config.identity import identity_hash
+from resnext_dist.config.schema import TrainConfig, _section_types
 from resnext_dist.errors import InputError, one_line
-from resnext_dist.config_schema import (CHOICES, CheckpointConfig, DataConfig, DistConfig, ModelConfig,
-                                        OptimConfig, RunConfig, SlurmConfig, TrackingConfig, TrainConfig,
-                                        TrainingConfig, _section_types)
-from resnext_dist.config_checks import get_key, grad_accum_steps, validate
-from resnext_dist.credentials import move_uri_credentials
-
-__all__ = ["CHOICES", "CheckpointConfig", "DataConfig", "DistConfig", "ModelConfig", "OptimConfig",
-           "RunConfig", "SlurmConfig", "TrackingConfig", "TrainConfig", "TrainingConfig", "configs_dir",
-           "find_config", "get_key", "grad_accum_steps", "load_config", "to_flat_dict", "to_yaml", "validate"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -46,7 +40,7 @@ __all__ = ["CHOICES", "CheckpointConfig", "DataConfig", "DistConfig", "ModelConf
 def configs_dir() -> Optional[str]:
     """The recipes folder: configs/ beside the package (a clone, or an editable install), else the one a
     regular install puts under sys.prefix/share/resnext_dist/configs; None if neither exists."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # config/ in resnext_dist/
     for candidate in (os.path.join(here, "configs"), os.path.join(sys.prefix, "share", "resnext_dist", "configs")):
         if os.path.isdir(candidate):
             return candidate
@@ -94,7 +88,6 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
         if OmegaConf.is_missing(merged.run, "name"):
             # <recipe>-<hash of the identity keys>: two experiments never share a run directory, and the same
             # command (a requeue, a resume by hand) always finds its own.
-            from resnext_dist.rundir import identity_hash
             merged.run.name = stem = os.path.splitext(os.path.basename(path))[0] if path else "run"
             merged.run.name = f"{stem}-{identity_hash(OmegaConf.to_object(merged))}"
         cfg = OmegaConf.to_object(merged)
@@ -162,12 +155,3 @@ def _explain(e: OmegaConfBaseException) -> str:
 
 def to_yaml(cfg: TrainConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def to_flat_dict(cfg: TrainConfig) -> Dict[str, Any]:
-    """{'model.arch': ..., ...}: MLflow params and config hashes use this."""
-    out = {}
-    for section, cls in _section_types().items():
-        for f in dataclasses.fields(cls):
-            out[f"{section}.{f.name}"] = getattr(getattr(cfg, section), f.name)
-    return out

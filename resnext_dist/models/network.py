@@ -21,14 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# name -> (blocks per stage, cardinality, group width)
-PRESETS = {
-    "resnext50_32x4d": ([3, 4, 6, 3], 32, 4),
-    "resnext101_32x4d": ([3, 4, 23, 3], 32, 4),
-    "resnext101_32x8d": ([3, 4, 23, 3], 32, 8),
-    "resnext101_64x4d": ([3, 4, 23, 3], 64, 4),
-    "resnext152_32x4d": ([3, 8, 36, 3], 32, 4),
-}
+from resnext_dist.models.presets import PRESETS
+
 
 EXPANSION = 4
 
@@ -145,3 +139,29 @@ def build_model(cfg) -> ResNeXt:
     """Build from the `model` section of the config (resnext_dist.config.ModelConfig)."""
     return resnext(cfg.arch, cfg.num_classes, cfg.stem, cfg.layers, cfg.cardinality, cfg.group_width,
                    cfg.base_channels, cfg.zero_init_residual, cfg.blurpool)
+
+
+# ----------------------------------------------------------------------------------------------
+# A constructor per preset, named as torchvision names them
+
+
+def _constructor(arch: str):
+    def build(num_classes: int = 1000, stem: str = "imagenet", **kw) -> ResNeXt:
+        # Through ModelConfig and build_model, the trainer's one way in: an unknown keyword is a TypeError naming it.
+        from resnext_dist.config.schema import ModelConfig
+
+        return build_model(ModelConfig(arch=arch, num_classes=num_classes, stem=stem, **kw))
+
+    build.__name__ = build.__qualname__ = arch
+    build.__doc__ = (f"ResNeXt {arch} ({PRESETS[arch][0]} blocks, cardinality {PRESETS[arch][1]}, group width "
+                     f"{PRESETS[arch][2]}); keywords are the model.* config keys (layers, base_channels, ...).")
+    return build
+
+
+resnext50_32x4d = _constructor("resnext50_32x4d")
+resnext101_32x4d = _constructor("resnext101_32x4d")
+resnext101_32x8d = _constructor("resnext101_32x8d")
+resnext101_64x4d = _constructor("resnext101_64x4d")
+resnext152_32x4d = _constructor("resnext152_32x4d")
+assert set(PRESETS) == {"resnext50_32x4d", "resnext101_32x4d", "resnext101_32x8d", "resnext101_64x4d",
+                        "resnext152_32x4d"}, "a preset without a constructor"

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 # The source tree this package was imported from (a git checkout for an editable install).
-_SOURCE_DIR = Path(__file__).resolve().parent.parent
+_SOURCE_DIR = Path(__file__).resolve().parents[2]
 
 # Distributions whose versions decide what a run computes.
 VERSIONED = ("torch", "torchvision", "ffcv", "numpy", "mlflow", "resnext_dist")

@@ -1,0 +1,4 @@
+"""One training run: the trainer's phases (trainer.py), the step and exact evaluation (step.py), what a run is made
+of (build.py), its directory (rundir.py: identity, DONE; lock.py: one live trainer), its checkpoints
+(checkpoint.py), its record (log.py: log.jsonl) and console (console.py), stop signals (signals.py) and the fault
+injection the tests use (faults.py)."""

@@ -1,0 +1,97 @@
+"""A sweep's grid: `--sweep KEY=V1,V2` or `--sweep KEY=A:B` specs, their combinations, and each run's name.
+
+    grid = parse_grid(["optim.lr=0.05,0.1", "train.seed=0:3"])   # [("optim.lr", ["0.05", "0.1"]), ("train.seed", [...])]
+    points = expand(grid)                                       # [{"optim.lr": "0.05", "train.seed": "0"}, ...]
+    name = run_name(points[0])                                  # "lr=0.05,seed=0": the run's directory and MLflow name
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from typing import Dict, Iterable, List, Tuple
+
+from resnext_dist.errors import InputError
+
+NOT_SWEPT = ("run", "slurm")  # one job array: the same resources and one sweep directory for every run
+
+Grid = List[Tuple[str, List[str]]]
+
+
+def parse_sweep(spec: str) -> Tuple[str, List[str]]:
+    """`KEY=V1,V2,...` or `KEY=START:STOP[:STEP]` (integers, STOP excluded, as Python's range) -> (key, values)."""
+    key, sep, text = spec.partition("=")
+    key = key.strip()
+    if not sep or not key or not text.strip():
+        raise InputError(f"--sweep {spec!r}: expected KEY=V1,V2,... or KEY=START:STOP")
+    if key.split(".", 1)[0] in NOT_SWEPT or "." not in key:
+        raise InputError(f"--sweep {key}: only model/data/train/optim/... keys can be swept, not {key} "
+                         f"(run.* and slurm.* are the same for every run of a sweep)")
+    m = re.fullmatch(r"\s*(-?\d+):(-?\d+)(?::(-?\d+))?\s*", text)
+    if m:
+        start, stop, step = int(m.group(1)), int(m.group(2)), int(m.group(3) or 1)
+        values = [str(v) for v in range(start, stop, step)] if step else []
+        if not values:
+            raise InputError(f"--sweep {spec}: the range {text} is empty (the end is excluded: 0:3 is 0, 1, 2)")
+    else:
+        values = [v.strip() for v in _split_top_level(text)]
+        if any(not v for v in values):
+            raise InputError(f"--sweep {spec}: an empty value")
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise InputError(f"--sweep {key}: value {twice[0]} given twice")
+    return key, values
+
+
+def _split_top_level(text: str) -> List[str]:
+    """Split at commas outside brackets: `[1,1,1,1],[2,2,2,2]` is two values."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        if ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts, cur = parts + [cur], ""
+        else:
+            cur += ch
+    return parts + [cur]
+
+
+def parse_grid(specs: Iterable[str]) -> Grid:
+    grid: Grid = []
+    for spec in specs:
+        key, values = parse_sweep(spec)
+        if key in dict(grid):
+            raise InputError(f"--sweep {key}: given twice (list all its values in one --sweep)")
+        grid.append((key, values))
+    return grid
+
+
+def expand(grid: Grid) -> List[Dict[str, str]]:
+    """Every combination, the first --sweep varying slowest."""
+    keys = [k for k, _ in grid]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in grid))]
+
+
+def describe_grid(grid: Grid) -> str:
+    """'4 runs (optim.lr x optim.weight_decay = 2 x 2)'."""
+    n = len(expand(grid))
+    return (f"{n} run{'s' if n != 1 else ''} ({' x '.join(k for k, _ in grid)} = "
+            f"{' x '.join(str(len(v)) for _, v in grid)})")
+
+
+def run_name(values: Dict[str, str]) -> str:
+    """A run's name from its values: `lr=0.05,weight_decay=5e-5` (the keys' last part, unless two share it)."""
+    short = [k.rsplit(".", 1)[-1] for k in values]
+    names = short if len(set(short)) == len(short) else list(values)
+    text = ",".join(f"{n}={v}" for n, v in zip(names, values.values()))
+    return re.sub(r"[^\w.,=+-]", "_", text)
+
+
+def run_names(points: List[Dict[str, str]]) -> List[str]:
+    names = [run_name(p) for p in points]
+    for i, name in enumerate(names):
+        if names.index(name) != i:
+            raise InputError(f"--sweep: runs {names.index(name) + 1} and {i + 1} would both be named {name} "
+                             f"({points[names.index(name)]} and {points[i]})")
+    return names
