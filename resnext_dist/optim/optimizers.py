@@ -1,19 +1,42 @@
-"""The optimizer, built from the `optim` config section.
+"""The optimizers, one entry each (OPTIMIZERS): the `optim` values it refuses, and how it is built.
 
-SGD with (Nesterov) momentum; BN parameters and biases get no weight decay (they are scale/shift
-parameters, and decaying them only hurts, as the NVIDIA and FFCV recipes note). The peak learning rate is
-`optim.lr x global_batch / 256` when `optim.scale_lr` (Goyal et al. 2017's linear scaling rule).
+SGD with (Nesterov) momentum is the one entry yet (AdamW and LAMB come later, with a key that chooses). BN
+parameters and biases get no weight decay (they are scale/shift parameters, and decaying them only hurts, as the
+NVIDIA and FFCV recipes note). The peak learning rate is `optim.lr x global_batch / 256` when `optim.scale_lr`
+(Goyal et al. 2017's linear scaling rule). Importing it imports no torch (the config checks run the entries').
 """
 from __future__ import annotations
 
-import torch
+from resnext_dist.errors import InputError
+
+
+class Sgd:
+    @staticmethod
+    def check(cfg) -> None:
+        if cfg.nesterov and cfg.momentum == 0:
+            # torch.optim.SGD: "Nesterov momentum requires a momentum and zero dampening"
+            raise InputError("optim.nesterov=true needs optim.momentum > 0 (or set optim.nesterov=false)")
+
+    @staticmethod
+    def build(groups, cfg, lr: float):
+        import torch  # only when a run is built: the config checks import this module
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+OPTIMIZERS = {"sgd": Sgd}
+
+
+def optimizer_for(cfg):
+    """The entry the `optim` section `cfg` uses: SGD, the only one yet."""
+    return OPTIMIZERS["sgd"]
 
 
 def peak_lr(cfg, global_batch_size: int) -> float:
     return cfg.lr * global_batch_size / 256 if cfg.scale_lr else cfg.lr
 
 
-def build_optimizer(model: torch.nn.Module, cfg, global_batch_size: int) -> torch.optim.SGD:
+def build_optimizer(model, cfg, global_batch_size: int):
+    import torch  # only when a run is built: the config checks import this module
     decay, no_decay = [], []
     for module in model.modules():
         is_norm = isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
@@ -22,5 +45,4 @@ def build_optimizer(model: torch.nn.Module, cfg, global_batch_size: int) -> torc
                 (no_decay if is_norm or name == "bias" else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=peak_lr(cfg, global_batch_size), momentum=cfg.momentum,
-                           nesterov=cfg.nesterov and cfg.momentum > 0)
+    return optimizer_for(cfg).build(groups, cfg, peak_lr(cfg, global_batch_size))
