@@ -28,6 +28,7 @@ import torch
 
 from resnext_dist.config.arguments import arg_parser
 from resnext_dist.config import TrainConfig, load_config, to_yaml
+from resnext_dist.data import build_val_loader
 from resnext_dist.errors import EXIT_BAD_INPUT, InputError, one_line
 from resnext_dist.files import atomic_write
 
@@ -68,22 +69,9 @@ def resolve(config: Optional[str], args) -> Tuple[TrainConfig, str]:
 
 
 def val_loader(cfg: TrainConfig, dist):
-    """The trainer's validation loader (resnext_dist.data.build_loaders' val side) and nothing else."""
-    d, n, cl = cfg.data, cfg.model.num_classes, cfg.train.channels_last
-    if d.loader == "synthetic":
-        from resnext_dist.data.synthetic import SyntheticVal
-        if d.val_synthetic_size < 1:
-            raise InputError("data.val_synthetic_size=0: no validation images")
-        return SyntheticVal(d, dist, seed=cfg.train.seed, num_classes=n, channels_last=cl)
-    if not d.val:
-        raise InputError("data.val is empty: nothing to evaluate on")
-    if d.loader == "ffcv":
-        from resnext_dist.data.checks import check_beton
-        from resnext_dist.data.ffcv import FfcvVal
-        return FfcvVal(d.val, d, dist, channels_last=cl, num_images=check_beton(d.val, n, key="data.val"))
-    from resnext_dist.data.checks import check_source
-    from resnext_dist.data.torchvision import TorchvisionVal
-    return TorchvisionVal(check_source(d.val, "val", n, key="data.val"), d, dist, channels_last=cl)
+    """The trainer's validation loader (resnext_dist.data.build_val_loader) and nothing else."""
+    return build_val_loader(cfg.data, dist, seed=cfg.train.seed, num_classes=cfg.model.num_classes,
+                            channels_last=cfg.train.channels_last, required=True)
 
 
 def run(cfg: TrainConfig, weights: str, tta_flip: bool = False) -> dict:

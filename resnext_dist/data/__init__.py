@@ -16,17 +16,17 @@ every rank. The order of an epoch is a function of (seed, epoch) only, so a resu
 batches it already did sees exactly the batches the uninterrupted run saw.
 
 Also here: `val.num_images` (all ranks together: the denominator of exact top-1/top-5), `len(val)`
-(this rank's batches), `train_res_for_epoch(cfg.data, epoch)` (progressive resizing), and
-`check_dataset(cfg.data, num_classes)` (build_loaders runs it too), which raises `DataError`, a
-InputError, for missing or bad data: one line naming the file, exit code 2.
-Modules: sources (what can be read), write (the .beton writer CLI), checks, sharding (who reads what),
-resolution, normalize, and one module per loader: ffcv (with crop_decode and device_decode: data.decode=gpu),
-torchvision, synthetic.
+(this rank's batches), `build_val_loader` (evaluate's), `train_res_for_epoch(cfg.data, epoch)` (progressive
+resizing), and `check_dataset(cfg.data, num_classes)` (build_loaders runs it too), which raises `DataError`, an
+InputError, for missing or bad data: one line naming the file, exit code 2. Importing it imports no torch.
+Modules: loaders (the `data.loader` registry and the builders), checks, sources (what can be read), write (the
+.beton writer CLI), embedded, sharding (who reads what), resolution, normalize, and one module per loader: ffcv
+(with crop_decode and device_decode: data.decode=gpu), torchvision, synthetic.
 """
 
-from resnext_dist.data.build import build_loaders
-from resnext_dist.data.checks import check_dataset
 from resnext_dist.data.errors import DataError
+from resnext_dist.data.loaders import LOADERS, build_loaders, build_val_loader, check_dataset, loader_for
 from resnext_dist.data.resolution import train_res_for_epoch
 
-__all__ = ["build_loaders", "check_dataset", "DataError", "train_res_for_epoch"]
+__all__ = ["LOADERS", "build_loaders", "build_val_loader", "check_dataset", "DataError", "loader_for",
+           "train_res_for_epoch"]

@@ -6,7 +6,6 @@ TrainState (what a checkpoint holds) and the runner (the model as it runs forwar
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 from dataclasses import dataclass
@@ -15,12 +14,15 @@ from typing import Any, Optional
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from resnext_dist.run.checkpoint import TrainState
 from resnext_dist.config import TrainConfig, grad_accum_steps
+from resnext_dist.data import build_loaders
 from resnext_dist.errors import InputError
 from resnext_dist.models import build_model
 from resnext_dist.optim import build_optimizer, build_scheduler
+from resnext_dist.precision import PRECISIONS
 
 
 @dataclass
@@ -34,12 +36,8 @@ class Parts:
 
 
 def build(cfg: TrainConfig, dist) -> Parts:
-    from resnext_dist.data import build_loaders  # FFCV and friends: imported only when a run is built
-    from resnext_dist.data.embedded import resolve_data_paths
-
     seed_everything(cfg.train)
-    # embedded:digits/... names become cached .beton files, made on first use (once per machine)
-    train_loader, val_loader = build_loaders(resolve_data_paths(cfg.data), dist, seed=cfg.train.seed, num_classes=cfg.model.num_classes,
+    train_loader, val_loader = build_loaders(cfg.data, dist, seed=cfg.train.seed, num_classes=cfg.model.num_classes,
                                              channels_last=cfg.train.channels_last)
     accum = grad_accum_steps(cfg, dist.world_size)
     global_batch = cfg.data.batch_size * dist.world_size * accum
@@ -59,10 +57,9 @@ def build(cfg: TrainConfig, dist) -> Parts:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.optim, global_batch)
     scheduler = build_scheduler(optimizer, cfg.optim, steps_per_epoch, cfg.train.epochs)
-    scaler = torch.amp.GradScaler(dist.device.type) if cfg.train.precision == "fp16" else None
+    scaler = PRECISIONS[cfg.train.precision].grad_scaler(dist.device)
     ema = None
     if cfg.train.ema_decay:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
     state = TrainState(model, optimizer, scheduler, scaler, ema,
                        extra={"global_batch_size": global_batch, "world_size": dist.world_size})
@@ -91,11 +88,8 @@ def rebuild_schedule(state: TrainState, cfg: TrainConfig, steps_per_epoch: int) 
 
 
 def autocast_factory(precision: str, device: torch.device):
-    """A zero-argument context factory: autocast in bf16/fp16, nothing in fp32."""
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device.type, dtype=dtype)
+    """A zero-argument context factory: autocast in the precision's dtype, or nothing (fp32)."""
+    return PRECISIONS[precision].autocast(device)
 
 
 def seed_everything(train_cfg) -> None:

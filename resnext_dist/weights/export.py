@@ -64,14 +64,12 @@ def write_export(model: torch.nn.Module, cfg, export_dir: str, class_names: Opti
 
 
 def dataset_class_names(cfg) -> Optional[List[str]]:
-    """The class names the run's data records (data.train's, else data.val's; see
+    """The class names the run's data records (the data.loader entry's: data.train's, else data.val's; see
     resnext_dist.data.sources.class_names_for), or None when none are recorded or they do not fit
     model.num_classes. What the trainer passes to write_export."""
-    from resnext_dist.data.sources import class_names_for
+    from resnext_dist.data import loader_for
 
-    if cfg.data.loader == "synthetic":
-        return None
-    names = class_names_for(cfg.data.train) or class_names_for(cfg.data.val)
+    names = loader_for(cfg.data).class_names(cfg.data)
     return names if names is not None and len(names) == cfg.model.num_classes else None
 
 

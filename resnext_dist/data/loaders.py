@@ -1,0 +1,191 @@
+"""The values of `data.loader`, one entry each (LOADERS): what it requires of the config, how it checks its data,
+how it builds its loaders, which class names its data records; and the builders the trainer and evaluate use.
+Nothing else compares `data.loader` (or `data.decode`) as a string: the config checks and the export ask the entry.
+
+    train, val = build_loaders(cfg.data, dist, seed=..., num_classes=..., channels_last=...)        # the trainer
+    val = build_val_loader(cfg.data, dist, seed=..., num_classes=..., channels_last=..., required=True)  # evaluate
+
+Importing it imports no torch (the config checks import it); a loader's module, and torch and FFCV with it, is
+imported when that loader is built, so a machine without FFCV can use the others.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+from resnext_dist.data import embedded
+from resnext_dist.data.errors import DataError
+from resnext_dist.errors import InputError
+
+
+@dataclass
+class CheckedData:
+    """What a loader's check found, so its builders need not open everything again."""
+    train_images: int = 0
+    val_images: int = 0
+    train_source: Any = None  # torchvision: the opened sources (sources.Source)
+    val_source: Any = None
+
+
+class Loader:
+    """A loader of the files data.train and data.val name; each subclass says how it checks and reads them."""
+    name = ""
+    reads_embedded = False  # the embedded datasets (embedded:digits/...) are .beton files
+    decodes_on_device = False  # data.decode=gpu: this loader decodes, crops and flips on the device
+
+    def check_config(self, d) -> None:
+        """InputError for keys of the data section `d` this loader cannot work with; opens no file."""
+        if not d.train:
+            raise InputError(f"data.train is required when data.loader={self.name}")
+        for split in ("train", "val"):
+            path = getattr(d, split)
+            if embedded.is_embedded(path) and not self.reads_embedded:
+                raise InputError(f"data.{split}={path!r} is an FFCV dataset: it needs data.loader=ffcv")
+        self._check_decode(d)
+
+    def _check_decode(self, d) -> None:
+        if d.decode == "gpu" and (not self.decodes_on_device or d.pad_crop):  # pad_crop has no device form
+            raise InputError(f"data.decode=gpu needs data.loader=ffcv and data.pad_crop=0 (got data.loader={d.loader}"
+                             f", data.pad_crop={d.pad_crop}); use data.decode=cpu")
+
+    def with_files(self, d):
+        """`d` with its embedded names made real files (written on first use, once per machine)."""
+        return dataclasses.replace(d, train=embedded.resolve(d.train, "data.train"),
+                                   val=embedded.resolve(d.val, "data.val"))
+
+    def check(self, d, num_classes: int, train: bool = True) -> CheckedData:
+        """Check data.val, and data.train unless `train` is false; DataError names the first problem."""
+        raise NotImplementedError
+
+    def train_loader(self, d, dist, found: CheckedData, seed: int, num_classes: int, channels_last: bool):
+        if found.train_images // dist.world_size < d.batch_size:
+            raise DataError(f"{d.train}: {found.train_images} images make less than one batch per rank "
+                            f"(data.batch_size={d.batch_size} x {dist.world_size} ranks)")
+        return self._train(d, dist, found, seed, channels_last)
+
+    def val_missing(self, d) -> Optional[str]:
+        """Why the data section `d` has no validation data, or None when it has."""
+        return None if d.val else "data.val is empty: nothing to evaluate on"
+
+    def class_names(self, d) -> Optional[List[str]]:
+        """The class names the data records (data.train's, else data.val's), or None."""
+        from resnext_dist.data.sources import class_names_for  # numpy, PIL: --help and config errors stay instant
+        return class_names_for(d.train) or class_names_for(d.val)
+
+
+class Ffcv(Loader):
+    """FFCV .beton files: the fast path."""
+    name, reads_embedded, decodes_on_device = "ffcv", True, True
+
+    def check(self, d, num_classes, train=True):
+        from resnext_dist.data.checks import check_beton  # numpy: --help and config errors stay instant
+        found = CheckedData(train_images=check_beton(d.train, num_classes, key="data.train") if train else 0)
+        found.val_images = check_beton(d.val, num_classes, key="data.val") if d.val else 0
+        return found
+
+    def _train(self, d, dist, found, seed, channels_last):
+        from resnext_dist.data.ffcv import FfcvTrain  # FFCV and torch: only once this loader is built
+        return FfcvTrain(d.train, d, dist, seed=seed, channels_last=channels_last, num_images=found.train_images)
+
+    def val_loader(self, d, dist, found, seed, num_classes, channels_last):
+        from resnext_dist.data.ffcv import FfcvVal  # FFCV and torch: only once this loader is built
+        return FfcvVal(d.val, d, dist, channels_last=channels_last, num_images=found.val_images)
+
+
+class Torchvision(Loader):
+    """An ImageFolder directory, CIFAR batches or the digits (sources.py), through a torch DataLoader."""
+    name = "torchvision"
+
+    def check(self, d, num_classes, train=True):
+        from resnext_dist.data.checks import check_source  # numpy, PIL: --help and config errors stay instant
+        found = CheckedData()
+        if train:
+            found.train_source = check_source(d.train, "train", num_classes, key="data.train")
+            found.train_images = len(found.train_source)
+        if d.val:
+            val = found.val_source = check_source(d.val, "val", num_classes, key="data.val")
+            found.val_images = len(val)
+            if train and list(val.classes) != list(found.train_source.classes):
+                # ImageFolder labels come from folder names: other classes would mislabel silently
+                ours = list(found.train_source.classes)
+                diff = next((f"{a!r} vs {b!r}" for a, b in zip(val.classes, ours) if a != b),
+                            f"{len(val.classes)} vs {len(ours)} classes")
+                raise DataError(f"{d.val}: classes differ from those of {d.train} ({diff})")
+        return found
+
+    def _train(self, d, dist, found, seed, channels_last):
+        from resnext_dist.data.torchvision import TorchvisionTrain  # torch: only once this loader is built
+        return TorchvisionTrain(found.train_source, d, dist, seed=seed, channels_last=channels_last)
+
+    def val_loader(self, d, dist, found, seed, num_classes, channels_last):
+        from resnext_dist.data.torchvision import TorchvisionVal  # torch: only once this loader is built
+        return TorchvisionVal(found.val_source, d, dist, channels_last=channels_last)
+
+
+class Synthetic(Loader):
+    """Random images made on the device, for benchmarks and tests: no files (data.train and data.val are ignored),
+    nothing to decode (data.decode is ignored)."""
+    name, decodes_on_device = "synthetic", True
+
+    def check_config(self, d):
+        self._check_decode(d)
+
+    def with_files(self, d):
+        return d
+
+    def check(self, d, num_classes, train=True):
+        return CheckedData(train_images=d.synthetic_size, val_images=d.val_synthetic_size)
+
+    def train_loader(self, d, dist, found, seed, num_classes, channels_last):
+        from resnext_dist.data.synthetic import SyntheticTrain  # torch: only once this loader is built
+        return SyntheticTrain(d, dist, seed=seed, num_classes=num_classes, channels_last=channels_last)
+
+    def val_missing(self, d):
+        return None if d.val_synthetic_size else f"data.val_synthetic_size={d.val_synthetic_size}: no validation images"
+
+    def val_loader(self, d, dist, found, seed, num_classes, channels_last):
+        from resnext_dist.data.synthetic import SyntheticVal  # torch: only once this loader is built
+        return SyntheticVal(d, dist, seed=seed, num_classes=num_classes, channels_last=channels_last)
+
+    def class_names(self, d):
+        return None
+
+
+LOADERS = {entry.name: entry for entry in (Ffcv(), Torchvision(), Synthetic())}
+
+
+def loader_for(d) -> Loader:
+    """The entry of the data section `d`'s data.loader."""
+    if d.loader not in LOADERS:
+        raise InputError(f"data.loader={d.loader!r}: must be one of {', '.join(LOADERS)}")
+    return LOADERS[d.loader]
+
+
+def check_dataset(d, num_classes: int) -> CheckedData:
+    """Check data.train and data.val for data.loader; raise DataError naming the first problem."""
+    return loader_for(d).check(d, num_classes)
+
+
+def build_loaders(d, dist, *, seed: int, num_classes: int, channels_last: bool):
+    """(train, val or None) for this rank; raises DataError / InputError (exit 2) on bad data or config."""
+    loader = loader_for(d)
+    d = loader.with_files(d)
+    found = loader.check(d, num_classes)
+    train = loader.train_loader(d, dist, found, seed, num_classes, channels_last)
+    return train, build_val_loader(d, dist, seed=seed, num_classes=num_classes, channels_last=channels_last,
+                                   found=found)
+
+
+def build_val_loader(d, dist, *, seed: int, num_classes: int, channels_last: bool,
+                     found: Optional[CheckedData] = None, required: bool = False):
+    """This rank's validation loader, or None when the config has none (InputError saying so when `required`).
+    `found`: what build_loaders' check found; without it only the validation data is checked."""
+    loader = loader_for(d)
+    if loader.val_missing(d):
+        if required:
+            raise InputError(loader.val_missing(d))
+        return None
+    d = loader.with_files(d)
+    found = found or loader.check(d, num_classes, train=False)
+    return loader.val_loader(d, dist, found, seed, num_classes, channels_last)
