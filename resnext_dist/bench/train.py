@@ -23,7 +23,8 @@ import torch
 
 from resnext_dist.bench import report, workload
 from resnext_dist.bench.model import ceiling_row, measure_ceiling, release
-from resnext_dist.config import CHOICES, TrainConfig, load_config
+from resnext_dist.config import TrainConfig, load_config
+from resnext_dist.data import LOADERS
 from resnext_dist.errors import InputError
 from resnext_dist.run.log import read_log
 
@@ -151,8 +152,8 @@ def _inputs(args, cfg: TrainConfig) -> List[str]:
     if not names:
         raise InputError("--inputs: nothing to run")
     for name in names:
-        if name not in (*CHOICES["data.loader"], *DECODED_INPUTS):
-            known = ", ".join([*CHOICES["data.loader"], *DECODED_INPUTS])
+        if name not in (*LOADERS, *DECODED_INPUTS):
+            known = ", ".join([*LOADERS, *DECODED_INPUTS])
             raise InputError(f"--inputs: unknown input {name!r} ({known})")
         if name != "synthetic" and not cfg.data.train:
             raise InputError(f"--inputs {name} needs data.train=FILE")

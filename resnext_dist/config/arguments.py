@@ -12,19 +12,16 @@ Importing this module imports no torch (a test checks it): `--help` and `--versi
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import difflib
 import functools
-import inspect
 import sys
-import textwrap
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import MISSING
 
 from resnext_dist.config.load import find_config, load_config
-from resnext_dist.config.schema import _section_types
+from resnext_dist.config.schema import TrainConfig, declared_keys, section_types
 from resnext_dist.commandline import command_name, version
 from resnext_dist.errors import EXIT_BAD_INPUT
 
@@ -55,17 +52,16 @@ def arg_parser(module: str, description: str, example: str,
 
 
 def all_sections() -> List[str]:
-    return list(_section_types())
+    return list(section_types())
 
 
 def trainer_sections() -> List[str]:
-    return [s for s in _section_types() if s not in SUBMIT_ONLY]
+    return [s for s in section_types() if s not in SUBMIT_ONLY]
 
 
 class _KeysHelpParser(argparse.ArgumentParser):
-    """Lists the config keys at the end of --help, built only when the help is printed (reading the field docs
-    parses config_schema.py's source), and answers an unknown `--option` with the config key it most
-    likely meant."""
+    """Lists the config keys at the end of --help, built only when the help is printed, and answers an unknown
+    `--option` with the config key it most likely meant."""
 
     def __init__(self, *args, sections: Sequence[str] = (), **kwargs):
         self.sections = tuple(sections)
@@ -107,7 +103,7 @@ def unknown_option_message(option: str, argv: List[str], sections: Sequence[str]
 
 def closest_key(name: str, sections: Sequence[str]) -> Optional[str]:
     """The config key a `--name` most likely meant: a full key (optim.lr), else the nearest leaf name."""
-    keys = [f"{s}.{f.name}" for s, cls in _section_types().items() if s in sections for f in dataclasses.fields(cls)]
+    keys = [name for name, _ in declared_keys() if name.split(".")[0] in sections]
     if name in keys:
         return name
     near = difflib.get_close_matches(name, keys, n=1, cutoff=0.75)
@@ -121,33 +117,19 @@ def closest_key(name: str, sections: Sequence[str]) -> Optional[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def describe_keys(sections: Tuple[str, ...]) -> str:
-    """One line per key with its default and docstring, for --help."""
+def describe_keys(sections: Tuple[str, ...], schema: type = TrainConfig) -> str:
+    """Two lines per key of `sections`, its default and its doc, for --help."""
     lines = []
-    for section, cls in _section_types().items():
-        if section not in sections:
+    for name, f in declared_keys(schema):
+        if name.split(".")[0] not in sections:
             continue
-        docs = _field_docs(cls)
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else "")
-            if default is MISSING:
-                default = "<the config file's name>"
-            elif default == "":
-                default = "''"
-            lines.append(f"  {section}.{f.name} = {default}\n      {docs.get(f.name, '')}")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if default is MISSING:
+            default = "<the config file's name>"
+        elif default == "":
+            default = "''"
+        lines.append(f"  {name} = {default}\n      {f.metadata['doc']}")
     return "\n".join(lines)
-
-
-def _field_docs(cls) -> Dict[str, str]:
-    """Read the string literal that follows each field in the class body."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = nxt.value.value
-    return docs
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ which works from any directory.
 """
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import os
 import sys
@@ -29,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from resnext_dist.config.checks import validate
 from resnext_dist.config.credentials import move_uri_credentials
 from resnext_dist.config.identity import identity_hash
-from resnext_dist.config.schema import TrainConfig, _section_types
+from resnext_dist.config.schema import TrainConfig, declared_keys, section_types
 from resnext_dist.errors import InputError, one_line
 
 
@@ -67,12 +66,14 @@ def find_config(name: str) -> str:
 # Loading
 
 
-def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None) -> TrainConfig:
-    """Defaults <- YAML recipe <- `key=value` overrides, validated; raises InputError."""
-    schema = OmegaConf.structured(TrainConfig)
-    layers = [schema]
+def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None,
+                schema: type = TrainConfig) -> TrainConfig:
+    """Defaults <- YAML recipe <- `key=value` overrides, validated; raises InputError. `schema`: TrainConfig, or
+    a subclass with more keys."""
+    valid = _all_keys(schema)
+    layers = [OmegaConf.structured(schema)]
     if path:
-        layers.append(_read_recipe(path))
+        layers.append(_read_recipe(path, valid))
     dotlist = list(overrides or [])
     for item in dotlist:
         if "=" not in item:
@@ -81,7 +82,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
         cli = OmegaConf.from_dotlist(dotlist)
     except Exception as e:
         raise InputError(f"bad override: {one_line(e)}") from None
-    _check_keys(cli, source="command line")
+    _check_keys(cli, valid, source="command line")
     layers.append(cli)
     try:
         merged = OmegaConf.merge(*layers)
@@ -98,7 +99,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
     return cfg
 
 
-def _read_recipe(path: str) -> DictConfig:
+def _read_recipe(path: str, valid: set) -> DictConfig:
     if not os.path.isfile(path):
         raise InputError(f"config file not found: {path}")
     try:
@@ -108,37 +109,29 @@ def _read_recipe(path: str) -> DictConfig:
     if not isinstance(recipe, DictConfig):
         raise InputError(f"{path}: must be a YAML mapping of sections (model:, data:, train:, ...), "
                          f"not a {type(recipe).__name__.replace('Config', '').lower()}")
-    _check_keys(recipe, source=path)
+    _check_keys(recipe, valid, source=path)
     return recipe
 
 
-def _check_keys(node, source: str, prefix: str = "") -> None:
+def _check_keys(node, valid: set, source: str, prefix: str = "") -> None:
     """Reject unknown keys with the nearest valid one (OmegaConf's own message lacks the hint)."""
-    valid = _all_keys()
     for key, value in OmegaConf.to_container(node, resolve=False).items() if node is not None else []:
         full = f"{prefix}{key}"
         if full not in valid:
             near = difflib.get_close_matches(full, sorted(valid), n=1, cutoff=0.5)
             hint = f" (did you mean {near[0]}?)" if near else ""
             raise InputError(f"unknown config key {full!r} in {source}{hint}")
-        if _is_section(full) and value is not None and not isinstance(value, dict):
+        is_section = "." not in full
+        if is_section and value is not None and not isinstance(value, dict):
             raise InputError(f"config key {full!r} in {source} must be a mapping of {full}.* keys, "
                              f"not {type(value).__name__}")
-        if isinstance(value, dict) and _is_section(full):
-            _check_keys(OmegaConf.create(value), source, prefix=full + ".")
+        if isinstance(value, dict) and is_section:
+            _check_keys(OmegaConf.create(value), valid, source, prefix=full + ".")
 
 
-def _is_section(key: str) -> bool:
-    return key in _section_types()
-
-
-def _all_keys() -> set:
-    keys = set()
-    for section, cls in _section_types().items():
-        keys.add(section)
-        for f in dataclasses.fields(cls):
-            keys.add(f"{section}.{f.name}")
-    return keys
+def _all_keys(schema: type) -> set:
+    """Every section and key of `schema`."""
+    return set(section_types(schema)) | {name for name, _ in declared_keys(schema)}
 
 
 def _explain(e: OmegaConfBaseException) -> str:

@@ -1,238 +1,216 @@
-"""The config schema: one dataclass per concern, composed into `TrainConfig`, each field with its default
-and a one-line doc (the string after it; `--help` prints them, resnext_dist/cli.py), and the allowed values
-of the string choices. Loading, validation and output are in config.py, which re-exports all of this.
+"""The config schema: one dataclass per section, composed into `TrainConfig`. Each key is declared once, with
+`key(default, rule, doc, identity=...)`: its default, the rule its value must follow (rules.py; a choice's rule is
+`one_of` its registry), the one-line doc `--help` prints, and whether it belongs to the run's identity (identity.py:
+a key that may change between attempts of one run, such as where and how fast it runs, says identity=False).
+Validation (checks.py), --help (arguments.py), the identity and its hash read these declarations; no other table
+of keys exists. Booleans need no rule (their type is the rule). Importing it imports no torch.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from omegaconf import MISSING
+
+from resnext_dist.config.rules import (MAX_RES, MAX_SEED, MAX_TIMEOUT_S, Rule, at_least, between, block_counts,
+                                       data_path, increasing_epochs, non_negative, nonempty_text, one_of, optional,
+                                       positive, resolution, resume_from, run_name, sbatch_job_name, sbatch_options,
+                                       sbatch_value, text, tracking_uri)
+from resnext_dist.data.loaders import LOADERS
+from resnext_dist.models.presets import PRESETS, STEMS, known_arch
+from resnext_dist.optim.schedules import SCHEDULES
+from resnext_dist.precision import PRECISIONS
+
+
+def key(default: Any, rule: Optional[Rule], doc: str, identity: bool = True):
+    """A config key's one declaration (a dataclass field; OmegaConf ignores the metadata)."""
+    meta = {"rule": rule, "doc": doc, "identity": identity}
+    if isinstance(default, (list, dict)):  # a fresh copy per config, as dataclasses require
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnext50_32x4d"
-    "preset: resnext50_32x4d | resnext101_32x4d | resnext101_32x8d | resnext101_64x4d | resnext152_32x4d"
-    stem: str = "imagenet"
-    "imagenet (7x7/2 conv + max-pool) or cifar (3x3/1 conv, no pool) for small images"
-    num_classes: int = 1000
-    "number of output classes"
-    layers: Optional[List[int]] = None
-    "blocks per stage, overriding the preset (e.g. [1,1,1,1] for a tiny test net)"
-    cardinality: Optional[int] = None
-    "groups in each 3x3 conv, overriding the preset"
-    group_width: Optional[int] = None
-    "channels per group in the first stage, overriding the preset"
-    base_channels: int = 64
-    "stem channels and first-stage width (outputs are 4x); 64 in the paper, smaller for tiny nets"
-    zero_init_residual: bool = True
-    "start each block's last BN gamma at 0 so every block begins as the identity"
-    blurpool: bool = False
-    "anti-aliased downsampling: blur before every strided conv with >= 16 input channels"
-    sync_bn: bool = False
-    "SyncBatchNorm: BN statistics over the global batch (one all-reduce per BN layer); off = per-rank batches"
-    init: str = ""
-    "weights to start from: a torchvision state_dict .pth, our export/ or final weights, or a checkpoint's model"
+    arch: str = key("resnext50_32x4d", known_arch, f"preset: {' | '.join(PRESETS)}")
+    stem: str = key("imagenet", one_of(STEMS), " or ".join(f"{name} ({what})" for name, what in STEMS.items()))
+    num_classes: int = key(1000, positive, "number of output classes")
+    layers: Optional[List[int]] = key(None, optional(block_counts), "blocks per stage, overriding the preset (e.g. "
+                                      "[1,1,1,1] for a tiny test net)")
+    cardinality: Optional[int] = key(None, optional(at_least(1)), "groups in each 3x3 conv, overriding the preset")
+    group_width: Optional[int] = key(None, optional(at_least(1)), "channels per group in the first stage, overriding "
+                                     "the preset")
+    base_channels: int = key(64, positive, "stem channels and first-stage width (outputs are 4x); 64 in the paper, "
+                             "smaller for tiny nets")
+    zero_init_residual: bool = key(True, None, "start each block's last BN gamma at 0 so every block begins as the "
+                                   "identity")
+    blurpool: bool = key(False, None, "anti-aliased downsampling: blur before every strided conv with >= 16 input "
+                         "channels")
+    sync_bn: bool = key(False, None, "SyncBatchNorm: BN statistics over the global batch (one all-reduce per BN "
+                        "layer); off = per-rank batches")
+    # read (and refused, naming the file) when the run starts, like the data paths
+    init: str = key("", text, "weights to start from: a torchvision state_dict .pth, our export/ or final weights, "
+                    "or a checkpoint's model")
 
 
 @dataclass
 class DataConfig:
-    loader: str = "synthetic"
-    "ffcv | torchvision | synthetic"
-    train: str = ""
-    "training data: a .beton file (ffcv), an ImageFolder directory (torchvision), or embedded:digits/train"
-    val: str = ""
-    "validation data, same kind as data.train (embedded:digits/val); empty = no validation"
-    batch_size: int = 256
-    "images per process per micro-step"
-    num_workers: int = 8
-    "decoding workers per process"
-    train_res: int = 224
-    "training crop size (final size when progressive resizing is on)"
-    val_res: int = 224
-    "validation center-crop size"
-    val_crop_ratio: float = 0.875
-    "validation crop = val_res / val_crop_ratio resized, then center-cropped (224/256)"
-    min_train_res: int = 0
-    "progressive resizing: start at this size (0 = off), ramp linearly to train_res"
-    ramp_start_epoch: int = 0
-    "progressive resizing: first epoch of the ramp"
-    ramp_end_epoch: int = 0
-    "progressive resizing: epoch at which train_res is reached"
-    random_crop: bool = True
-    "random-resized-crop + flip for training; false = center crop, no flip (deterministic)"
-    pad_crop: int = 0
-    "> 0: CIFAR-style training crops instead (pad by this many pixels, random train_res crop, flip)"
-    os_cache: bool = True
-    "ffcv: let the OS page cache hold the .beton (shared by the processes of a node)"
-    batches_ahead: int = 3
-    "ffcv: batches prepared ahead of the training step"
-    crop_decode: bool = True
-    "ffcv: decode only each crop of a JPEG and shrink it with our INTER_AREA (faster); false = FFCV's decoders"
-    decode: str = "cpu"
-    "ffcv: cpu = FFCV's workers decode; gpu = decode, crop (the same after a resume), flip, normalize on the device"
-    synthetic_size: int = 2048
-    "synthetic: images per epoch (split across ranks)"
-    val_synthetic_size: int = 256
-    "synthetic: validation images"
+    loader: str = key("synthetic", one_of(LOADERS), " | ".join(LOADERS))
+    train: str = key("", data_path, "training data: a .beton file (ffcv), an ImageFolder directory (torchvision), or "
+                     "embedded:digits/train")
+    val: str = key("", data_path, "validation data, same kind as data.train (embedded:digits/val); empty = no "
+                   "validation")
+    batch_size: int = key(256, positive, "images per process per micro-step")
+    num_workers: int = key(8, non_negative, "decoding workers per process", identity=False)
+    train_res: int = key(224, resolution, "training crop size (final size when progressive resizing is on)")
+    val_res: int = key(224, resolution, "validation center-crop size")
+    # val_res / val_crop_ratio is the resize before the center crop: a tiny ratio asks OpenCV for a huge image.
+    val_crop_ratio: float = key(0.875, between(0.25, 1), "validation crop = val_res / val_crop_ratio resized, then "
+                                "center-cropped (224/256)")
+    min_train_res: int = key(0, between(0, MAX_RES), "progressive resizing: start at this size (0 = off), ramp "
+                             "linearly to train_res")
+    ramp_start_epoch: int = key(0, non_negative, "progressive resizing: first epoch of the ramp")
+    ramp_end_epoch: int = key(0, non_negative, "progressive resizing: epoch at which train_res is reached")
+    random_crop: bool = key(True, None, "random-resized-crop + flip for training; false = center crop, no flip "
+                            "(deterministic)")
+    pad_crop: int = key(0, non_negative, "> 0: CIFAR-style training crops instead (pad by this many pixels, random "
+                        "train_res crop, flip)")
+    os_cache: bool = key(True, None, "ffcv: let the OS page cache hold the .beton (shared by the processes of a "
+                         "node)", identity=False)
+    # FFCV's queue of ready batches is Queue(batches_ahead): 0 would make it unbounded over reused buffers.
+    batches_ahead: int = key(3, at_least(1), "ffcv: batches prepared ahead of the training step", identity=False)
+    crop_decode: bool = key(True, None, "ffcv: decode only each crop of a JPEG and shrink it with our INTER_AREA "
+                            "(faster); false = FFCV's decoders", identity=False)
+    decode: str = key("cpu", one_of(("cpu", "gpu")), "ffcv: cpu = FFCV's workers decode; gpu = decode, crop (the "
+                      "same after a resume), flip, normalize on the device", identity=False)
+    synthetic_size: int = key(2048, positive, "synthetic: images per epoch (split across ranks)")
+    val_synthetic_size: int = key(256, non_negative, "synthetic: validation images")
 
 
 @dataclass
 class TrainingConfig:
-    epochs: int = 90
-    "passes over the training data"
-    precision: str = "bf16"
-    "bf16 | fp16 | fp32 (bf16 and fp16 use autocast; fp16 adds a GradScaler)"
-    channels_last: bool = True
-    "NHWC memory format for the model and inputs (faster convolutions on tensor cores)"
-    compile: bool = False
-    "torch.compile the model"
-    seed: int = 0
-    "seed for weights, data order and augmentation"
-    grad_clip_norm: float = 0.0
-    "clip the gradient norm to this value (0 = off)"
-    ema_decay: float = 0.0
-    "exponential moving average of the weights per optimizer step (0 = off); the EMA is evaluated too"
-    tta_flip: bool = False
-    "evaluation adds the logits of the horizontally flipped image"
-    log_every_steps: int = 50
-    "log loss, lr, img/s to log.jsonl every N optimizer steps (the only host sync in the step)"
-    log_every_s: float = 30.0
-    "also log a line when this many seconds passed since the last one (0 = steps only; needs train.nan_check)"
-    eval_every_epochs: int = 1
-    "run validation every N epochs (and always after the last)"
-    max_steps: int = 0
-    "stop after this many optimizer steps (0 = run all epochs); for smoke tests and benchmarks"
-    cudnn_benchmark: bool = True
-    "let cuDNN pick the fastest kernels (GPU only)"
-    deterministic: bool = False
-    "use deterministic algorithms (slower); resume-equality tests set it"
-    progress_bar: bool = True
-    "tqdm bar on rank 0 when stdout is a terminal"
-    nan_check: bool = True
-    "all ranks agree on a finite loss before each optimizer step (one small all-reduce per step)"
+    epochs: int = key(90, positive, "passes over the training data", identity=False)
+    precision: str = key("bf16", one_of(PRECISIONS), f"{' | '.join(PRECISIONS)} (bf16 and fp16 use autocast; fp16 "
+                         "adds a GradScaler)")
+    channels_last: bool = key(True, None, "NHWC memory format for the model and inputs (faster convolutions on "
+                              "tensor cores)")
+    compile: bool = key(False, None, "torch.compile the model", identity=False)
+    seed: int = key(0, between(0, MAX_SEED), "seed for weights, data order and augmentation")
+    grad_clip_norm: float = key(0.0, non_negative, "clip the gradient norm to this value (0 = off)")
+    ema_decay: float = key(0.0, between(0, 1, hi_open=True), "exponential moving average of the weights per "
+                           "optimizer step (0 = off); the EMA is evaluated too")
+    tta_flip: bool = key(False, None, "evaluation adds the logits of the horizontally flipped image")
+    log_every_steps: int = key(50, positive, "log loss, lr, img/s to log.jsonl every N optimizer steps (the only "
+                               "host sync in the step)", identity=False)
+    log_every_s: float = key(30.0, non_negative, "also log a line when this many seconds passed since the last one "
+                             "(0 = steps only; needs train.nan_check)", identity=False)
+    eval_every_epochs: int = key(1, positive, "run validation every N epochs (and always after the last)",
+                                 identity=False)
+    max_steps: int = key(0, non_negative, "stop after this many optimizer steps (0 = run all epochs); for smoke "
+                         "tests and benchmarks", identity=False)
+    cudnn_benchmark: bool = key(True, None, "let cuDNN pick the fastest kernels (GPU only)", identity=False)
+    deterministic: bool = key(False, None, "use deterministic algorithms (slower); resume-equality tests set it")
+    progress_bar: bool = key(True, None, "tqdm bar on rank 0 when stdout is a terminal", identity=False)
+    nan_check: bool = key(True, None, "all ranks agree on a finite loss before each optimizer step (one small "
+                          "all-reduce per step)", identity=False)
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 0.1
-    "peak learning rate per 256 images (scaled by global batch / 256 when scale_lr)"
-    scale_lr: bool = True
-    "multiply lr by global_batch_size / 256"
-    momentum: float = 0.9
-    "SGD momentum"
-    nesterov: bool = True
-    "Nesterov momentum"
-    weight_decay: float = 5e-5
-    "L2 weight decay (not applied to BN parameters or biases)"
-    label_smoothing: float = 0.1
-    "label smoothing of the cross-entropy"
-    schedule: str = "cosine"
-    "cosine | step | linear (all per iteration, after the warm-up)"
-    warmup_epochs: float = 0.0
-    "linear warm-up from lr*warmup_start_factor to lr over this many epochs"
-    warmup_start_factor: float = 0.01
-    "warm-up starts at this fraction of the peak lr"
-    milestones: List[int] = field(default_factory=lambda: [30, 60, 80])
-    "step schedule: epochs at which the lr is multiplied by gamma"
-    gamma: float = 0.1
-    "step schedule: factor at each milestone"
-    global_batch_size: int = 0
-    "images per optimizer step over all processes; 0 = data.batch_size x world size (more = accumulation)"
+    lr: float = key(0.1, positive, "peak learning rate per 256 images (scaled by global batch / 256 when scale_lr)")
+    scale_lr: bool = key(True, None, "multiply lr by global_batch_size / 256")
+    momentum: float = key(0.9, between(0, 1, hi_open=True), "SGD momentum")
+    nesterov: bool = key(True, None, "Nesterov momentum")
+    weight_decay: float = key(5e-5, non_negative, "L2 weight decay (not applied to BN parameters or biases)")
+    label_smoothing: float = key(0.1, between(0, 1, hi_open=True), "label smoothing of the cross-entropy")
+    schedule: str = key("cosine", one_of(SCHEDULES), f"{' | '.join(SCHEDULES)} (all per iteration, after the warm-up)")
+    warmup_epochs: float = key(0.0, non_negative, "linear warm-up from lr*warmup_start_factor to lr over this many "
+                               "epochs")
+    # torch's LinearLR: "Starting multiplicative factor expected to be greater than 0 and less or equal to 1"
+    warmup_start_factor: float = key(0.01, between(0, 1, lo_open=True), "warm-up starts at this fraction of the peak "
+                                     "lr")
+    milestones: List[int] = key([30, 60, 80], increasing_epochs, "step schedule: epochs at which the lr is "
+                                "multiplied by gamma")
+    gamma: float = key(0.1, positive, "step schedule: factor at each milestone")
+    global_batch_size: int = key(0, non_negative, "images per optimizer step over all processes; 0 = data.batch_size "
+                                 "x world size (more = accumulation)", identity=False)
 
 
 @dataclass
 class DistConfig:
-    backend: str = "auto"
-    "auto (nccl on GPU, gloo on CPU) | nccl | gloo"
-    timeout_s: int = 600
-    "collective timeout: a rank stuck this long ends the job with an error instead of hanging"
-    bucket_cap_mb: int = 25
-    "DDP gradient bucket size"
-    gradient_as_bucket_view: bool = True
-    "DDP gradients alias the all-reduce buckets (saves a copy and memory)"
+    backend: str = key("auto", one_of(("auto", "nccl", "gloo")), "auto (nccl on GPU, gloo on CPU) | nccl | gloo",
+                       identity=False)
+    timeout_s: int = key(600, between(1, MAX_TIMEOUT_S), "collective timeout: a rank stuck this long ends the job "
+                         "with an error instead of hanging", identity=False)
+    bucket_cap_mb: int = key(25, positive, "DDP gradient bucket size", identity=False)
+    gradient_as_bucket_view: bool = key(True, None, "DDP gradients alias the all-reduce buckets (saves a copy and "
+                                        "memory)", identity=False)
 
 
 @dataclass
 class CheckpointConfig:
-    every_steps: int = 1000
-    "save every N optimizer steps (0 = only at epoch ends)"
-    resume: str = "auto"
-    "auto (newest valid checkpoint in the run dir) | never | PATH to a checkpoint file"
-    keep: int = 3
-    "keep the newest K checkpoints"
+    every_steps: int = key(1000, non_negative, "save every N optimizer steps (0 = only at epoch ends)", identity=False)
+    resume: str = key("auto", resume_from, "auto (newest valid checkpoint in the run dir) | never | PATH to a "
+                      "checkpoint file", identity=False)
+    keep: int = key(3, at_least(1), "keep the newest K checkpoints", identity=False)
 
 
 @dataclass
 class TrackingConfig:
-    enabled: bool = True
-    "mirror log.jsonl into MLflow (rank 0 only)"
-    uri: str = ""
-    "MLflow tracking URI; empty = sqlite store in run.root/mlflow.db; user:password@ / ?token= move to MLFLOW_TRACKING_*"
-    experiment: str = "resnext_dist"
-    "MLflow experiment name"
-    system_metrics: bool = False
-    "log CPU/memory/GPU usage through MLflow's system-metrics monitor"
-    timeout_s: float = 5.0
-    "HTTP timeout of one MLflow request; unsent records are retried with backoff (1 s doubling to 30 s)"
-    close_timeout_s: float = 30.0
-    "at the end, wait this long for what is unsent; the rest: next attempt or `python -m resnext_dist.tracking sync`"
-    system_metrics_interval_s: float = 10.0
-    "seconds between two samples of the system metrics"
-    log_model: bool = True
-    "at the end, log the final weights as an MLflow model (signature and input example included)"
-    parent_run_id: str = ""
-    "MLflow run this run is a child of (a sweep's parent run; set by launch/submit.py --sweep)"
+    enabled: bool = key(True, None, "mirror log.jsonl into MLflow (rank 0 only)", identity=False)
+    uri: str = key("", tracking_uri, "MLflow tracking URI; empty = sqlite store in run.root/mlflow.db; "
+                   "user:password@ / ?token= move to MLFLOW_TRACKING_*", identity=False)
+    experiment: str = key("resnext_dist", nonempty_text, "MLflow experiment name", identity=False)
+    system_metrics: bool = key(False, None, "log CPU/memory/GPU usage through MLflow's system-metrics monitor",
+                               identity=False)
+    timeout_s: float = key(5.0, positive, "HTTP timeout of one MLflow request; unsent records are retried with "
+                           "backoff (1 s doubling to 30 s)", identity=False)
+    close_timeout_s: float = key(30.0, non_negative, "at the end, wait this long for what is unsent; the rest: next "
+                                 "attempt or `python -m resnext_dist.tracking sync`", identity=False)
+    system_metrics_interval_s: float = key(10.0, positive, "seconds between two samples of the system metrics",
+                                           identity=False)
+    log_model: bool = key(True, None, "at the end, log the final weights as an MLflow model (signature and input "
+                          "example included)", identity=False)
+    parent_run_id: str = key("", text, "MLflow run this run is a child of (a sweep's parent run; set by "
+                             "launch/submit.py --sweep)", identity=False)
 
 
 @dataclass
 class SlurmConfig:
-    nodes: int = 1
-    "nodes per job"
-    gpus_per_node: int = 8
-    "GPUs per node (0 for a CPU job)"
-    tasks_per_node: int = 0
-    "tasks (processes) per node; 0 = gpus_per_node (one task per GPU), or 1 when gpus_per_node is 0"
-    cpus_per_task: int = 10
-    "CPU cores per task (data-loading workers + 1)"
-    mem_gb: int = 0
-    "memory per node in GB (0 = the partition's default)"
-    timeout_min: int = 1440
-    "wall-clock limit per job in minutes"
-    partition: str = ""
-    "Slurm partition (empty = the cluster's default)"
-    account: str = ""
-    "Slurm account"
-    qos: str = ""
-    "Slurm QOS"
-    constraint: str = ""
-    "Slurm node constraint"
-    exclusive: bool = False
-    "whole nodes only"
-    job_name: str = "resnext_dist"
-    "Slurm job name"
-    signal_delay_s: int = 120
-    "seconds before the time limit at which the job is signalled to checkpoint and requeue"
-    max_num_timeout: int = 3
-    "requeues after a timeout before the job fails (preemptions always requeue)"
-    array_parallelism: int = 64
-    "a sweep (launch/submit.py --sweep): at most this many of its runs at once"
-    folder: str = "${run.dir}/slurm"
-    "submitit's folder for job scripts, pickles and logs (%j = job id)"
-    additional_parameters: Dict[str, Any] = field(default_factory=dict)
-    "extra sbatch options, e.g. {mail-type: END}"
+    nodes: int = key(1, at_least(1), "nodes per job", identity=False)
+    gpus_per_node: int = key(8, non_negative, "GPUs per node (0 for a CPU job)", identity=False)
+    tasks_per_node: int = key(0, non_negative, "tasks (processes) per node; 0 = gpus_per_node (one task per GPU), or "
+                              "1 when gpus_per_node is 0", identity=False)
+    cpus_per_task: int = key(10, at_least(1), "CPU cores per task (data-loading workers + 1)", identity=False)
+    mem_gb: int = key(0, non_negative, "memory per node in GB (0 = the partition's default)", identity=False)
+    timeout_min: int = key(1440, at_least(1), "wall-clock limit per job in minutes", identity=False)
+    partition: str = key("", sbatch_value, "Slurm partition (empty = the cluster's default)", identity=False)
+    account: str = key("", sbatch_value, "Slurm account", identity=False)
+    qos: str = key("", sbatch_value, "Slurm QOS", identity=False)
+    constraint: str = key("", sbatch_value, "Slurm node constraint", identity=False)
+    exclusive: bool = key(False, None, "whole nodes only", identity=False)
+    job_name: str = key("resnext_dist", sbatch_job_name, "Slurm job name", identity=False)
+    signal_delay_s: int = key(120, non_negative, "seconds before the time limit at which the job is signalled to "
+                              "checkpoint and requeue", identity=False)
+    max_num_timeout: int = key(3, non_negative, "requeues after a timeout before the job fails (preemptions always "
+                               "requeue)", identity=False)
+    array_parallelism: int = key(64, at_least(1), "a sweep (launch/submit.py --sweep): at most this many of its runs "
+                                 "at once", identity=False)
+    folder: str = key("${run.dir}/slurm", sbatch_value, "submitit's folder for job scripts, pickles and logs (%j = "
+                      "job id)", identity=False)
+    additional_parameters: Dict[str, Any] = key({}, sbatch_options, "extra sbatch options, e.g. {mail-type: END}",
+                                                identity=False)
 
 
 @dataclass
 class RunConfig:
-    name: str = MISSING
-    "name of the run (the run directory is run.root/run.name)"
-    root: str = "runs"
-    "folder holding run directories and the default MLflow store"
-    dir: str = "${run.root}/${run.name}"
-    "run directory: config.yaml, log.jsonl, checkpoints/, DONE"
+    name: str = key(MISSING, run_name, "name of the run (the run directory is run.root/run.name)", identity=False)
+    root: str = key("runs", nonempty_text, "folder holding run directories and the default MLflow store",
+                    identity=False)
+    dir: str = key("${run.root}/${run.name}", nonempty_text, "run directory: config.yaml, log.jsonl, checkpoints/, "
+                   "DONE", identity=False)
 
 
 @dataclass
@@ -248,28 +226,24 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-CHOICES = {
-    "model.stem": ("imagenet", "cifar"),
-    "data.loader": ("ffcv", "torchvision", "synthetic"),
-    "data.decode": ("cpu", "gpu"),
-    "train.precision": ("bf16", "fp16", "fp32"),
-    "optim.schedule": ("cosine", "step", "linear"),
-    "dist.backend": ("auto", "nccl", "gloo"),
-}
+def section_types(schema=TrainConfig) -> Dict[str, type]:
+    """{section name: its dataclass}, in the order of `schema`: a config, or its class (TrainConfig or a subclass)."""
+    cfg = schema() if isinstance(schema, type) else schema
+    return {f.name: type(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
 
 
-def _section_types() -> Dict[str, type]:
-    """{section name: its dataclass}, in TrainConfig's order."""
-    out = {}
-    for f in dataclasses.fields(TrainConfig):
-        out[f.name] = f.default_factory().__class__
-    return out
+def declared_keys(schema=TrainConfig) -> Iterator[Tuple[str, dataclasses.Field]]:
+    """('section.name', its field) for every key, in the schema's order; `field.metadata` holds the declaration."""
+    for section, cls in section_types(schema).items():
+        for f in dataclasses.fields(cls):
+            yield f"{section}.{f.name}", f
 
 
 def to_flat_dict(cfg: TrainConfig) -> Dict[str, Any]:
     """{'model.arch': ..., ...}: MLflow params and config hashes use this."""
-    out = {}
-    for section, cls in _section_types().items():
-        for f in dataclasses.fields(cls):
-            out[f"{section}.{f.name}"] = getattr(getattr(cfg, section), f.name)
-    return out
+    return {name: get_key(cfg, name) for name, _ in declared_keys(cfg)}
+
+
+def get_key(cfg: TrainConfig, name: str):
+    section, leaf = name.split(".")
+    return getattr(getattr(cfg, section), leaf)

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from resnext_dist.config import TrainConfig, to_flat_dict, to_yaml
-from resnext_dist.config.identity import may_change, norm
+from resnext_dist.config.identity import identity_keys, norm
 from resnext_dist.errors import InputError
 from resnext_dist.files import atomic_write
 
@@ -48,9 +48,9 @@ def check_identity(cfg: TrainConfig, old: Optional[Dict[str, Any]]) -> List[Tupl
     identity changes."""
     if old is None:
         return []
-    new = to_flat_dict(cfg)
+    new, identity = to_flat_dict(cfg), identity_keys(cfg)
     changed = [(k, old[k], v) for k, v in new.items() if k in old and norm(old[k]) != norm(v)]
-    refused = [c for c in changed if not may_change(c[0])]
+    refused = [c for c in changed if c[0] in identity]
     if refused:
         diff = ", ".join(f"{k}: {_show(o)} -> {_show(n)}" for k, o, n in refused)
         raise InputError(f"{cfg.run.dir} holds another run ({diff}); to keep both, give this one another run.name; "

@@ -32,6 +32,15 @@ def test_the_command_line_modules_import_no_torch():
     assert r.returncode == 0, r.stderr
 
 
+def test_loading_and_checking_a_recipe_imports_no_torch():
+    """Every value checked, the registries' checks included (data loader, optimizer, model preset): a config error
+    answers before torch is imported."""
+    r = py("-c", "import sys; from resnext_dist.config import load_config\n"
+                 "load_config('configs/quickstart.yaml', ['optim.schedule=step', 'train.precision=fp16'])\n"
+                 "assert 'torch' not in sys.modules, 'torch imported'")
+    assert r.returncode == 0, r.stderr
+
+
 def _imports_torch(args):
     r = py("-X", "importtime", *args)
     modules = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}

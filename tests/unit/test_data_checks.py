@@ -121,3 +121,40 @@ def test_torchvision_loader_names_an_image_that_fails_to_decode_in_a_worker(tmp_
     with pytest.raises(DataError) as e:
         list(train.epoch(0, 16))
     one_line_error(e, tmp_path / "t" / "a" / "002.png", "unreadable image")
+
+
+# ---- the data.loader registry: each entry owns its checks (#24 item 2)
+
+
+def test_a_new_loader_refuses_what_it_does_not_declare(monkeypatch):
+    """A loader added to the registry is a valid data.loader at once, and refuses data.decode=gpu and the embedded
+    (FFCV) datasets unless it says it takes them."""
+    from resnext_dist.config import load_config
+    from resnext_dist.data.loaders import LOADERS, Loader
+
+    class Mine(Loader):
+        name = "mine"
+
+    monkeypatch.setitem(LOADERS, "mine", Mine())
+    assert load_config(None, ["data.loader=mine", "data.train=/d/x"]).data.loader == "mine"
+    with pytest.raises(InputError, match=r"^data.decode=gpu needs data.loader=ffcv .*\(got data.loader=mine,"):
+        load_config(None, ["data.loader=mine", "data.train=/d/x", "data.decode=gpu"])
+    with pytest.raises(InputError, match=r"^data.train='embedded:digits/train' is an FFCV dataset"):
+        load_config(None, ["data.loader=mine", "data.train=embedded:digits/train"])
+    with pytest.raises(InputError, match=r"^data.train is required when data.loader=mine$"):
+        load_config(None, ["data.loader=mine"])
+
+
+def test_the_validation_loader_alone_says_what_is_missing(beton):
+    from resnext_dist.data import build_val_loader
+
+    def val(required, **fields):
+        return build_val_loader(data_cfg(**fields), DistInfo(), seed=0, num_classes=12, channels_last=True,
+                                required=required)
+
+    assert val(False, loader="ffcv", train=beton) is None  # the trainer: no validation
+    with pytest.raises(InputError, match=r"^data.val is empty: nothing to evaluate on$"):
+        val(True, loader="ffcv", train=beton)
+    with pytest.raises(InputError, match=r"^data.val_synthetic_size=0: no validation images$"):
+        val(True, loader="synthetic", val_synthetic_size=0)
+    assert val(True, loader="ffcv", val=beton).num_images == 24  # data.train is not needed to evaluate
