@@ -53,11 +53,11 @@ def main(argv=None) -> int:
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0
-        check_slurm_config(cfg)
         if args.dry_run:
+            check_slurm_config(cfg)
             print(sbatch_script(cfg))
             return 0
-        job = submit(cfg)
+        job = submit(cfg)  # its checks first
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -20,9 +20,8 @@ from typing import Any, Dict, List
 import submitit
 from submitit.core.utils import JobPaths
 
-from resnext_dist.config import TrainConfig, validate
-from resnext_dist.slurm.checks import SlurmOptionError, check_against_cluster, check_run_dir_free, run, \
-    tasks_per_node
+from resnext_dist.config import TrainConfig, grad_accum_steps
+from resnext_dist.slurm.checks import check_against_cluster, check_run_dir_free, run, tasks_per_node
 from resnext_dist.slurm.job import TrainJob
 from resnext_dist.tracking import experiment_link
 
@@ -37,27 +36,9 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT
 
 
 def check_slurm_config(cfg: TrainConfig) -> None:
-    """Slurm settings that are wrong whatever the cluster; raises SlurmOptionError."""
-    s = cfg.slurm
-    for key in ("nodes", "cpus_per_task", "timeout_min"):
-        if getattr(s, key) < 1:
-            raise SlurmOptionError(f"slurm.{key}={getattr(s, key)}: must be >= 1")
-    for key in ("mem_gb", "signal_delay_s", "max_num_timeout"):
-        if getattr(s, key) < 0:
-            raise SlurmOptionError(f"slurm.{key}={getattr(s, key)}: must be >= 0")
-    if s.gpus_per_node and s.tasks_per_node and s.tasks_per_node != s.gpus_per_node:
-        raise SlurmOptionError(
-            f"slurm.tasks_per_node={s.tasks_per_node} with slurm.gpus_per_node={s.gpus_per_node}: jobs run one task "
-            "per GPU; leave slurm.tasks_per_node at 0")
-    if s.signal_delay_s >= s.timeout_min * 60:
-        raise SlurmOptionError(
-            f"slurm.signal_delay_s={s.signal_delay_s} is not shorter than slurm.timeout_min={s.timeout_min} minutes")
-    if not s.job_name or any(c.isspace() for c in s.job_name):
-        raise SlurmOptionError(f"slurm.job_name={s.job_name!r}: must be a non-empty name without spaces")
-    if not isinstance(s.additional_parameters, dict):
-        raise SlurmOptionError("slurm.additional_parameters: must be a mapping of sbatch option -> value")
-    # The global batch must divide over the job's processes: caught here, not after the job starts.
-    validate(cfg, world_size=s.nodes * tasks_per_node(s))
+    """What the config checks could not know when it loaded: the job's world size (slurm.nodes x tasks per node)
+    must divide the global batch. Caught here, not after the job starts; raises InputError."""
+    grad_accum_steps(cfg, cfg.slurm.nodes * tasks_per_node(cfg.slurm))
 
 
 def sbatch_parameters(s) -> Dict[str, Any]:
@@ -134,7 +115,8 @@ def clean_submit_env():
 
 
 def submit(cfg: TrainConfig, check_cluster: bool = True) -> submitit.Job:
-    """Validate, then submit one TrainJob; returns submitit's Job (job_id, paths)."""
+    """Check the job's world size (and the cluster), then submit one TrainJob; returns submitit's Job (job_id,
+    paths). `cfg` comes from load_config, which checked every value."""
     cfg = absolute_paths(cfg)
     check_slurm_config(cfg)
     if check_cluster:

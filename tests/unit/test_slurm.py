@@ -102,6 +102,20 @@ def test_no_slurm_on_this_machine_is_a_clear_error(tmp_path, monkeypatch, capsys
     assert len(err.strip().splitlines()) == 1 and "sbatch/sinfo not found" in err
 
 
+def test_each_check_runs_once_per_submission(tmp_path, monkeypatch, capsys):
+    """The config's checks when it loads, the job size's once; nothing checks the same thing again."""
+    from resnext_dist.config import load as config_load
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch: the submission stops at the cluster checks
+    calls = []
+    for module, name in ((config_load, "validate"), (slurm_submit, "check_slurm_config")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k))
+    rc, _, err = submit_main(capsys, *TINY, f"run.root={tmp_path}", "slurm.gpus_per_node=0")
+    assert rc == 2 and "sbatch/sinfo not found" in err
+    assert calls == ["validate", "check_slurm_config"]
+
+
 def test_gpu_counts_read_from_sinfo_gres():
     assert slurm_checks._gpus_in("(null)") == 0
     assert slurm_checks._gpus_in("gpu:8") == 8
