@@ -1,6 +1,6 @@
 """What a person sees on the terminal while a run trains (rank 0 only): the banner, one aligned line per log
 interval, the validation line, and the summary at the end. It formats the same records log.jsonl holds (the
-record keeps raw numbers: fractions, bytes, seconds); nothing here is read back by anything.
+record keeps raw facts and numbers: names, fractions, bytes, seconds); nothing here is read back by anything.
 
     banner:  resnext_dist 0.1.0 | run quickstart-1a2b3c4d | fresh start
              where     2 processes on 1 node | gloo | cpu
@@ -30,7 +30,7 @@ def banner(start: Dict[str, Any]) -> str:
     rows = [
         ("where", f"{s['world_size']} process{'es' if s['world_size'] > 1 else ''} on {nodes} node"
                   f"{'s' if nodes > 1 else ''} | {s['backend']} | {s['device']}"),
-        ("model", f"{s['model']} | {s['parameters'] / 1e6:.2f} M parameters | {s['num_classes']} classes"
+        ("model", f"{model_shape(s)} | {s['parameters'] / 1e6:.2f} M parameters | {s['num_classes']} classes"
                   + (f" | {s['init']}" if s.get("init") else "")),
         ("data", f"{s['loader']} | {s['train_images']:,} train / {s['val_images']:,} val images | "
                  f"{s['train_res']} px train, {s['val_res']} px val"),
@@ -39,12 +39,27 @@ def banner(start: Dict[str, Any]) -> str:
                   f"{s['total_steps']} steps"),
         ("speed", f"{s['precision']} | channels-last {'on' if s['channels_last'] else 'off'} | "
                   f"compile {'on' if s['compile'] else 'off'}"),
-        ("schedule", s["schedule"]),
+        ("schedule", schedule(s)),
         ("run dir", s["run_dir"]),
         ("MLflow", s.get("mlflow") or "off (tracking.enabled=false)"),
     ]
     lines += [f"  {k:<9} {v}" for k, v in rows]
     return "\n".join(lines)
+
+
+def model_shape(s: Dict[str, Any]) -> str:
+    """The network in words: the preset and stem, and whatever overrides the preset (tiny test nets)."""
+    c, w = s.get("cardinality"), s.get("group_width")
+    return (f"{s['arch']}, {s['stem']} stem" + (f", layers {list(s['layers'])}" if s.get("layers") else "")
+            + (f", {c or ''}x{w or ''}d" if c or w else ""))
+
+
+def schedule(s: Dict[str, Any]) -> str:
+    """The optimizer and learning-rate schedule in words: the peak lr (and how it was scaled), warm-up, shape."""
+    return (f"{s['optimizer']} lr {s['peak_lr']:.4g}"
+            + (f" ({s['lr']:g} x {s['global_batch']}/256)" if s["scale_lr"] else "")
+            + (f", warm-up {s['warmup_epochs']:g} epochs" if s["warmup_epochs"] else "") + f", {s['schedule']}"
+            + f", weight decay {s['weight_decay']:g}, label smoothing {s['label_smoothing']:g}")
 
 
 def step_line(r: Dict[str, Any], epochs: int, total_steps: int) -> str:
