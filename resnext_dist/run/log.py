@@ -1,11 +1,10 @@
 """The run's own log: one JSON object per line in <run dir>/log.jsonl, written by rank 0 only.
 
 This file is the run's one event stream: it is written first and never depends on the network, and everything
-that reports reads it (the console, MLflow through resnext_dist.tracking, the curves, the bench, the run summary
-that the trainer writes at the end and a sweep's table reads again). Each record is
-`RunLog.write(kind, step, **fields)`: `kind` is one of start | step | epoch | event | summary, `step` the global
-optimizer step, plus the wall-clock `time`. Line-buffered: a crash loses no complete line, and a reader takes
-only lines that end in a newline.
+that reports reads it (the console, MLflow through resnext_dist.tracking, the curves, the bench, the run
+summary: `summarize`). Each record is `RunLog.write(kind, step, **fields)`: `kind` is one of start | step | epoch
+| event | summary, `step` the global optimizer step, plus the wall-clock `time`. Line-buffered: a crash loses no
+complete line, and a reader takes only lines that end in a newline.
 """
 from __future__ import annotations
 
@@ -58,10 +57,9 @@ def read_log(path: str) -> List[Dict[str, Any]]:
 
 
 def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """The run as a whole (all its attempts) from its records: best val top-1 and its epoch (counted from 1), final
-    val top-1, epochs done, hours of training and the mean speed. The trainer writes it as the summary record; a
-    sweep's table shows its top-1s. Epochs done is what the epoch records say; who knows better (the trainer's
-    state, a DONE marker) says so over it."""
+    """The run as a whole (all its attempts): best val top-1 (and epoch, from 1), final val top-1, epochs done,
+    hours of training, mean speed. The trainer's summary record and a sweep's table; the trainer's state or a DONE
+    marker knows the epochs done better, where there is one."""
     epochs = [r for r in records if r.get("kind") == "epoch"]
     evals = [r for r in epochs if isinstance(r.get("val_top1"), (int, float))]  # a non-finite one is a string
     speeds = [r["img_per_s"] for r in records if r.get("kind") == "step"][1:]  # the first interval holds warm-up

@@ -5,10 +5,8 @@ The step, top to bottom: fetch a micro-batch (timed: that is the data wait) -> f
 on the last micro-step, when asked, agree with every rank on (a non-finite loss anywhere, a stop request, a
 log line now) in one tiny all-reduce before the backward -> backward (DDP all-reduces gradients on the last
 micro-step only) -> clip -> optimizer step -> schedule -> EMA. Evaluation counts every validation image exactly
-once over all ranks (each rank holds a disjoint share) and all-reduces counts, not averages.
-
-Between two log lines the losses stay on the device (`Interval`); the host reads them, averaged over the ranks,
-only when a line is due.
+once over all ranks (each rank holds a disjoint share) and all-reduces counts, not averages. Between two log
+lines the losses stay on the device (`Interval`); the host reads them only when a line is due.
 """
 from __future__ import annotations
 
@@ -128,8 +126,7 @@ class Interval:
         self.wait_s += wait_s
 
     def record(self, state, res: int, micro_batch_global: int) -> dict:
-        """The step record of the interval (a sync point: the loss is read from the device here), then a new
-        interval starts."""
+        """The interval's step record (a sync point: the loss is read from the device here); a new one starts."""
         elapsed = time.perf_counter() - self.t0
         rec = {"kind": "step", "step": state.step, "epoch": state.epoch,
                "loss": mean_over_ranks(self.loss_sum, self.micro_steps),

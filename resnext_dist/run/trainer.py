@@ -1,15 +1,10 @@
-"""A run, top to bottom: `train(cfg)` trains a config to the end; the command line (resnext_dist.train) and a Slurm
-job (slurm/job.py) both call it. Stop handlers -> process group -> a `Trainer`, whose phases read in order:
-
-    open     the run directory: one live trainer (a lock), one identity (config.yaml), the finished check
-    restore  build (data, model, optimizer, TrainState), then resume or start from given weights, or extend
-    begin    config.yaml written, the banner, the tracker, this attempt's events and the start record
-    train    epochs of steps: log lines, periodic checkpoints, evaluation and a checkpoint at each epoch's end
-    finish   final weights, export/, the tracker's artifacts, the summary record, DONE
-    close    whatever happened: log.jsonl flushed, the tracker told how it ended, the lock released
-
-Every report goes through log.jsonl (`RunLog`): the console prints the same records, the tracker reads them from
-the file in the background. Sync points of a step are in step.py; the ones here are named where they happen.
+"""A run, top to bottom. `train(cfg)` trains a config to the end (the command line and a Slurm job call it): stop
+handlers, the process group, then a `Trainer`'s phases over what they share: open the run directory (one live
+trainer, one identity) -> restore (build; resume, start from given weights, or extend) -> begin (config.yaml,
+banner, tracker, start record) -> train (epochs of steps: log, checkpoint, evaluate) -> finish (final weights,
+export, summary, DONE) -> close. Every report goes through log.jsonl (`RunLog`): the console prints the same
+records, the tracker reads them from the file in the background. Sync points of a step are in step.py; the ones
+here are named where they happen.
 """
 from __future__ import annotations
 
@@ -95,8 +90,6 @@ class Trainer:
         finally:
             self.close()
 
-    # ---- open: the run directory, nothing written yet
-
     def open(self) -> bool:
         """Take the run directory: one live trainer (a second one exits 2 here, naming the holder) and one
         identity (a changed identity key is refused). False when the run is already finished (left as found)."""
@@ -126,12 +119,9 @@ class Trainer:
             except OSError:
                 pass
 
-    # ---- restore: the parts, brought to where the run stopped
-
     def restore(self) -> None:
-        """Build data, model, optimizer, schedule and state (InputError for data that does not fit); then rank 0
-        picks the newest checkpoint that reads and every rank loads it, or a fresh run starts from model.init's
-        weights; a larger train.epochs than the checkpoint's run had rebuilds the schedule for the new length."""
+        """Build the parts (InputError for data that does not fit), then resume (rank 0 picks the newest checkpoint
+        that reads, every rank loads it) or start from model.init's weights; a larger train.epochs extends."""
         cfg, dist = self.cfg, self.dist
         self.say(f"resnext_dist: run {cfg.run.name}: building data and model ({dist.world_size} process"
                  f"{'es' if dist.world_size > 1 else ''})")
@@ -140,32 +130,24 @@ class Trainer:
         self.skipped = []  # (checkpoint, reason): newer checkpoints that did not read
         self.resume_from = ckpt.choose_resume(cfg.checkpoint.resume, self.ckpt_dir, dist, self.skipped)
         if self.resume_from:
-            self._load_checkpoint(self.resume_from)
-        self.init_note = self._init_weights() if cfg.model.init and not self.resume_from else ""
+            sd, global_batch = ckpt.load_file(self.resume_from), self.parts.global_batch
+            if sd.get("global_batch_size", global_batch) != global_batch:
+                raise ckpt.CheckpointError(
+                    f"{self.resume_from}: trained with global batch {sd['global_batch_size']} (world size "
+                    f"{sd.get('world_size')}), now {global_batch}; set optim.global_batch_size="
+                    f"{sd['global_batch_size']} to continue the same run on {dist.world_size} processes")
+            self.state.load_state_dict(sd, self.resume_from)
+            del sd
+        self.init_note = ""
+        if cfg.model.init and not self.resume_from:  # a fresh run starts from given weights (a resume has its own)
+            self.init_note = init_model(self.state.model, cfg.model.init)
+            if self.state.ema is not None:  # the average starts from the loaded weights, not from the random ones
+                self.state.ema.module.load_state_dict(self.state.model.state_dict())
         self.extended = self.old.get("train.epochs") not in (None, cfg.train.epochs) and self.resume_from is not None
         if self.extended:
             builder.rebuild_schedule(self.state, cfg, self.parts.steps_per_epoch)
         if self.stop.requested:  # a stop during start-up: nothing trained, nothing to save
             raise StopRequested(self.stop.requested)
-
-    def _load_checkpoint(self, path: str) -> None:
-        sd = ckpt.load_file(path)
-        global_batch = self.parts.global_batch
-        if sd.get("global_batch_size", global_batch) != global_batch:
-            raise ckpt.CheckpointError(
-                f"{path}: trained with global batch {sd['global_batch_size']} (world size "
-                f"{sd.get('world_size')}), now {global_batch}; set optim.global_batch_size="
-                f"{sd['global_batch_size']} to continue the same run on {self.dist.world_size} processes")
-        self.state.load_state_dict(sd, path)
-
-    def _init_weights(self) -> str:
-        """A fresh run starts from given weights (a resume has its own); what was loaded, in words."""
-        note = init_model(self.state.model, self.cfg.model.init)
-        if self.state.ema is not None:  # the average starts from the loaded weights, not from the random ones
-            self.state.ema.module.load_state_dict(self.state.model.state_dict())
-        return note
-
-    # ---- begin: from here on the run directory is written (rank 0)
 
     def begin(self) -> None:
         """config.yaml, the banner (before anything slow or remote: the tracker's first connection, compile
@@ -188,9 +170,17 @@ class Trainer:
         self.tracker = tracking.open_tracker(cfg, dist, self.run_dir, tracked)
         state.tracker = self.tracker.state
         start["mlflow"] = self.tracker.describe()
-        self.log = RunLog(os.path.join(self.run_dir, "log.jsonl"), enabled=dist.is_main)
-        self._log_arrival()
-        self.log.write("start", state.step, **start)
+        self.log = log = RunLog(os.path.join(self.run_dir, "log.jsonl"), enabled=dist.is_main)
+        for key, was, now in self.changes:
+            log.write("event", state.step, event="config_changed", key=key, old=was, new=now)
+        if self.extended:
+            log.write("event", state.step, event="extended", old_epochs=self.old["train.epochs"],
+                      new_epochs=cfg.train.epochs)
+        for path, reason in self.skipped:
+            log.write("event", state.step, event="checkpoint_skipped", checkpoint=path, reason=reason)
+        if self.resume_from:
+            log.write("event", state.step, event="resumed", checkpoint=self.resume_from, restart=_restart_count())
+        log.write("start", state.step, **start)
 
         self.runner = builder.runner(state.model, cfg, dist)
         self.ctx = StepContext(self.runner, dist, builder.autocast_factory(cfg.train.precision, dist.device),
@@ -200,20 +190,6 @@ class Trainer:
         if cfg.train.compile:
             self.say("compiling the model (torch.compile): the first steps take longer")
 
-    def _log_arrival(self) -> None:
-        """The events of this attempt's way in: allowed config changes, a longer run, checkpoints that did not
-        read, the resume."""
-        log, step = self.log, self.state.step
-        for key, was, now in self.changes:
-            log.write("event", step, event="config_changed", key=key, old=was, new=now)
-        if self.extended:
-            log.write("event", step, event="extended", old_epochs=self.old["train.epochs"],
-                      new_epochs=self.cfg.train.epochs)
-        for path, reason in self.skipped:
-            log.write("event", step, event="checkpoint_skipped", checkpoint=path, reason=reason)
-        if self.resume_from:
-            log.write("event", step, event="resumed", checkpoint=self.resume_from, restart=_restart_count())
-
     def _start_record(self, mlflow: str) -> dict:
         """The facts of this attempt, raw (config values, counts, names); the console's banner words them."""
         cfg, dist, parts = self.cfg, self.dist, self.parts
@@ -221,7 +197,8 @@ class Trainer:
         return {
             "version": __version__, "run_name": cfg.run.name, "run_dir": os.path.abspath(cfg.run.dir),
             "resumed_from": self.resume_from, "resumed_step": self.state.step,
-            "world_size": dist.world_size, "nodes": dist.num_nodes, "backend": _backend(),
+            "world_size": dist.world_size, "nodes": dist.num_nodes,
+            "backend": tdist.get_backend() if tdist.is_initialized() else "none (one process)",
             "device": str(dist.device) if dist.device.type == "cpu" else torch.cuda.get_device_name(dist.device),
             "arch": model.arch, "stem": model.stem, "layers": list(model.layers) if model.layers else None,
             "cardinality": model.cardinality, "group_width": model.group_width,
@@ -239,8 +216,6 @@ class Trainer:
             "weight_decay": o.weight_decay, "label_smoothing": o.label_smoothing, "mlflow": mlflow,
             "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""), "restart": _restart_count(),
         }
-
-    # ---- train: the epochs
 
     def train(self) -> None:
         """Epochs of steps, each epoch from wherever the state says it stopped, up to the last step."""
@@ -307,8 +282,7 @@ class Trainer:
             self.tracker.log_artifact(write_curves(self.run_dir))  # the learning curves so far, as a picture
 
     def emit(self, record: dict) -> None:
-        """Rank 0: the record goes to log.jsonl (the source of truth; the tracker reads it there), then the
-        terminal."""
+        """Rank 0: the record to log.jsonl (the source of truth; the tracker reads it there), then the terminal."""
         record = dict(record)
         kind, step = record.pop("kind"), record.pop("step")
         self.log.write(kind, step, **record)
@@ -317,8 +291,6 @@ class Trainer:
         epochs = self.cfg.train.epochs
         self.progress.write(console.step_line({**record, "step": step}, epochs, self.total_steps) if kind == "step"
                             else console.epoch_lines(record, epochs))
-
-    # ---- finish and close
 
     def finish(self) -> None:
         """After every rank is through: the last checkpoint; then, on rank 0, the final weights, export/, the
@@ -329,7 +301,9 @@ class Trainer:
             final = state.ema.module if state.ema is not None else state.model
             weights = os.path.join(self.run_dir, "final_weights.pt")
             ckpt.atomic_save(final.state_dict(), weights)
-            export_dir = self._export(final)
+            names = dataset_class_names(dataclasses.replace(self.cfg, data=resolve_data_paths(self.cfg.data)))
+            export_dir = write_export(final, self.cfg, os.path.join(self.run_dir, "export"), names,
+                                      extra={"run_name": self.cfg.run.name, "step": state.step, "epoch": state.epoch})
             tracker.log_artifact(rundir.config_path(self.run_dir))
             tracker.log_artifact(weights)
             tracker.log_artifact(export_dir, "export")
@@ -346,13 +320,6 @@ class Trainer:
                                      os.path.join(export_dir, "model.safetensors"), log.path, tracker.describe()))
         self.status = "FINISHED"
 
-    def _export(self, final: torch.nn.Module) -> str:
-        """The final weights for use elsewhere, with the class names of the data they learned; export/'s path."""
-        cfg = self.cfg
-        names = dataset_class_names(dataclasses.replace(cfg, data=resolve_data_paths(cfg.data)))
-        return write_export(final, cfg, os.path.join(self.run_dir, "export"), names,
-                            extra={"run_name": cfg.run.name, "step": self.state.step, "epoch": self.state.epoch})
-
     def close(self) -> None:
         """Whatever happened: the progress bar, log.jsonl (to disk), the tracker told how the run ended, the lock."""
         if self.progress is not None:
@@ -363,10 +330,6 @@ class Trainer:
             self.tracker.close(self.status)
         if self.lock is not None:
             self.lock.release()
-
-
-def _backend() -> str:
-    return tdist.get_backend() if tdist.is_initialized() else "none (one process)"
 
 
 def _restart_count() -> int:

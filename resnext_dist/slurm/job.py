@@ -27,6 +27,7 @@ from typing import Any
 import submitit
 from submitit.core.utils import UncompletedJobError
 
+from resnext_dist.commandline import exit_without_teardown
 from resnext_dist.config import TrainConfig
 from resnext_dist.run.signals import StopRequested
 
@@ -100,7 +101,6 @@ def end_once_result_saved(result_pickle: str) -> None:
     except Exception:
         return
     if saved:
-        from resnext_dist.commandline import exit_without_teardown
         exit_without_teardown(0)
 
 
@@ -127,5 +127,5 @@ def export_dist_env(env, gpus: bool) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = visible[local] if local < len(visible) else str(local)
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     if cpus:
-        import torch
+        import torch  # only inside the job, like the trainer: the submitting host needs no torch
         torch.set_num_threads(int(cpus))  # not the whole node's cores in each of its tasks
