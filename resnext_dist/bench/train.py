@@ -163,7 +163,7 @@ def _inputs(args, cfg: TrainConfig) -> List[str]:
 
 
 def run(argv=None) -> int:
-    from resnext_dist.train import run as train_run
+    from resnext_dist.run.trainer import train as train_run
 
     args = parser().parse_intermixed_args(argv)
     max_steps = check_trainer_args(args)

@@ -1,6 +1,6 @@
 """What a person sees on the terminal while a run trains (rank 0 only): the banner, one aligned line per log
 interval, the validation line, and the summary at the end. It formats the same records log.jsonl holds (the
-record keeps raw numbers: fractions, bytes, seconds); nothing here is read back by anything.
+record keeps raw facts and numbers: names, fractions, bytes, seconds); nothing here is read back by anything.
 
     banner:  resnext_dist 0.1.0 | run quickstart-1a2b3c4d | fresh start
              where     2 processes on 1 node | gloo | cpu
@@ -14,6 +14,8 @@ from __future__ import annotations
 import sys
 from typing import Any, Dict, Optional
 
+from tqdm import tqdm
+
 
 def say(text: str) -> None:
     """A line on stdout now (flushed: under torchrun and Slurm stdout is a pipe, and a line that waits in a
@@ -26,11 +28,17 @@ def banner(start: Dict[str, Any]) -> str:
     s = start
     how = f"resumes from step {s['resumed_step']} ({s['resumed_from']})" if s.get("resumed_from") else "fresh start"
     lines = [f"resnext_dist {s['version']} | run {s['run_name']} | {how}"]
-    nodes = s["nodes"]
+    nodes, c, w = s["nodes"], s.get("cardinality"), s.get("group_width")
+    model = (f"{s['arch']}, {s['stem']} stem" + (f", layers {list(s['layers'])}" if s.get("layers") else "")
+             + (f", {c or ''}x{w or ''}d" if c or w else ""))
+    schedule = (f"{s['optimizer']} lr {s['peak_lr']:.4g}"
+                + (f" ({s['lr']:g} x {s['global_batch']}/256)" if s["scale_lr"] else "")
+                + (f", warm-up {s['warmup_epochs']:g} epochs" if s["warmup_epochs"] else "") + f", {s['schedule']}"
+                + f", weight decay {s['weight_decay']:g}, label smoothing {s['label_smoothing']:g}")
     rows = [
         ("where", f"{s['world_size']} process{'es' if s['world_size'] > 1 else ''} on {nodes} node"
                   f"{'s' if nodes > 1 else ''} | {s['backend']} | {s['device']}"),
-        ("model", f"{s['model']} | {s['parameters'] / 1e6:.2f} M parameters | {s['num_classes']} classes"
+        ("model", f"{model} | {s['parameters'] / 1e6:.2f} M parameters | {s['num_classes']} classes"
                   + (f" | {s['init']}" if s.get("init") else "")),
         ("data", f"{s['loader']} | {s['train_images']:,} train / {s['val_images']:,} val images | "
                  f"{s['train_res']} px train, {s['val_res']} px val"),
@@ -39,7 +47,7 @@ def banner(start: Dict[str, Any]) -> str:
                   f"{s['total_steps']} steps"),
         ("speed", f"{s['precision']} | channels-last {'on' if s['channels_last'] else 'off'} | "
                   f"compile {'on' if s['compile'] else 'off'}"),
-        ("schedule", s["schedule"]),
+        ("schedule", schedule),
         ("run dir", s["run_dir"]),
         ("MLflow", s.get("mlflow") or "off (tracking.enabled=false)"),
     ]
@@ -104,7 +112,6 @@ class Progress:
     def __init__(self, enabled: bool, total: int):
         self.bar = None
         if enabled and sys.stdout.isatty():
-            from tqdm import tqdm
             self.bar = tqdm(total=total, dynamic_ncols=True, leave=False)
 
     def start_epoch(self, epoch: int, epochs: int, done: int) -> None:

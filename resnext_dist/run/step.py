@@ -1,10 +1,12 @@
-"""One optimizer step, the ranks' agreement, and exact evaluation. The epoch loop that calls them is trainer.py.
+"""One optimizer step, the ranks' agreement, what the steps add up to between two log lines, and exact
+evaluation. The epoch loop that calls them is trainer.py.
 
 The step, top to bottom: fetch a micro-batch (timed: that is the data wait) -> forward under autocast ->
 on the last micro-step, when asked, agree with every rank on (a non-finite loss anywhere, a stop request, a
 log line now) in one tiny all-reduce before the backward -> backward (DDP all-reduces gradients on the last
 micro-step only) -> clip -> optimizer step -> schedule -> EMA. Evaluation counts every validation image exactly
-once over all ranks (each rank holds a disjoint share) and all-reduces counts, not averages.
+once over all ranks (each rank holds a disjoint share) and all-reduces counts, not averages. Between two log
+lines the losses stay on the device (`Interval`); the host reads them only when a line is due.
 """
 from __future__ import annotations
 
@@ -105,6 +107,35 @@ def _agree(nonfinite: torch.Tensor, stop_signal: int, log_now: bool, device) -> 
                        torch.full((1,), int(log_now), dtype=torch.int32, device=device)])
     bad, stop, log = rdist.all_reduce(flags, "max").tolist()
     return None if bad else Agreed(int(stop), bool(log))
+
+
+class Interval:
+    """What accumulates between two log lines: the loss on the device (no sync), images, data wait, time."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.micro_steps, self.wait_s, self.t0 = 0, 0.0, time.perf_counter()
+        self.device = device
+
+    def overdue(self, every_s: float) -> bool:
+        return bool(every_s) and time.perf_counter() - self.t0 >= every_s
+
+    def add(self, loss_sum: torch.Tensor, micro_steps: int, wait_s: float) -> None:
+        self.loss_sum += loss_sum
+        self.micro_steps += micro_steps
+        self.wait_s += wait_s
+
+    def record(self, state, res: int, micro_batch_global: int) -> dict:
+        """The interval's step record (a sync point: the loss is read from the device here); a new one starts."""
+        elapsed = time.perf_counter() - self.t0
+        rec = {"kind": "step", "step": state.step, "epoch": state.epoch,
+               "loss": mean_over_ranks(self.loss_sum, self.micro_steps),
+               "lr": state.optimizer.param_groups[0]["lr"], "res": res,
+               "img_per_s": self.micro_steps * micro_batch_global / elapsed, "data_wait": self.wait_s / elapsed,
+               "peak_mem_mb": peak_memory_mb(self.device)}
+        self.loss_sum.zero_()
+        self.micro_steps, self.wait_s, self.t0 = 0, 0.0, time.perf_counter()
+        return rec
 
 
 def mean_over_ranks(loss_sum: torch.Tensor, count: int) -> float:

@@ -1,13 +1,13 @@
-"""What runs inside a Slurm job submitted by slurm_submit.py: `TrainJob`, the callable submitit pickles.
+"""What runs inside a Slurm job submitted by slurm/submit.py: `TrainJob`, the callable submitit pickles.
 
 Every task of the job runs `TrainJob()`: it takes its rank, world size, local rank and master address from the
 Slurm environment through submitit's `TorchDistributedEnvironment` (`export_dist_env`) and runs
-`resnext_dist.train.run(cfg)` in-process: no torchrun inside the job (submitit's maintainers advise against
+`run.trainer.train(cfg)` in-process: no torchrun inside the job (submitit's maintainers advise against
 mixing the two). One Slurm task per GPU.
 
 Requeue: Slurm signals the tasks with USR2 `slurm.signal_delay_s` before the time limit (or at preemption).
 The trainer's own handler turns the signal into a flag, all ranks agree at the next step boundary, save a
-checkpoint, and `run()` raises StopRequested(USR2). `TrainJob` then hands the signal to submitit's
+checkpoint, and `train()` raises StopRequested(USR2). `TrainJob` then hands the signal to submitit's
 handler on global rank 0, which tells a timeout from a preemption by elapsed time, counts timeouts
 against `slurm.max_num_timeout`, pickles `TrainJob.checkpoint()` (the same config with
 checkpoint.resume=auto) and runs `scontrol requeue`. The requeued job resumes from that checkpoint and
@@ -27,6 +27,7 @@ from typing import Any
 import submitit
 from submitit.core.utils import UncompletedJobError
 
+from resnext_dist.commandline import exit_without_teardown
 from resnext_dist.config import TrainConfig
 from resnext_dist.run.signals import StopRequested
 
@@ -47,14 +48,14 @@ class TrainJob(submitit.helpers.Checkpointable):
         return run_dir
 
     def _train(self, env) -> str:
-        from resnext_dist import train  # imported in the job only: submitting needs none of it
+        from resnext_dist.run.trainer import train  # torch: imported in the job only, submitting needs none of it
 
         export_dist_env(env, gpus=self.cfg.slurm.gpus_per_node > 0)
         # A USR2 that arrives before the trainer installs its handler (startup) goes to submitit's handler
         # directly: it requeues (or raises UncompletedJobError) from wherever this thread is, and the job
         # resumes from the last periodic checkpoint, if any.
         try:
-            train.run(self.cfg)
+            train(self.cfg)
         except StopRequested as stop:
             print(f"resnext_dist: {stop}", file=sys.stderr, flush=True)
             if stop.signum != signal.SIGUSR2:
@@ -100,7 +101,6 @@ def end_once_result_saved(result_pickle: str) -> None:
     except Exception:
         return
     if saved:
-        from resnext_dist.commandline import exit_without_teardown
         exit_without_teardown(0)
 
 
@@ -127,5 +127,5 @@ def export_dist_env(env, gpus: bool) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = visible[local] if local < len(visible) else str(local)
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     if cpus:
-        import torch
+        import torch  # only inside the job, like the trainer: the submitting host needs no torch
         torch.set_num_threads(int(cpus))  # not the whole node's cores in each of its tasks

@@ -4,7 +4,8 @@ A sweep directory (<run.root>/<sweep name>/) holds `sweep.json` (the grid, the c
 run's values and directory), one run directory per point, `mlflow_parent.json` (the sweep's MLflow parent run, when
 tracking is on) and `summary.json` / `summary.csv`: the runs sorted by best val top-1, rewritten (atomic_write)
 whenever someone looks (`submit.py --wait`, `python -m resnext_dist.sweep report`). Results come from each run's
-log.jsonl and DONE marker, the run's own record; no second copy is kept.
+log.jsonl (the run summary the trainer writes, `run.log.summarize`) and DONE marker, the run's own record; no
+second copy is kept.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 from resnext_dist.errors import InputError
 from resnext_dist.files import atomic_write
-from resnext_dist.run.log import read_log
+from resnext_dist.run.log import read_log, summarize
 from resnext_dist.run.rundir import read_done
 
 SWEEP_FILE, SUMMARY_JSON, SUMMARY_CSV = "sweep.json", "summary.json", "summary.csv"
@@ -43,24 +44,18 @@ def read_sweep(sweep_dir: str) -> Optional[dict]:
 
 
 def run_result(run_dir: str) -> dict:
-    """What a run's own files say: best and final val top-1, epochs done, and a state (DONE, stopped: trained
-    some and not finished, or not started)."""
-    evals, epochs = [], 0
+    """What a run's own files say: best and final val top-1 and epochs done (the run summary of its log.jsonl,
+    the DONE marker's epochs over it), and a state (DONE, stopped: trained some and not finished, or not
+    started)."""
     try:
-        for r in read_log(os.path.join(run_dir, "log.jsonl")):
-            if r.get("kind") == "epoch":
-                epochs = max(epochs, int(r.get("epoch", 0)) + 1)
-                if isinstance(r.get("val_top1"), (int, float)):
-                    evals.append(r["val_top1"])
+        summary = summarize(read_log(os.path.join(run_dir, "log.jsonl")))
         started = True
     except FileNotFoundError:
-        started = False
+        summary, started = summarize([]), False
     done = read_done(run_dir)
-    if done:
-        epochs = done.get("epochs_done", epochs)
     state = "DONE" if done is not None else "stopped" if started else "not started"
-    return {"best_val_top1": max(evals) if evals else None, "final_val_top1": evals[-1] if evals else None,
-            "epochs_done": epochs, "state": state}
+    return {"best_val_top1": summary["best_val_top1"], "final_val_top1": summary["final_val_top1"],
+            "epochs_done": (done or {}).get("epochs_done", summary["epochs_done"]), "state": state}
 
 
 def rows(sweep_dir: str, record: dict, states: Optional[Dict[str, str]] = None) -> List[dict]:
