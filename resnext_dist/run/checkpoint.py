@@ -30,11 +30,10 @@ import torch
 from resnext_dist import dist as rdist
 from resnext_dist.errors import InputError
 from resnext_dist.files import atomic_write
-from resnext_dist.weights.layout import LATEST, checkpoint_candidates, checkpoint_name, find_latest, list_checkpoints
+from resnext_dist.weights.init import mismatch
+from resnext_dist.weights.layout import LATEST, checkpoint_candidates, checkpoint_name, list_checkpoints
+from resnext_dist.weights.layout import find_latest  # noqa: F401  (a public name of this module, as before)
 from resnext_dist.weights.safe_load import RefusedFile, UnreadableFile, brief, safe_load
-
-__all__ = ["CheckpointError", "UnsafeCheckpoint", "CheckpointWriteError", "TrainState", "Checkpointer", "save",
-           "atomic_save", "load_file", "choose_resume", "list_checkpoints", "find_latest"]
 FORMAT = "resnext_dist.run.checkpoint/2"  # 2: plain values only (1 held numpy RNG arrays and needed a full unpickle)
 
 
@@ -102,17 +101,9 @@ class TrainState:
 
 def _load_strict(module: torch.nn.Module, sd: Dict[str, torch.Tensor], path: str, what: str) -> None:
     """A strict load whose error names the file and the first mismatching keys (never a partial load)."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in sd and hasattr(sd[k], "shape") and sd[k].shape != v.shape]
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-        if keys:
-            problems.append(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})")
+    problems = mismatch(module.state_dict(), sd)
     if problems:
-        raise CheckpointError(f"{path}: {what} does not match this config's model ({'; '.join(problems)})")
+        raise CheckpointError(f"{path}: {what} does not match this config's model ({problems})")
     module.load_state_dict(sd, strict=True)
 
 

@@ -13,14 +13,14 @@ would be one more module offering these names, imported here instead.
     log_metrics(cfg, run_id, {"eval_top1": 0.93})      # figures added to a tracked run (evaluate --mlflow-run-id)
     run_id = open_sweep(cfg, name, sweep_dir, params)  # a sweep's parent run, made once; finish_sweep(sweep_dir)
     run_id = log_result(uri, experiment, name, tags, params, metrics, document, document_name)  # a bench result
-    ui_command(cfg), browse_hint(cfg, sys.executable), experiment_link(cfg)   # where to look
+    browse_hint(cfg, sys.executable), experiment_link(cfg)   # where to look: the UI command, the server's page
 
 Learning curves from log.jsonl, for any backend or none: plot.py (`write_curves(run_dir)`); where a run came from
 (git, versions, machine) as tags: provenance.py.
 """
 from resnext_dist.tracking.mlflow_store import (browse_hint, experiment_link, finish_sweep, log_metrics, log_result,
-                                                open_sweep, ui_command)
+                                                open_sweep)
 from resnext_dist.tracking.mlflow_tracker import describe, open_tracker
 
-__all__ = ["describe", "open_tracker", "log_metrics", "open_sweep", "finish_sweep", "log_result", "ui_command",
-           "browse_hint", "experiment_link"]
+__all__ = ["describe", "open_tracker", "log_metrics", "open_sweep", "finish_sweep", "log_result", "browse_hint",
+           "experiment_link"]

@@ -1,12 +1,6 @@
-"""MLflow's side of tracking, all but the live tracker: where runs are kept (the store of a config, its UI), MLflow's
-names and limits, and the short runs made in one go: figures added to a run (evaluate), a sweep's parent run,
-a bench result.
-
-    uri, artifacts = open_store(cfg)              # tracking.uri, or sqlite at <run.root>/mlflow.db
-    ui_command(cfg) / experiment_link(cfg)        # what shows the runs (a command, or the server's page)
-    log_metrics(cfg, run_id, {"eval_top1": 0.9})  # to an existing run; InputError naming the run
-    open_sweep(cfg, name, sweep_dir, params) / finish_sweep(sweep_dir)   # the parent of a sweep's runs
-    log_result(uri, experiment, name, tags, params, metrics, document, "x.json")   # a bench result as a run
+"""MLflow, all but the live tracker: where runs are kept (open_store: tracking.uri, or sqlite at
+<run.root>/mlflow.db) and shown (ui_command, experiment_link), MLflow's names and limits, and the runs made in one
+go (tracking's API: figures added to a run, a sweep's parent run, a bench result).
 
 mlflow itself is imported only inside the functions that talk to a store: its import takes seconds, and a run that
 does not track (or the bench's GPU host, which has no mlflow) never pays it.
@@ -62,14 +56,11 @@ def ui_command(cfg) -> str:
 
 
 def browse_hint(cfg, python: str) -> str:
-    """ui_command as a person runs it here: the mlflow beside `python` (a virtual environment not on PATH) when
-    there is one, and the address its UI opens at; a tracking server's address as it is."""
-    ui = ui_command(cfg)
-    if not ui.startswith("mlflow "):
-        return ui
-    beside = os.path.join(os.path.dirname(python), "mlflow")
-    return (os.path.relpath(beside) + ui[len("mlflow"):] if os.path.exists(beside) else ui) + \
-        "   (then open http://127.0.0.1:5000)"
+    """ui_command as a person runs it here (with the mlflow beside `python`: a virtual environment not on PATH)."""
+    ui, beside = ui_command(cfg), os.path.join(os.path.dirname(python), "mlflow")
+    if ui.startswith("mlflow ") and os.path.exists(beside):
+        ui = os.path.relpath(beside) + ui[len("mlflow"):]
+    return f"{ui}   (then open http://127.0.0.1:5000)"
 
 
 def experiment_url(ui: str, experiment_id: str) -> str:

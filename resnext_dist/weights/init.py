@@ -2,13 +2,9 @@
 
     note = init_model(model, "resnext50_32x4d-1a0047aa.pth")   # one line for the banner / log.jsonl
 
-What PATH may be (`read_state_dict`; layout.find_weights finds the file):
-  - a plain state_dict file, as torchvision saves its downloads (~/.cache/torch/hub/checkpoints/*.pth) and as
-    our trainer writes final_weights.pt; keys saved from a DDP or compiled model (`module.`, `_orig_mod.`)
-    are accepted too;
-  - our export (export.py): its directory, model.json or model.safetensors;
-  - a training checkpoint (resnext_dist.run.checkpoint): its `model` entry only;
-  - a run directory: its export/, else final_weights.pt, else its newest checkpoint.
+PATH is what layout.find_weights finds: an export, a run directory, final_weights.pt, a training checkpoint (its
+`model` entry only), or a plain state dict file as torchvision saves its downloads; keys saved from a DDP or
+compiled model (`module.`, `_orig_mod.`) are accepted too.
 Nothing read can run code: pickles go through safe_load.py (`torch.load(weights_only=True)`: tensors, containers
 and plain values, nothing else), safetensors holds tensors only. A file that would need more is refused with
 InputError naming it; its code never runs.
@@ -59,6 +55,18 @@ def _strip(key: str) -> str:
     return key
 
 
+def mismatch(own: Dict[str, torch.Tensor], sd: Dict[str, torch.Tensor], may_miss=()) -> str:
+    """Why `sd` does not load strictly where `own` is the state dict: the first missing, unexpected and
+    mismatching keys, with their counts ("" when it fits). Checkpoints' strict loads say it in these words too."""
+    missing = [k for k in own if k not in sd and k not in may_miss]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in sd and hasattr(sd[k], "shape") and sd[k].shape != v.shape]
+    return "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
+                     for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+                     if keys)
+
+
 def init_model(model: torch.nn.Module, path: str, new_classifier_ok: bool = True) -> str:
     """Load the weights at `path` into `model` (strict; see the module docstring) and return a one-line note.
     `new_classifier_ok=False` (evaluate, predict) makes a classifier of another shape an error too."""
@@ -73,15 +81,9 @@ def init_model(model: torch.nn.Module, path: str, new_classifier_ok: bool = True
     # BatchNorm's step counter is absent from files saved before PyTorch 0.4.1; it is only bookkeeping.
     allowed_missing = {k for k in own if k.endswith("num_batches_tracked")} | (set(CLASSIFIER) if new_classifier
                                                                               else set())
-    missing = [k for k in own if k not in sd and k not in allowed_missing]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in sd and sd[k].shape != v.shape]
-    problems = [f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})"
-                for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
-                if keys]
+    problems = mismatch(own, sd, allowed_missing)
     if problems:
-        raise InputError(f"{file}: weights do not fit this model ({'; '.join(problems)})")
+        raise InputError(f"{file}: weights do not fit this model ({problems})")
     model.load_state_dict(sd, strict=False)  # strictness checked above, with the exceptions it allows
     note = f"weights from {file} ({kind}, {len(sd)} tensors)"
     if new_classifier:

@@ -1,11 +1,8 @@
 """The one reader of torch's pickle files (checkpoints, weights): `torch.load(weights_only=True)` onto the CPU with
 no global allowed beyond torch's own, so a file holds tensors, containers and plain values or is refused, never
 unpickled: nothing read can run code. numpy arrays are refused too: checkpoints hold none since format 2, and
-torchvision's and timm's weights never did.
-
-    obj = safe_load(path, "weights file")    # RefusedFile or UnreadableFile (InputErrors) naming the file
-
-The messages say `what` the file was meant to be; run/checkpoint.py words them as its own errors.
+torchvision's and timm's weights never did. Errors (InputErrors) name the file and say `what` it was meant to be;
+run/checkpoint.py words them as its own.
 """
 from __future__ import annotations
 
