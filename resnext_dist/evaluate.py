@@ -29,7 +29,7 @@ import torch
 from resnext_dist import tracking
 from resnext_dist.config.arguments import arg_parser
 from resnext_dist.config import TrainConfig, load_config, to_yaml
-from resnext_dist.errors import EXIT_BAD_INPUT, InputError, one_line
+from resnext_dist.errors import EXIT_BAD_INPUT, InputError
 from resnext_dist.files import atomic_write
 
 

@@ -27,7 +27,6 @@ import submitit
 from resnext_dist import tracking
 from resnext_dist.config import TrainConfig, find_config, load_config, to_yaml
 from resnext_dist.errors import InputError, one_line
-from resnext_dist.files import atomic_write
 from resnext_dist.config.identity import identity_hash
 from resnext_dist.run.rundir import check_identity, finished_for, read_config, read_done
 from resnext_dist.slurm.checks import check_against_cluster, check_run_dir_free
