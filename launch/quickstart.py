@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     import torch
     from resnext_dist.errors import InputError
     from resnext_dist.config import load_config
-    from resnext_dist.tracking import ui_command
+    from resnext_dist.tracking import browse_hint
 
     try:
         cfg = load_config(CONFIG, overrides)  # fail fast, before any process starts
@@ -47,11 +47,7 @@ def main(argv=None) -> int:
     code = subprocess.call(cmd, env=env)
     print(f"\nrun directory: {os.path.abspath(cfg.run.dir)}  (config.yaml, log.jsonl, checkpoints/)")
     if cfg.tracking.enabled:
-        ui = ui_command(cfg)
-        venv_mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
-        if ui.startswith("mlflow ") and os.path.exists(venv_mlflow):
-            ui = os.path.relpath(venv_mlflow) + ui[len("mlflow"):]
-        print(f"browse the runs: {ui}   (then open http://127.0.0.1:5000)")
+        print(f"browse the runs: {browse_hint(cfg, sys.executable)}")
     return code
 
 

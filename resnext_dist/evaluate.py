@@ -26,10 +26,11 @@ from typing import Optional, Tuple
 
 import torch
 
+from resnext_dist import tracking
 from resnext_dist.config.arguments import arg_parser
 from resnext_dist.config import TrainConfig, load_config, to_yaml
 from resnext_dist.data import build_val_loader
-from resnext_dist.errors import EXIT_BAD_INPUT, InputError, one_line
+from resnext_dist.errors import EXIT_BAD_INPUT, InputError
 from resnext_dist.files import atomic_write
 
 
@@ -104,22 +105,13 @@ def format_result(r: dict) -> str:
             f"({r['val_images']} images)")
 
 
-def log_to_mlflow(cfg: TrainConfig, run_id: str, r: dict) -> None:
-    import time
-
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
-
-    from resnext_dist.tracking import resolve_uri
-
-    now = int(time.time() * 1000)
-    metrics = [Metric(f"eval_{k[4:]}", float(r[k]), now, 0) for k in ("val_loss", "val_top1", "val_top5",
-                                                                       "val_images")]
+def log_to_tracked_run(cfg: TrainConfig, run_id: str, r: dict) -> None:
+    """The figures as eval_loss, eval_top1, eval_top5, eval_images of the tracked run `run_id` (--mlflow-run-id)."""
     try:
-        MlflowClient(tracking_uri=resolve_uri(cfg)).log_batch(run_id, metrics=metrics)
-    except Exception as e:  # MlflowException for an unknown run, connection errors for a server that is down
-        raise InputError(f"--mlflow-run-id {run_id}: could not log to it at {resolve_uri(cfg)} "
-                         f"({one_line(e, 200)})") from None
+        tracking.log_metrics(cfg, run_id, {f"eval_{k[4:]}": r[k] for k in ("val_loss", "val_top1", "val_top5",
+                                                                          "val_images")})
+    except InputError as e:  # an unknown run, a store that does not answer: named after the option
+        raise InputError(f"--mlflow-run-id {e}") from None
 
 
 def main(argv=None) -> int:
@@ -135,7 +127,7 @@ def main(argv=None) -> int:
             if args.json:
                 atomic_write(args.json, json.dumps(result, indent=2) + "\n")
             if args.mlflow_run_id:
-                log_to_mlflow(cfg, args.mlflow_run_id, result)
+                log_to_tracked_run(cfg, args.mlflow_run_id, result)
     except InputError as e:
         from resnext_dist.commandline import launcher_rank
         if launcher_rank() == 0:  # every rank meets the same bad input: say it once

@@ -4,7 +4,7 @@
     python -m resnext_dist.predict runs/x cat.png --top-k 3 --json
     python -m resnext_dist.predict resnext50_32x4d-7cdf4587.pth cat.jpg       # torchvision's ImageNet weights
 
-WEIGHTS is an export (its directory, model.json or model.safetensors; resnext_dist/export.py), a run
+WEIGHTS is an export (its directory, model.json or model.safetensors; weights/export.py), a run
 directory (its export/, else its config.yaml with final_weights.pt or its newest checkpoint), or any file
 model.init takes (a torchvision state dict, final weights, a checkpoint) with the architecture from --config
 and --set key=value (default: the config defaults, ResNeXt-50 32x4d with 1000 classes: torchvision's).
@@ -28,8 +28,18 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
+from PIL import Image
+from torchvision.transforms import v2
 
+from resnext_dist.config import load_config
+from resnext_dist.data.normalize import IMAGENET_MEAN, IMAGENET_STD
+from resnext_dist.data.sources import IMAGE_EXTENSIONS
+from resnext_dist.data.torchvision import CenterCropRatio
 from resnext_dist.errors import EXIT_BAD_INPUT, InputError, one_line
+from resnext_dist.models import build_model
+from resnext_dist.weights import init_model
+from resnext_dist.weights.export import dataset_class_names, load_model, meta_path, read_meta
+from resnext_dist.weights.layout import WEIGHTS_FILE
 
 BATCH = 32
 
@@ -47,12 +57,6 @@ class Predictor:
 
 def load_predictor(path: str, config: Optional[str] = None, overrides=(), device="cpu") -> Predictor:
     """The model, its preprocessing and class names from WEIGHTS (see the module docstring)."""
-    from resnext_dist.config import load_config
-    from resnext_dist.data.normalize import IMAGENET_MEAN, IMAGENET_STD
-    from resnext_dist.weights.export import dataset_class_names, load_model, meta_path, read_meta
-    from resnext_dist.models import build_model
-    from resnext_dist.weights import init_model
-
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file or directory (weights)")
     try:
@@ -80,14 +84,11 @@ def load_predictor(path: str, config: Optional[str] = None, overrides=(), device
 
 
 def _is_export_path(path: str) -> bool:
-    return path.endswith((".json", ".safetensors")) or (
-        os.path.isdir(path) and os.path.isfile(os.path.join(path, "model.safetensors")))
+    return path.endswith((".json", ".safetensors")) or os.path.isfile(os.path.join(path, WEIGHTS_FILE))
 
 
 def image_paths(args: List[str]) -> List[str]:
     """Files as given; directories walked (sorted) for image files."""
-    from resnext_dist.data.sources import IMAGE_EXTENSIONS
-
     out = []
     for arg in args:
         if os.path.isdir(arg):
@@ -107,11 +108,6 @@ def image_paths(args: List[str]) -> List[str]:
 
 def preprocess(path: str, p: Predictor) -> torch.Tensor:
     """The validation loaders' transform (data/torchvision.py's center crop), then normalization: 3 x size x size."""
-    from PIL import Image
-    from torchvision.transforms import v2
-
-    from resnext_dist.data.torchvision import CenterCropRatio
-
     try:
         with Image.open(path) as im:
             img = im.convert("RGB")

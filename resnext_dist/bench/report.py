@@ -18,11 +18,11 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from resnext_dist import tracking
 from resnext_dist.dist import DistInfo
 from resnext_dist.errors import InputError, one_line
 from resnext_dist.files import atomic_write
 from resnext_dist.tracking.provenance import provenance_tags
-from resnext_dist.tracking.mirror import MAX_PARAM_VALUE, cut  # MLflow's limit, said once (imports no mlflow)
 
 # (key, header, format): the table's columns, in order; a table shows the ones its rows carry.
 COLUMNS = (("bench", "bench", "{}"), ("measure", "measure", "{}"), ("arch", "arch", "{}"), ("res", "res", "{}"),
@@ -71,21 +71,15 @@ def _cell(value, fmt: str) -> str:
         return str(value)
 
 
-def log_mlflow(uri: str, experiment: str, result: Dict) -> str:
-    """One MLflow run per result (mlflow's public API); returns its id."""
-    import mlflow
-
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=f"bench-{result['bench']}") as run:
-        mlflow.set_tags({"bench": result["bench"], **{k: str(v) for k, v in result["machine"].items()}})
-        mlflow.log_params({k: cut(str(v), MAX_PARAM_VALUE) for k, v in result["params"].items()})
-        metrics = {k: float(v) for k, v in result["summary"].items() if isinstance(v, (int, float))}
-        metrics.update({f"row{i}.{key}": float(row[key]) for i, row in enumerate(result["rows"])
-                        for key in ROW_METRICS if isinstance(row.get(key), (int, float))})
-        mlflow.log_metrics(metrics)
-        mlflow.log_dict(result, f"bench_{result['bench']}.json")
-        return run.info.run_id
+def log_result(uri: str, experiment: str, result: Dict) -> str:
+    """One tracked run per result (tracking.log_result); returns its id."""
+    metrics = {k: float(v) for k, v in result["summary"].items() if isinstance(v, (int, float))}
+    metrics.update({f"row{i}.{key}": float(row[key]) for i, row in enumerate(result["rows"])
+                    for key in ROW_METRICS if isinstance(row.get(key), (int, float))})
+    return tracking.log_result(uri, experiment, f"bench-{result['bench']}",
+                               tags={"bench": result["bench"], **{k: str(v) for k, v in result["machine"].items()}},
+                               params={k: str(v) for k, v in result["params"].items()}, metrics=metrics,
+                               document=result, document_name=f"bench_{result['bench']}.json")
 
 
 def finish(bench: str, device: torch.device, args, argv: Optional[Sequence[str]], *, title: str, params: Dict,
@@ -109,7 +103,7 @@ def finish(bench: str, device: torch.device, args, argv: Optional[Sequence[str]]
         print(f"wrote {args.out}")
     if args.mlflow:
         try:
-            run_id = log_mlflow(args.mlflow, args.mlflow_experiment, result)
+            run_id = log_result(args.mlflow, args.mlflow_experiment, result)
         except Exception as e:  # the result is already printed and written: say so and fail the command
             print(f"error: MLflow logging to {args.mlflow} failed: {type(e).__name__}: {one_line(e)}", file=sys.stderr)
             return 1

@@ -5,8 +5,9 @@ A checkpoint is `TrainState.state_dict()` in one file `checkpoints/step_00001234
   model (unwrapped), optimizer, GradScaler, LR scheduler, EMA, step, epoch, samples consumed in the epoch
   (the loader position), RNG states (python, numpy, torch, cuda), the tracker's state, the resolved config with
   its hash, and `format` (FORMAT). Everything in it is a tensor or a plain value (dict, list, int, float, str,
-  None), so it loads with `torch.load(..., weights_only=True)`: a file that needs anything more (a crafted
-  pickle whose loading would run code) is refused with `UnsafeCheckpoint`, never unpickled.
+  None), so it loads with weights/safe_load.py (`torch.load(..., weights_only=True)`): a file that needs anything
+  more (a crafted pickle whose loading would run code) is refused with `UnsafeCheckpoint`, never unpickled. The
+  files' names, `latest`, and finding them (list_checkpoints, find_latest) are weights/layout.py's.
 Writing: rank 0 writes `.tmp-<name>`, fsyncs, renames it into place, fsyncs the directory, then points
 `latest` at it (same dance), then deletes all but the newest `checkpoint.keep`. A save killed half-way
 leaves only a `.tmp-` file that nothing reads. Every rank learns whether the save worked (one
@@ -17,13 +18,9 @@ Which to resume: `choose_resume` on rank 0 (the newest file that reads, skipping
 """
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
-import pickle
 import random
-import re
-import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -31,12 +28,13 @@ import numpy as np
 import torch
 
 from resnext_dist import dist as rdist
-from resnext_dist.errors import InputError, one_line
+from resnext_dist.errors import InputError
 from resnext_dist.files import atomic_write
-
-NAME = re.compile(r"^step_(\d{8})\.pt$")
+from resnext_dist.weights.init import mismatch
+from resnext_dist.weights.layout import LATEST, checkpoint_candidates, checkpoint_name, list_checkpoints
+from resnext_dist.weights.layout import find_latest  # noqa: F401  (a public name of this module, as before)
+from resnext_dist.weights.safe_load import RefusedFile, UnreadableFile, brief, safe_load
 FORMAT = "resnext_dist.run.checkpoint/2"  # 2: plain values only (1 held numpy RNG arrays and needed a full unpickle)
-MESSAGE_LIMIT = 300  # characters of a foreign error quoted in ours, cut at a word boundary
 
 
 class CheckpointError(InputError):
@@ -103,17 +101,9 @@ class TrainState:
 
 def _load_strict(module: torch.nn.Module, sd: Dict[str, torch.Tensor], path: str, what: str) -> None:
     """A strict load whose error names the file and the first mismatching keys (never a partial load)."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in sd and hasattr(sd[k], "shape") and sd[k].shape != v.shape]
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-        if keys:
-            problems.append(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''} ({len(keys)})")
+    problems = mismatch(module.state_dict(), sd)
     if problems:
-        raise CheckpointError(f"{path}: {what} does not match this config's model ({'; '.join(problems)})")
+        raise CheckpointError(f"{path}: {what} does not match this config's model ({problems})")
     module.load_state_dict(sd, strict=True)
 
 
@@ -195,13 +185,13 @@ class Checkpointer:
 
 def save(state: TrainState, ckpt_dir: str, keep: int, dist) -> str:
     """Rank 0 writes; every rank returns the path or raises CheckpointWriteError together."""
-    name = f"step_{state.step:08d}.pt"
+    name = checkpoint_name(state.step)
     path = os.path.join(ckpt_dir, name)
     error = ""
     if dist.is_main:
         try:
             atomic_save(state.state_dict(), path)
-            atomic_write(os.path.join(ckpt_dir, "latest"), name + "\n")
+            atomic_write(os.path.join(ckpt_dir, LATEST), name + "\n")
             _prune(ckpt_dir, keep)
         except Exception as e:  # torch's serializer turns a full disk into RuntimeError; any failure counts
             error = f"could not save checkpoint {path}: {_write_failure(e)}"
@@ -220,18 +210,7 @@ def _write_failure(exc: BaseException) -> str:
         if isinstance(seen, OSError) and seen.strerror:
             return seen.strerror.lower()
         seen = seen.__cause__ or seen.__context__
-    return f"{type(exc).__name__}: {_brief(exc)}"
-
-
-def _brief(exc: BaseException) -> str:
-    """A foreign error's first line, cut after its last whole sentence that fits MESSAGE_LIMIT (torch's
-    messages run on for several sentences of advice); a first sentence that is itself too long is cut at a
-    word."""
-    text = one_line(exc)
-    if len(text) <= MESSAGE_LIMIT:
-        return text
-    ends = [m.end() for m in re.finditer(r"[.!?](?=\s)", text) if m.end() <= MESSAGE_LIMIT]
-    return text[:ends[-1]] if ends else one_line(exc, MESSAGE_LIMIT)
+    return f"{type(exc).__name__}: {brief(exc)}"
 
 
 def atomic_save(obj: Any, path: str) -> None:
@@ -248,55 +227,21 @@ def _prune(ckpt_dir: str, keep: int) -> None:
             pass
 
 
-def list_checkpoints(ckpt_dir: str) -> List[str]:
-    """Complete checkpoint files, oldest first (`.tmp-` leftovers of interrupted saves are not listed)."""
-    files = [p for p in glob.glob(os.path.join(ckpt_dir, "step_*.pt")) if NAME.match(os.path.basename(p))]
-    return sorted(files)
-
-
-def _candidates(ckpt_dir: str) -> List[str]:
-    """Checkpoint files, the one `latest` names first, then the others newest first."""
-    files = list_checkpoints(ckpt_dir)[::-1]
-    pointer = os.path.join(ckpt_dir, "latest")
-    try:
-        with open(pointer) as f:
-            named = os.path.join(ckpt_dir, f.read().strip())
-    except OSError:
-        return files
-    if named in files:
-        files.remove(named)
-        files.insert(0, named)
-    return files
-
-
-def find_latest(ckpt_dir: str) -> Optional[str]:
-    """The checkpoint `latest` names, else the newest complete one, else None (existence only; what
-    `checkpoint.resume=auto` resumes is `choose_resume`'s newest *readable* one)."""
-    files = _candidates(ckpt_dir)
-    return files[0] if files else None
-
-
 def load_file(path: str, mmap: bool = False) -> Dict[str, Any]:
-    """Read a checkpoint onto the CPU with weights_only=True. A file that would need a full unpickle is
-    UnsafeCheckpoint (never unpickled); a truncated or foreign file is CheckpointError; both name the file.
+    """Read a checkpoint onto the CPU (weights/safe_load.py: weights_only). A file that would need a full unpickle
+    is UnsafeCheckpoint (never unpickled); a truncated or foreign file is CheckpointError; both name the file.
     `mmap` maps tensor storage instead of reading it (a cheap validity check of a large file)."""
     try:
-        # A legacy (non-zip) pickle cannot be mapped; it still goes through the weights-only unpickler.
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
-    except pickle.UnpicklingError as e:
-        # Garbage and a crafted pickle can look alike to the weights-only unpickler ("Unsupported operand"),
-        # and neither is a file our writer leaves (a torn save is a zip that fails above): refuse both.
-        found = re.search(r"GLOBAL (\S+?)(?: |$)", str(e)) or re.search(r"(Unsupported operand \d+)", str(e))
-        what = f" ({'it names ' if 'GLOBAL' in found.group(0) else ''}{found.group(1)})" if found else ""
+        sd = safe_load(path, "checkpoint", mmap=mmap)
+    except RefusedFile as e:
+        what = f" (it names {e.names})" if e.names else f" ({e.reason})"
         # resnext_dist's own format 1 held numpy RNG arrays: say so rather than leave its owner guessing.
-        old = "; resnext_dist wrote numpy arrays only before checkpoint format 2" if "numpy" in what else ""
+        old = "; resnext_dist wrote numpy arrays only before checkpoint format 2" if (e.names or "").startswith(
+            "numpy") else ""
         raise UnsafeCheckpoint(f"{path}: refused: not a plain tensors-and-values checkpoint{what}; loading it "
                                f"would need a full unpickle, which can run code{old}") from None
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint file") from None
-    except Exception as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {_brief(e)})") \
-            from None
+    except UnreadableFile as e:
+        raise CheckpointError(f"{path}: no such checkpoint file" if e.missing else str(e)) from None
     if not isinstance(sd, dict) or "model" not in sd or "step" not in sd:
         raise CheckpointError(f"{path}: not a resnext_dist checkpoint (no model/step entries)")
     if sd.get("format") != FORMAT:
@@ -334,7 +279,7 @@ def _choose(resume: str, ckpt_dir: str):
     """(path, skipped, error message, unsafe) as rank 0 sees it; never raises."""
     if resume == "never":
         return None, [], "", False
-    candidates = _candidates(ckpt_dir) if resume == "auto" else [resume]
+    candidates = checkpoint_candidates(ckpt_dir) if resume == "auto" else [resume]
     skipped: List[Tuple[str, str]] = []
     for path in candidates:
         try:

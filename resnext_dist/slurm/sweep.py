@@ -14,10 +14,8 @@ run), the grid's size against --max-runs, the cluster (slurm_checks), then the s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import os
 import sys
@@ -26,9 +24,9 @@ from typing import Dict, List, Optional
 
 import submitit
 
+from resnext_dist import tracking
 from resnext_dist.config import TrainConfig, find_config, load_config, to_yaml
 from resnext_dist.errors import InputError, one_line
-from resnext_dist.files import atomic_write
 from resnext_dist.config.identity import identity_hash
 from resnext_dist.run.rundir import check_identity, finished_for, read_config, read_done
 from resnext_dist.slurm.checks import check_against_cluster, check_run_dir_free
@@ -38,8 +36,6 @@ from resnext_dist.slurm.submit import (FINAL_STATES, absolute_paths, check_slurm
                                        state_line)
 from resnext_dist.slurm.grid import describe_grid, expand, parse_grid, run_names
 from resnext_dist.slurm.report import read_sweep, report, write_sweep
-
-PARENT_FILE = "mlflow_parent.json"
 
 
 @dataclasses.dataclass
@@ -105,45 +101,14 @@ def is_done(cfg: TrainConfig) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
-# MLflow: one parent run for the sweep, made on the submitting host
-
-
-def parent_run(cfg: TrainConfig, sweep: Sweep) -> str:
-    """The sweep's MLflow run (its grid as params), created once; its id is kept in the sweep directory so a
-    resubmission reuses it. Raises what MLflow raises (nothing has been submitted yet)."""
-    from resnext_dist.tracking import open_store
-    from resnext_dist.tracking.mirror import configure_http, experiment_id
-    path, (uri, artifacts) = os.path.join(sweep.dir, PARENT_FILE), open_store(cfg)
-    try:
-        with open(path) as f:
-            old = json.load(f)
-    except (OSError, ValueError):
-        old = {}
-    configure_http(cfg.tracking.timeout_s)  # as the Tracker: short requests; an absent server is said at once
-    from mlflow import MlflowClient
-    from mlflow.entities import Param
-    client = MlflowClient(tracking_uri=uri)
-    if old.get("tracking_uri") == uri and old.get("experiment") == cfg.tracking.experiment:
-        client.update_run(old["run_id"], status="RUNNING")  # runs to train again: the sweep is not finished
-        return old["run_id"]
-    exp_id = experiment_id(client, cfg.tracking.experiment, artifacts)
-    run_id = client.create_run(exp_id, run_name=sweep.name, tags={"sweep_dir": sweep.dir}).info.run_id
-    client.log_batch(run_id, params=[Param(k, ",".join(v)) for k, v in sweep.grid])
-    os.makedirs(sweep.dir, exist_ok=True)
-    atomic_write(path, json.dumps({"run_id": run_id, "tracking_uri": uri, "experiment": cfg.tracking.experiment}))
-    return run_id
+# Tracking: one parent run for the sweep, made on the submitting host (tracking.open_sweep) before anything is
+# submitted, so an absent server submits nothing; finished when every run is DONE
 
 
 def finish_parent(sweep_dir: str) -> None:
     """Every run DONE: the parent run is FINISHED too (best effort; the children hold the results)."""
     try:
-        with open(os.path.join(sweep_dir, PARENT_FILE)) as f:
-            parent = json.load(f)
-        from mlflow import MlflowClient
-        with contextlib.redirect_stdout(io.StringIO()):  # MLflow prints "View run" links; ours is the table
-            MlflowClient(tracking_uri=parent["tracking_uri"]).set_terminated(parent["run_id"], "FINISHED")
-    except FileNotFoundError:
-        pass
+        tracking.finish_sweep(sweep_dir)
     except Exception as e:
         print(f"warning: MLflow parent run not marked FINISHED: {one_line(e, 200)}", file=sys.stderr)
 
@@ -237,7 +202,7 @@ def submit_array(sweep: Sweep, record: dict, todo: List[int], wait: bool, out) -
     first, configs = sweep.configs[todo[0]], sweep.configs
     if first.tracking.enabled:
         try:
-            parent = parent_run(first, sweep)
+            parent = tracking.open_sweep(first, sweep.name, sweep.dir, {k: ",".join(v) for k, v in sweep.grid})
         except Exception as e:
             print(f"error: MLflow parent run: {one_line(e, 300)}; nothing submitted (tracking.enabled=false sweeps "
                   f"without MLflow)", file=sys.stderr)

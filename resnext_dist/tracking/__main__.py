@@ -8,13 +8,15 @@ import argparse
 import os
 import sys
 
+from resnext_dist.config import load_config
 from resnext_dist.errors import one_line
+from resnext_dist.tracking.mirror import RUN_FILE, Mirror, read_cursor
+from resnext_dist.tracking.mlflow_store import config_params, configure_http
+from resnext_dist.tracking.plot import draw
 
 
 def sync(run_dir: str, timeout_s: float = 30.0) -> str:
-    from mlflow import MlflowClient
-    from resnext_dist.config import load_config
-    from resnext_dist.tracking.mirror import RUN_FILE, Mirror, config_params, configure_http, read_cursor
+    from mlflow import MlflowClient  # seconds: only for a sync
     run_dir, config = os.path.abspath(run_dir), os.path.join(run_dir, "config.yaml")
     rec = read_cursor(run_dir)
     if rec is None:
@@ -41,7 +43,6 @@ def main(argv=None) -> int:
     p.add_argument("-o", "--out", default="curves.png")
     args = parser.parse_args(argv)
     try:
-        from resnext_dist.tracking.plot import draw
         print(sync(args.run_dir, args.timeout_s) if args.cmd == "sync" else draw(args.run_dirs, args.out))
         return 0
     except Exception as e:

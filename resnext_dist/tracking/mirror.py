@@ -14,46 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 from typing import Dict, Optional
 
 from resnext_dist.files import atomic_write
 from resnext_dist.run.log import RunLog
+from resnext_dist.tracking.mlflow_store import MAX_TAG_VALUE, cut, experiment_id, is_permanent, metric_key
 
 log = logging.getLogger(__package__)
 RUN_FILE, BATCH = "mlflow_run.json", 1000  # metric points per stored batch (one cursor move)
-MAX_PARAM_VALUE, MAX_TAG_VALUE, MAX_KEY = 6000, 8000, 250  # MLflow's limits (importing mlflow takes seconds)
-SUMMARY = ("best_val_top1", "final_val_top1", "epochs_done", "train_hours", "mean_img_per_s")
-# A model-training experiment (the UI's runs table and training charts, not the GenAI overview), and a view of its
-# runs table with the summary metrics as columns, best first, which experiment_url() links to.
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development", "mlflow.sharedViewState.training": json.dumps(
-    {"selectedColumns": [f"metrics.`{k}`" for k in SUMMARY], "orderByKey": "metrics.`best_val_top1`",
-     "orderByAsc": False})}
-
-
-def metric_key(key: str) -> str:
-    """A name MLflow accepts: bad characters become '_', no empty or path-like parts, at most 250 characters."""
-    clean = re.sub(r"/+", "/", re.sub(r"[^/\w.\- :]", "_", str(key)).strip("/") or "_")
-    return "/".join(p if p not in (".", "..") else "_" for p in clean.split("/"))[:MAX_KEY]
-
-
-def cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 14] + "...(truncated)"
-
-
-def config_params(cfg) -> Dict[str, str]:
-    """The flattened resolved config as MLflow params (dict values flattened further, values cut to size)."""
-    from resnext_dist.config import to_flat_dict
-    todo, out = list(to_flat_dict(cfg).items()), {}
-    while todo:
-        key, value = todo.pop()
-        if isinstance(value, dict) and value:
-            todo += [(f"{key}.{k}", v) for k, v in value.items()]
-        else:
-            text = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
-            out[key[:MAX_KEY]] = cut(text, MAX_PARAM_VALUE)
-    return out
 
 
 def read_cursor(run_dir: str) -> Optional[dict]:
@@ -62,37 +31,6 @@ def read_cursor(run_dir: str) -> Optional[dict]:
             return json.load(f)
     except (OSError, ValueError):
         return None
-
-
-def is_permanent(exc: BaseException) -> bool:
-    """Retrying cannot help: a 4xx answer (but 408/429), or no network or server error at all."""
-    from mlflow.exceptions import MlflowException
-    if not isinstance(exc, MlflowException):
-        return not isinstance(exc, OSError)  # requests' errors are OSErrors
-    return 400 <= exc.get_http_status_code() < 500 and exc.get_http_status_code() not in (408, 429)
-
-
-def configure_http(timeout_s: float) -> None:
-    """Short requests, no in-request retries (MLflow's default: minutes per call); the caller retries. Process-wide
-    on purpose: rank 0 is the only process that talks to MLflow. MLflow reads these at each request."""
-    os.environ.update(MLFLOW_HTTP_REQUEST_TIMEOUT=str(max(1, int(timeout_s + 0.999))),
-                      MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0")
-
-
-def experiment_id(client, name: str, artifact_location: Optional[str]) -> str:
-    """The experiment `name`, made (or restored from deleted) if need be, tagged as a model-training experiment
-    with its runs-table view (EXPERIMENT_TAGS). The Tracker's runs and a sweep's parent run both come here."""
-    if client.get_experiment_by_name(name) is None:
-        try:
-            client.create_experiment(name, artifact_location=artifact_location)
-        except Exception:
-            pass  # another run created it meanwhile, or the answer was lost: read it back
-    exp = client.get_experiment_by_name(name)
-    if exp.lifecycle_stage == "deleted":
-        client.restore_experiment(exp.experiment_id)
-    for key, value in EXPERIMENT_TAGS.items():
-        client.set_experiment_tag(exp.experiment_id, key, value)
-    return exp.experiment_id
 
 
 class Mirror:
@@ -168,7 +106,7 @@ class Mirror:
         self._log(params=self.params)
 
     def _log(self, metrics=(), params: Dict[str, str] = None, tags: Dict[str, str] = None) -> None:
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param, RunTag  # mlflow only where a store is talked to (loaded by now)
         self.client.log_batch(self.run_id, [Metric(*m) for m in metrics],
                               [Param(k, v) for k, v in (params or {}).items()],
                               [RunTag(k, cut(v, MAX_TAG_VALUE)) for k, v in (tags or {}).items()])

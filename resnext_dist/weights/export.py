@@ -22,13 +22,18 @@ import os
 from typing import Any, Dict, List, Optional
 
 import torch
+from safetensors.torch import save
 
+from resnext_dist.config.schema import ModelConfig
+from resnext_dist.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from resnext_dist.errors import InputError, one_line
 from resnext_dist.files import atomic_write
+from resnext_dist.models import PRESETS, build_model
+from resnext_dist.weights.init import init_model
+from resnext_dist.weights.layout import META_FILE, WEIGHTS_FILE, export_folders
 
 FORMAT = "resnext_dist.weights.export"
 VERSION = 1
-WEIGHTS_FILE, META_FILE = "model.safetensors", "model.json"
 TORCHVISION_ARCHS = ("resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d")  # torchvision.models has these
 
 
@@ -47,8 +52,6 @@ def write_export(model: torch.nn.Module, cfg, export_dir: str, class_names: Opti
                  extra: Optional[Dict[str, Any]] = None) -> str:
     """Write `export_dir`/model.safetensors and model.json for `model` built from `cfg` (a TrainConfig);
     `extra` (e.g. step, epoch, val_top1) is recorded under "run". Returns export_dir. Call on one rank."""
-    from safetensors.torch import save
-
     model = unwrap(model)
     if class_names is not None and len(class_names) != cfg.model.num_classes:
         raise InputError(f"{len(class_names)} class names for model.num_classes={cfg.model.num_classes}")
@@ -75,9 +78,6 @@ def dataset_class_names(cfg) -> Optional[List[str]]:
 
 def export_meta(cfg, class_names: Optional[List[str]] = None, extra: Optional[Dict[str, Any]] = None) -> dict:
     """model.json's content (without the weights' sha256)."""
-    from resnext_dist.config.schema import ModelConfig
-    from resnext_dist.data.normalize import IMAGENET_MEAN, IMAGENET_STD
-
     model_keys = {f.name: getattr(cfg.model, f.name) for f in dataclasses.fields(ModelConfig) if f.name != "init"}
     model_keys["layers"] = list(model_keys["layers"]) if model_keys["layers"] is not None else None
     defaults = ModelConfig()
@@ -112,8 +112,6 @@ def _dot(value) -> str:
 
 def torchvision_name(model_cfg) -> Optional[str]:
     """The torchvision.models constructor with this exact architecture and state dict, if there is one."""
-    from resnext_dist.models import PRESETS
-
     if model_cfg.arch not in TORCHVISION_ARCHS or model_cfg.stem != "imagenet" or model_cfg.base_channels != 64:
         return None
     layers, cardinality, width = PRESETS[model_cfg.arch]
@@ -125,7 +123,7 @@ def torchvision_name(model_cfg) -> Optional[str]:
 def meta_path(path: str) -> str:
     """model.json for an export directory, a run directory (its export/), model.json or model.safetensors."""
     if os.path.isdir(path):
-        for candidate in (os.path.join(path, META_FILE), os.path.join(path, "export", META_FILE)):
+        for candidate in (os.path.join(folder, META_FILE) for folder in export_folders(path)):
             if os.path.isfile(candidate):
                 return candidate
         raise InputError(f"{path}: no {META_FILE} (not an export directory nor a run directory with export/)")
@@ -155,8 +153,6 @@ def read_meta(path: str) -> dict:
 
 def model_config(meta: dict):
     """The ModelConfig that rebuilds the exported model."""
-    from resnext_dist.config.schema import ModelConfig
-
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     unknown = sorted(set(meta["model"]) - known)
     if unknown:
@@ -166,9 +162,6 @@ def model_config(meta: dict):
 
 def load_model(path: str, map_location="cpu") -> torch.nn.Module:
     """Rebuild the exported model at `path` (export dir, run dir, model.json or model.safetensors), eval mode."""
-    from resnext_dist.models import build_model
-    from resnext_dist.weights.init import init_model
-
     meta = read_meta(path)
     model = build_model(model_config(meta))
     weights = os.path.join(os.path.dirname(meta["_path"]), meta.get("weights", WEIGHTS_FILE))

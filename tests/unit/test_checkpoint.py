@@ -9,6 +9,7 @@ from resnext_dist.dist import DistInfo
 from resnext_dist.models import resnext
 from resnext_dist.optim import build_optimizer, build_scheduler
 from resnext_dist.config import load_config
+from resnext_dist.weights.safe_load import MESSAGE_LIMIT
 
 
 def make_state(num_classes=10, layers=(1, 1, 1, 1)):
@@ -225,7 +226,7 @@ def test_long_foreign_errors_end_at_a_sentence(tmp_path):
         ckpt.load_file(str(path))
     message = str(info.value)
     assert "\n" not in message and message.endswith(".)"), message
-    assert len(message) < len(str(path)) + ckpt.MESSAGE_LIMIT + 60
+    assert len(message) < len(str(path)) + MESSAGE_LIMIT + 60
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import torch
 from resnext_dist.config import load_config, to_flat_dict
 from resnext_dist.dist import DistInfo
 from resnext_dist.tracking.provenance import git_state, provenance_tags
-from resnext_dist.tracking import MAX_PARAM_VALUE, config_params, metric_key, resolve_uri, ui_command
+from resnext_dist.tracking.mlflow_store import MAX_PARAM_VALUE, config_params, metric_key, resolve_uri, ui_command
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -91,7 +91,7 @@ _OFF = r"""
 import sys, torch
 from resnext_dist.config import load_config
 from resnext_dist.dist import DistInfo
-from resnext_dist.tracking import Tracker
+from resnext_dist.tracking.mlflow_tracker import Tracker
 root = sys.argv[1]
 off = Tracker(load_config(None, ["tracking.enabled=false", f"run.root={root}"]), DistInfo(), root + "/a")
 rank1 = Tracker(load_config(None, [f"run.root={root}"]), DistInfo(rank=1, world_size=2), root + "/b")
@@ -148,3 +148,22 @@ def test_plot_command_draws_several_runs(tmp_path):
     r = subprocess.run([sys.executable, "-m", "resnext_dist.tracking", "plot", str(tmp_path / "nope")], cwd=REPO,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "plot failed" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_no_module_outside_tracking_imports_mlflow():
+    """The seam: everything MLflow-specific is in resnext_dist/tracking/; the rest talks to its API."""
+    import ast
+    import glob
+    found = []
+    for path in sorted(glob.glob(os.path.join(REPO, "resnext_dist", "**", "*.py"), recursive=True) +
+                       glob.glob(os.path.join(REPO, "launch", "*.py"))):
+        if os.path.relpath(path, REPO).startswith(os.path.join("resnext_dist", "tracking") + os.sep):
+            continue
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            found += [f"{os.path.relpath(path, REPO)}:{node.lineno} {n}" for n in names
+                      if n == "mlflow" or n.startswith("mlflow.")]
+    assert not found, found

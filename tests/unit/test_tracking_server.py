@@ -16,7 +16,9 @@ import pytest
 from resnext_dist.config import load_config
 from resnext_dist.dist import DistInfo
 from resnext_dist.run.log import RunLog, read_log
-from resnext_dist.tracking import RUN_FILE, Tracker, config_params
+from resnext_dist.tracking.mirror import RUN_FILE
+from resnext_dist.tracking.mlflow_store import config_params
+from resnext_dist.tracking.mlflow_tracker import Tracker
 from tests.plugins.mlflow_server import client_for, runs_in
 
 pytestmark = pytest.mark.mlflow
@@ -218,7 +220,7 @@ import os, signal, sys, time
 from resnext_dist.config import load_config
 from resnext_dist.dist import DistInfo
 from resnext_dist.run.log import RunLog
-from resnext_dist.tracking import Tracker
+from resnext_dist.tracking.mlflow_tracker import Tracker
 uri, root, experiment, wait = sys.argv[1:5]
 cfg = load_config(None, [f"tracking.uri={uri}", f"tracking.experiment={experiment}", f"run.root={root}",
                          "run.name=tiny", "tracking.timeout_s=1"])

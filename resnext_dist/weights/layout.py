@@ -1,0 +1,82 @@
+"""Where weights lie on disk, said once for those who write them (the trainer, export.py, run/checkpoint.py) and
+those who read them (model.init, evaluate, predict, a resume):
+
+    an export folder   model.safetensors (the state dict) + model.json (how to rebuild and feed it: export.py)
+    a run directory    export/ (an export folder), final_weights.pt (a state dict),
+                       checkpoints/step_NNNNNNNN.pt with `latest` naming the newest (run/checkpoint.py)
+
+`find_weights(PATH)` is the file model.init=PATH reads: an export (its folder, model.json or a .safetensors file),
+a run directory (its export/, else final_weights.pt, else its newest checkpoint), or any other file.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+from typing import List, Optional, Tuple
+
+from resnext_dist.errors import InputError
+
+WEIGHTS_FILE, META_FILE = "model.safetensors", "model.json"
+EXPORT_DIR, FINAL_WEIGHTS, CHECKPOINTS_DIR, LATEST = "export", "final_weights.pt", "checkpoints", "latest"
+CHECKPOINT_NAME = re.compile(r"^step_(\d{8})\.pt$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:08d}.pt"
+
+
+def export_folders(path: str) -> Tuple[str, str]:
+    """Where a directory's export may be: the directory itself (an export folder), or its export/ (a run directory)."""
+    return path, os.path.join(path, EXPORT_DIR)
+
+
+def find_weights(path: str) -> Tuple[str, str]:
+    """(file to read, what it is: "export", "final weights", "checkpoint" or "state dict") for PATH (see the
+    module docstring); InputError if there is none."""
+    if not path:
+        raise InputError("no weights given (model.init is empty)")
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file or directory (weights)")
+    if os.path.isdir(path):
+        for candidate, kind in [(os.path.join(folder, WEIGHTS_FILE), "export") for folder in export_folders(path)] + [
+                (os.path.join(path, FINAL_WEIGHTS), "final weights")]:
+            if os.path.isfile(candidate):
+                return candidate, kind
+        latest = find_latest(os.path.join(path, CHECKPOINTS_DIR))
+        if latest:
+            return latest, "checkpoint"
+        raise InputError(f"{path}: a directory with no weights (no {WEIGHTS_FILE}, {EXPORT_DIR}/, {FINAL_WEIGHTS} "
+                         f"or {CHECKPOINTS_DIR}/)")
+    if path.endswith(".json"):
+        return os.path.join(os.path.dirname(path), WEIGHTS_FILE), "export"
+    if path.endswith(".safetensors"):
+        return path, "export"
+    return path, "state dict"
+
+
+def list_checkpoints(ckpt_dir: str) -> List[str]:
+    """Complete checkpoint files, oldest first (`.tmp-` leftovers of interrupted saves are not listed)."""
+    files = [p for p in glob.glob(os.path.join(ckpt_dir, "step_*.pt")) if CHECKPOINT_NAME.match(os.path.basename(p))]
+    return sorted(files)
+
+
+def checkpoint_candidates(ckpt_dir: str) -> List[str]:
+    """Checkpoint files, the one `latest` names first, then the others newest first."""
+    files = list_checkpoints(ckpt_dir)[::-1]
+    try:
+        with open(os.path.join(ckpt_dir, LATEST)) as f:
+            named = os.path.join(ckpt_dir, f.read().strip())
+    except OSError:
+        return files
+    if named in files:
+        files.remove(named)
+        files.insert(0, named)
+    return files
+
+
+def find_latest(ckpt_dir: str) -> Optional[str]:
+    """The checkpoint `latest` names, else the newest complete one, else None (existence only; what
+    `checkpoint.resume=auto` resumes is run/checkpoint.choose_resume's newest *readable* one)."""
+    files = checkpoint_candidates(ckpt_dir)
+    return files[0] if files else None
