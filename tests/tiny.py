@@ -55,5 +55,6 @@ def params(run_dir) -> dict:
 
 
 def last_checkpoint(run_dir) -> dict:
-    from resnext_dist.run.checkpoint import find_latest, load_file
+    from resnext_dist.run.checkpoint import load_file
+    from resnext_dist.weights.layout import find_latest
     return load_file(find_latest(os.path.join(run_dir, "checkpoints")))

@@ -27,7 +27,7 @@ from resnext_dist.bench.train import (OWNED, add_trainer_args, alternate, check_
                                       summarize_log, trainer_overrides, tries_notes)
 from resnext_dist.config import load_config
 from resnext_dist.errors import InputError
-from resnext_dist.run.log import read_log
+from resnext_dist.runlog import read_log
 
 TARGET_EFFICIENCY = 0.9
 

@@ -26,7 +26,7 @@ from resnext_dist.bench.model import ceiling_row, measure_ceiling, release
 from resnext_dist.config import TrainConfig, load_config
 from resnext_dist.data import LOADERS
 from resnext_dist.errors import InputError
-from resnext_dist.run.log import read_log
+from resnext_dist.runlog import read_log
 
 TARGET_RATIO = 0.97
 DATA_WAIT_LIMIT = 0.05

@@ -7,7 +7,7 @@ A config names it with a symbolic path instead of a file, so a recipe works on a
       train: embedded:digits/train
       val: embedded:digits/val
 
-`resolve_data_paths(cfg.data)` turns those into the files of a per-user cache outside the repository
+`resolve(path)` turns those into the files of a per-user cache outside the repository
 (`$RESNEXT_DIST_CACHE`, else `$XDG_CACHE_HOME/resnext_dist`, else `~/.cache/resnext_dist`), writing them the first
 time through `ensure_digits()`: one process writes while the others (the ranks of a torchrun job on one node) wait
 on a file lock; each file is written under a name unique to its host and process and renamed into place, so
@@ -18,7 +18,6 @@ Importing this module is cheap (no torch, no FFCV): the writer is imported only 
 """
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import os
 import socket
@@ -99,11 +98,3 @@ def resolve(path: str, key: str = "data path") -> str:
     check_name(path, key)
     train, val = ensure_digits()
     return train if path.endswith("/train") else val
-
-
-def resolve_data_paths(data_cfg):
-    """A copy of config.DataConfig `data_cfg` whose data.train/data.val embedded names are real files."""
-    if data_cfg.loader == "synthetic":
-        return data_cfg
-    return dataclasses.replace(data_cfg, train=resolve(data_cfg.train, "data.train"),
-                               val=resolve(data_cfg.val, "data.val"))

@@ -147,14 +147,11 @@ def build_model(cfg) -> ResNeXt:
 
 def _constructor(arch: str):
     def build(num_classes: int = 1000, stem: str = "imagenet", **kw) -> ResNeXt:
-        # Through ModelConfig and build_model, the trainer's one way in: an unknown keyword is a TypeError naming it.
-        from resnext_dist.config.schema import ModelConfig
-
-        return build_model(ModelConfig(arch=arch, num_classes=num_classes, stem=stem, **kw))
+        return resnext(arch, num_classes, stem, **kw)  # an unknown keyword is a TypeError naming it
 
     build.__name__ = build.__qualname__ = arch
     build.__doc__ = (f"ResNeXt {arch} ({PRESETS[arch][0]} blocks, cardinality {PRESETS[arch][1]}, group width "
-                     f"{PRESETS[arch][2]}); keywords are the model.* config keys (layers, base_channels, ...).")
+                     f"{PRESETS[arch][2]}); keywords as resnext()'s (layers, cardinality, base_channels, ...).")
     return build
 
 

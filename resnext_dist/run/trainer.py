@@ -8,7 +8,6 @@ here are named where they happen.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
@@ -19,19 +18,19 @@ import torch.distributed as tdist
 from resnext_dist import __version__, tracking
 from resnext_dist.config import TrainConfig, to_yaml, validate
 from resnext_dist.data import train_res_for_epoch
-from resnext_dist.data.embedded import resolve_data_paths
 from resnext_dist.dist import DistInfo, close_distributed, init_distributed
 from resnext_dist.optim import peak_lr
 from resnext_dist.run import build as builder
 from resnext_dist.run import checkpoint as ckpt
 from resnext_dist.run import console, rundir
 from resnext_dist.run.lock import hold_run_dir
-from resnext_dist.run.log import RunLog, read_log, summarize
+from resnext_dist.runlog import RunLog, read_log, summarize
 from resnext_dist.run.signals import StopFlag, StopRequested, launcher_alive
 from resnext_dist.run.step import Interval, StepContext, evaluate, train_step
 from resnext_dist.tracking.plot import write_curves
 from resnext_dist.weights import init_model
 from resnext_dist.weights.export import dataset_class_names, write_export
+from resnext_dist.weights.layout import CHECKPOINTS_DIR, EXPORT_DIR, FINAL_WEIGHTS, WEIGHTS_FILE
 
 
 class CollectiveTimeout(RuntimeError):
@@ -67,7 +66,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, dist: DistInfo, stop: StopFlag):
         self.cfg, self.dist, self.stop = cfg, dist, stop
         self.t_start = time.perf_counter()
-        self.run_dir, self.ckpt_dir = cfg.run.dir, os.path.join(cfg.run.dir, "checkpoints")
+        self.run_dir, self.ckpt_dir = cfg.run.dir, os.path.join(cfg.run.dir, CHECKPOINTS_DIR)
         self.say = console.say if dist.is_main else (lambda text: None)
         self.lock = self.tracker = self.log = self.progress = None  # opened by the phases, closed by close()
         self.status = "FAILED"  # what the tracker is told at the end, unless the run finished or was stopped
@@ -299,14 +298,14 @@ class Trainer:
         if self.dist.is_main:
             state, tracker, log = self.state, self.tracker, self.log
             final = state.ema.module if state.ema is not None else state.model
-            weights = os.path.join(self.run_dir, "final_weights.pt")
+            weights = os.path.join(self.run_dir, FINAL_WEIGHTS)
             ckpt.atomic_save(final.state_dict(), weights)
-            names = dataset_class_names(dataclasses.replace(self.cfg, data=resolve_data_paths(self.cfg.data)))
-            export_dir = write_export(final, self.cfg, os.path.join(self.run_dir, "export"), names,
+            export_dir = write_export(final, self.cfg, os.path.join(self.run_dir, EXPORT_DIR),
+                                      dataset_class_names(self.cfg),
                                       extra={"run_name": self.cfg.run.name, "step": state.step, "epoch": state.epoch})
             tracker.log_artifact(rundir.config_path(self.run_dir))
             tracker.log_artifact(weights)
-            tracker.log_artifact(export_dir, "export")
+            tracker.log_artifact(export_dir, EXPORT_DIR)
             val_res = self.cfg.data.val_res
             tracker.log_model(final, torch.zeros(2, 3, val_res, val_res, device=self.dist.device))
             # the run as a whole, all its attempts; the state knows the epochs best (it may have resumed elsewhere)
@@ -317,7 +316,7 @@ class Trainer:
             rundir.write_done(self.run_dir, state.step, state.epoch)
             self.progress.close()
             self.say(console.summary({**summary, "step": state.step, "wall_s": time.perf_counter() - self.t_start},
-                                     os.path.join(export_dir, "model.safetensors"), log.path, tracker.describe()))
+                                     os.path.join(export_dir, WEIGHTS_FILE), log.path, tracker.describe()))
         self.status = "FINISHED"
 
     def close(self) -> None:

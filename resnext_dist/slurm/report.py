@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 from resnext_dist.errors import InputError
 from resnext_dist.files import atomic_write
-from resnext_dist.run.log import read_log, summarize
+from resnext_dist.runlog import read_log, summarize
 from resnext_dist.run.rundir import read_done
 
 SWEEP_FILE, SUMMARY_JSON, SUMMARY_CSV = "sweep.json", "summary.json", "summary.csv"

@@ -18,7 +18,7 @@ import threading
 from typing import Dict, Optional
 
 from resnext_dist.files import atomic_write
-from resnext_dist.run.log import RunLog
+from resnext_dist.runlog import RunLog
 from resnext_dist.tracking.mlflow_store import MAX_TAG_VALUE, cut, experiment_id, is_permanent, metric_key
 
 log = logging.getLogger(__package__)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Sequence, Tuple
 
-from resnext_dist.run.log import read_log
+from resnext_dist.runlog import read_log
 
 PANELS = (("loss", "step", "training loss"), ("lr", "step", "learning rate"),
           ("val_top1", "epoch", "val top-1 (solid) / top-5 (dashed)"), ("data_wait", "step", "data wait (fraction)"))

@@ -72,7 +72,8 @@ def dataset_class_names(cfg) -> Optional[List[str]]:
     model.num_classes. What the trainer passes to write_export."""
     from resnext_dist.data import loader_for
 
-    names = loader_for(cfg.data).class_names(cfg.data)
+    loader = loader_for(cfg.data)
+    names = loader.class_names(loader.with_files(cfg.data))
     return names if names is not None and len(names) == cfg.model.num_classes else None
 
 

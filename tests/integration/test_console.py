@@ -4,7 +4,7 @@ import subprocess
 
 import pytest
 
-from resnext_dist.run.log import read_log
+from resnext_dist.runlog import read_log
 from tests.tiny import PYTHON, REPO, TINY, env, run_train
 
 pytestmark = pytest.mark.slow

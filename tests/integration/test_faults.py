@@ -8,8 +8,9 @@ import time
 import pytest
 import torch
 
-from resnext_dist.run.checkpoint import find_latest, list_checkpoints, load_file
-from resnext_dist.run.log import read_log
+from resnext_dist.run.checkpoint import list_checkpoints, load_file
+from resnext_dist.weights.layout import find_latest
+from resnext_dist.runlog import read_log
 from tests.tiny import PYTHON, REPO, TINY, env, free_port, params, run_train
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from resnext_dist.run import checkpoint as ckpt
-from resnext_dist.run.log import read_log
+from resnext_dist.weights import layout
+from resnext_dist.runlog import read_log
 from tests.mounts import small_tmpfs
 from tests.tiny import REPO, TINY, env, free_port, run_train, train_cmd
 from tests.unit.test_checkpoint import crafted, make_state
@@ -208,7 +209,7 @@ def test_worker_of_a_killed_torchrun_agent_stops_with_a_checkpoint(tmp_path):
         while _alive(worker) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not _alive(worker), "the orphaned worker trained on"
-        saved = ckpt.load_file(ckpt.find_latest(str(run / "checkpoints")))
+        saved = ckpt.load_file(layout.find_latest(str(run / "checkpoints")))
         assert saved["step"] >= killed_at
     finally:
         if worker and _alive(worker):

@@ -15,7 +15,7 @@ import pytest
 
 from resnext_dist.config import load_config
 from resnext_dist.dist import DistInfo
-from resnext_dist.run.log import RunLog
+from resnext_dist.runlog import RunLog
 from resnext_dist.tracking.mlflow_store import experiment_url, ui_command
 from resnext_dist.tracking.mlflow_tracker import Tracker
 from tests.plugins.mlflow_server import MlflowServer

@@ -2,7 +2,7 @@
 is extended on request, a smoke run is continued by the full run, and a resume never repeats an epoch."""
 import pytest
 
-from resnext_dist.run.log import read_log
+from resnext_dist.runlog import read_log
 from tests.tiny import run_train
 
 pytestmark = pytest.mark.slow

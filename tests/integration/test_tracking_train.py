@@ -14,7 +14,7 @@ from collections import defaultdict
 import pytest
 
 from resnext_dist.config import load_config
-from resnext_dist.run.log import read_log
+from resnext_dist.runlog import read_log
 from resnext_dist.tracking.mirror import RUN_FILE
 from resnext_dist.tracking.mlflow_store import config_params
 from tests.tiny import PYTHON, REPO, TINY, env, free_port, run_train

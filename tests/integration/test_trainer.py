@@ -5,7 +5,7 @@ import subprocess
 import pytest
 import torch
 
-from resnext_dist.run.log import read_log
+from resnext_dist.runlog import read_log
 from tests.tiny import PYTHON, REPO, TINY, env, free_port, params, run_train
 
 pytestmark = pytest.mark.slow
@@ -73,7 +73,7 @@ def test_two_torchrun_nodes_with_c10d_rendezvous(tmp_path):
 
 
 def _latest(run):
-    from resnext_dist.run.checkpoint import find_latest
+    from resnext_dist.weights.layout import find_latest
     return find_latest(str(run / "checkpoints"))
 
 

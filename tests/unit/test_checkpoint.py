@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from resnext_dist.run import checkpoint as ckpt
+from resnext_dist.weights import layout
 from resnext_dist.dist import DistInfo
 from resnext_dist.models import resnext
 from resnext_dist.optim import build_optimizer, build_scheduler
@@ -27,8 +28,8 @@ def test_save_is_atomic_and_latest_points_at_newest(tmp_path):
         state.step = step
         ckpt.save(state, str(tmp_path), keep=2, dist=dist)
     assert sorted(os.listdir(tmp_path)) == ["latest", "step_00000003.pt", "step_00000004.pt"]
-    assert ckpt.find_latest(str(tmp_path)).endswith("step_00000004.pt")
-    assert ckpt.load_file(ckpt.find_latest(str(tmp_path)))["step"] == 4
+    assert layout.find_latest(str(tmp_path)).endswith("step_00000004.pt")
+    assert ckpt.load_file(layout.find_latest(str(tmp_path)))["step"] == 4
 
 
 def test_torn_save_is_invisible_and_previous_checkpoint_loads(tmp_path):
@@ -37,10 +38,10 @@ def test_torn_save_is_invisible_and_previous_checkpoint_loads(tmp_path):
     ckpt.save(state, str(tmp_path), keep=3, dist=dist)
     # a save killed half-way leaves only its temporary file (and `latest` still names the old one)
     (tmp_path / ".tmp-step_00000006.pt").write_bytes(b"\x80\x02half a pickle")
-    assert ckpt.find_latest(str(tmp_path)).endswith("step_00000005.pt")
+    assert layout.find_latest(str(tmp_path)).endswith("step_00000005.pt")
     # a `latest` naming a file that is gone falls back to the newest complete file
     (tmp_path / "latest").write_text("step_00000009.pt\n")
-    assert ckpt.find_latest(str(tmp_path)).endswith("step_00000005.pt")
+    assert layout.find_latest(str(tmp_path)).endswith("step_00000005.pt")
     # and the next save simply replaces the leftover
     state.step = 6
     ckpt.save(state, str(tmp_path), keep=3, dist=dist)
@@ -49,8 +50,8 @@ def test_torn_save_is_invisible_and_previous_checkpoint_loads(tmp_path):
 
 
 def test_empty_dir_has_no_latest(tmp_path):
-    assert ckpt.find_latest(str(tmp_path)) is None
-    assert ckpt.find_latest(str(tmp_path / "missing")) is None
+    assert layout.find_latest(str(tmp_path)) is None
+    assert layout.find_latest(str(tmp_path / "missing")) is None
 
 
 def test_truncated_file_is_a_clear_error(tmp_path):
@@ -116,7 +117,7 @@ def test_failed_delete_during_pruning_does_not_stop_saving(tmp_path, monkeypatch
     for step in (1, 2, 3):
         state.step = step
         ckpt.save(state, str(tmp_path), keep=1, dist=dist)
-    assert ckpt.find_latest(str(tmp_path)).endswith("step_00000003.pt")
+    assert layout.find_latest(str(tmp_path)).endswith("step_00000003.pt")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 
 from resnext_dist.config import load_config
 from resnext_dist.data import embedded
+from resnext_dist.data.loaders import LOADERS
 from resnext_dist.errors import InputError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,12 +50,12 @@ def test_concurrent_processes_make_it_once_and_all_get_complete_files(tmp_path):
 def test_embedded_names_resolve_to_the_cache_and_other_paths_stay(monkeypatch, tmp_path):
     monkeypatch.setenv("RESNEXT_DIST_CACHE", str(tmp_path))
     cfg = load_config("configs/quickstart.yaml", [])
-    data = embedded.resolve_data_paths(cfg.data)
+    data = LOADERS["ffcv"].with_files(cfg.data)
     assert data.train == str(tmp_path / "digits16_raw_train.beton") and os.path.isfile(data.train)
     assert data.val == str(tmp_path / "digits16_raw_val.beton") and os.path.isfile(data.val)
     assert cfg.data.train == "embedded:digits/train"  # the config itself keeps the name (config.yaml is portable)
     mine = load_config("configs/quickstart.yaml", ["data.train=d/t.beton", "data.val=''"]).data
-    assert (embedded.resolve_data_paths(mine).train, embedded.resolve_data_paths(mine).val) == ("d/t.beton", "")
+    assert (LOADERS["ffcv"].with_files(mine).train, LOADERS["ffcv"].with_files(mine).val) == ("d/t.beton", "")
 
 
 @pytest.mark.parametrize("overrides, message", [

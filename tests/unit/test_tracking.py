@@ -111,7 +111,7 @@ def test_disabled_or_not_main_rank_is_a_no_op(tmp_path):
 
 
 def _fake_run(run_dir, lr_scale=1.0):
-    from resnext_dist.run.log import RunLog
+    from resnext_dist.runlog import RunLog
     os.makedirs(run_dir)
     log = RunLog(os.path.join(run_dir, "log.jsonl"))
     log.write("start", 0, world_size=1)

@@ -15,7 +15,7 @@ import pytest
 
 from resnext_dist.config import load_config
 from resnext_dist.dist import DistInfo
-from resnext_dist.run.log import RunLog, read_log
+from resnext_dist.runlog import RunLog, read_log
 from resnext_dist.tracking.mirror import RUN_FILE
 from resnext_dist.tracking.mlflow_store import config_params
 from resnext_dist.tracking.mlflow_tracker import Tracker
@@ -219,7 +219,7 @@ _CRASH = r"""
 import os, signal, sys, time
 from resnext_dist.config import load_config
 from resnext_dist.dist import DistInfo
-from resnext_dist.run.log import RunLog
+from resnext_dist.runlog import RunLog
 from resnext_dist.tracking.mlflow_tracker import Tracker
 uri, root, experiment, wait = sys.argv[1:5]
 cfg = load_config(None, [f"tracking.uri={uri}", f"tracking.experiment={experiment}", f"run.root={root}",

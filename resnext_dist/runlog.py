@@ -1,4 +1,4 @@
-"""The run's own log: one JSON object per line in <run dir>/log.jsonl, written by rank 0 only.
+"""A run's record: one JSON object per line in <run dir>/log.jsonl, written by rank 0 only, read by all who report.
 
 This file is the run's one event stream: it is written first and never depends on the network, and everything
 that reports reads it (the console, MLflow through resnext_dist.tracking, the curves, the bench, the run
