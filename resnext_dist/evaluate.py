@@ -5,7 +5,7 @@
     torchrun --nproc_per_node=8 -m resnext_dist.evaluate RUN_DIR        # the same numbers, 8x faster
     options: --tta-flip (add the flipped image's logits), --json OUT, --mlflow-run-id ID (log to that run)
 
-PATH is anything model.init takes (resnext_dist/weights.py): a torchvision state dict, our export/ or
+PATH is anything model.init takes (resnext_dist/weights/init.py): a torchvision state dict, our export/ or
 final_weights.pt, a checkpoint, a run directory. A RUN_DIR's weights are its export/, else final_weights.pt,
 else its newest checkpoint (model.init on the command line overrides them). The validation loader is the
 trainer's (data.loader, data.val, data.val_res, data.val_crop_ratio, data.batch_size), built for the val side

@@ -3,7 +3,7 @@
     python -m resnext_dist.bench train --config configs/quickstart.yaml model.layers=[1,1,1,1] \\
         data.batch_size=32 --steps 40 --repeats 3      # ceiling, trainer on synthetic input, trainer on FFCV
 
-The ceiling (bench model), then `resnext_dist.train.run(cfg)` per input (synthetic; the config's loader on
+The ceiling (bench model), then `resnext_dist.run.trainer.train(cfg)` per input (synthetic; the config's loader on
 data.train) in a temporary run directory, tracking and validation off; its figures are the log.jsonl intervals
 after --warmup-intervals, weighted by images and time ("wall img/s" also counts epoch ends). With --repeats the
 measures take turns (`alternate`, which bench scaling uses too) and each reports its median try. What it

@@ -31,7 +31,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaults
 
 
 def bench_parser(name: str, description: str) -> argparse.ArgumentParser:
-    """The trainer's command line (cli.arg_parser) plus what every bench has: --threads and the output."""
+    """The trainer's command line (config.arguments.arg_parser) plus what every bench has: --threads and the output."""
     p = arg_parser(f"python -m resnext_dist.bench {name}", description,
                    "model.layers=[1,1,1,1] data.batch_size=32 train.compile=true")
     p.formatter_class = _Formatter

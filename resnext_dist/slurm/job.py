@@ -92,7 +92,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
 def end_once_result_saved(result_pickle: str) -> None:
     """At the exit of a task whose run finished: once submitit has saved the task's success result, end as the
-    trainer's CLI ends (cli.exit_without_teardown), because gloo's native destructors in the interpreter's
+    trainer's CLI ends (commandline.exit_without_teardown), because gloo's native destructors in the interpreter's
     teardown were seen to abort finished ranks with SIGABRT, which Slurm would report as a failed job. Without a
     success result (submitit failed to save it), the interpreter exits as usual, with its error status."""
     try:

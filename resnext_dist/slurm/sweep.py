@@ -4,10 +4,10 @@
 
 Every point of the grid (grid.py) is a normal run: its own config (the command's, with the point's values), its
 own run directory <run.root>/<sweep name>/<values>, its own element of the job array, requeued alone on a timeout
-or a preemption (slurm_job.TrainJob), resumable like any run. `slurm.array_parallelism` caps how many run at once.
+or a preemption (job.TrainJob), resumable like any run. `slurm.array_parallelism` caps how many run at once.
 
 Order, so that bad input submits nothing: every run's config is loaded and checked (a bad value exits 2 naming the
-run), the grid's size against --max-runs, the cluster (slurm_checks), then the sweep's MLflow parent run is created
+run), the grid's size against --max-runs, the cluster (checks.py), then the sweep's MLflow parent run is created
 (or found: its id is kept in the sweep directory), then one array of the runs that are not DONE is submitted.
 --wait follows the elements through requeues (scontrol) and ends with the table; exit 0 only when every run is DONE.
 """
@@ -164,7 +164,7 @@ def follow(sweep_dir: str, jobs: Dict[str, str], out=None, poll_s: float = 2.0) 
 
 
 def main_sweep(args: argparse.Namespace, out=None) -> int:
-    """launch/submit.py with --sweep (see slurm_submit.parse_args)."""
+    """launch/submit.py with --sweep (see resnext_dist/submit.py parse_args)."""
     out = out or sys.stdout
     try:
         config = find_config(args.config) if args.config else None

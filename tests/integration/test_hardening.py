@@ -52,7 +52,7 @@ def test_crafted_checkpoint_is_refused_naming_it_and_never_runs(tmp_path, where)
 
 
 def _rank(rank, body, *args):
-    """Run one spawned rank's `body`, then end it as the trainer ends (cli.exit_without_teardown): gloo's native
+    """Run one spawned rank's `body`, then end it as the trainer ends (commandline.exit_without_teardown): gloo's native
     destructors in the interpreter's teardown were seen to abort a finished rank with SIGABRT ("terminate called
     without an active exception", once in a CI session), which is not what these tests are about."""
     from resnext_dist.commandline import exit_without_teardown

@@ -1,4 +1,4 @@
-"""resnext_dist.slurm.submit and slurm_job without a cluster: config -> sbatch, the CLI's bad-input paths, the job's environment."""
+"""resnext_dist.slurm.submit and slurm.job without a cluster: config -> sbatch, the CLI's bad-input paths, the job's environment."""
 import os
 import signal
 import subprocess
