@@ -117,11 +117,6 @@ def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return tensor
 
 
-def barrier() -> None:
-    if tdist.is_initialized() and tdist.get_world_size() > 1:
-        tdist.barrier()
-
-
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """rank `src`'s object on every rank (pickled; for small things like a run id or a path)."""
     if not (tdist.is_initialized() and tdist.get_world_size() > 1):

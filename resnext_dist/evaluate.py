@@ -9,7 +9,7 @@ PATH is anything model.init takes (resnext_dist/weights/init.py): a torchvision 
 final_weights.pt, a checkpoint, a run directory. A RUN_DIR's weights are its export/, else final_weights.pt,
 else its newest checkpoint (model.init on the command line overrides them). The validation loader is the
 trainer's (data.loader, data.val, data.val_res, data.val_crop_ratio, data.batch_size), built for the val side
-only, and the numbers come from the trainer's own `loop.evaluate`: every image counted once over all ranks,
+only, and the numbers come from the trainer's own `run.step.evaluate`: every image counted once over all ranks,
 so 1 process and N ranks report the same counts. The classifier must fit too (no re-initialization here).
 
 Rank 0 prints `val top-1 93.61% | top-5 100.00% | loss 0.202 (360 images)` and writes --json OUT
@@ -27,11 +27,18 @@ from typing import Optional, Tuple
 import torch
 
 from resnext_dist import tracking
+from resnext_dist.commandline import exit_without_teardown, launcher_rank
 from resnext_dist.config.arguments import arg_parser
 from resnext_dist.config import TrainConfig, load_config, to_yaml
 from resnext_dist.data import build_val_loader
+from resnext_dist.dist import close_distributed, init_distributed
 from resnext_dist.errors import EXIT_BAD_INPUT, InputError
 from resnext_dist.files import atomic_write
+from resnext_dist.models import build_model
+from resnext_dist.precision import PRECISIONS
+from resnext_dist.run.console import val_line
+from resnext_dist.run.step import evaluate
+from resnext_dist.weights import init_model
 
 
 def parser():
@@ -69,40 +76,24 @@ def resolve(config: Optional[str], args) -> Tuple[TrainConfig, str]:
     return cfg, cfg.model.init
 
 
-def val_loader(cfg: TrainConfig, dist):
-    """The trainer's validation loader (resnext_dist.data.build_val_loader) and nothing else."""
-    return build_val_loader(cfg.data, dist, seed=cfg.train.seed, num_classes=cfg.model.num_classes,
-                            channels_last=cfg.train.channels_last, required=True)
-
-
 def run(cfg: TrainConfig, weights: str, tta_flip: bool = False) -> dict:
     """Evaluate on every rank; returns the figures (the same on every rank)."""
-    from resnext_dist.dist import close_distributed, init_distributed
-    from resnext_dist.run.step import evaluate
-    from resnext_dist.models import build_model
-    from resnext_dist.run.build import autocast_factory
-    from resnext_dist.weights import init_model
-
     dist = init_distributed(cfg.dist)
     try:
         model = build_model(cfg.model).to(dist.device)
         note = init_model(model, weights, new_classifier_ok=False)
         if cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        loader = val_loader(cfg, dist)
+        loader = build_val_loader(cfg.data, dist, seed=cfg.train.seed, num_classes=cfg.model.num_classes,
+                                  channels_last=cfg.train.channels_last, required=True)  # the trainer's
         if dist.is_main:
             print(f"resnext_dist: evaluating {note} on {dist.world_size} process(es)", flush=True)
         with torch.no_grad():  # the numbers are the trainer's; only the autograd bookkeeping is skipped
-            result = evaluate(model, loader, dist, autocast_factory(cfg.train.precision, dist.device), tta_flip)
+            result = evaluate(model, loader, dist, PRECISIONS[cfg.train.precision].autocast(dist.device), tta_flip)
         result.update(tta_flip=tta_flip, weights=weights, world_size=dist.world_size, is_main=dist.is_main)
         return result
     finally:
         close_distributed()
-
-
-def format_result(r: dict) -> str:
-    return (f"val top-1 {100 * r['val_top1']:.2f}% | top-5 {100 * r['val_top5']:.2f}% | loss {r['val_loss']:.3f} "
-            f"({r['val_images']} images)")
 
 
 def log_to_tracked_run(cfg: TrainConfig, run_id: str, r: dict) -> None:
@@ -123,13 +114,12 @@ def main(argv=None) -> int:
             return 0
         result = run(cfg, weights, args.tta_flip or cfg.train.tta_flip)
         if result.pop("is_main"):
-            print(format_result(result), flush=True)
+            print(val_line(result), flush=True)  # the trainer's validation line
             if args.json:
                 atomic_write(args.json, json.dumps(result, indent=2) + "\n")
             if args.mlflow_run_id:
                 log_to_tracked_run(cfg, args.mlflow_run_id, result)
     except InputError as e:
-        from resnext_dist.commandline import launcher_rank
         if launcher_rank() == 0:  # every rank meets the same bad input: say it once
             print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -137,5 +127,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from resnext_dist.commandline import exit_without_teardown
     exit_without_teardown(main())

@@ -9,7 +9,6 @@ complete line, and a reader takes only lines that end in a newline.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from typing import Any, Dict, List
@@ -24,7 +23,7 @@ class RunLog:
     def write(self, kind: str, step: int, **fields: Any) -> Dict[str, Any]:
         record = {"kind": kind, "step": int(step), "time": round(time.time(), 3), **fields}
         if self._file:
-            self._file.write(json.dumps(record, default=_jsonable) + "\n")
+            self._file.write(json.dumps(record, default=str) + "\n")
         return record
 
     def close(self) -> None:
@@ -33,12 +32,6 @@ class RunLog:
             os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
-
-
-def _jsonable(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return str(x)
-    return str(x)
 
 
 def read_log(path: str) -> List[Dict[str, Any]]:

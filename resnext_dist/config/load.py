@@ -87,8 +87,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
     try:
         merged = OmegaConf.merge(*layers)
         if OmegaConf.is_missing(merged.run, "name"):
-            # <recipe>-<hash of the identity keys>: two experiments never share a run directory, and the same
-            # command (a requeue, a resume by hand) always finds its own.
+            # <recipe>-<hash of the identity keys> (identity.py: one directory per experiment, found again)
             merged.run.name = stem = os.path.splitext(os.path.basename(path))[0] if path else "run"
             merged.run.name = f"{stem}-{identity_hash(OmegaConf.to_object(merged))}"
         cfg = OmegaConf.to_object(merged)

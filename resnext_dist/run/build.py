@@ -87,11 +87,6 @@ def rebuild_schedule(state: TrainState, cfg: TrainConfig, steps_per_epoch: int) 
         state.scheduler.step()
 
 
-def autocast_factory(precision: str, device: torch.device):
-    """A zero-argument context factory: autocast in the precision's dtype, or nothing (fp32)."""
-    return PRECISIONS[precision].autocast(device)
-
-
 def seed_everything(train_cfg) -> None:
     """Same initial weights on every rank (DDP also broadcasts them) and reproducible draws."""
     random.seed(train_cfg.seed)

@@ -67,13 +67,9 @@ def val_line(r: Dict[str, Any], prefix: str = "val") -> str:
 
 
 def epoch_lines(r: Dict[str, Any], epochs: int) -> str:
-    head = f"epoch {r['epoch'] + 1}/{epochs} done in {duration(r['epoch_time_s'])}"
-    parts = [head]
-    if "val_top1" in r:
-        parts.append(val_line(r))
-    if "ema_val_top1" in r:
-        parts.append(val_line(r, "ema_val"))
-    return " | ".join(parts[:1]) + ("\n  " + "\n  ".join(parts[1:]) if len(parts) > 1 else "")
+    lines = [f"epoch {r['epoch'] + 1}/{epochs} done in {duration(r['epoch_time_s'])}"]
+    lines += [val_line(r, prefix) for prefix in ("val", "ema_val") if f"{prefix}_top1" in r]
+    return "\n  ".join(lines)
 
 
 def summary(s: Dict[str, Any], weights: Optional[str], log_path: str, mlflow: Optional[str]) -> str:

@@ -104,11 +104,10 @@ class RunLock:
 def hold_run_dir(run_dir: str, dist) -> Optional[RunLock]:
     """Rank 0 takes the run directory's lock; every rank raises RunDirInUse together if it is held elsewhere.
     Collective (one all-reduce, plus a broadcast of the message when refused; InputError when the directory
-    cannot be created); call it on every rank after
-    the process group exists and before anything is written to the run directory. Returns the lock on rank 0
-    (keep it referenced for the run's life; `release()` it at the end), None elsewhere."""
-    from resnext_dist import dist as rdist
-
+    cannot be created); call it on every rank after the process group exists and before anything is written to
+    the run directory. Returns the lock on rank 0 (keep it referenced for the run's life; `release()` it at the
+    end), None elsewhere."""
+    from resnext_dist import dist as rdist  # torch, for the collective only: RunLock alone stays light
     lock, error, in_use = None, "", False
     if dist.is_main:
         try:

@@ -5,11 +5,9 @@
     write_config(cfg)                 # atomically, only once the run starts or legitimately continues
     done = read_done(run_dir); finished_for(done, cfg)   # is there anything left to train for this config?
 
-What may change between two attempts of one run (a requeue, a resume by hand) is where and how fast it runs,
-how it is logged and checkpointed, and how long it trains (`train.epochs` extends a run, `train.max_steps` makes
-a smoke run that a later full run continues). Everything else (model, data, optimizer, batch, seed, precision)
-is the identity: a different value is a different run, and the default run name carries a hash of it, so two
-experiments never share a directory and the same command always finds its own.
+Which keys are the identity, and which may change between two attempts of one run (a requeue, a resume by hand),
+is config/identity.py's; of the latter, `train.epochs` extends a run and `train.max_steps` makes a smoke run that a
+later full run continues.
 """
 from __future__ import annotations
 

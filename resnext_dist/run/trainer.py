@@ -20,6 +20,7 @@ from resnext_dist.config import TrainConfig, to_yaml, validate
 from resnext_dist.data import train_res_for_epoch
 from resnext_dist.dist import DistInfo, close_distributed, init_distributed
 from resnext_dist.optim import peak_lr
+from resnext_dist.precision import PRECISIONS
 from resnext_dist.run import build as builder
 from resnext_dist.run import checkpoint as ckpt
 from resnext_dist.run import console, rundir
@@ -182,7 +183,7 @@ class Trainer:
         log.write("start", state.step, **start)
 
         self.runner = builder.runner(state.model, cfg, dist)
-        self.ctx = StepContext(self.runner, dist, builder.autocast_factory(cfg.train.precision, dist.device),
+        self.ctx = StepContext(self.runner, dist, PRECISIONS[cfg.train.precision].autocast(dist.device),
                                parts.accum_steps, cfg.optim.label_smoothing, cfg.train.grad_clip_norm)
         self.saver = ckpt.Checkpointer(state, self.ckpt_dir, cfg.checkpoint.keep, cfg.checkpoint.every_steps, dist)
         self.progress = console.Progress(dist.is_main and cfg.train.progress_bar, parts.steps_per_epoch)
