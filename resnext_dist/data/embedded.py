@@ -37,12 +37,6 @@ def is_embedded(path: str) -> bool:
     return isinstance(path, str) and path.startswith(PREFIX)
 
 
-def check_name(path: str, key: str) -> None:
-    """InputError naming `key` unless `path` is one of the embedded datasets."""
-    if path not in NAMES:
-        raise InputError(f"{key}={path!r}: no such embedded dataset; known: {', '.join(NAMES)}")
-
-
 def cache_dir() -> str:
     """Where the embedded data lives: per user, outside the repository."""
     if os.environ.get("RESNEXT_DIST_CACHE"):
@@ -95,6 +89,7 @@ def resolve(path: str, key: str = "data path") -> str:
     """The file behind `path`: an embedded dataset's cached file (made if needed), else `path` itself."""
     if not is_embedded(path):
         return path
-    check_name(path, key)
+    if path not in NAMES:
+        raise InputError(f"{key}={path!r}: no such embedded dataset; known: {', '.join(NAMES)}")
     train, val = ensure_digits()
     return train if path.endswith("/train") else val

@@ -33,6 +33,7 @@ intra-op thread count to its worker count (ffcv.pipeline.Compiler.set_num_thread
 """
 from __future__ import annotations
 
+import functools
 from typing import Iterator, Tuple
 
 import numpy as np
@@ -134,24 +135,14 @@ class FfcvTrain:
             self.decoder.output_size = (res, res)
         self.order.skip = skip
         self.loader.next_epoch = epoch  # the order is a function of (seed, epoch) only
-        return self._batches(epoch, res)
+        decode = functools.partial(self._decode, epoch, res) if self.on_device is not None else None
+        return _hand_out(self.loader, self.normalize, decode)
 
-    def _batches(self, epoch: int, res: int):
-        it = iter(self.loader)
-        try:
-            for images, labels in it:
-                # FFCV reuses its output buffers batches_ahead+2 batches later: hand out copies only
-                # (normalize and the device decoder make new image tensors; the labels are cloned).
-                labels = labels.reshape(-1).clone()
-                if self.on_device is None:
-                    yield self.normalize(images, labels)
-                    continue
-                boxes, flips = device_decode.train_boxes(
-                    device_decode.headers(images), seed=self.seed, epoch=epoch,
-                    random_crop=self.data_cfg.random_crop, val_crop_ratio=self.data_cfg.val_crop_ratio)
-                yield self.on_device(images, boxes, flips, res), labels.to(torch.int64)
-        finally:
-            it.close()  # stop the prefetch thread when the caller leaves the epoch early
+    def _decode(self, epoch: int, res: int, images: torch.Tensor) -> torch.Tensor:
+        boxes, flips = device_decode.train_boxes(
+            device_decode.headers(images), seed=self.seed, epoch=epoch,
+            random_crop=self.data_cfg.random_crop, val_crop_ratio=self.data_cfg.val_crop_ratio)
+        return self.on_device(images, boxes, flips, res)
 
 
 class FfcvVal:
@@ -183,16 +174,23 @@ class FfcvVal:
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         if self.loader is None:
-            return
-        it = iter(self.loader)
-        try:
-            for images, labels in it:
-                labels = labels.reshape(-1).clone()
-                if self.on_device is None:
-                    yield self.normalize(images, labels)
-                    continue
-                records = device_decode.headers(images)
-                boxes = device_decode.center_crops(records["height"], records["width"], self.ratio)
-                yield self.on_device(images, boxes, np.zeros(len(boxes), bool), self.res), labels.to(torch.int64)
-        finally:
-            it.close()
+            return iter(())
+        return _hand_out(self.loader, self.normalize, self._decode if self.on_device is not None else None)
+
+    def _decode(self, images: torch.Tensor) -> torch.Tensor:
+        records = device_decode.headers(images)
+        boxes = device_decode.center_crops(records["height"], records["width"], self.ratio)
+        return self.on_device(images, boxes, np.zeros(len(boxes), bool), self.res)
+
+
+def _hand_out(loader: Loader, normalize, decode) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """FFCV's batches as (float32 images, int64 labels): normalized, or `decode`d on the device (data.decode=gpu).
+    FFCV reuses its output buffers batches_ahead+2 batches later: hand out copies only (normalize and the device
+    decoder make new image tensors; the labels are cloned)."""
+    it = iter(loader)
+    try:
+        for images, labels in it:
+            labels = labels.reshape(-1).clone()
+            yield normalize(images, labels) if decode is None else (decode(images), labels.to(torch.int64))
+    finally:
+        it.close()  # stop the prefetch thread when the caller leaves the epoch early

@@ -1,10 +1,6 @@
 """The values of `data.loader`, one entry each (LOADERS): what it requires of the config, how it checks its data,
 how it builds its loaders, which class names its data records; and the builders the trainer and evaluate use.
 Nothing else compares `data.loader` (or `data.decode`) as a string: the config checks and the export ask the entry.
-
-    train, val = build_loaders(cfg.data, dist, seed=..., num_classes=..., channels_last=...)        # the trainer
-    val = build_val_loader(cfg.data, dist, seed=..., num_classes=..., channels_last=..., required=True)  # evaluate
-
 Importing it imports no torch (the config checks import it); a loader's module, and torch and FFCV with it, is
 imported when that loader is built, so a machine without FFCV can use the others.
 """
