@@ -5,12 +5,11 @@
     torchrun --nproc_per_node=8 -m resnext_dist.evaluate RUN_DIR        # the same numbers, 8x faster
     options: --tta-flip (add the flipped image's logits), --json OUT, --mlflow-run-id ID (log to that run)
 
-PATH is anything model.init takes (resnext_dist/weights/init.py): a torchvision state dict, our export/ or
-final_weights.pt, a checkpoint, a run directory. A RUN_DIR's weights are its export/, else final_weights.pt,
-else its newest checkpoint (model.init on the command line overrides them). The validation loader is the
-trainer's (data.loader, data.val, data.val_res, data.val_crop_ratio, data.batch_size), built for the val side
-only, and the numbers come from the trainer's own `run.step.evaluate`: every image counted once over all ranks,
-so 1 process and N ranks report the same counts. The classifier must fit too (no re-initialization here).
+PATH is anything model.init takes (weights/layout.py: a torchvision state dict, our export/ or final weights, a
+checkpoint, a run directory), and so is a RUN_DIR (model.init on the command line overrides it). The validation
+loader is the trainer's (data.loader, data.val, data.val_res, data.val_crop_ratio, data.batch_size), built for the
+val side only, and the numbers come from the trainer's own `run.step.evaluate`: every image counted once over all
+ranks, so 1 process and N ranks report the same counts. The classifier must fit too (no re-initialization here).
 
 Rank 0 prints `val top-1 93.61% | top-5 100.00% | loss 0.202 (360 images)` and writes --json OUT
 ({"val_loss", "val_top1", "val_top5", "val_images", "tta_flip", "weights", "world_size"}). With

@@ -9,8 +9,7 @@ directory (its export/, else its config.yaml with final_weights.pt or its newest
 model.init takes (a torchvision state dict, final weights, a checkpoint) with the architecture from --config
 and --set key=value (default: the config defaults, ResNeXt-50 32x4d with 1000 classes: torchvision's).
 Each image gets the validation preprocessing the model was evaluated with (the export records it; otherwise
-data.val_res and data.val_crop_ratio): the centered square of side int(crop_ratio x shorter side), resized to
-val_res x val_res (bilinear, antialiased), RGB, ImageNet mean/std, exactly as the validation loaders do.
+data.val_res and data.val_crop_ratio), exactly as the validation loaders do.
 Class names come from the export, else from the run's data (resnext_dist.data.sources.class_names_for), else
 they are the class indices.
 

@@ -132,10 +132,6 @@ def describe_keys(sections: Tuple[str, ...], schema: type = TrainConfig) -> str:
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------------------------
-# The trainer's config: --config, or the embedded default
-
-
 def load_train_config(args: argparse.Namespace):
     """(cfg, note) for the trainer: `--config FILE|NAME` and the overrides, or without --config the embedded
     default recipe (configs/quickstart.yaml: digits, made on first use); `note` is the line to print first

@@ -32,10 +32,6 @@ from resnext_dist.config.schema import TrainConfig, declared_keys, section_types
 from resnext_dist.errors import InputError, one_line
 
 
-# ----------------------------------------------------------------------------------------------
-# Finding a recipe
-
-
 def configs_dir() -> Optional[str]:
     """The recipes folder: configs/ beside the package (a clone, or an editable install), else the one a
     regular install puts under sys.prefix/share/resnext_dist/configs; None if neither exists."""
@@ -60,10 +56,6 @@ def find_config(name: str) -> str:
     hint = f" (did you mean {near[0]}?)" if near else ""
     raise InputError(f"--config {name}: no such file, and no recipe {name}.yaml in "
                      f"{folder or 'configs/'}{hint}; recipes: {', '.join(known) or 'none'}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None,
@@ -139,10 +131,6 @@ def _explain(e: OmegaConfBaseException) -> str:
     if "Missing mandatory value" in msg:
         return f"config key {key!r} is required but has no value"
     return f"config key {key!r}: {msg}" if key else msg
-
-
-# ----------------------------------------------------------------------------------------------
-# Output
 
 
 def to_yaml(cfg: TrainConfig) -> str:

@@ -54,10 +54,6 @@ class Source:
         return f"{self.name} image {i}"
 
 
-# ----------------------------------------------------------------------------------------------
-# ImageFolder
-
-
 class ImageFolderSource(Source):
     """root/<class>/<image>; classes are the sorted sub-folders (hidden ones skipped), as in torchvision."""
 
@@ -223,10 +219,6 @@ class SyntheticSource(Source):
         smooth = np.asarray(coarse.resize((self.size, self.size), Image.BICUBIC), dtype=np.int16)
         noisy = smooth + rng.integers(-8, 9, smooth.shape, dtype=np.int16)
         return np.clip(noisy, 0, 255).astype(np.uint8)
-
-
-# ----------------------------------------------------------------------------------------------
-# Opening
 
 
 def open_source(kind: str, path: str = "", split: str = "train", size: int = 32, num_images: int = 0,

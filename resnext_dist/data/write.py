@@ -142,10 +142,6 @@ def find_unreadable(source: Source, indices: np.ndarray, workers: int) -> List[T
     return bad
 
 
-# ----------------------------------------------------------------------------------------------
-# Command line
-
-
 def _check_options(write_mode, max_resolution, jpeg_quality, compress_probability, chunk_size, page_size) -> None:
     if write_mode not in WRITE_MODES:
         raise DataError(f"write mode {write_mode!r} must be one of {', '.join(WRITE_MODES)}")

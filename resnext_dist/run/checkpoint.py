@@ -4,10 +4,9 @@ running code, chosen once for all ranks.
 A checkpoint is `TrainState.state_dict()` in one file `checkpoints/step_00001234.pt`:
   model (unwrapped), optimizer, GradScaler, LR scheduler, EMA, step, epoch, samples consumed in the epoch
   (the loader position), RNG states (python, numpy, torch, cuda), the tracker's state, the resolved config with
-  its hash, and `format` (FORMAT). Everything in it is a tensor or a plain value (dict, list, int, float, str,
-  None), so it loads with weights/safe_load.py (`torch.load(..., weights_only=True)`): a file that needs anything
-  more (a crafted pickle whose loading would run code) is refused with `UnsafeCheckpoint`, never unpickled. The
-  files' names, `latest`, and finding them (list_checkpoints, find_latest) are weights/layout.py's.
+  its hash, and `format` (FORMAT). Everything in it is a tensor or a plain value, so it loads with
+  weights/safe_load.py; a file that needs more (a crafted pickle that would run code) is refused with
+  `UnsafeCheckpoint`, never unpickled. The files' names, `latest`, and finding them are weights/layout.py's.
 Writing: rank 0 writes `.tmp-<name>`, fsyncs, renames it into place, fsyncs the directory, then points
 `latest` at it (same dance), then deletes all but the newest `checkpoint.keep`. A save killed half-way
 leaves only a `.tmp-` file that nothing reads. Every rank learns whether the save worked (one
@@ -94,7 +93,8 @@ class TrainState:
             self.scaler.load_state_dict(sd["scaler"])
         self.step, self.epoch, self.samples_in_epoch = sd["step"], sd["epoch"], sd["samples_in_epoch"]
         # checkpoints written before the tracker's state was opaque hold its MLflow run id alone
-        self.tracker = sd.get("tracker") or ({"mlflow_run_id": sd["mlflow_run_id"]} if sd.get("mlflow_run_id") else None)
+        old_id = sd.get("mlflow_run_id")
+        self.tracker = sd.get("tracker") or ({"mlflow_run_id": old_id} if old_id else None)
         set_rng_state(sd["rng"])
 
 
@@ -176,10 +176,6 @@ class Checkpointer:
         self.last_saved_path = save(self.state, self.ckpt_dir, self.keep, self.dist)
         self._saved_key = self._key()
         return self.last_saved_path
-
-
-# ----------------------------------------------------------------------------------------------
-# Files
 
 
 def save(state: TrainState, ckpt_dir: str, keep: int, dist) -> str:

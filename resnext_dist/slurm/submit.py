@@ -31,10 +31,6 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT
                 "DEADLINE", "SPECIAL_EXIT", "REVOKED"}
 
 
-# ----------------------------------------------------------------------------------------------
-# From config to sbatch parameters
-
-
 def check_slurm_config(cfg: TrainConfig) -> None:
     """What the config checks could not know when it loaded: the job's world size (slurm.nodes x tasks per node)
     must divide the global batch. Caught here, not after the job starts; raises InputError."""
@@ -91,10 +87,6 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     run_cfg = dataclasses.replace(cfg.run, dir=os.path.abspath(cfg.run.dir), root=os.path.abspath(cfg.run.root))
     folder = os.path.abspath(cfg.slurm.folder)
     return dataclasses.replace(cfg, run=run_cfg, slurm=dataclasses.replace(cfg.slurm, folder=folder))
-
-
-# ----------------------------------------------------------------------------------------------
-# Submitting and following
 
 
 def make_executor(cfg: TrainConfig) -> submitit.SlurmExecutor:

@@ -50,10 +50,6 @@ class Sweep:
         return {"name": self.name, "grid": self.grid, "config": config, "overrides": overrides, "runs": self.runs}
 
 
-# ----------------------------------------------------------------------------------------------
-# Plan: every run's config, checked; nothing written
-
-
 def plan(config: Optional[str], overrides: List[str], specs: List[str], max_runs: int) -> Sweep:
     """The sweep the command describes; InputError (naming the run, key and value) if any run is bad."""
     base = load_config(config, overrides)
@@ -113,10 +109,6 @@ def finish_parent(sweep_dir: str) -> None:
         print(f"warning: MLflow parent run not marked FINISHED: {one_line(e, 200)}", file=sys.stderr)
 
 
-# ----------------------------------------------------------------------------------------------
-# Following the array
-
-
 def element_states(records: List[Dict[str, str]]) -> Dict[str, Dict[str, str]]:
     """scontrol's records of an array -> {"<array id>_<index>": record}; a pending remainder ("2-3%2") stands for
     each index it names; a job that is not an array (a sweep of one run to train) is keyed by its own id."""
@@ -157,10 +149,6 @@ def follow(sweep_dir: str, jobs: Dict[str, str], out=None, poll_s: float = 2.0) 
         if misses > 3 or (found and all(states.get(r) in FINAL_STATES for r in jobs)):
             return states
         time.sleep(poll_interval(start, poll_s))
-
-
-# ----------------------------------------------------------------------------------------------
-# The command
 
 
 def main_sweep(args: argparse.Namespace, out=None) -> int:

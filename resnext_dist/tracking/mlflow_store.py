@@ -30,10 +30,6 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development", "mlflow.
      "orderByAsc": False})}
 
 
-# ----------------------------------------------------------------------------------------------
-# Where runs are kept and shown
-
-
 def resolve_uri(cfg) -> str:
     """`tracking.uri`, or a sqlite store at <run.root>/mlflow.db (absolute: ui_command works from anywhere)."""
     return cfg.tracking.uri or "sqlite:///" + os.path.join(os.path.abspath(cfg.run.root), "mlflow.db")
@@ -81,10 +77,6 @@ def experiment_link(cfg) -> str:
         except Exception:  # an unreachable server must not stop a submission
             pass
     return experiment_url(ui, found.experiment_id) if found else f"{ui}  (experiment {cfg.tracking.experiment})"
-
-
-# ----------------------------------------------------------------------------------------------
-# MLflow's names, limits and network habits
 
 
 def metric_key(key: str) -> str:
@@ -139,10 +131,6 @@ def experiment_id(client, name: str, artifact_location: Optional[str]) -> str:
     for key, value in EXPERIMENT_TAGS.items():
         client.set_experiment_tag(exp.experiment_id, key, value)
     return exp.experiment_id
-
-
-# ----------------------------------------------------------------------------------------------
-# Runs made in one go
 
 
 def log_metrics(cfg, run_id: str, metrics: Dict[str, float], step: int = 0) -> None:

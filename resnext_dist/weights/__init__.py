@@ -4,8 +4,7 @@
     write_export(model, cfg, "runs/x/export", class_names)      # the trainer's export/ (export.py)
     model = load("runs/x/export")                               # an export rebuilt, in eval mode (export.py)
 
-Where weights lie (an export folder, a run directory's export/, final weights, checkpoints) is layout.py; every
-torch file is read by safe_load.py (weights_only, refused rather than unpickled), checkpoints included.
+Where weights lie is layout.py; every torch file, checkpoints included, is read by safe_load.py.
 """
 from resnext_dist.weights.export import load_model as load, write_export
 from resnext_dist.weights.init import init_model, read_state_dict

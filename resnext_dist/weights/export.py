@@ -1,16 +1,12 @@
-"""Weights for use elsewhere: `export/` = model.safetensors (the state dict) + model.json (how to rebuild and feed it).
-
-    write_export(model, cfg, "runs/x/export", class_names=["cat", "dog"])   # the trainer, rank 0, at the end
-    model = resnext_dist.weights.load("runs/x/export")                       # anyone: the model, in eval mode
+"""Weights for use elsewhere: `export/` = model.safetensors (the state dict) + model.json (how to rebuild and feed it),
+written by the trainer (rank 0, at the end) and read back by `resnext_dist.weights.load` (the model, in eval mode).
 
 model.json holds the arch and the model.* keys that rebuild it (also as `key=value` overrides), the name of
 the torchvision constructor whose state dict is the same (ImageNet-stem presets torchvision has:
 `torchvision.models.resnext50_32x4d(num_classes=N).load_state_dict(safetensors.torch.load_file(...))` works with
-strict=True), the class names, and the validation preprocessing (predict.py applies it; so can anyone):
-the centered square of side int(crop_ratio x shorter side), resized to size x size (bilinear, antialiased),
-RGB, scaled to [0, 1], normalized with mean/std, NCHW. The safetensors file is written first and model.json
-last, each atomically, so a model.json always describes a complete weights file (its sha256 is recorded,
-and load_model checks it).
+strict=True), the class names, and the validation preprocessing (export_meta; predict.py applies it, so can anyone).
+The safetensors file is written first and model.json last, each atomically, so a model.json always describes a
+complete weights file (its sha256 is recorded, and load_model checks it).
 Nothing in an export can run code: safetensors and JSON only.
 """
 from __future__ import annotations

@@ -1,13 +1,11 @@
-"""Weights from a file into a model: `model.init=PATH`, evaluate and predict all read weights here.
-
-    note = init_model(model, "resnext50_32x4d-1a0047aa.pth")   # one line for the banner / log.jsonl
+"""Weights from a file into a model: `model.init=PATH`, evaluate and predict all read weights here (`init_model`
+returns one line for the banner / log.jsonl).
 
 PATH is what layout.find_weights finds: an export, a run directory, final_weights.pt, a training checkpoint (its
 `model` entry only), or a plain state dict file as torchvision saves its downloads; keys saved from a DDP or
 compiled model (`module.`, `_orig_mod.`) are accepted too.
-Nothing read can run code: pickles go through safe_load.py (`torch.load(weights_only=True)`: tensors, containers
-and plain values, nothing else), safetensors holds tensors only. A file that would need more is refused with
-InputError naming it; its code never runs.
+Nothing read can run code: pickles go through safe_load.py, safetensors holds tensors only; a file that would need
+more is refused with InputError naming it.
 
 The load is strict. The one exception is the classifier (`fc.weight`, `fc.bias`) when its shape differs,
 i.e. model.num_classes differs from the weights': the model keeps its freshly initialized classifier and
@@ -90,4 +88,3 @@ def init_model(model: torch.nn.Module, path: str, new_classifier_ok: bool = True
         note += (f"; classifier fc re-initialized for {own['fc.weight'].shape[0]} classes "
                  f"(the weights have {old_classes})")
     return note
-
