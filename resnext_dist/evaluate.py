@@ -95,15 +95,6 @@ def run(cfg: TrainConfig, weights: str, tta_flip: bool = False) -> dict:
         close_distributed()
 
 
-def log_to_tracked_run(cfg: TrainConfig, run_id: str, r: dict) -> None:
-    """The figures as eval_loss, eval_top1, eval_top5, eval_images of the tracked run `run_id` (--mlflow-run-id)."""
-    try:
-        tracking.log_metrics(cfg, run_id, {f"eval_{k[4:]}": r[k] for k in ("val_loss", "val_top1", "val_top5",
-                                                                          "val_images")})
-    except InputError as e:  # an unknown run, a store that does not answer: named after the option
-        raise InputError(f"--mlflow-run-id {e}") from None
-
-
 def main(argv=None) -> int:
     args = parser().parse_intermixed_args(argv)  # RUN_DIR, options and key=value in any order
     try:
@@ -116,8 +107,12 @@ def main(argv=None) -> int:
             print(val_line(result), flush=True)  # the trainer's validation line
             if args.json:
                 atomic_write(args.json, json.dumps(result, indent=2) + "\n")
-            if args.mlflow_run_id:
-                log_to_tracked_run(cfg, args.mlflow_run_id, result)
+            if args.mlflow_run_id:  # the figures as eval_loss, eval_top1, eval_top5, eval_images of that run
+                figures = {f"eval_{k[4:]}": result[k] for k in ("val_loss", "val_top1", "val_top5", "val_images")}
+                try:
+                    tracking.log_metrics(cfg, args.mlflow_run_id, figures)
+                except InputError as e:  # an unknown run, a store that does not answer: named after the option
+                    raise InputError(f"--mlflow-run-id {e}") from None
     except InputError as e:
         if launcher_rank() == 0:  # every rank meets the same bad input: say it once
             print(f"error: {e}", file=sys.stderr)

@@ -4,11 +4,9 @@
     cfg = load_config(find_config("quickstart"), [])        # a recipe of configs/ by name
 
 Recipes in configs/ are YAML merged over the schema's defaults; `key=value` overrides from the command line
-are merged last. Every error (a file that is not a YAML mapping, unknown key, wrong type, bad value,
-cross-field mismatch) raises `InputError` with one line naming the key, before any process group, GPU or
-Slurm time is used. Credentials in `tracking.uri` are moved to MLflow's environment variables here
-(credentials.py), so no loaded config holds them. No OmegaConf object leaves this module: callers get plain
-dataclasses.
+are merged last. A file that is not a YAML mapping, an unknown key or a wrong type raises `InputError` here, a bad
+value checks.py's; credentials in `tracking.uri` are moved out of it (credentials.py), so no loaded config holds
+them. No OmegaConf object leaves this module: callers get plain dataclasses.
 
 Paths in a config (data.train, data.val, run.root, checkpoint.resume, ...) are used as written: a relative
 path is relative to the working directory the command runs in, not to the config file. The one exception is

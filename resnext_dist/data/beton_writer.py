@@ -295,5 +295,3 @@ def writer_class():
                 raise RuntimeError(f"a writer process died (exit code {dead[0]}) writing {self.output}")
 
     return Writer
-
-

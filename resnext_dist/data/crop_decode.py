@@ -120,4 +120,3 @@ class CropFirstRandomResizedCrop(_CropFirst, RandomResizedCropRGBImageDecoder):
 
 class CropFirstCenterCrop(_CropFirst, CenterCropRGBImageDecoder):
     """CenterCropRGBImageDecoder (same arguments) that decodes only the crop."""
-

@@ -7,32 +7,29 @@ torch (the config checks read SCHEDULES); building does.
 from __future__ import annotations
 
 
-def _cosine(optimizer, cfg, steps_per_epoch: int, warmup: int, rest: int):
-    from torch.optim.lr_scheduler import CosineAnnealingLR  # torch when built: config checks import this
-    return CosineAnnealingLR(optimizer, T_max=rest, eta_min=0.0)
+def _cosine(lrs, optimizer, cfg, steps_per_epoch: int, warmup: int, rest: int):
+    return lrs.CosineAnnealingLR(optimizer, T_max=rest, eta_min=0.0)
 
 
-def _step(optimizer, cfg, steps_per_epoch: int, warmup: int, rest: int):
-    from torch.optim.lr_scheduler import MultiStepLR  # torch when built: config checks import this
+def _step(lrs, optimizer, cfg, steps_per_epoch: int, warmup: int, rest: int):
     # milestones count from the end of the warm-up, which the SequentialLR below runs first
-    return MultiStepLR(optimizer, milestones=[max(1, m * steps_per_epoch - warmup) for m in cfg.milestones],
-                       gamma=cfg.gamma)
+    return lrs.MultiStepLR(optimizer, milestones=[max(1, m * steps_per_epoch - warmup) for m in cfg.milestones],
+                           gamma=cfg.gamma)
 
 
-def _linear(optimizer, cfg, steps_per_epoch: int, warmup: int, rest: int):
-    from torch.optim.lr_scheduler import LinearLR  # torch when built: config checks import this
-    return LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=rest)
+def _linear(lrs, optimizer, cfg, steps_per_epoch: int, warmup: int, rest: int):
+    return lrs.LinearLR(optimizer, start_factor=1.0, end_factor=0.0, total_iters=rest)
 
 
 SCHEDULES = {"cosine": _cosine, "step": _step, "linear": _linear}
 
 
 def build_scheduler(optimizer, cfg, steps_per_epoch: int, epochs: int):
-    from torch.optim.lr_scheduler import LinearLR, SequentialLR  # torch when built: config checks import this
+    from torch.optim import lr_scheduler as lrs  # torch when built: the config checks import this module
     total = max(1, steps_per_epoch * epochs)
     warmup = min(total - 1, int(round(cfg.warmup_epochs * steps_per_epoch)))
-    main = SCHEDULES[cfg.schedule](optimizer, cfg, steps_per_epoch, warmup, total - warmup)
+    main = SCHEDULES[cfg.schedule](lrs, optimizer, cfg, steps_per_epoch, warmup, total - warmup)
     if warmup <= 0:
         return main
-    ramp = LinearLR(optimizer, start_factor=cfg.warmup_start_factor, end_factor=1.0, total_iters=warmup)
-    return SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+    ramp = lrs.LinearLR(optimizer, start_factor=cfg.warmup_start_factor, end_factor=1.0, total_iters=warmup)
+    return lrs.SequentialLR(optimizer, [ramp, main], milestones=[warmup])

@@ -77,7 +77,7 @@ class TrainState:
             "tracker": self.tracker,
             "format": FORMAT,
             "config": self.config_yaml,
-            "config_hash": config_hash(self.config_yaml),
+            "config_hash": hashlib.sha256(self.config_yaml.encode()).hexdigest()[:16],
             **self.extra,
         }
 
@@ -104,10 +104,6 @@ def _load_strict(module: torch.nn.Module, sd: Dict[str, torch.Tensor], path: str
     if problems:
         raise CheckpointError(f"{path}: {what} does not match this config's model ({problems})")
     module.load_state_dict(sd, strict=True)
-
-
-def config_hash(yaml_text: str) -> str:
-    return hashlib.sha256(yaml_text.encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,9 +14,8 @@ import sys
 import tempfile
 from typing import Any, Dict, List, Tuple
 
-from resnext_dist.errors import InputError
-
 from resnext_dist.config import TrainConfig
+from resnext_dist.errors import InputError
 
 
 class SlurmOptionError(InputError):
@@ -26,8 +25,6 @@ class SlurmOptionError(InputError):
 def tasks_per_node(s) -> int:
     """One task per GPU; 1 for a CPU job unless tasks_per_node says otherwise."""
     return s.tasks_per_node or s.gpus_per_node or 1
-
-
 
 
 def run(cmd: List[str], timeout: float = 30) -> subprocess.CompletedProcess:

@@ -119,14 +119,9 @@ def submit(cfg: TrainConfig, check_cluster: bool = True) -> submitit.Job:
         return executor.submit(TrainJob(cfg))
 
 
-def job_state(job_id: str) -> Dict[str, str]:
-    """scontrol's view of the job: JobState, Reason, ExitCode, Restarts, NodeList ({} once purged)."""
-    states = job_states(job_id)
-    return states[0] if states else {}
-
-
 def job_states(job_id: str) -> List[Dict[str, str]]:
-    """scontrol's records of a job, one per element for a job array ([] once purged)."""
+    """scontrol's records of a job (JobState, Reason, ExitCode, Restarts, NodeList, ...), one per element for a job
+    array ([] once purged)."""
     out = run(["scontrol", "-o", "show", "job", job_id])
     if out.returncode != 0:
         return []
@@ -142,7 +137,7 @@ def wait(job: submitit.Job, out=sys.stdout, poll_s: float = 2.0) -> int:
     job_id = str(job.job_id)
     last, info, misses, start = None, {}, 0, time.time()
     while True:
-        now = job_state(job_id)
+        now = (job_states(job_id) or [{}])[0]
         if not now:  # purged from slurmctld's memory (MinJobAge) or a transient failure: a few tries
             misses += 1
             if misses > 3:
