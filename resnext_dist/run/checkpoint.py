@@ -32,7 +32,8 @@ from resnext_dist.files import atomic_write
 from resnext_dist.weights.init import mismatch
 from resnext_dist.weights.layout import LATEST, checkpoint_candidates, checkpoint_name, list_checkpoints
 from resnext_dist.weights.safe_load import RefusedFile, UnreadableFile, brief, safe_load
-FORMAT = "resnext_dist.run.checkpoint/2"  # 2: plain values only (1 held numpy RNG arrays and needed a full unpickle)
+# The format's name, not this module's path: a checkpoint written before the package moved still resumes.
+FORMAT = "resnext_dist.checkpoint/2"  # 2: plain values only (1 held numpy RNG arrays and needed a full unpickle)
 
 
 class CheckpointError(InputError):

@@ -28,7 +28,7 @@ from resnext_dist.models import PRESETS, build_model
 from resnext_dist.weights.init import init_model
 from resnext_dist.weights.layout import META_FILE, WEIGHTS_FILE, export_folders
 
-FORMAT = "resnext_dist.weights.export"
+FORMAT = "resnext_dist.export"  # the format's name, not this module's path: exports written before the move read
 VERSION = 1
 TORCHVISION_ARCHS = ("resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d")  # torchvision.models has these
 
