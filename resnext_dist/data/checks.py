@@ -1,14 +1,7 @@
 """The checks of one dataset file or folder, made before any process group or training step; each loader
-(loaders.py) runs those of its kind.
-
-ffcv: data.train / data.val exist, are .beton files FFCV can read (not truncated), hold an `image`
-(RGBImageField) and a `label` (IntField) field and at least one image, and every label lies in
-[0, num_classes). Only the file's header and metadata table are read, so this takes well under a second
-even for ImageNet.
-torchvision: the sources open (see sources.py: missing directory, no class folders, an empty class
-folder, unreadable CIFAR batches) and their labels lie in [0, num_classes); the torchvision entry also checks
-that train and val name the same classes in the same order.
-Each message is one line naming the file and, for labels, the first bad one.
+(loaders.py) runs those of its kind: a .beton's (only its header and metadata table are read, so this takes well
+under a second even for ImageNet), or a torchvision source's (sources.py opens it). Each message is one line
+naming the file and, for labels, the first bad one.
 """
 from __future__ import annotations
 

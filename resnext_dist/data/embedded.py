@@ -7,11 +7,9 @@ A config names it with a symbolic path instead of a file, so a recipe works on a
       train: embedded:digits/train
       val: embedded:digits/val
 
-`resolve(path)` turns those into the files of a per-user cache outside the repository
-(`$RESNEXT_DIST_CACHE`, else `$XDG_CACHE_HOME/resnext_dist`, else `~/.cache/resnext_dist`), writing them the first
-time through `ensure_digits()`: one process writes while the others (the ranks of a torchrun job on one node) wait
-on a file lock; each file is written under a name unique to its host and process and renamed into place, so
-several nodes sharing a home directory never see half a file, whichever of them writes first.
+`resolve(path)` turns those into the files of a per-user cache outside the repository (`cache_dir()`), writing them
+the first time (`ensure_digits()`): one process of a machine writes while the others wait on a file lock, and each
+file is renamed into place, so nodes sharing a home directory never see half a file, whichever of them writes first.
 Any other path is left as it is (a relative path is relative to the working directory).
 
 Importing this module is cheap (no torch, no FFCV): the writer is imported only when a file must be made.

@@ -1,15 +1,12 @@
 """FFCV loaders: .beton files decoded by FFCV's JIT-compiled pipelines (the fast path).
 
-Decoders: crop_decode.py's (data.crop_decode=true, when its compiled part is installed) decode only the
-crop of each JPEG and shrink it with our INTER_AREA; otherwise FFCV's, which decode whole images and resize
-with OpenCV. Same crops either way, and pixels within 1 level (a few along crop edges: chroma upsampling).
+Decoders: crop_decode.py's (data.crop_decode=true, when its compiled part is installed), otherwise FFCV's.
 
-Training: RandomResizedCrop decode at the epoch's resolution + horizontal flip (data.pad_crop > 0: a
-center-crop decode, flip, then a random shift by up to pad_crop pixels, CIFAR-style; data.random_crop=false:
-a deterministic center-crop decode and no flip), ToDevice (non-blocking),
-NCHW in channels_last, uint8; normalization to float32 runs on the device (normalize.py). Progressive
-resizing sets the decoder's output size before each epoch, as FFCV's ImageNet example does (the buffers
-are re-allocated per epoch; the compiled code is reused).
+Training: RandomResizedCrop decode at the epoch's resolution + horizontal flip (data.pad_crop > 0: a center-crop
+decode, flip, then a random shift by up to pad_crop pixels, CIFAR-style; data.random_crop=false: a deterministic
+center-crop decode and no flip), ToDevice (non-blocking), NCHW in channels_last, uint8; normalization to float32
+runs on the device (normalize.py). Progressive resizing sets the decoder's output size before each epoch, as FFCV's
+ImageNet example does (the buffers are re-allocated per epoch; the compiled code is reused).
 
 Order: FFCV's own distributed RANDOM order is DistributedSampler(drop_last=False), which pads the shards
 with duplicates, and it can only start an epoch at its first batch. This loader installs sharding.py's
@@ -21,10 +18,8 @@ ffcv 1.0.2 (an instance) and ffcv main (a class).
 Validation: a center-crop decode (ratio data.val_crop_ratio) at data.val_res, SEQUENTIAL, no drop_last,
 over this rank's block of explicit `indices` (sharding.eval_shard): every image once over all ranks.
 
-data.decode=gpu (device_decode.py): the same loaders, order and skip, but FFCV's workers only copy each
-image's stored bytes; decoding, crop, resize, flip and normalization run on the device, with crops keyed
-by (seed, epoch, image index). Training crops are random-resized (or, with data.random_crop=false, center)
-crops; data.pad_crop needs data.decode=cpu.
+data.decode=gpu: the same loaders, order and skip, FFCV's workers copying each image's stored bytes for
+device_decode.py to decode on the device; data.pad_crop needs data.decode=cpu.
 
 data.num_workers is FFCV's number of decoding threads (numba's), kept within [1, cores]. Costs: importing
 FFCV takes ~10 s (numba, OpenCV) and the first epoch of each pipeline compiles it with numba (~15-20 s

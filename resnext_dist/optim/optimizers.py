@@ -1,9 +1,9 @@
 """The optimizers, one entry each (OPTIMIZERS): the `optim` values it refuses, and how it is built.
 
-SGD with (Nesterov) momentum is the one entry yet (AdamW and LAMB come later, with a key that chooses). BN
-parameters and biases get no weight decay (they are scale/shift parameters, and decaying them only hurts, as the
-NVIDIA and FFCV recipes note). The peak learning rate is `optim.lr x global_batch / 256` when `optim.scale_lr`
-(Goyal et al. 2017's linear scaling rule). Importing it imports no torch (the config checks run the entries').
+SGD with (Nesterov) momentum is the one entry yet (a key that chooses comes with the second). BN parameters and
+biases get no weight decay (they are scale/shift parameters, and decaying them only hurts, as the NVIDIA and FFCV
+recipes note). The peak learning rate is `optim.lr x global_batch / 256` when `optim.scale_lr` (Goyal et al. 2017's
+linear scaling rule). Importing it imports no torch (the config checks run the entries').
 """
 from __future__ import annotations
 

@@ -14,8 +14,6 @@ anything, and holds it until the process ends:
 - where the filesystem refuses flock (ENOLCK: an NFS mount without a lock manager), the lease alone decides:
   a lease naming a live process on this host blocks; any other lease is taken over (with no lock service,
   liveness on another host cannot be checked).
-
-`hold_run_dir(run_dir, dist)` is what the trainer calls (collective: every rank learns the outcome).
 """
 from __future__ import annotations
 

@@ -4,9 +4,8 @@ evaluation. The epoch loop that calls them is trainer.py.
 The step, top to bottom: fetch a micro-batch (timed: that is the data wait) -> forward under autocast ->
 on the last micro-step, when asked, agree with every rank on (a non-finite loss anywhere, a stop request, a
 log line now) in one tiny all-reduce before the backward -> backward (DDP all-reduces gradients on the last
-micro-step only) -> clip -> optimizer step -> schedule -> EMA. Evaluation counts every validation image exactly
-once over all ranks (each rank holds a disjoint share) and all-reduces counts, not averages. Between two log
-lines the losses stay on the device (`Interval`); the host reads them only when a line is due.
+micro-step only) -> clip -> optimizer step -> schedule -> EMA. Between two log lines the losses stay on the device
+(`Interval`); evaluation all-reduces counts, not averages.
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ A sweep directory (<run.root>/<sweep name>/) holds `sweep.json` (the grid, the c
 run's values and directory), one run directory per point, `mlflow_parent.json` (the sweep's MLflow parent run, when
 tracking is on) and `summary.json` / `summary.csv`: the runs sorted by best val top-1, rewritten (atomic_write)
 whenever someone looks (`submit.py --wait`, `python -m resnext_dist.sweep report`). Results come from each run's
-log.jsonl (the run summary the trainer writes, `run.log.summarize`) and DONE marker, the run's own record; no
+log.jsonl (the run summary the trainer writes, `runlog.summarize`) and DONE marker, the run's own record; no
 second copy is kept.
 """
 from __future__ import annotations

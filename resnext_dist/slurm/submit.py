@@ -1,10 +1,6 @@
 """Submitting one training job through submitit, the submitting host's side: config -> sbatch parameters, checks,
 submit, follow (scontrol), describe. The command line is resnext_dist/submit.py; what runs inside the job is
-job.py; what the cluster can run, checks.py; a sweep, sweep.py.
-
-Bad input exits 2 with one line before anything is submitted: config errors, and Slurm options the
-cluster cannot satisfy (unknown partition, more nodes, CPUs, GPUs or memory than it has), checked with
-`sinfo` and `sbatch --test-only` rather than leaving a job pending forever.
+job.py; what the cluster can run, checks.py (before anything is submitted); a sweep, sweep.py.
 """
 from __future__ import annotations
 

@@ -1,11 +1,9 @@
 """The MLflow tracker of a training run (used as the tracking package's docstring shows): one MLflow run per training
-run. One thread (rank 0, when enabled) runs mirror.Mirror: it sends new complete lines of log.jsonl in batches from
-the cursor in <run dir>/mlflow_run.json and backs off when the server is away (1 s doubling to 30 s, one warning per
-outage); artifacts wait in the cursor's list until uploaded. What close() could not send within
+run. One thread (rank 0, when enabled) runs mirror.Mirror from the cursor in <run dir>/mlflow_run.json and backs off
+when the server is away (1 s doubling to 30 s, one warning per outage). What close() could not send within
 tracking.close_timeout_s stays there, for the next attempt of the run or `python -m resnext_dist.tracking sync
 RUN_DIR`. The run id is in the checkpoint (the tracker's `state`, passed back to open_tracker) and in the cursor (a
-crash before the first checkpoint). A new run in a run dir whose cursor names a run still RUNNING (its trainer gone,
-e.g. checkpoint.resume=never) ends that one KILLED, with an event in log.jsonl.
+crash before the first checkpoint).
 """
 from __future__ import annotations
 
