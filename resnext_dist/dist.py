@@ -105,10 +105,6 @@ def close_distributed() -> None:
         tdist.destroy_process_group()
 
 
-# ----------------------------------------------------------------------------------------------
-# Collectives that degrade to no-ops in a single process
-
-
 def all_reduce(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """In-place all-reduce (sum | max | min); returns the tensor. A sync point on GPU if read after."""
     if tdist.is_initialized() and tdist.get_world_size() > 1:

@@ -90,9 +90,6 @@ class ImageFolderSource(Source):
         return self.paths[i]
 
 
-# ----------------------------------------------------------------------------------------------
-# CIFAR-10/100, python-pickle layout (the files are pickles: open only folders you trust)
-
 _CIFAR = {  # kind: (train files, val files, meta file, label key, names key)
     "cifar10": ([f"data_batch_{k}" for k in range(1, 6)], ["test_batch"], "batches.meta", "labels", "label_names"),
     "cifar100": (["train"], ["test"], "meta", "fine_labels", "fine_label_names"),
@@ -110,7 +107,8 @@ def cifar_kind(root: str) -> Optional[str]:
 
 
 class CifarSource(Source):
-    """CIFAR-10 (data_batch_1..5 / test_batch) or CIFAR-100 (train / test); split 'val' is the test set."""
+    """CIFAR-10 (data_batch_1..5 / test_batch) or CIFAR-100 (train / test) in the python-pickle layout; split 'val'
+    is the test set. The files are pickles: open only folders you trust."""
 
     def __init__(self, root: str, split: str = "train"):
         if split not in SPLITS:
@@ -164,15 +162,12 @@ def _load_pickle(path: str) -> dict:
     return obj
 
 
-# ----------------------------------------------------------------------------------------------
-# scikit-learn's digits: 1,797 8x8 grey images with 17 levels, shipped with the library
-
-
 DIGITS_VAL_EVERY = 5  # images 0, 5, 10, ... are the validation split (360 images; 1,437 for training)
 
 
 class DigitsSource(Source):
-    """The 8x8 digits upscaled (bilinear) to `size` px RGB; a fixed split: every 5th image is validation."""
+    """scikit-learn's digits (1,797 8x8 grey images with 17 levels, shipped with the library) upscaled (bilinear) to
+    `size` px RGB; a fixed split: every 5th image is validation."""
 
     def __init__(self, split: str = "train", size: int = 32):
         from sklearn.datasets import load_digits
@@ -196,12 +191,9 @@ class DigitsSource(Source):
         return im.convert("RGB")
 
 
-# ----------------------------------------------------------------------------------------------
-# Synthetic: smooth random pictures (they compress and decode like photos, unlike white noise)
-
-
 class SyntheticSource(Source):
-    """`num_images` images of `size` px; image i depends on (seed, i) only; label = i % num_classes."""
+    """`num_images` smooth random pictures (they compress and decode like photos, unlike white noise) of `size` px;
+    image i depends on (seed, i) only; label = i % num_classes."""
 
     def __init__(self, num_images: int, num_classes: int, size: int = 64, seed: int = 0):
         if num_images < 1 or num_classes < 1 or size < 1:

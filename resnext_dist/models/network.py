@@ -141,10 +141,6 @@ def build_model(cfg) -> ResNeXt:
                    cfg.base_channels, cfg.zero_init_residual, cfg.blurpool)
 
 
-# ----------------------------------------------------------------------------------------------
-# A constructor per preset, named as torchvision names them
-
-
 def _constructor(arch: str):
     def build(num_classes: int = 1000, stem: str = "imagenet", **kw) -> ResNeXt:
         return resnext(arch, num_classes, stem, **kw)  # an unknown keyword is a TypeError naming it

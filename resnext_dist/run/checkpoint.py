@@ -107,12 +107,9 @@ def _load_strict(module: torch.nn.Module, sd: Dict[str, torch.Tensor], path: str
     module.load_state_dict(sd, strict=True)
 
 
-# ----------------------------------------------------------------------------------------------
-# RNG state: python, numpy, torch CPU and CUDA, so a resumed run draws what the uninterrupted one drew. Kept as
-# tensors and plain values (not numpy arrays or tuples of them) so the file loads with weights_only=True.
-
-
 def rng_state() -> Dict[str, Any]:
+    """python's, numpy's, torch's CPU and CUDA generators, so a resumed run draws what the uninterrupted one drew;
+    as tensors and plain values (not numpy arrays or tuples of them), so the file loads with weights_only=True."""
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {"python": {"version": version, "state": list(internal), "gauss": gauss},
@@ -132,10 +129,6 @@ def set_rng_state(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
-
-
-# ----------------------------------------------------------------------------------------------
-# When to save: one owner of "every N steps, epoch end, stop, finish" and of what was saved last
 
 
 class Checkpointer:
@@ -239,10 +232,6 @@ def load_file(path: str, mmap: bool = False) -> Dict[str, Any]:
     if sd.get("format") != FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {sd.get('format', 1)!r}, this version reads {FORMAT!r}")
     return sd
-
-
-# ----------------------------------------------------------------------------------------------
-# Which checkpoint to resume: chosen once, by rank 0, for every rank
 
 
 def choose_resume(resume: str, ckpt_dir: str, dist,

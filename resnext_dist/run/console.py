@@ -79,7 +79,8 @@ def summary(s: Dict[str, Any], weights: Optional[str], log_path: str, mlflow: Op
                if best is not None else "no validation set")
     wall = f"done in {duration(s['wall_s'])} ({duration(s['train_hours'] * 3600)} of training)" if "wall_s" in s \
         else f"done: {duration(s['train_hours'] * 3600)} of training"
-    lines = [f"{wall} | {quality} | {s['mean_img_per_s']:,.0f} img/s mean | {s['epochs_done']} epochs, {s['step']} steps"]
+    lines = [f"{wall} | {quality} | {s['mean_img_per_s']:,.0f} img/s mean | "
+             f"{s['epochs_done']} epochs, {s['step']} steps"]
     if weights:
         lines.append(f"  weights   {weights}")
     lines.append(f"  log       {log_path}")

@@ -60,15 +60,12 @@ def write_config(cfg: TrainConfig) -> None:
     atomic_write(config_path(cfg.run.dir), to_yaml(cfg))
 
 
-# ----------------------------------------------------------------------------------------------
-# DONE: the run reached its end (its epochs, or a max_steps stop), and how far it got
-
-
 def done_path(run_dir: str) -> str:
     return os.path.join(run_dir, "DONE")
 
 
 def read_done(run_dir: str) -> Optional[Dict[str, Any]]:
+    """The DONE marker: the run reached its end (its epochs, or a max_steps stop), and how far it got (None: not)."""
     try:
         with open(done_path(run_dir)) as f:
             text = f.read()

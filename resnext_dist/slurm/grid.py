@@ -1,6 +1,6 @@
 """A sweep's grid: `--sweep KEY=V1,V2` or `--sweep KEY=A:B` specs, their combinations, and each run's name.
 
-    grid = parse_grid(["optim.lr=0.05,0.1", "train.seed=0:3"])   # [("optim.lr", ["0.05", "0.1"]), ("train.seed", [...])]
+    grid = parse_grid(["optim.lr=0.05,0.1", "train.seed=0:3"])   # [("optim.lr", ["0.05", "0.1"]), ("train.seed", ...)]
     points = expand(grid)                                       # [{"optim.lr": "0.05", "train.seed": "0"}, ...]
     name = run_name(points[0])                                  # "lr=0.05,seed=0": the run's directory and MLflow name
 """

@@ -96,11 +96,6 @@ def is_done(cfg: TrainConfig) -> bool:
     return finished_for(read_done(cfg.run.dir), cfg, old.get("train.epochs") if old else None)
 
 
-# ----------------------------------------------------------------------------------------------
-# Tracking: one parent run for the sweep, made on the submitting host (tracking.open_sweep) before anything is
-# submitted, so an absent server submits nothing; finished when every run is DONE
-
-
 def finish_parent(sweep_dir: str) -> None:
     """Every run DONE: the parent run is FINISHED too (best effort; the children hold the results)."""
     try:

@@ -44,7 +44,8 @@ class Tracker:
     """See the module docstring. Every public method is a no-op when tracking is off or not on the main rank."""
 
     def __init__(self, cfg, dist, run_dir: str, run_id: Optional[str] = None):
-        self.enabled, self._closed, self._mirror, self._cfg = bool(cfg.tracking.enabled and dist.is_main), False, None, cfg
+        self.enabled, self._cfg = bool(cfg.tracking.enabled and dist.is_main), cfg
+        self._closed, self._mirror = False, None
         if not self.enabled:
             return
         try:
