@@ -16,8 +16,7 @@ from typing import Any, Dict, List
 
 class RunLog:
     def __init__(self, path: str, enabled: bool = True):
-        self.path = path
-        self.enabled = enabled
+        self.path, self.enabled = path, enabled
         self._file = open(path, "a", buffering=1) if enabled else None  # line-buffered: a crash loses no line
 
     def write(self, kind: str, step: int, **fields: Any) -> Dict[str, Any]:

@@ -38,7 +38,7 @@ def arg_parser(module: str, description: str, example: str,
     "python -m resnext_dist.train" is read the same). `sections`: the config sections its --help lists and
     its "did you mean" considers; by default the trainer's (all but slurm.*)."""
     module = module.split()[-1]
-    keep = tuple(sections or trainer_sections())
+    keep = tuple(sections or [s for s in section_types() if s not in SUBMIT_ONLY])
     default = f"; without it the trainer runs {DEFAULT_RECIPE} on the embedded digits" if sections is None else ""
     parser = _KeysHelpParser(prog=command_name(module), description=description,
                              formatter_class=argparse.RawDescriptionHelpFormatter, sections=keep,
@@ -53,10 +53,6 @@ def arg_parser(module: str, description: str, example: str,
 
 def all_sections() -> List[str]:
     return list(section_types())
-
-
-def trainer_sections() -> List[str]:
-    return [s for s in section_types() if s not in SUBMIT_ONLY]
 
 
 class _KeysHelpParser(argparse.ArgumentParser):

@@ -27,9 +27,7 @@ def move_uri_credentials(uri: str, environ: Optional[MutableMapping[str, str]] =
         return uri  # a path or an empty string: nothing to hide
     try:
         parts = urlsplit(uri)
-        user, password = parts.username, parts.password
-        host = parts.hostname
-        port = parts.port
+        user, password, host, port = parts.username, parts.password, parts.hostname, parts.port
     except ValueError:  # e.g. a non-numeric port; say so without echoing the URI, it may hold a secret
         raise InputError("tracking.uri: not a valid URI (check the host and port)") from None
     http = parts.scheme in ("http", "https")

@@ -60,7 +60,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
                 schema: type = TrainConfig) -> TrainConfig:
     """Defaults <- YAML recipe <- `key=value` overrides, validated; raises InputError. `schema`: TrainConfig, or
     a subclass with more keys."""
-    valid = _all_keys(schema)
+    valid = set(section_types(schema)) | {name for name, _ in declared_keys(schema)}  # every section and key
     layers = [OmegaConf.structured(schema)]
     if path:
         layers.append(_read_recipe(path, valid))
@@ -116,11 +116,6 @@ def _check_keys(node, valid: set, source: str, prefix: str = "") -> None:
                              f"not {type(value).__name__}")
         if isinstance(value, dict) and is_section:
             _check_keys(OmegaConf.create(value), valid, source, prefix=full + ".")
-
-
-def _all_keys(schema: type) -> set:
-    """Every section and key of `schema`."""
-    return set(section_types(schema)) | {name for name, _ in declared_keys(schema)}
 
 
 def _explain(e: OmegaConfBaseException) -> str:

@@ -92,9 +92,8 @@ def resume_from(v):
 def sbatch_value(v):
     """A value submitit writes on one `#SBATCH --key=value` line (shell-quoted, but a line break would still
     start a new line of the script)."""
-    if not str(v).isprintable():
-        return "cannot go on one #SBATCH line: it holds a newline or another control character"
-    return None
+    ok = str(v).isprintable()
+    return None if ok else "cannot go on one #SBATCH line: it holds a newline or another control character"
 
 
 def sbatch_job_name(v):

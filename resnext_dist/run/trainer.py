@@ -114,7 +114,7 @@ class Trainer:
         self.lock.release()
         if not self.existed:
             try:
-                os.remove(os.path.join(self.run_dir, ".lock"))
+                os.remove(self.lock.path)
                 os.rmdir(self.run_dir)
             except OSError:
                 pass
