@@ -18,7 +18,7 @@ from typing import Dict, Iterator, List, Tuple
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from resnext_dist.data.errors import DataError
@@ -67,19 +67,6 @@ class SourceDataset(Dataset):
         return self.transform(res)(self.source.pil(index)), int(self.source.labels[index])
 
 
-class _Keys(Sampler):
-    """The (index, res) keys of the current epoch, set by the loader before each pass."""
-
-    def __init__(self):
-        self.keys: List[Tuple[int, int]] = []
-
-    def __iter__(self):
-        return iter(self.keys)
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-
 def _clean_worker_errors(batches: Iterator) -> Iterator:
     """A DataError raised in a worker comes back wrapped in a traceback; keep its one-line message."""
     try:
@@ -97,7 +84,7 @@ class TorchvisionTrain:
         self.num_images = len(source)
         self.batch_size = data_cfg.batch_size
         self.batches_per_epoch = batches_per_epoch(self.num_images, dist.world_size, self.batch_size)
-        self.keys = _Keys()
+        self.keys: List[Tuple[int, int]] = []  # the sampler: this epoch's (index, res) keys, set before each pass
         self.loader = DataLoader(
             SourceDataset(source, data_cfg.random_crop, data_cfg.val_crop_ratio, data_cfg.pad_crop),
             batch_size=self.batch_size, sampler=self.keys, drop_last=True, num_workers=data_cfg.num_workers,
@@ -110,7 +97,7 @@ class TorchvisionTrain:
         shard = train_shard(self.num_images, seed=self.seed, epoch=epoch, rank=self.dist.rank,
                             world_size=self.dist.world_size, batch_size=self.batch_size)
         b = self.batch_size
-        self.keys.keys = [(int(i), res) for i in shard[skip * b:self.batches_per_epoch * b]]
+        self.keys[:] = [(int(i), res) for i in shard[skip * b:self.batches_per_epoch * b]]
         return (self.normalize(images, labels) for images, labels in _clean_worker_errors(iter(self.loader)))
 
 
