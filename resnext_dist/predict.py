@@ -61,8 +61,8 @@ def load_predictor(path: str, config: Optional[str] = None, overrides=(), device
     try:
         export = read_meta(path) if not config and not overrides else None
     except InputError:
-        if _is_export_path(path):
-            raise
+        if path.endswith((".json", ".safetensors")) or os.path.isfile(os.path.join(path, WEIGHTS_FILE)):
+            raise  # an export that does not read
         export = None
     if export is not None:
         pre = export["preprocessing"]
@@ -80,10 +80,6 @@ def load_predictor(path: str, config: Optional[str] = None, overrides=(), device
                          "model.KEY=VALUE) or an export or run directory") from None
     return Predictor(model.to(device).eval(), cfg.data.val_res, cfg.data.val_crop_ratio, list(IMAGENET_MEAN),
                      list(IMAGENET_STD), dataset_class_names(cfg), note)
-
-
-def _is_export_path(path: str) -> bool:
-    return path.endswith((".json", ".safetensors")) or os.path.isfile(os.path.join(path, WEIGHTS_FILE))
 
 
 def image_paths(args: List[str]) -> List[str]:

@@ -18,6 +18,7 @@ from resnext_dist.config import TrainConfig
 from resnext_dist.errors import InputError
 from resnext_dist.models import build_model
 from resnext_dist.optim import build_optimizer
+from resnext_dist.precision import PRECISIONS
 
 
 def measure_ceiling(cfg: TrainConfig, device: torch.device, *, steps: int, warmup: int) -> dict:
@@ -33,13 +34,13 @@ def measure_ceiling(cfg: TrainConfig, device: torch.device, *, steps: int, warmu
     model = build_model(cfg.model).to(device, memory_format=fmt)
     optimizer = build_optimizer(model, cfg.optim, batch)
     runner = torch.compile(model) if t.compile else model
-    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")  # off: a pass-through
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
+    scaler = torch.amp.GradScaler(device.type, enabled=PRECISIONS[t.precision].scaled)  # off: a pass-through
+    autocast = PRECISIONS[t.precision].autocast(device)
     images = torch.randn(batch, 3, res, res, device=device).contiguous(memory_format=fmt)
     labels = torch.randint(0, cfg.model.num_classes, (batch,), device=device)
 
     def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        with autocast():
             loss = F.cross_entropy(runner(images).float(), labels, label_smoothing=cfg.optim.label_smoothing)
         scaler.scale(loss).backward()
         scaler.step(optimizer)

@@ -18,7 +18,7 @@ def per_image_costs(folder: str, res: int, n: int = 200) -> Dict[str, float]:
     centered crop of half the image's area, resized to res px): FFCV's libjpeg-turbo decode of the whole
     JPEG and OpenCV INTER_AREA resize, our decode of the crop only and our INTER_AREA (crop_decode.py, when
     built; what data.crop_decode runs instead), and PIL's decode, torchvision's antialiased bilinear
-    resize and the uint8 tensor. Where the time goes, with no workers, threads or batches."""
+    resize and the uint8 tensor."""
     from ffcv.libffcv import imdecode, resize_crop
     from PIL import Image
     from torchvision.transforms import v2

@@ -241,7 +241,6 @@ def source_from_spec(spec: str, split: str) -> Source:
     return ImageFolderSource(spec)
 
 
-# ----------------------------------------------------------------------------------------------
 # Class names: label k is named classes[k]. The writer records them beside the .beton (a beton holds integer
 # labels only); the trainer copies them into the run directory and its export, and predict prints them.
 
