@@ -25,7 +25,6 @@ from resnext_dist.errors import one_line
 
 MAX_SIDE = 65535  # the beton stores width and height as uint16
 
-# ----------------------------------------------------------------------------------------------
 # No exception may leave a writer worker: its page would never be written and the other workers would spin
 # waiting for it. So failures are recorded in shared memory and the worker writes a 1-pixel placeholder
 # instead; the main process sees the recorded failure (see writer_class below), ends the workers, raises the
@@ -122,7 +121,6 @@ class GuardedEncode:
         return RGBImageField.encode(self.field, destination, _PLACEHOLDER, malloc)
 
 
-# ----------------------------------------------------------------------------------------------
 # Full disks, signals and dead workers. FFCV's DatasetWriter waits for a count of finished images that a
 # dead worker never reaches (forever), its workers spin waiting for a dead worker's page, and at exit
 # multiprocessing joins those spinning workers (so Ctrl-C hung too). `writer_class()` is FFCV's write loop

@@ -109,10 +109,7 @@ def auto_page_size(source: Source, max_resolution: Optional[int]) -> int:
     return 2 * 2**20 if sides and 3 * min(sides) ** 2 <= 2**19 else 8 * 2**20
 
 
-# ----------------------------------------------------------------------------------------------
-# --skip-corrupt: decode everything once, in parallel
-
-_check_source: Optional[Source] = None
+_check_source: Optional[Source] = None  # --skip-corrupt decodes every image once, in parallel: each process's source
 
 
 def _init_check(source: Source) -> None:
