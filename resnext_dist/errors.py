@@ -23,6 +23,5 @@ def one_line(exc: BaseException, limit: int = 0) -> str:
             text = line.strip()
             break
     if limit and len(text) > limit:
-        cut = text[: limit - 1].rsplit(" ", 1)[0]
-        text = cut + "…"
+        text = text[: limit - 1].rsplit(" ", 1)[0] + "…"
     return text

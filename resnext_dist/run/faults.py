@@ -22,10 +22,8 @@ def _parse(spec: str) -> List[Tuple[str, int, int, int]]:
     out = []
     for item in filter(None, (s.strip() for s in spec.split(","))):
         kind, _, where = item.partition("@")
-        parts = [int(x) for x in where.split(":")]
-        rank, step = parts[0], parts[1]
-        restart = parts[2] if len(parts) > 2 else -1
-        out.append((kind, rank, step, restart))
+        rank, step, *restart = [int(x) for x in where.split(":")]
+        out.append((kind, rank, step, restart[0] if restart else -1))
     return out
 
 

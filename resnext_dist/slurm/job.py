@@ -61,7 +61,7 @@ class TrainJob(submitit.helpers.Checkpointable):
             if stop.signum != signal.SIGUSR2:
                 # SIGTERM/SIGINT: cancelled, checkpoint saved, no requeue (exit 143 like the trainer's CLI).
                 raise SystemExit(stop.exit_code) from None
-            self._requeue(env, stop)
+            self._requeue(stop)
         return self.cfg.run.dir
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
@@ -69,17 +69,15 @@ class TrainJob(submitit.helpers.Checkpointable):
         cfg = dataclasses.replace(self.cfg, checkpoint=dataclasses.replace(self.cfg.checkpoint, resume="auto"))
         return submitit.helpers.DelayedSubmission(TrainJob(cfg), *args, **kwargs)
 
-    def _requeue(self, env, stop: StopRequested) -> None:
+    def _requeue(self, stop: StopRequested) -> None:
         """The trainer saved at a step boundary on every rank; now let submitit requeue (rank 0 only)."""
         handler = submitit_signal_handler()
         if handler is None:
             raise RuntimeError("SIGUSR2 reached the job but submitit's requeue handler is not installed")
-        if env.global_rank != 0:
-            handler(signal.SIGUSR2, None)  # logs and returns: only rank 0 requeues
-            # No result file from this task: the job is not over. 140 = "checkpointed, requeue me".
-            raise SystemExit(stop.exit_code)
-        handler(signal.SIGUSR2, None)  # rank 0: checkpoint() -> pickle -> scontrol requeue -> sys.exit
-        raise SystemExit(stop.exit_code)  # not reached with submitit's handler; never report success
+        # Rank 0: checkpoint() -> pickle -> scontrol requeue -> sys.exit. The others: it logs and returns (only rank 0
+        # requeues), and their task leaves no result file: the job is not over. 140 = "checkpointed, requeue me".
+        handler(signal.SIGUSR2, None)
+        raise SystemExit(stop.exit_code)  # rank 0 gets here only without submitit's handler: never report success
 
     def _out_of_timeouts(self, env, e: UncompletedJobError) -> UncompletedJobError:
         s = self.cfg.slurm

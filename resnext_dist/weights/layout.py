@@ -78,5 +78,4 @@ def checkpoint_candidates(ckpt_dir: str) -> List[str]:
 def find_latest(ckpt_dir: str) -> Optional[str]:
     """The checkpoint `latest` names, else the newest complete one, else None (existence only; what
     `checkpoint.resume=auto` resumes is run/checkpoint.choose_resume's newest *readable* one)."""
-    files = checkpoint_candidates(ckpt_dir)
-    return files[0] if files else None
+    return next(iter(checkpoint_candidates(ckpt_dir)), None)
