@@ -22,8 +22,7 @@ def identity_hash(cfg: TrainConfig) -> str:
     Leaving the defaults out keeps names stable when a version adds a key (at its default)."""
     keep, defaults = identity_keys(cfg), to_flat_dict(type(cfg)())
     kept = {k: v for k, v in to_flat_dict(cfg).items() if k in keep and norm(v) != norm(defaults.get(k))}
-    text = json.dumps(kept, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
+    return hashlib.sha256(norm(kept).encode()).hexdigest()[:8]
 
 
 def norm(v: Any) -> str:

@@ -154,9 +154,7 @@ class Checkpointer:
 
     def after_step(self) -> Optional[str]:
         """Call once after every optimizer step (on every rank): saves when the step count says so."""
-        if self.every_steps and self.state.step % self.every_steps == 0:
-            return self.save()
-        return None
+        return self.save() if self.every_steps and self.state.step % self.every_steps == 0 else None
 
     def save(self) -> Optional[str]:
         """Save now unless this exact state was saved already; returns the path written (None if skipped).
