@@ -3,10 +3,8 @@
 No decoding and no host-to-device copy, so the trainer's throughput on them is the model step's ceiling;
 the device-side normalization the real loaders do is kept, so the comparison stays like for like.
 Every rank makes the same pool of data.synthetic_size images (random labels in [0, num_classes)) from
-(seed, resolution) and reads its shard of the same (seed, epoch) order the real loaders use
-(sharding.train_shard), so the images a step trains on do not depend on the world size: 2 ranks x batch b
-see what 1 process sees in 2 micro-batches of b, and resumption with `skip` is exact here too. A new
-resolution (progressive resizing) makes a new pool.
+(seed, resolution) and reads its shard of the real loaders' order (sharding.py: the same whatever the world size,
+exact on a resume); a new resolution (progressive resizing) makes a new pool.
 Validation: data.val_synthetic_size images split exactly over the ranks, made once at data.val_res.
 """
 from __future__ import annotations

@@ -1,13 +1,10 @@
 """torchvision fallback loaders: a source (ImageFolder, CIFAR folder, digits) + torch DataLoader workers.
 
-For machines where FFCV cannot be installed. Same interface, same order and same augmentations as the
-FFCV loaders: the epoch's images come from sharding.train_shard (DistributedSampler, seeded, epoch set
-explicitly, drop_last), `skip` starts the epoch that many batches in without loading the skipped ones,
-training crops are RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + horizontal flip with PIL, and the
-center crop (validation, and training with data.random_crop=false) takes the same box as FFCV's decoder:
-the centered square of side int(ratio * shorter side), resized to the target size. Images cross to the
-device as uint8 (pinned when the device is a GPU) and are normalized there. Evaluation reads this rank's
-block of sharding.eval_shard: every image once over all ranks.
+For machines where FFCV cannot be installed. Same interface, same order (sharding.py; `skip` starts the epoch
+that many batches in without loading the skipped ones) and same augmentations as the FFCV loaders: training crops
+are RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + horizontal flip with PIL, and the center crop (validation,
+and training with data.random_crop=false) takes the same box as FFCV's decoder (CenterCropRatio). Images cross to
+the device as uint8 (pinned when the device is a GPU) and are normalized there.
 
 The resolution travels with each index ((index, res) keys from the sampler), so progressive resizing
 works with persistent workers, which keep their copy of the dataset between epochs.

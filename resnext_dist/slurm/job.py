@@ -8,7 +8,7 @@ mixing the two). One Slurm task per GPU.
 Requeue: Slurm signals the tasks with USR2 `slurm.signal_delay_s` before the time limit (or at preemption).
 The trainer's own handler turns the signal into a flag, all ranks agree at the next step boundary, save a
 checkpoint, and `train()` raises StopRequested(USR2). `TrainJob` then hands the signal to submitit's
-handler on global rank 0, which tells a timeout from a preemption by elapsed time, counts timeouts
+handler, which on global rank 0 tells a timeout from a preemption by elapsed time, counts timeouts
 against `slurm.max_num_timeout`, pickles `TrainJob.checkpoint()` (the same config with
 checkpoint.resume=auto) and runs `scontrol requeue`. The requeued job resumes from that checkpoint and
 continues the same MLflow run (the run id is in the checkpoint). An element of a sweep's job array is such a
@@ -74,10 +74,8 @@ class TrainJob(submitit.helpers.Checkpointable):
         handler = submitit_signal_handler()
         if handler is None:
             raise RuntimeError("SIGUSR2 reached the job but submitit's requeue handler is not installed")
-        # Rank 0: checkpoint() -> pickle -> scontrol requeue -> sys.exit. The others: it logs and returns (only rank 0
-        # requeues), and their task leaves no result file: the job is not over. 140 = "checkpointed, requeue me".
-        handler(signal.SIGUSR2, None)
-        raise SystemExit(stop.exit_code)  # rank 0 gets here only without submitit's handler: never report success
+        handler(signal.SIGUSR2, None)  # rank 0 requeues and exits in it; on the others it logs and returns
+        raise SystemExit(stop.exit_code)  # 140 = "checkpointed, requeue me", no result file: the job is not over
 
     def _out_of_timeouts(self, env, e: UncompletedJobError) -> UncompletedJobError:
         s = self.cfg.slurm
