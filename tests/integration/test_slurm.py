@@ -333,7 +333,7 @@ def test_torchrun_sbatch_requeues_on_usr2_and_trains_to_done(slurm_cluster, plai
 ])
 def test_options_the_cluster_cannot_run_exit_2_and_submit_nothing(slurm_cluster, recipe, tmp_path, capsys,
                                                                    override, message):
-    from resnext_dist.slurm.submit import main
+    from resnext_dist.submit import main
     before = slurm_cluster.run("squeue", "-h", "-o", "%A").stdout
     rc = main(["--config", str(recipe), f"run.root={tmp_path}", "run.name=bad", override])
     out, err = capsys.readouterr()
@@ -346,7 +346,7 @@ def test_options_the_cluster_cannot_run_exit_2_and_submit_nothing(slurm_cluster,
 
 
 def test_a_second_job_on_a_busy_run_dir_is_refused(slurm_cluster, recipe, tmp_path, capsys):
-    from resnext_dist.slurm.submit import main
+    from resnext_dist.submit import main
     first = Submission(recipe, tmp_path, "busy", "train.epochs=1000")
     job_id = first.job_id()
     try:
