@@ -26,8 +26,10 @@ import time
 from typing import Optional
 
 from resnext_dist.errors import InputError
+from resnext_dist.readback import count, optional, text, timestamp
 
 LOCK_NAME = ".lock"
+LEASE = {"host": text(255), "pid": count, "slurm_job_id": optional(text(64)), "started": timestamp}
 
 
 class RunDirInUse(InputError):
@@ -134,12 +136,13 @@ def read_lease(run_dir: str) -> dict:
 
 
 def _read_lease(fd: int) -> dict:
+    """The lease's fields that have the shape we write (LEASE); a field of another shape is as if absent."""
     try:
         raw = os.pread(fd, 4096, 0)
         lease = json.loads(raw.decode("utf-8", "replace")) if raw.strip() else {}
-        return lease if isinstance(lease, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
+    return {k: v for k, v in lease.items() if k in LEASE and not LEASE[k](v)} if isinstance(lease, dict) else {}
 
 
 def _write_lease(fd: int) -> None:

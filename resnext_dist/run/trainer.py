@@ -17,8 +17,10 @@ import torch.distributed as tdist
 
 from resnext_dist import __version__, tracking
 from resnext_dist.config import TrainConfig, to_yaml, validate
+from resnext_dist.config.identity import identity_hash
 from resnext_dist.data import train_res_for_epoch
 from resnext_dist.dist import DistInfo, close_distributed, init_distributed
+from resnext_dist.errors import InputError
 from resnext_dist.optim import peak_lr
 from resnext_dist.precision import PRECISIONS
 from resnext_dist.run import build as builder
@@ -32,6 +34,14 @@ from resnext_dist.tracking.plot import write_curves
 from resnext_dist.weights import init_model
 from resnext_dist.weights.export import dataset_class_names, write_export
 from resnext_dist.weights.layout import CHECKPOINTS_DIR, EXPORT_DIR, FINAL_WEIGHTS, WEIGHTS_FILE
+
+
+MAX_LINE_EVENTS = 100  # log_line_skipped events per attempt: a log of garbage must not grow by as much again
+
+
+class FinalWriteError(InputError):
+    """The final weights or export could not be written (a full disk): exit 2, one line; the last checkpoint is
+    kept, so the same command finishes the run."""
 
 
 class CollectiveTimeout(RuntimeError):
@@ -99,7 +109,8 @@ class Trainer:
         old = rundir.read_config(run_dir)
         self.changes = rundir.check_identity(cfg, old)  # the allowed ones: logged once the log is open
         self.old = old or {}
-        done = rundir.read_done(run_dir)
+        self.ignored = []  # run files of another shape than ours, passed over: said once the log is open
+        done = rundir.read_done(run_dir, self.ignored)
         if rundir.finished_for(done, cfg, self.old.get("train.epochs")):
             self.say(f"resnext_dist: {run_dir} is already finished ({done.get('epochs_done', '?')} epochs, step "
                      f"{done.get('step', '?')}); train.epochs=N with a larger N extends it")
@@ -127,8 +138,8 @@ class Trainer:
                  f"{'es' if dist.world_size > 1 else ''})")
         self.parts = builder.build(cfg, dist)
         self.state = self.parts.state
-        self.skipped = []  # (checkpoint, reason): newer checkpoints that did not read
-        self.resume_from = ckpt.choose_resume(cfg.checkpoint.resume, self.ckpt_dir, dist, self.skipped)
+        self.skipped = []  # (checkpoint, reason): newer checkpoints that are not valid
+        self.resume_from = ckpt.choose_resume(cfg, self.ckpt_dir, dist, self.skipped)
         if self.resume_from:
             sd, global_batch = ckpt.load_file(self.resume_from), self.parts.global_batch
             if sd.get("global_batch_size", global_batch) != global_batch:
@@ -137,6 +148,7 @@ class Trainer:
                     f"{sd.get('world_size')}), now {global_batch}; set optim.global_batch_size="
                     f"{sd['global_batch_size']} to continue the same run on {dist.world_size} processes")
             self.state.load_state_dict(sd, self.resume_from)
+            self.state.parent = {"name": os.path.basename(self.resume_from), "step": self.state.step}
             del sd
         self.init_note = ""
         if cfg.model.init and not self.resume_from:  # a fresh run starts from given weights (a resume has its own)
@@ -153,11 +165,14 @@ class Trainer:
         """config.yaml, the banner (before anything slow or remote: the tracker's first connection, compile
         warm-up), the tracker, this attempt's events and the start record; then what the steps need."""
         cfg, dist, state, parts = self.cfg, self.dist, self.state, self.parts
+        branched = ([], "")
         if dist.is_main:
             os.makedirs(self.ckpt_dir, exist_ok=True)
             rundir.write_config(cfg)
             rundir.clear_done(self.run_dir)
-        state.config_yaml = to_yaml(cfg)
+            if cfg.checkpoint.resume != "auto":  # by hand: from an earlier checkpoint, or over: a branch starts
+                branched = ckpt.branch(self.resume_from, state.step, self.ckpt_dir)
+        state.config_yaml, state.identity = to_yaml(cfg), identity_hash(cfg)
         self.total_steps = parts.steps_per_epoch * cfg.train.epochs
         self.last_step = min(self.total_steps, cfg.train.max_steps or self.total_steps)  # train.max_steps: only here
         own = self.resume_from and \
@@ -178,6 +193,17 @@ class Trainer:
                       new_epochs=cfg.train.epochs)
         for path, reason in self.skipped:
             log.write("event", state.step, event="checkpoint_skipped", checkpoint=path, reason=reason)
+        for problem in self.ignored:
+            self.say(f"resnext_dist: warning: {problem}")
+            log.write("event", state.step, event="run_file_ignored", reason=problem)
+        if branched[0]:
+            self.say(f"resnext_dist: a branch from step {state.step}: the later checkpoints of the trajectory it "
+                     f"leaves ({', '.join(branched[0])}) are kept in {branched[1]}")
+            log.write("event", state.step, event="branched", checkpoint=self.resume_from, moved=branched[0],
+                      to=branched[1])
+        self.reported_lines = set()
+        if dist.is_main:
+            self.read_log()
         if self.resume_from:
             log.write("event", state.step, event="resumed", checkpoint=self.resume_from, restart=_restart_count())
         log.write("start", state.step, **start)
@@ -292,6 +318,17 @@ class Trainer:
         self.progress.write(console.step_line({**record, "step": step}, epochs, self.total_steps) if kind == "step"
                             else console.epoch_lines(record, epochs))
 
+    def read_log(self) -> list:
+        """Rank 0: the run's records so far; each line not of our shape is passed over with an event, once."""
+        skipped = []
+        records = read_log(self.log.path, skipped)
+        self.reported_lines.update(r.get("line") for r in records if r.get("event") == "log_line_skipped")
+        for line, why in skipped:
+            if line not in self.reported_lines and len(self.reported_lines) < MAX_LINE_EVENTS:
+                self.log.write("event", self.state.step, event="log_line_skipped", line=line, reason=why)
+        self.reported_lines.update(line for line, _ in skipped)
+        return records
+
     def finish(self) -> None:
         """After every rank is through: the last checkpoint; then, on rank 0, the final weights, export/, the
         tracker's artifacts, the summary record and the DONE marker."""
@@ -300,21 +337,27 @@ class Trainer:
             state, tracker, log = self.state, self.tracker, self.log
             final = state.ema.module if state.ema is not None else state.model
             weights = os.path.join(self.run_dir, FINAL_WEIGHTS)
-            ckpt.atomic_save(final.state_dict(), weights)
-            export_dir = write_export(final, self.cfg, os.path.join(self.run_dir, EXPORT_DIR),
-                                      dataset_class_names(self.cfg),
-                                      extra={"run_name": self.cfg.run.name, "step": state.step, "epoch": state.epoch})
+            try:  # the work is done and saved: a disk that is full now is one line, and the same command finishes
+                ckpt.atomic_save(final.state_dict(), weights)
+                export_dir = write_export(final, self.cfg, os.path.join(self.run_dir, EXPORT_DIR),
+                                          dataset_class_names(self.cfg), extra={
+                                              "run_name": self.cfg.run.name, "step": state.step, "epoch": state.epoch})
+                # the run as a whole, all its attempts; the state knows the epochs best (it may have resumed
+                # elsewhere)
+                summary = {**summarize(self.read_log()), "epochs_done": state.epoch}
+                log.write("summary", state.step, **summary)
+                log.write("event", state.step, event="done")
+                rundir.write_done(self.run_dir, state.step, state.epoch)
+            except (OSError, RuntimeError) as e:  # torch's writer words a full disk as a RuntimeError
+                raise FinalWriteError(f"could not write the final weights in {self.run_dir}: "
+                                      f"{ckpt.write_failure(e)}; the checkpoint of step {state.step} is kept: make "
+                                      f"room and run the same command again to finish the run") from None
             tracker.log_artifact(rundir.config_path(self.run_dir))
             tracker.log_artifact(weights)
             tracker.log_artifact(export_dir, EXPORT_DIR)
             val_res = self.cfg.data.val_res
-            tracker.log_model(final, torch.zeros(2, 3, val_res, val_res, device=self.dist.device))
-            # the run as a whole, all its attempts; the state knows the epochs best (it may have resumed elsewhere)
-            summary = {**summarize(read_log(log.path)), "epochs_done": state.epoch}
-            log.write("summary", state.step, **summary)
-            log.write("event", state.step, event="done")
+            tracker.log_model(weights, rundir.config_path(self.run_dir), (2, 3, val_res, val_res))
             tracker.log_artifact(log.path)
-            rundir.write_done(self.run_dir, state.step, state.epoch)
             self.progress.close()
             self.say(console.summary({**summary, "step": state.step, "wall_s": time.perf_counter() - self.t_start},
                                      os.path.join(export_dir, WEIGHTS_FILE), log.path, tracker.describe()))
@@ -325,9 +368,13 @@ class Trainer:
         if self.progress is not None:
             self.progress.close()
         if self.log is not None:
-            self.log.close()
+            try:
+                self.log.close()
+            except OSError as e:  # a full disk: what it lost is lost; the error that ended the run is the one to see
+                self.say(f"resnext_dist: warning: log.jsonl not flushed ({e.strerror or e})")
         if self.tracker is not None:
-            self.tracker.close(self.status)
+            signals = self.stop.count  # one more (Ctrl-C, scancel) ends a hung close at once
+            self.tracker.close(self.status, give_up=lambda: self.stop.count > signals)
         if self.lock is not None:
             self.lock.release()
 

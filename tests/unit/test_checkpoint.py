@@ -9,17 +9,29 @@ from resnext_dist.weights import layout
 from resnext_dist.dist import DistInfo
 from resnext_dist.models import resnext
 from resnext_dist.optim import build_optimizer, build_scheduler
-from resnext_dist.config import load_config
+from resnext_dist.config import load_config, to_yaml
+from resnext_dist.config.identity import identity_hash
 from resnext_dist.weights.safe_load import MESSAGE_LIMIT
 
 
-def make_state(num_classes=10, layers=(1, 1, 1, 1)):
-    cfg = load_config(None, [])
+def run_cfg(*overrides, num_classes=10):
+    """The config of the run whose checkpoints make_state writes (checkpoint.resume and others on top)."""
+    return load_config(None, [f"model.num_classes={num_classes}", "model.stem=cifar", *overrides])
+
+
+def make_state(num_classes=10, layers=(1, 1, 1, 1), cfg=None):
+    cfg = cfg or run_cfg(num_classes=num_classes)
     model = resnext("resnext50_32x4d", num_classes=num_classes, stem="cifar", layers=list(layers), cardinality=2,
                     group_width=4, base_channels=8)
     opt = build_optimizer(model, cfg.optim, 256)
     sched = build_scheduler(opt, cfg.optim, 10, 2)
-    return ckpt.TrainState(model, opt, sched, config_yaml="x: 1\n")
+    return ckpt.TrainState(model, opt, sched, config_yaml=to_yaml(cfg), identity=identity_hash(cfg))
+
+
+def choose(resume, ckpt_dir, skipped=None, cfg=None):
+    cfg = cfg or run_cfg()
+    cfg.checkpoint.resume = str(resume)  # set past the config's own check (which wants an existing file)
+    return ckpt.choose_resume(cfg, str(ckpt_dir), DistInfo(), skipped)
 
 
 def test_save_is_atomic_and_latest_points_at_newest(tmp_path):
@@ -164,9 +176,9 @@ def test_crafted_pickle_is_refused_and_never_run(tmp_path, legacy):
         ckpt.load_file(str(path))
     # auto-resume does not skip past it as if it were merely torn: it names it, on every rank
     with pytest.raises(ckpt.UnsafeCheckpoint, match=str(path)):
-        ckpt.choose_resume("auto", str(tmp_path), DistInfo())
+        choose("auto", tmp_path)
     with pytest.raises(ckpt.UnsafeCheckpoint, match=str(path)):
-        ckpt.choose_resume(str(path), str(tmp_path / "elsewhere"), DistInfo())
+        choose(str(path), tmp_path / "elsewhere")
     assert not marker.exists()
 
 
@@ -196,28 +208,29 @@ def test_choose_resume_skips_a_torn_newest_file_for_the_newest_valid_one(tmp_pat
     garbage = tmp_path / "step_00000006.pt"
     garbage.write_bytes(b"PK\x03\x04" + b"\x00" * 50)  # a zip header, then nothing
     skipped = []
-    assert ckpt.choose_resume("auto", str(tmp_path), DistInfo(), skipped) == good
-    assert [p for p, _ in skipped] == [torn, str(garbage)]  # `latest`'s first, then newest first
+    assert choose("auto", tmp_path, skipped) == good
+    # `latest`'s first, then newest first; above `latest`'s step (no save of this trajectory wrote it): last
+    assert [p for p, _ in skipped] == [torn]
     reason = skipped[0][1]
     assert reason.startswith(f"{torn}: unreadable checkpoint (RuntimeError: ") and reason.endswith(".)"), reason
-    assert ckpt.choose_resume("never", str(tmp_path), DistInfo()) is None
-    assert ckpt.choose_resume("auto", str(tmp_path / "none"), DistInfo()) is None
+    assert choose("never", tmp_path) is None
+    assert choose("auto", tmp_path / "none") is None
     for path in ckpt.list_checkpoints(str(tmp_path)):  # checkpoints, none readable: not a fresh start
         open(path, "wb").write(b"PK\x03\x04" + b"\x00" * 50)
-    with pytest.raises(ckpt.CheckpointError, match=rf"{torn}: unreadable .*; nor do 3 older ones in {tmp_path}$"):
-        ckpt.choose_resume("auto", str(tmp_path), DistInfo())
+    with pytest.raises(ckpt.CheckpointError, match=rf"{torn}: unreadable .*; nor are 3 older ones in {tmp_path}$"):
+        choose("auto", tmp_path)
 
 
 def test_choose_resume_of_an_explicit_path_must_read(tmp_path):
     state = make_state()
     path = save_at(state, tmp_path, 2)
-    assert ckpt.choose_resume(path, str(tmp_path / "other"), DistInfo()) == path
+    assert choose(path, tmp_path / "other") == path
     with pytest.raises(ckpt.CheckpointError, match=r"missing.pt: no such checkpoint file"):
-        ckpt.choose_resume(str(tmp_path / "missing.pt"), str(tmp_path), DistInfo())
+        choose(str(tmp_path / "missing.pt"), tmp_path)
     data = open(path, "rb").read()
     open(path, "wb").write(data[:100])  # torn: an explicit path is not replaced by another file
     with pytest.raises(ckpt.CheckpointError, match=r"unreadable checkpoint"):
-        ckpt.choose_resume(path, str(tmp_path), DistInfo())
+        choose(path, tmp_path)
 
 
 def test_long_foreign_errors_end_at_a_sentence(tmp_path):
