@@ -38,13 +38,15 @@ import torch
 from resnext_dist import dist as rdist
 from resnext_dist.errors import InputError
 from resnext_dist.files import atomic_write
-from resnext_dist.run.rundir import describe_diff, identity_diff, parse_config
+from resnext_dist.readback import check, count, text
+from resnext_dist.run.rundir import identity_diff, parse_config, show
 from resnext_dist.weights.init import mismatch
 from resnext_dist.weights.layout import (LATEST, abandoned_dir, checkpoint_candidates, checkpoint_name, checkpoint_step,
                                          list_checkpoints)
 from resnext_dist.weights.safe_load import RefusedFile, UnreadableFile, brief, safe_load
 # The format's name, not this module's path: a checkpoint written before the package moved still resumes.
 FORMAT = "resnext_dist.checkpoint/2"  # 2: plain values only (1 held numpy RNG arrays and needed a full unpickle)
+PLAIN = {"step": count, "epoch": count, "samples_in_epoch": count, "config": text(1 << 20)}  # its plain values
 
 
 class CheckpointError(InputError):
@@ -53,10 +55,6 @@ class CheckpointError(InputError):
 
 class UnsafeCheckpoint(CheckpointError):
     """A file that only a full unpickle could read: it is refused, never loaded (it could run code)."""
-
-
-class ForeignCheckpoint(CheckpointError):
-    """A readable checkpoint that is not this run's (another identity, a step that disagrees with its name)."""
 
 
 class CheckpointWriteError(RuntimeError):
@@ -262,12 +260,13 @@ def verify(path: str) -> None:
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise CheckpointError(f"{path}: not a regular file")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint file") from None
+    try:
         if not zipfile.is_zipfile(path):
             return
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint file") from None
     except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:  # a torn directory or header
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {brief(e)})") from None
     if bad is not None:
@@ -275,20 +274,24 @@ def verify(path: str) -> None:
 
 
 def check_lineage(sd: Dict[str, Any], path: str, cfg) -> None:
-    """ForeignCheckpoint unless `sd` (read from `path`) belongs to the run of `cfg`: its recorded config has the
+    """CheckpointError unless `sd` (read from `path`) belongs to the run of `cfg`: its recorded config has the
     run's identity (the differences named), and its step is the one its file name says."""
+    problem = check(sd, PLAIN, required=PLAIN)
+    if problem:
+        raise CheckpointError(f"{path}: not a checkpoint of ours ({problem})")
     named = checkpoint_step(path)
-    if not isinstance(sd.get("step"), int) or (named is not None and sd["step"] != named):
-        raise ForeignCheckpoint(f"{path}: holds step {sd.get('step')!r}, its name says {named}: not the file "
-                                f"this run saved under that name")
+    if named is not None and sd["step"] != named:
+        raise CheckpointError(f"{path}: holds step {sd['step']}, its name says {named}: not the file this run "
+                              f"saved under that name")
     try:
-        recorded = parse_config(sd.get("config") or "", path)
+        recorded = parse_config(sd["config"], path)
     except InputError:
-        raise ForeignCheckpoint(f"{path}: records no run config, so it cannot be this run's") from None
+        raise CheckpointError(f"{path}: records no run config, so it cannot be this run's") from None
     diff = identity_diff(cfg, recorded)
     if diff:
-        raise ForeignCheckpoint(f"{path}: a checkpoint of another run ({describe_diff(diff)}); to start a new run "
-                                f"from its weights, use model.init={path} with checkpoint.resume=never")
+        there = ", ".join(f"{k}: {show(was)} there, {show(now)} here" for k, was, now in diff)
+        raise CheckpointError(f"{path}: a checkpoint of another run ({there}); to start a new run from its "
+                              f"weights, use model.init={path} with checkpoint.resume=never")
 
 
 def choose_resume(cfg, ckpt_dir: str, dist, skipped: Optional[List[Tuple[str, str]]] = None) -> Optional[str]:

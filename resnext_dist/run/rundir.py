@@ -80,7 +80,7 @@ def check_identity(cfg: TrainConfig, old: Optional[Dict[str, Any]]) -> List[Tupl
 
 
 def describe_diff(diff: List[Tuple[str, Any, Any]]) -> str:
-    return ", ".join(f"{k}: {_show(o)} -> {_show(n)}" for k, o, n in diff)
+    return ", ".join(f"{k}: {show(o)} -> {show(n)}" for k, o, n in diff)
 
 
 def write_config(cfg: TrainConfig) -> None:
@@ -136,5 +136,5 @@ def clear_done(run_dir: str) -> None:
         pass
 
 
-def _show(v: Any) -> str:
+def show(v: Any) -> str:
     return json.dumps(v, default=str) if not isinstance(v, str) else repr(v)

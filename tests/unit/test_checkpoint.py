@@ -1,5 +1,6 @@
 """Checkpoint files: atomic writes, what `latest` finds, pruning, strict loads with errors that name things."""
 import os
+import shutil
 
 import pytest
 import torch
@@ -194,6 +195,7 @@ def test_older_checkpoint_format_is_named(tmp_path):
 
 
 def save_at(state, folder, step, keep=10):
+    os.makedirs(folder, exist_ok=True)
     state.step = step
     return ckpt.save(state, str(folder), keep=keep, dist=DistInfo())
 
@@ -283,3 +285,129 @@ def test_a_format_1_checkpoint_with_numpy_rng_state_is_refused_and_explained(tmp
     torch.save({"model": {}, "step": 4, "rng": {"numpy": np.random.get_state()}}, path)  # what format 1 held
     with pytest.raises(ckpt.UnsafeCheckpoint, match=r"it names numpy.*before checkpoint format 2$"):
         ckpt.load_file(str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# Lineage: only this run's own checkpoints are resumed (issue 25)
+
+
+def test_a_checkpoint_records_the_run_identity_its_step_and_the_one_it_continued_from(tmp_path):
+    cfg = run_cfg()
+    state = make_state(cfg=cfg)
+    first, second = save_at(state, tmp_path, 2), save_at(state, tmp_path, 4)
+    assert ckpt.load_file(first)["lineage"] == {"identity": identity_hash(cfg), "step": 2, "parent": None}
+    assert ckpt.load_file(second)["lineage"] == {"identity": identity_hash(cfg), "step": 4,
+                                                 "parent": {"name": "step_00000002.pt", "step": 2}}
+
+
+def test_a_link_out_of_the_checkpoints_folder_is_skipped_even_when_latest_names_it(tmp_path):
+    own, other = tmp_path / "run" / "checkpoints", tmp_path / "other" / "checkpoints"
+    good = save_at(make_state(), own, 4)
+    foreign = save_at(make_state(), other, 8)  # same identity even: a file of another run directory
+    os.symlink(foreign, own / "step_00000008.pt")
+    (own / "latest").write_text("step_00000008.pt\n")
+    skipped = []
+    assert choose("auto", own, skipped) == good
+    assert skipped == [(str(own / "step_00000008.pt"), f"{own / 'step_00000008.pt'}: a link out of {own} "
+                                                       f"(to {foreign})")]
+
+
+def test_a_step_that_disagrees_with_the_file_name_is_skipped_or_refused(tmp_path):
+    state = make_state()
+    good = save_at(state, tmp_path, 4)
+    renamed = tmp_path / "step_00000150.pt"
+    shutil.copy(save_at(state, tmp_path / "x", 89), renamed)  # step 89, named 150
+    (tmp_path / "latest").write_text("step_00000150.pt\n")
+    skipped = []
+    assert choose("auto", tmp_path, skipped) == good
+    assert skipped == [(str(renamed), f"{renamed}: holds step 89, its name says 150: not the file this run saved "
+                                      f"under that name")]
+    with pytest.raises(ckpt.CheckpointError, match=r"holds step 89, its name says 150"):
+        choose(str(renamed), tmp_path)
+
+
+@pytest.mark.parametrize("change", ["optim.lr=0.5", "data.train_res=160"], ids=["lr", "train_res"])
+def test_a_checkpoint_of_another_run_is_skipped_or_refused_naming_the_difference(tmp_path, change):
+    good = save_at(make_state(), tmp_path, 4)
+    theirs = save_at(make_state(cfg=run_cfg(change)), tmp_path / "theirs", 12)
+    planted = tmp_path / "step_00000012.pt"
+    shutil.copy(theirs, planted)
+    (tmp_path / "latest").write_text("step_00000012.pt\n")
+    key, value = change.split("=")
+    default = str(ckpt.load_file(good)["config"]).split(key.split(".")[1] + ": ")[1].split("\n")[0]
+    skipped = []
+    assert choose("auto", tmp_path, skipped) == good
+    assert [p for p, _ in skipped] == [str(planted)]
+    assert skipped[0][1].startswith(f"{planted}: a checkpoint of another run ({key}: {value} there, {default} here)")
+    with pytest.raises(ckpt.CheckpointError, match=rf"another run \({key}: .* model.init={theirs} with "
+                                                       rf"checkpoint.resume=never$"):
+        choose(theirs, tmp_path)
+
+
+@pytest.mark.parametrize("where", [0.02, 0.3, 0.5, 0.9, 0.999], ids=["head", "30%", "middle", "90%", "tail"])
+def test_corruption_anywhere_in_the_newest_checkpoint_falls_back_to_the_previous_valid_one(tmp_path, where):
+    state = make_state()
+    previous = save_at(state, tmp_path, 4)
+    newest = save_at(state, tmp_path, 8)
+    size = os.path.getsize(newest)
+    with open(newest, "r+b") as f:  # a disk that lost a block: zeros, the file's length unchanged
+        f.seek(min(int(size * where), size - 512))
+        f.write(b"\0" * 512)
+    skipped = []
+    assert choose("auto", tmp_path, skipped) == previous
+    assert [p for p, _ in skipped] == [newest] and skipped[0][1].startswith(f"{newest}: ")
+    with pytest.raises(ckpt.CheckpointError, match=rf"^{newest}: (corrupt|unreadable)"):
+        choose(newest, tmp_path)
+
+
+def test_a_fifo_in_the_checkpoints_folder_is_skipped_without_being_opened(tmp_path):
+    good = save_at(make_state(), tmp_path, 4)
+    os.mkfifo(tmp_path / "step_00000009.pt")  # nobody writes to it: an open for reading would block forever
+    (tmp_path / "latest").write_text("step_00000009.pt\n")
+    skipped = []
+    assert choose("auto", tmp_path, skipped) == good
+    assert skipped == [(str(tmp_path / "step_00000009.pt"), f"{tmp_path / 'step_00000009.pt'}: not a regular file")]
+
+
+def test_a_branch_moves_the_abandoned_later_checkpoints_aside_and_latest_names_its_start(tmp_path):
+    state = make_state()
+    for step in (10, 20, 30, 40):
+        save_at(state, tmp_path, step)
+    start = str(tmp_path / "step_00000020.pt")
+    moved, folder = ckpt.branch(start, 20, str(tmp_path))
+    assert moved == ["step_00000030.pt", "step_00000040.pt"]
+    assert sorted(os.listdir(folder)) == moved and os.path.dirname(folder) == str(tmp_path)
+    assert [os.path.basename(p) for p in ckpt.list_checkpoints(str(tmp_path))] == ["step_00000010.pt",
+                                                                                   "step_00000020.pt"]
+    assert (tmp_path / "latest").read_text() == "step_00000020.pt\n"
+    # the branch saves, crashes, and a plain resume follows it: its own newest, not the abandoned step 40
+    state.step = 20
+    save_at(state, tmp_path, 25)
+    assert choose("auto", tmp_path) == str(tmp_path / "step_00000025.pt")
+    # a fresh start over the run directory (resume=never) leaves every checkpoint behind
+    moved, folder = ckpt.branch(None, 0, str(tmp_path))
+    assert moved == ["step_00000010.pt", "step_00000020.pt", "step_00000025.pt"] and not (tmp_path / "latest").exists()
+    assert ckpt.list_checkpoints(str(tmp_path)) == [] and choose("auto", tmp_path) is None
+    assert ckpt.branch(None, 0, str(tmp_path)) == ([], "")
+
+
+def test_pruning_keeps_the_branch_saves_whatever_higher_numbered_files_lie_beside_them(tmp_path):
+    state = make_state()
+    stray = save_at(state, tmp_path / "elsewhere", 99)
+    os.makedirs(tmp_path / "ckpts")
+    shutil.copy(stray, tmp_path / "ckpts" / "step_00000099.pt")
+    for step in (1, 2, 3):
+        save_at(state, tmp_path / "ckpts", step, keep=1)
+    assert [os.path.basename(p) for p in ckpt.list_checkpoints(str(tmp_path / "ckpts"))] == \
+        ["step_00000003.pt", "step_00000099.pt"]
+    assert (tmp_path / "ckpts" / "latest").read_text() == "step_00000003.pt\n"
+    assert choose("auto", tmp_path / "ckpts") == str(tmp_path / "ckpts" / "step_00000003.pt")
+
+
+def test_latest_is_a_name_of_ours_or_nothing(tmp_path):
+    state = make_state()
+    save_at(state, tmp_path, 3)
+    newest = save_at(state, tmp_path, 5)
+    for content in ("../../etc/passwd\n", "/abs/step_00000003.pt\n", "step_3.pt\n", "\0" * 300):
+        (tmp_path / "latest").write_text(content)
+        assert layout.find_latest(str(tmp_path)) == newest, content
