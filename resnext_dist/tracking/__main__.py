@@ -1,13 +1,15 @@
 """`python -m resnext_dist.tracking sync RUN_DIR [--uri URI]` | `plot RUN_DIR [RUN_DIR ...] [-o out.png]`.
 
 sync: the Tracker's reader run once to the end of log.jsonl (for a run whose server was away), then the artifacts and
-the model not sent yet and the final status (the one close() recorded, else FINISHED with a DONE marker, else
+the model not sent yet and the final status (FINISHED with a DONE marker, else the one close() recorded, else
 KILLED). A cursor that is broken or lost is made anew from log.jsonl (mirror.py). `--uri` sends the run to another
 store: a run of its own there, with the whole log, every artifact the run directory holds and, for a finished run,
 the model; a second sync to the same URI goes on from where the first stopped.
 plot: learning curves (plot.py). Exit 0, or 1 with a one-line error.
 """
 import argparse
+import contextlib
+import io
 import os
 import sys
 from typing import Optional
@@ -46,8 +48,9 @@ def sync(run_dir: str, timeout_s: float = 30.0, uri: Optional[str] = None) -> st
     mirror.save()
     mirror.setup(reopen=False)
     sent = mirror.send_new()
-    status = rec.get("status") or ("FINISHED" if finished else "KILLED")
-    mirror.finish(status)
+    status = "FINISHED" if finished else rec.get("status") or "KILLED"
+    with contextlib.redirect_stdout(io.StringIO()):  # MLflow prints "View run" links; the answer is ours
+        mirror.finish(status)
     return f"sent {sent} metric points to MLflow run {mirror.run_id} ({target}); status {status}"
 
 

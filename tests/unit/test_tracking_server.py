@@ -619,6 +619,7 @@ def test_a_resume_with_a_new_uri_backfills_the_run_and_the_old_store_can_still_b
         log.write("step", step, loss=1000.0 + step)
     log.close()
     again.close("FINISHED")
+    (run_dir / "DONE").write_text(json.dumps({"step": 30, "epochs_done": 1}))
     client = client_for(other.uri)
     (run,) = runs_in(client, new_cfg.tracking.experiment)
     assert run.info.run_id != first.run_id and run.info.status == "FINISHED"
