@@ -110,7 +110,8 @@ def test_two_rank_run_is_one_mlflow_run_mirroring_the_log(mlflow_server, tmp_pat
         assert torch.allclose(loaded(x), model(x), atol=1e-5)
     assert json.loads((run / RUN_FILE).read_text())["run_id"] == info.run_id
     from tests.tiny import last_checkpoint
-    assert last_checkpoint(run)["tracker"] == {"mlflow_run_id": info.run_id}  # what a resume reopens
+    assert last_checkpoint(run)["tracker"] == {"mlflow_run_id": info.run_id,  # what a resume reopens
+                                               "tracking_uri": mlflow_server}
 
 
 def test_resume_after_rank0_is_killed_continues_the_same_run(mlflow_server, tmp_path):
