@@ -58,7 +58,7 @@ def list_of(rule: Rule, limit: int = 10_000) -> Rule:
     def check_list(v):
         if not isinstance(v, list) or len(v) > limit:
             return _not(v, f"a list of at most {limit} items")
-        return next((f"item {i}: {p}" for i, p in ((i, rule(x)) for i, x in enumerate(v)) if p), None)
+        return next((_at(f"item {i}", p) for i, p in ((i, rule(x)) for i, x in enumerate(v)) if p), None)
     return check_list
 
 
@@ -75,9 +75,12 @@ def dict_of(value: Rule, limit: int = 10_000, key_limit: int = 250) -> Rule:
         if not isinstance(v, dict) or len(v) > limit:
             return _not(v, f"a mapping of at most {limit} entries")
         for k, x in v.items():
-            problem = text(key_limit)(k) or value(x)
+            problem = text(key_limit)(k)
             if problem:
-                return f"{_short(k)}: {problem}"
+                return f"a key {problem}"
+            problem = value(x)
+            if problem:
+                return _at(k[:40], problem)
         return None
     return check_dict
 
@@ -94,7 +97,7 @@ def check(value: Any, fields: Dict[str, Rule], required: Iterable[str] = ()) -> 
         if key in value:
             problem = rule(value[key])
             if problem:
-                return f"{key} {problem}" if problem.startswith("is ") else f"{key}: {problem}"
+                return _at(key, problem)
     return None
 
 
@@ -119,6 +122,11 @@ def read_regular(path: str, limit: int) -> Tuple[Optional[bytes], str]:
         return None, f"unreadable ({e.strerror or e})"
     finally:
         os.close(fd)
+
+
+def _at(name: str, problem: str) -> str:
+    """`problem` of the field or item `name`: "epoch is '1', not ...", or "hwm: loss is '3', not ..." deeper."""
+    return f"{name} {problem}" if problem.startswith("is ") else f"{name}: {problem}"
 
 
 def _not(v: Any, what: str) -> str:

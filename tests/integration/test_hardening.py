@@ -361,8 +361,8 @@ def test_a_signal_ends_a_hung_tracker_close_at_once(tmp_path):
     with socket.socket() as hole:
         hole.bind(("127.0.0.1", 0))
         hole.listen(128)
-        overrides = ["train.epochs=1", "tracking.enabled=true", f"tracking.uri=http://127.0.0.1:{hole.getsockname()[1]}",
-                     "tracking.timeout_s=1", "tracking.close_timeout_s=300"]
+        overrides = ["train.epochs=1", "tracking.enabled=true", "tracking.timeout_s=1", "tracking.close_timeout_s=300",
+                     f"tracking.uri=http://127.0.0.1:{hole.getsockname()[1]}"]
         with open(out, "w") as f:
             p = subprocess.Popen(train_cmd(1, [*TINY, f"run.dir={run}", *overrides]), cwd=REPO, env=env(), stdout=f,
                                  stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -147,7 +147,7 @@ def test_an_identity_key_missing_from_the_recorded_config_counts_as_its_default(
     cfg = load_config(None, [f"run.dir={tmp_path}", "model.layers=[1,1,1,1]", "optim.lr=0.5"])
     recorded = yaml.safe_load(to_yaml(cfg))
     del recorded["model"]["layers"]
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(recorded))  # a line deleted by hand, or a key a later version added
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(recorded))  # deleted by hand, or a key added later
     with pytest.raises(InputError, match=r"holds another run \(model.layers: null -> \[1, 1, 1, 1\]\)"):
         rundir.check_identity(cfg, rundir.read_config(str(tmp_path)))
     (tmp_path / "config.yaml").write_text("model: {}\n")  # every other section gone: their keys at default

@@ -159,7 +159,8 @@ def test_logged_model_loads_back_with_the_same_logits(mlflow_server, tmp_path):
     from resnext_dist.models import build_model
     from tests.tiny import TINY
     # logging a model takes seconds, tens of them on a busy 2-core machine: this is not about a timeout
-    cfg = make_cfg(tmp_path, mlflow_server, "tracking.close_timeout_s=300", *[o for o in TINY if o.startswith("model.")])
+    cfg = make_cfg(tmp_path, mlflow_server, "tracking.close_timeout_s=300",
+                   *[o for o in TINY if o.startswith("model.")])
     model = build_model(cfg.model).eval()
     tracker = Tracker(cfg, DistInfo(), str(tmp_path / "run"))
     weights, config = final_files(tmp_path / "run", cfg, model)
