@@ -8,6 +8,7 @@ here are named where they happen.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -133,6 +134,11 @@ class Trainer:
     def restore(self) -> None:
         """Build the parts (InputError for data that does not fit), then resume (rank 0 picks the newest checkpoint
         that reads, every rank loads it) or start from model.init's weights; a larger train.epochs extends."""
+        if _restart_count() and self.cfg.checkpoint.resume != "auto":
+            # resume=PATH or never is the first attempt's: a restart (torchrun, a requeue) goes on from where the
+            # run got, the branch it started, never back to PATH (nor over again)
+            self.cfg = dataclasses.replace(self.cfg, checkpoint=dataclasses.replace(self.cfg.checkpoint,
+                                                                                    resume="auto"))
         cfg, dist = self.cfg, self.dist
         self.say(f"resnext_dist: run {cfg.run.name}: building data and model ({dist.world_size} process"
                  f"{'es' if dist.world_size > 1 else ''})")
@@ -342,22 +348,22 @@ class Trainer:
                 export_dir = write_export(final, self.cfg, os.path.join(self.run_dir, EXPORT_DIR),
                                           dataset_class_names(self.cfg), extra={
                                               "run_name": self.cfg.run.name, "step": state.step, "epoch": state.epoch})
+                tracker.log_artifact(rundir.config_path(self.run_dir))
+                tracker.log_artifact(weights)
+                tracker.log_artifact(export_dir, EXPORT_DIR)
+                val_res = self.cfg.data.val_res
+                tracker.log_model(weights, rundir.config_path(self.run_dir), (2, 3, val_res, val_res))
                 # the run as a whole, all its attempts; the state knows the epochs best (it may have resumed
                 # elsewhere)
                 summary = {**summarize(self.read_log()), "epochs_done": state.epoch}
                 log.write("summary", state.step, **summary)
                 log.write("event", state.step, event="done")
+                tracker.log_artifact(log.path)
                 rundir.write_done(self.run_dir, state.step, state.epoch)
             except (OSError, RuntimeError) as e:  # torch's writer words a full disk as a RuntimeError
                 raise FinalWriteError(f"could not write the final weights in {self.run_dir}: "
                                       f"{ckpt.write_failure(e)}; the checkpoint of step {state.step} is kept: make "
                                       f"room and run the same command again to finish the run") from None
-            tracker.log_artifact(rundir.config_path(self.run_dir))
-            tracker.log_artifact(weights)
-            tracker.log_artifact(export_dir, EXPORT_DIR)
-            val_res = self.cfg.data.val_res
-            tracker.log_model(weights, rundir.config_path(self.run_dir), (2, 3, val_res, val_res))
-            tracker.log_artifact(log.path)
             self.progress.close()
             self.say(console.summary({**summary, "step": state.step, "wall_s": time.perf_counter() - self.t_start},
                                      os.path.join(export_dir, WEIGHTS_FILE), log.path, tracker.describe()))

@@ -327,6 +327,22 @@ def test_a_rollback_is_followed_after_a_crash_and_the_abandoned_trajectory_is_ke
     assert sorted(os.listdir(branched["to"])) == sorted(abandoned)
 
 
+def test_a_restart_after_a_rollback_goes_on_along_the_branch(tmp_path):
+    """checkpoint.resume=PATH is the first attempt's: torchrun's restart after a crash resumes the branch's newest
+    save, not PATH again (which would branch once more and throw the restarted attempt's work aside)."""
+    run, ckpts = tmp_path / "run", tmp_path / "run" / "checkpoints"
+    assert run_train(run, ["train.epochs=2", "checkpoint.every_steps=8", "checkpoint.keep=3"],
+                     RESNEXT_DIST_FAULT="kill@0:50").returncode != 0
+    back = str(ckpts / "step_00000032.pt")
+    ok(run_train(run, ["train.epochs=2", "checkpoint.every_steps=6", "checkpoint.keep=2",
+                       f"checkpoint.resume={back}"], extra_torchrun=["--max-restarts=1"],
+                 RESNEXT_DIST_FAULT="kill@0:39:0"))
+    resumed = [(e["checkpoint"], e["restart"]) for e in events_of(run, "resumed")]
+    assert resumed == [(back, 0), (str(ckpts / "step_00000036.pt"), 1)], resumed
+    assert len(events_of(run, "branched")) == 1
+    assert json.loads((run / "DONE").read_text()) == {"step": 64, "epochs_done": 2}
+
+
 def test_a_full_disk_at_the_final_export_is_one_line_and_the_same_command_finishes(tmp_path):
     import shutil
     src = tmp_path / "src"
