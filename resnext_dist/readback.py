@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 Rule = Callable[[Any], Optional[str]]
 
 MAX_COUNT = 2**62  # steps, epochs, offsets: beyond any run, within every integer type they reach
+NOT_REGULAR = "not a regular file"
 
 
 def _is_int(v: Any) -> bool:
@@ -113,7 +114,7 @@ def read_regular(path: str, limit: int) -> Tuple[Optional[bytes], str]:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            return None, "not a regular file"
+            return None, NOT_REGULAR
         if st.st_size > limit:
             return None, f"{st.st_size} bytes, more than the {limit} we ever write"
         with os.fdopen(os.dup(fd), "rb") as f:

@@ -23,7 +23,7 @@ from resnext_dist.config import TrainConfig, to_flat_dict, to_yaml
 from resnext_dist.config.identity import identity_keys, norm
 from resnext_dist.errors import InputError
 from resnext_dist.files import atomic_write
-from resnext_dist.readback import check, count, read_regular
+from resnext_dist.readback import NOT_REGULAR, check, count, read_regular
 
 MAX_CONFIG_BYTES = 1 << 20  # ours are ~2 KiB
 DONE_FIELDS = {"step": count, "epochs_done": count}
@@ -94,11 +94,13 @@ def done_path(run_dir: str) -> str:
 def read_done(run_dir: str, problems: Optional[List[str]] = None) -> Optional[Dict[str, Any]]:
     """The DONE marker: the run reached its end (its epochs, or a max_steps stop), and how far it got (None: not).
     A marker of another shape than ours is None (the run is finished again from its last checkpoint), with the
-    reason appended to `problems`."""
+    reason appended to `problems`; one that is not a regular file (it could not be replaced) is an InputError."""
     path = done_path(run_dir)
     data, problem = read_regular(path, 4096)
     if data is None and not problem:
         return None
+    if problem == NOT_REGULAR:  # not a marker we could replace either: the run could never finish
+        raise InputError(f"{path}: {problem}; remove it")
     if not problem and not data.strip():
         return {}  # an empty marker of an older version: finished, length unknown
     if not problem:

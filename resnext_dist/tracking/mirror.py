@@ -133,10 +133,14 @@ class Mirror:
             return None
 
     def event(self, **fields) -> None:
-        """One event line in log.jsonl (one append of one line: lines stay whole beside the trainer's)."""
-        events = RunLog(log_path(self.run_dir))
-        events.write("event", 0, **fields)
-        events.close()
+        """One event line in log.jsonl (one append of one line: lines stay whole beside the trainer's); a log that
+        cannot take it (a read-only run directory being synced) costs the line only."""
+        try:
+            events = RunLog(log_path(self.run_dir))
+            events.write("event", 0, **fields)
+            events.close()
+        except OSError as e:
+            log.warning("log.jsonl: event %s not written (%s)", fields.get("event"), e.strerror or e)
 
     def setup(self, reopen: bool) -> None:
         """The run exists with its params and tags; `reopen`: an earlier attempt's run, made RUNNING again. A run

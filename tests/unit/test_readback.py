@@ -115,8 +115,8 @@ def test_a_fifo_in_place_of_a_run_file_is_not_opened_for_reading(tmp_path):
     done = threading.Event()
 
     def read():
-        problems = []
-        assert rundir.read_done(str(tmp_path), problems) is None and "not a regular file" in problems[0]
+        with pytest.raises(InputError, match=r"DONE: not a regular file; remove it$"):
+            rundir.read_done(str(tmp_path))
         with pytest.raises(InputError, match=r"config.yaml: not a regular file"):
             rundir.read_config(str(tmp_path))
         done.set()
