@@ -11,6 +11,7 @@ any moment leaves either the old file or the new one, and no temporary file behi
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import stat
@@ -40,8 +41,8 @@ def open_regular(path: str, what: str = "file") -> BinaryIO:
         # fails with ENXIO; only then do we know what the name points at.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
-        if e.errno == 6:  # ENXIO: a socket, or a device with no driver
-            raise NotRegularFile(f"{path}: not a regular file (a socket or a device); expected {what}") from None
+        if e.errno == errno.ENXIO:  # a socket, or a device with no driver
+            raise NotRegularFile(f"{path}: {regular_file_problem(path)}; expected {what}") from None
         raise
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):

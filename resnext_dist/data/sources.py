@@ -158,13 +158,13 @@ class CifarSource(Source):
 
 
 def _load_pickle(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: missing CIFAR file")
     try:
         with open_regular(path, "a CIFAR file") as f:
             obj = pickle.load(f, encoding="latin1")  # written by Python 2
-    except NotRegularFile:
-        raise
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing CIFAR file") from None
+    except NotRegularFile as e:
+        raise DataError(str(e)) from None
     except Exception as e:
         raise DataError(f"{path}: unreadable CIFAR file ({one_line(e)})") from None
     if not isinstance(obj, dict):
@@ -282,13 +282,13 @@ def class_names_for(data_path: str) -> Optional[List[str]]:
         return None
     if os.path.isfile(data_path):
         path = class_names_path(data_path)
-        if not os.path.isfile(path):
+        if not os.path.lexists(path):  # a FIFO or a directory there is refused below, not taken for "none"
             return None
         try:
             with open_regular(path, "a class names file") as f:
                 names = json.load(f)["classes"]
-        except NotRegularFile:
-            raise
+        except NotRegularFile as e:
+            raise DataError(str(e)) from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise DataError(f"{path}: unreadable class names ({one_line(e)})") from None
         if not isinstance(names, list):
