@@ -114,9 +114,7 @@ def check_size(model, batch_size: int = 0, res: int = 0) -> None:
     memory = machine_memory()
     if not memory:
         return
-    culprit = ", ".join(f"model.{k}={_show(getattr(model, k))}" for k in ("layers", "cardinality", "group_width",
-                        "base_channels", "num_classes") if getattr(model, k) != getattr(type(model)(), k)) or (
-        f"model.arch={model.arch!r}")
+    culprit = _largest_key(model, params)
     if 4 * params > memory:
         raise InputError(f"{culprit}: a model of {params:.3g} parameters ({_bytes(4 * params)} of fp32 weights) "
                          f"is more than this machine's memory ({_bytes(memory)})")
@@ -125,6 +123,16 @@ def check_size(model, batch_size: int = 0, res: int = 0) -> None:
         raise InputError(f"data.batch_size={batch_size} at {res} px with {culprit}: training needs at least "
                          f"{_bytes(need)} per process, more than this machine ({_bytes(memory)}) or any accelerator "
                          f"({_bytes(LARGEST_ACCELERATOR_BYTES)}) holds")
+
+
+def _largest_key(model, params: int) -> str:
+    """'model.KEY=VALUE' of the size key whose default shrinks the model most (the arch when none is set)."""
+    default = type(model)()
+    shrunk = {k: size_estimate(dataclasses.replace(model, **{k: getattr(default, k)}), 1)[0]
+              for k in ("layers", "cardinality", "group_width", "base_channels", "num_classes")
+              if getattr(model, k) != getattr(default, k)}
+    key = min(shrunk, key=shrunk.get) if shrunk and min(shrunk.values()) < params else "arch"
+    return f"model.{key}={_show(getattr(model, key))}"
 
 
 def _bytes(n: int) -> str:

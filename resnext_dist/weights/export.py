@@ -37,6 +37,13 @@ FORMAT = "resnext_dist.export"  # the format's name, not this module's path: exp
 VERSION = 1
 TORCHVISION_ARCHS = ("resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d")  # torchvision.models has these
 
+# model.json is read back from a folder anyone may have written: it is data, checked as the config is (each model
+# key's type and rule, the model's size for this machine) and against what predict applies, before anything is built.
+MAX_META_BYTES = 64 * 2**20  # ~100k class names of any sensible length; a larger model.json is not ours
+MAX_NAME = 1000  # characters of one class name
+PREPROCESSING = {"channels": "RGB", "scale": "1/255", "layout": "NCHW"}  # what predict.py applies, nothing else
+MIN_STD = 0.01  # a channel's spread below 1% of the pixel range: near-constant images, inputs scaled 100x and more
+
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The plain model inside DDP, torch.compile or an EMA AveragedModel."""
@@ -135,13 +142,6 @@ def meta_path(path: str) -> str:
     return path
 
 
-# model.json is read back from a folder anyone may have written: it is data, checked as the config is (each model
-# key's type and rule, the model's size for this machine) and against what predict applies, before anything is built.
-MAX_META_BYTES = 64 * 2**20  # ~100k class names of any sensible length; a larger model.json is not ours
-MAX_NAME = 1000  # characters of one class name
-PREPROCESSING = {"channels": "RGB", "scale": "1/255", "layout": "NCHW"}  # what predict.py applies, nothing else
-
-
 def read_meta(path: str) -> dict:
     """The checked model.json of the export at `path` (see meta_path), with "_path" (the file) and "_weights" (the
     weights file, inside the export folder) added; InputError naming the file and the field otherwise."""
@@ -157,7 +157,7 @@ def read_meta(path: str) -> dict:
         raise InputError(f"{path}: not a resnext_dist export description (format {FORMAT!r})")
     problem = _version_problem(meta.get("version")) or _model_problem(meta) or _preprocessing_problem(
         meta.get("preprocessing")) or _class_names_problem(meta.get("class_names"), meta["model"]["num_classes"]) \
-        or _sha256_problem(meta.get("sha256"))
+        or _sha256_problem(meta.get("sha256")) or _informative_problem(meta)
     if problem:
         raise InputError(f"{path}: {problem}")
     meta["_path"], meta["_weights"] = path, _weights_file(path, meta.get("weights"))
@@ -205,13 +205,12 @@ def _preprocessing_problem(pre) -> str:
     problem = key_problem("data.val_res", pre.get("size")) or key_problem("data.val_crop_ratio", pre.get("crop_ratio"))
     if problem:
         return f"preprocessing: {problem}"
-    for name, lo in (("mean", 0.0), ("std", None)):
+    for name, lo in (("mean", 0.0), ("std", MIN_STD)):
         values = pre.get(name)
         if not (isinstance(values, list) and len(values) == 3 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and (
-                    lo is not None and lo <= v <= 1 or lo is None and 0 < v <= 1) for v in values)):
-            return (f"preprocessing.{name} {str(values)[:100]}: must be 3 numbers in "
-                    f"{'[0, 1]' if lo is not None else '(0, 1]'} (one per RGB channel, for pixels scaled to [0, 1])")
+                isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= 1 for v in values)):
+            return (f"preprocessing.{name} {str(values)[:100]}: must be 3 numbers in [{lo}, 1] (one per RGB channel, "
+                    "of pixels scaled to [0, 1])")
     for name, expected in PREPROCESSING.items():
         if pre.get(name) != expected:
             return f"preprocessing.{name} {str(pre.get(name))[:100]!r}: must be {expected!r} (what predict applies)"
@@ -227,6 +226,22 @@ def _class_names_problem(names, num_classes: int) -> str:
     for i, name in enumerate(names):
         if not (isinstance(name, str) and name.isprintable() and len(name) <= MAX_NAME):
             return f"class name {i} must be printable text on one line of at most {MAX_NAME} characters"
+    return ""
+
+
+def _informative_problem(meta: dict) -> str:
+    """The fields a person or another tool reads (the overrides to rebuild it, the torchvision constructor, the crop
+    in words, the run's figures): plain, of their type, so that nothing pasted from model.json does more."""
+    overrides, tv, crop = meta.get("overrides"), meta.get("torchvision"), meta["preprocessing"].get("crop")
+    if not (isinstance(overrides, list) and all(isinstance(o, str) and o.startswith("model.") and "=" in o
+                                                and o.isprintable() and len(o) <= 200 for o in overrides)):
+        return "overrides must be a list of model.KEY=VALUE texts"
+    if tv is not None and tv not in TORCHVISION_ARCHS:
+        return f"torchvision {str(tv)[:100]!r}: must be null or one of {', '.join(TORCHVISION_ARCHS)}"
+    if not (isinstance(crop, str) and crop.isprintable() and len(crop) <= 1000):
+        return "preprocessing.crop must be printable text (the crop in words)"
+    if not isinstance(meta.get("run", {}), dict):
+        return "run must be a mapping (the run's step, epoch, figures)"
     return ""
 
 
