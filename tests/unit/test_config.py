@@ -421,3 +421,63 @@ def test_slurm_keys_that_contradict_each_other_are_refused_at_load():
         load_config(None, ["slurm.tasks_per_node=2"])
     with pytest.raises(InputError, match=r"^slurm.signal_delay_s=3600 is not shorter than slurm.timeout_min=60 "):
         load_config(None, ["slurm.signal_delay_s=3600", "slurm.timeout_min=60"])
+
+
+# ---- fail early (#25 item 8): the model's size and memory from the config alone; paths that are no files
+
+
+@pytest.mark.parametrize("model", [
+    {}, {"arch": "resnext101_32x8d"}, {"arch": "resnext152_32x4d", "stem": "cifar", "num_classes": 7},
+    {"layers": [1, 1, 1, 1], "cardinality": 2, "group_width": 4, "base_channels": 8, "stem": "cifar"},
+    {"layers": [2, 1, 3, 1], "cardinality": 3, "group_width": 5, "base_channels": 16, "blurpool": True},
+])
+def test_the_size_estimate_is_the_built_models(model):
+    import torch
+
+    from resnext_dist.config import ModelConfig
+    from resnext_dist.models import build_model
+    from resnext_dist.models.presets import size_estimate
+
+    cfg = ModelConfig(**model)
+    net, res = build_model(cfg), 35 if cfg.stem == "cifar" else 67  # odd sides: the rounding of every stride
+    outputs = []
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(lambda mod, i, out: outputs.append(out.numel()))
+    with torch.no_grad():
+        net.eval()(torch.zeros(1, 3, res, res))
+    assert size_estimate(cfg, res) == (sum(p.numel() for p in net.parameters()), sum(outputs))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.group_width=100000", "model.group_width=100000: a model of 8.85e+14 parameters (3.54 PB of fp32 weights) "
+                                 "is more than this machine's memory"),
+    ("model.layers=[3,4,1000000000,3]", "model.layers=[3, 4, 1000000000, 3]: a model of"),
+    ("model.num_classes=1000000000", "model.num_classes=1000000000: a model of"),
+    ("model.base_channels=1000000", "model.base_channels=1000000: a model of"),
+    ("data.batch_size=10000000", "data.batch_size=10000000 at 224 px with model.arch='resnext50_32x4d': training "
+                                 "needs at least"),
+])
+def test_an_absurd_model_or_batch_is_one_line_at_load_never_an_allocation(override, message):
+    import time
+    t0 = time.monotonic()
+    with pytest.raises(InputError) as e:
+        load_config(None, [override])
+    assert time.monotonic() - t0 < 5 and str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_group_width_100000_is_one_line_on_the_command_line():
+    r = run_cli("model.group_width=100000", "tracking.enabled=false")
+    assert r.returncode == 2 and r.stderr.startswith("error: model.group_width=100000: a model of "), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_a_config_or_checkpoint_path_that_is_a_fifo_is_refused_never_waited_on(tmp_path):
+    from tests.unit.test_files import deadline
+
+    os.mkfifo(tmp_path / "recipe.yaml")
+    os.mkfifo(tmp_path / "step.pt")
+    with deadline(), pytest.raises(InputError, match=r"recipe.yaml: a FIFO, not a regular file; expected a YAML"):
+        load_config(str(tmp_path / "recipe.yaml"), [])
+    with deadline(), pytest.raises(InputError, match=r"^checkpoint.resume='.*step.pt': a FIFO, not a regular file$"):
+        load_config(None, [f"checkpoint.resume={tmp_path / 'step.pt'}"])
