@@ -35,7 +35,7 @@ class InUse(InputError):
 class ExclusiveLock:
     """`ExclusiveLock(path).acquire()` takes the lock file `path` (creating its folder) or raises InUse naming the
     holder; `release()` (or the process ending) gives it back. Also a context manager. Subclasses word the refusal
-    (`in_use_message`) and may raise a subclass of InUse (`error`)."""
+    (`in_use_message`) and choose the InputError it raises (`error`)."""
 
     error = InUse
 

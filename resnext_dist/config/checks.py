@@ -1,9 +1,11 @@
 """Every config value checked when the config loads: each key's own rule (declared with the key, schema.py), then
 the checks that tie keys together, those of the chosen registry entries (the data loader's, the optimizer's)
-included. The first bad value raises `InputError` with one line naming the key, before any process group, data or
-Slurm time is spent.
+included, and the model's size and memory for this machine (check_size: arithmetic, so model.group_width=100000 is
+one line, not a failed 1.4 TB allocation). The first bad value raises `InputError` with one line naming the key,
+before any process group, data or Slurm time is spent.
 
-Types are OmegaConf's job (a string where an int belongs never gets here). Importing this module imports no torch.
+Types are OmegaConf's job for a config (a string where an int belongs never gets here); key_problem checks them too
+for values read from elsewhere (an export's model.json). Importing this module imports no torch.
 """
 from __future__ import annotations
 
@@ -19,12 +21,15 @@ from resnext_dist.models.presets import size_estimate
 from resnext_dist.optim.optimizers import optimizer_for
 
 
-def _show(value: Any) -> str:
+def _show(value: Any, limit: int = 300) -> str:
+    """A value as a message quotes it, cut at `limit` characters (a hostile file's value may be megabytes)."""
     if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
-        return str(list(value))
-    return str(value)
+        text = repr(value)
+    elif isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+        text = str(list(value))
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def validate(cfg: TrainConfig, world_size: int = 1) -> None:

@@ -151,7 +151,7 @@ def read_meta(path: str) -> dict:
             if os.fstat(f.fileno()).st_size > MAX_META_BYTES:
                 raise InputError(f"{path}: larger than {MAX_META_BYTES >> 20} MiB: not an export description")
             meta = json.loads(f.read(), parse_constant=_no_constant)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: brackets nested thousands deep
         raise InputError(f"{path}: unreadable export description ({one_line(e, 200)})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("model"), dict):
         raise InputError(f"{path}: not a resnext_dist export description (format {FORMAT!r})")

@@ -239,11 +239,14 @@ def test_a_hostile_model_json_is_one_line_naming_it_before_anything_is_built(tmp
     (lambda t: t[: len(t) // 2], "unreadable export description"),
     (lambda t: "\x00\xff" * 10, "unreadable export description"),
     (lambda t: "[1]", "not a resnext_dist export description"),
+    (lambda t: "[" * 100000 + "]" * 100000, "unreadable export description"),
+    (lambda t: t.replace('"stem": "cifar"', '"stem": "' + "x" * 10**6 + '"'), "model.stem='xxx"),
 ])
 def test_a_model_json_that_is_no_json_we_write_is_refused(tmp_path, raw, words):
     out = hostile_export(tmp_path, raw=raw)
-    with pytest.raises(InputError, match=words):
+    with pytest.raises(InputError, match=words) as e:
         weights.load(out)
+    assert len(str(e.value)) < 1000 and "\n" not in str(e.value)
 
 
 def test_weights_only_from_inside_the_export_folder_and_never_larger_than_the_model(tmp_path):
