@@ -79,11 +79,14 @@ def load_predictor(path: str, config: Optional[str] = None, overrides=(), device
 
 
 def _is_export(path: str) -> bool:
-    """`path` has an export's model.json (which must then read), as opposed to weights without one."""
+    """`path` names an export (whose model.json must then read), as opposed to weights that carry no description: a
+    model.json or .safetensors file, or a folder with an export's model.json or model.safetensors."""
+    if not os.path.isdir(path):
+        return path.endswith((".json", ".safetensors"))
     try:
         return bool(meta_path(path))
     except InputError:
-        return path.endswith((".json", ".safetensors")) or os.path.lexists(os.path.join(path, WEIGHTS_FILE))
+        return os.path.lexists(os.path.join(path, WEIGHTS_FILE))
 
 
 def image_paths(args: List[str]) -> List[str]:
