@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from resnext_dist.config.schema import TrainConfig, declared_keys, get_key
+from resnext_dist.data.batches import BatchSplit, split_for
 from resnext_dist.data.loaders import loader_for
 from resnext_dist.errors import InputError
 from resnext_dist.optim.optimizers import optimizer_for
@@ -26,7 +27,8 @@ def _show(value: Any) -> str:
 
 
 def validate(cfg: TrainConfig, world_size: int = 1) -> None:
-    """Raise InputError for the first bad value; `world_size` enables the batch-division checks."""
+    """Raise InputError for the first bad value; `world_size` enables the check that the global batch can be
+    shared among that many processes."""
     for name, f in declared_keys(cfg):
         value = get_key(cfg, name)
         if isinstance(value, float) and not math.isfinite(value):
@@ -39,8 +41,7 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     _check_dir_can_be(cfg.run.dir, "run.dir")
     if cfg.tracking.enabled and not cfg.tracking.uri:  # the default MLflow store: run.root/mlflow.db
         _check_dir_can_be(cfg.run.root, "run.root")
-    if world_size > 1 or cfg.optim.global_batch_size:
-        grad_accum_steps(cfg, world_size)
+    batch_split(cfg, world_size)
 
 
 def _check_together(cfg: TrainConfig) -> None:
@@ -81,12 +82,12 @@ def _check_dir_can_be(path: str, key: str) -> None:
         raise InputError(f"{key}={path!r}: cannot be created: {parent} is not writable by this user")
 
 
-def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
-    """Micro-steps per optimizer step so that the global batch stays `optim.global_batch_size`."""
-    per_step = cfg.data.batch_size * world_size
-    target = cfg.optim.global_batch_size or per_step
-    if target % per_step:
-        raise InputError(
-            f"optim.global_batch_size={target} is not a multiple of data.batch_size={cfg.data.batch_size}"
-            f" x world size {world_size}")
-    return target // per_step
+def batch_split(cfg: TrainConfig, world_size: int) -> BatchSplit:
+    """How the run's global batch (optim.global_batch_size; 0: data.batch_size x world size) is shared among
+    `world_size` processes in micro-batches of at most data.batch_size; InputError naming the key when it cannot
+    be."""
+    split = split_for(world_size, cfg.data.batch_size, cfg.optim.global_batch_size)
+    problem = split.problem()
+    if problem:
+        raise InputError(problem)
+    return split
