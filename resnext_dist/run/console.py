@@ -28,7 +28,8 @@ def banner(start: Dict[str, Any]) -> str:
     s = start
     how = f"resumes from step {s['resumed_step']} ({s['resumed_from']})" if s.get("resumed_from") else "fresh start"
     if s.get("resumed_from") and s.get("world_size_was", s["world_size"]) != s["world_size"]:
-        how += f", on {s['world_size']} processes instead of {s['world_size_was']} (same global batch)"
+        how += (f", on {s['world_size']} process{'es' if s['world_size'] > 1 else ''} instead of "
+                f"{s['world_size_was']} (same global batch)")
     lines = [f"resnext_dist {s['version']} | run {s['run_name']} | {how}"]
     nodes, c, w = s["nodes"], s.get("cardinality"), s.get("group_width")
     model = (f"{s['arch']}, {s['stem']} stem" + (f", layers {list(s['layers'])}" if s.get("layers") else "")
