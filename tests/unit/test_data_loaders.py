@@ -95,7 +95,8 @@ def test_an_uneven_global_batch_is_cut_into_micro_batches_of_the_global_order(da
     assert (train.steps_per_epoch, train.batches_per_epoch) == (3, 9)
     images, labels = epoch(train, 1)
     assert [len(y) for y in labels] == [4, 4, 3] * 3
-    assert all(x.shape[0] == len(y) for x, y in zip(images, labels))
+    assert all(x.shape[0] == len(y) and x.is_contiguous(memory_format=torch.channels_last)
+               for x, y in zip(images, labels))
     order = epoch_permutation(N, seed=SEED, epoch=1)[:33]
     if kind != "synthetic":
         assert np.array_equal(torch.cat(labels).numpy(), dataset["train_labels"][order])
