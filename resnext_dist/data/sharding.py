@@ -34,11 +34,12 @@ def epoch_permutation(num_images: int, *, seed: int, epoch: int, pages=None, win
 
 
 def train_shard(num_images: int, *, seed: int, epoch: int, rank: int, world_size: int, batch_size: int,
-                global_batch: int = 0, start: int = 0) -> np.ndarray:
+                global_batch: int = 0, start: int = 0, pages=None, window: int = 0) -> np.ndarray:
     """This rank's image indices for the rest of an epoch from global position `start`, in order: its
-    micro-batches of each whole step after `start`, one after the other (`train_batches` cuts them apart)."""
+    micro-batches of each whole step after `start`, one after the other (`train_batches` cuts them apart).
+    `pages`/`window`: epoch_permutation's."""
     split = split_for(world_size, batch_size, global_batch)
-    order = epoch_permutation(num_images, seed=seed, epoch=epoch)[start:]
+    order = epoch_permutation(num_images, seed=seed, epoch=epoch, pages=pages, window=window)[start:]
     steps = len(order) // split.global_batch
     steps = order[:steps * split.global_batch].reshape(steps, split.global_batch)
     return steps[:, np.asarray(split.positions(rank), dtype=np.int64)].reshape(-1)
