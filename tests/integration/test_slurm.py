@@ -340,8 +340,8 @@ def test_torchrun_sbatch_with_a_node_range_comes_back_on_fewer_nodes_and_continu
         slurm_cluster.run("scontrol", "update", f"nodename={nodes[1]}", "state=resume")
     output = (tmp_path / f"range-{job_id}.out").read_text()
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", output
-    assert "attempt 1): 2 node(s) x 1, rendezvous" in output and "elastic down to 1 node(s)" in output, output
-    assert "attempt 2): 1 node(s) x 1" in output, output
+    assert "attempt 1: 2 node(s) x 1, rendezvous" in output and "elastic down to 1 node(s)" in output, output
+    assert "attempt 2: 1 node(s) x 1" in output, output
     recs = records(run_dir)
     starts = [r for r in recs if r["kind"] == "start"]
     assert [(s["world_size"], s["global_batch"]) for s in starts] == [(2, 16), (1, 16)]
