@@ -1,8 +1,9 @@
 """A run's identity: the config keys that make a run what it is (model, data, optimizer, global batch, seed,
 precision, ...) as opposed to where and how fast it runs, how it is logged and checkpointed, and how long it trains
 (the keys declared with identity=False in schema.py; data.batch_size among them: it is a process's memory, the
-global batch is the run's). A run directory holds one identity (run/rundir.py); the default run
-name carries a hash of it, so two experiments never share a directory and the same command always finds its own.
+global batch is the run's, so a smaller data.batch_size on a resume finds the same run). A run directory holds one
+identity (run/rundir.py); the default run name carries a hash of it, so two experiments never share a directory
+and the same command always finds its own.
 """
 from __future__ import annotations
 
@@ -22,8 +23,6 @@ def identity_hash(cfg: TrainConfig) -> str:
     """8 hex digits of the identity keys that differ from the schema's defaults: the default run name's suffix.
     Leaving the defaults out keeps names stable when a version adds a key (at its default)."""
     keep, defaults = identity_keys(cfg), to_flat_dict(type(cfg)())
-    if not cfg.optim.global_batch_size:  # the global batch a new run gets is data.batch_size x its world size
-        keep.add("data.batch_size")
     kept = {k: v for k, v in to_flat_dict(cfg).items() if k in keep and norm(v) != norm(defaults.get(k))}
     return hashlib.sha256(norm(kept).encode()).hexdigest()[:8]
 

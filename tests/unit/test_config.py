@@ -290,8 +290,16 @@ def test_a_database_password_is_refused_not_moved(clean_mlflow_env):
 
 
 def test_the_quickstarts_run_name_is_stable():
-    """Default run names carry the identity hash: the same command must find the same run directory."""
-    assert load_config("configs/quickstart.yaml", []).run.name == "quickstart-bbc6a202"
+    """Default run names carry the identity hash: the same command must find the same run directory (issue 30
+    changed it once: data.batch_size left the identity)."""
+    assert load_config("configs/quickstart.yaml", []).run.name == "quickstart-996f84c3"
+
+
+def test_the_global_batch_names_the_run_and_a_process_batch_does_not():
+    """data.batch_size is a process's memory: a smaller one on a resume finds the same run directory; another
+    global batch is another run."""
+    name = lambda *o: load_config("configs/quickstart.yaml", list(o)).run.name
+    assert name("data.batch_size=4") == name() != name("optim.global_batch_size=64")
 
 
 def _collections_naming_keys():
