@@ -15,6 +15,7 @@ import os
 from typing import Any, Dict, List, Optional, Union, get_args, get_origin, get_type_hints
 
 from resnext_dist.config.schema import TrainConfig, declared_keys, get_key, section_types
+from resnext_dist.data.batches import BatchSplit, split_for
 from resnext_dist.data.loaders import loader_for
 from resnext_dist.errors import InputError
 from resnext_dist.models.presets import size_estimate
@@ -33,7 +34,8 @@ def _show(value: Any, limit: int = 300) -> str:
 
 
 def validate(cfg: TrainConfig, world_size: int = 1) -> None:
-    """Raise InputError for the first bad value; `world_size` enables the batch-division checks."""
+    """Raise InputError for the first bad value; `world_size` enables the check that the global batch can be
+    shared among that many processes."""
     for name, f in declared_keys(cfg):
         problem = key_problem(name, get_key(cfg, name), f)
         if problem:
@@ -43,8 +45,7 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     _check_dir_can_be(cfg.run.dir, "run.dir")
     if cfg.tracking.enabled and not cfg.tracking.uri:  # the default MLflow store: run.root/mlflow.db
         _check_dir_can_be(cfg.run.root, "run.root")
-    if world_size > 1 or cfg.optim.global_batch_size:
-        grad_accum_steps(cfg, world_size)
+    batch_split(cfg, world_size)
 
 
 def key_problem(name: str, value: Any, f: Optional[dataclasses.Field] = None) -> str:
@@ -186,12 +187,12 @@ def _check_dir_can_be(path: str, key: str) -> None:
         raise InputError(f"{key}={path!r}: cannot be created: {parent} is not writable by this user")
 
 
-def grad_accum_steps(cfg: TrainConfig, world_size: int) -> int:
-    """Micro-steps per optimizer step so that the global batch stays `optim.global_batch_size`."""
-    per_step = cfg.data.batch_size * world_size
-    target = cfg.optim.global_batch_size or per_step
-    if target % per_step:
-        raise InputError(
-            f"optim.global_batch_size={target} is not a multiple of data.batch_size={cfg.data.batch_size}"
-            f" x world size {world_size}")
-    return target // per_step
+def batch_split(cfg: TrainConfig, world_size: int) -> BatchSplit:
+    """How the run's global batch (optim.global_batch_size; 0: data.batch_size x world size) is shared among
+    `world_size` processes in micro-batches of at most data.batch_size; InputError naming the key when it cannot
+    be."""
+    split = split_for(world_size, cfg.data.batch_size, cfg.optim.global_batch_size)
+    problem = split.problem()
+    if problem:
+        raise InputError(problem)
+    return split

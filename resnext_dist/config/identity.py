@@ -1,7 +1,9 @@
-"""A run's identity: the config keys that make a run what it is (model, data, optimizer, batch, seed, precision, ...)
-as opposed to where and how fast it runs, how it is logged and checkpointed, and how long it trains (the keys
-declared with identity=False in schema.py). A run directory holds one identity (run/rundir.py); the default run
-name carries a hash of it, so two experiments never share a directory and the same command always finds its own.
+"""A run's identity: the config keys that make a run what it is (model, data, optimizer, global batch, seed,
+precision, ...) as opposed to where and how fast it runs, how it is logged and checkpointed, and how long it trains
+(the keys declared with identity=False in schema.py; data.batch_size among them: it is a process's memory, the
+global batch is the run's, so a smaller data.batch_size on a resume finds the same run). A run directory holds one
+identity (run/rundir.py); the default run name carries a hash of it, so two experiments never share a directory
+and the same command always finds its own.
 """
 from __future__ import annotations
 

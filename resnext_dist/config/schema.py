@@ -62,7 +62,10 @@ class DataConfig:
                      "embedded:digits/train")
     val: str = key("", data_path, "validation data, same kind as data.train (embedded:digits/val); empty = no "
                    "validation")
-    batch_size: int = key(256, positive, "images per process per micro-step")
+    # Memory, not identity: the run is its global batch (optim.global_batch_size), split by data/batches.py.
+    batch_size: int = key(256, positive, "the largest micro-batch a process takes (its memory); with "
+                          "optim.global_batch_size=0 it also sets a new run's global batch (x world size)",
+                          identity=False)
     num_workers: int = key(8, non_negative, "decoding workers per process", identity=False)
     train_res: int = key(224, resolution, "training crop size (final size when progressive resizing is on)")
     val_res: int = key(224, resolution, "validation center-crop size")
@@ -134,8 +137,9 @@ class OptimConfig:
     milestones: List[int] = key([30, 60, 80], increasing_epochs, "step schedule: epochs at which the lr is "
                                 "multiplied by gamma")
     gamma: float = key(0.1, positive, "step schedule: factor at each milestone")
-    global_batch_size: int = key(0, non_negative, "images per optimizer step over all processes; 0 = data.batch_size "
-                                 "x world size (more = accumulation)", identity=False)
+    global_batch_size: int = key(0, non_negative, "images per optimizer step over all processes, on any number of "
+                                 "them (the run's identity); 0 = the run's own, or data.batch_size x world size "
+                                 "for a new run")
 
 
 @dataclass

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, List, Optional
 
 from resnext_dist.data import embedded
+from resnext_dist.data.batches import split_for
 from resnext_dist.data.errors import DataError
 from resnext_dist.errors import InputError
 
@@ -54,11 +55,14 @@ class Loader:
         """Check data.val, and data.train unless `train` is false; DataError names the first problem."""
         raise NotImplementedError
 
-    def train_loader(self, d, dist, found: CheckedData, seed: int, num_classes: int, channels_last: bool):
-        if found.train_images // dist.world_size < d.batch_size:
-            raise DataError(f"{d.train}: {found.train_images} images make less than one batch per rank "
-                            f"(data.batch_size={d.batch_size} x {dist.world_size} ranks)")
-        return self._train(d, dist, found, seed, channels_last)
+    def train_loader(self, d, dist, found: CheckedData, seed: int, num_classes: int, channels_last: bool,
+                     global_batch: int = 0):
+        """This rank's training loader; `global_batch` (0: data.batch_size x world size) is shared out as
+        sharding.py says."""
+        split = split_for(dist.world_size, d.batch_size, global_batch)
+        if found.train_images < split.global_batch:
+            raise DataError(f"{d.train}: {found.train_images} images make less than {split.words()}")
+        return self._train(d, dist, found, seed, channels_last, global_batch)
 
     def val_missing(self, d) -> Optional[str]:
         """Why the data section `d` has no validation data, or None when it has."""
@@ -80,9 +84,10 @@ class Ffcv(Loader):
         found.val_images = check_beton(d.val, num_classes, key="data.val") if d.val else 0
         return found
 
-    def _train(self, d, dist, found, seed, channels_last):
+    def _train(self, d, dist, found, seed, channels_last, global_batch):
         from resnext_dist.data.ffcv import FfcvTrain  # FFCV and torch: only once this loader is built
-        return FfcvTrain(d.train, d, dist, seed=seed, channels_last=channels_last, num_images=found.train_images)
+        return FfcvTrain(d.train, d, dist, seed=seed, channels_last=channels_last, num_images=found.train_images,
+                         global_batch=global_batch)
 
     def val_loader(self, d, dist, found, seed, num_classes, channels_last):
         from resnext_dist.data.ffcv import FfcvVal  # FFCV and torch: only once this loader is built
@@ -110,9 +115,10 @@ class Torchvision(Loader):
                 raise DataError(f"{d.val}: classes differ from those of {d.train} ({diff})")
         return found
 
-    def _train(self, d, dist, found, seed, channels_last):
+    def _train(self, d, dist, found, seed, channels_last, global_batch):
         from resnext_dist.data.torchvision import TorchvisionTrain  # torch: only once this loader is built
-        return TorchvisionTrain(found.train_source, d, dist, seed=seed, channels_last=channels_last)
+        return TorchvisionTrain(found.train_source, d, dist, seed=seed, channels_last=channels_last,
+                                global_batch=global_batch)
 
     def val_loader(self, d, dist, found, seed, num_classes, channels_last):
         from resnext_dist.data.torchvision import TorchvisionVal  # torch: only once this loader is built
@@ -133,9 +139,10 @@ class Synthetic(Loader):
     def check(self, d, num_classes, train=True):
         return CheckedData(train_images=d.synthetic_size, val_images=d.val_synthetic_size)
 
-    def train_loader(self, d, dist, found, seed, num_classes, channels_last):
+    def train_loader(self, d, dist, found, seed, num_classes, channels_last, global_batch=0):
         from resnext_dist.data.synthetic import SyntheticTrain  # torch: only once this loader is built
-        return SyntheticTrain(d, dist, seed=seed, num_classes=num_classes, channels_last=channels_last)
+        return SyntheticTrain(d, dist, seed=seed, num_classes=num_classes, channels_last=channels_last,
+                              global_batch=global_batch)
 
     def val_missing(self, d):
         return None if d.val_synthetic_size else f"data.val_synthetic_size={d.val_synthetic_size}: no validation images"
@@ -163,12 +170,13 @@ def check_dataset(d, num_classes: int) -> CheckedData:
     return loader_for(d).check(d, num_classes)
 
 
-def build_loaders(d, dist, *, seed: int, num_classes: int, channels_last: bool):
-    """(train, val or None) for this rank; raises DataError / InputError (exit 2) on bad data or config."""
+def build_loaders(d, dist, *, seed: int, num_classes: int, channels_last: bool, global_batch: int = 0):
+    """(train, val or None) for this rank; raises DataError / InputError (exit 2) on bad data or config.
+    `global_batch`: images per optimizer step over all ranks (0: data.batch_size x world size)."""
     loader = loader_for(d)
     d = loader.with_files(d)
     found = loader.check(d, num_classes)
-    train = loader.train_loader(d, dist, found, seed, num_classes, channels_last)
+    train = loader.train_loader(d, dist, found, seed, num_classes, channels_last, global_batch)
     return train, build_val_loader(d, dist, seed=seed, num_classes=num_classes, channels_last=channels_last,
                                    found=found)
 

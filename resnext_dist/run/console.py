@@ -27,6 +27,9 @@ def banner(start: Dict[str, Any]) -> str:
     """The start record as a few aligned lines: what runs where, on what, how long, and where it goes."""
     s = start
     how = f"resumes from step {s['resumed_step']} ({s['resumed_from']})" if s.get("resumed_from") else "fresh start"
+    if s.get("resumed_from") and s.get("world_size_was", s["world_size"]) != s["world_size"]:
+        how += (f", on {s['world_size']} process{'es' if s['world_size'] > 1 else ''} instead of "
+                f"{s['world_size_was']} (same global batch)")
     lines = [f"resnext_dist {s['version']} | run {s['run_name']} | {how}"]
     nodes, c, w = s["nodes"], s.get("cardinality"), s.get("group_width")
     model = (f"{s['arch']}, {s['stem']} stem" + (f", layers {list(s['layers'])}" if s.get("layers") else "")
@@ -42,9 +45,9 @@ def banner(start: Dict[str, Any]) -> str:
                   + (f" | {s['init']}" if s.get("init") else "")),
         ("data", f"{s['loader']} | {s['train_images']:,} train / {s['val_images']:,} val images | "
                  f"{s['train_res']} px train, {s['val_res']} px val"),
-        ("batch", f"{s['batch_size']} per process x {s['world_size']} x {s['accum_steps']} accumulation = "
-                  f"{s['global_batch']} global | {s['steps_per_epoch']} steps/epoch x {s['epochs']} epochs = "
-                  f"{s['total_steps']} steps"),
+        ("batch", f"{s.get('micro_batch', s['batch_size'])} per process x {s['world_size']} x {s['accum_steps']} "
+                  f"accumulation = {s['global_batch']} global | {s['steps_per_epoch']} steps/epoch x {s['epochs']} "
+                  f"epochs = {s['total_steps']} steps"),
         ("speed", f"{s['precision']} | channels-last {'on' if s['channels_last'] else 'off'} | "
                   f"compile {'on' if s['compile'] else 'off'}"),
         ("schedule", schedule),

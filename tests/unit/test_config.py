@@ -9,7 +9,7 @@ import yaml
 from resnext_dist.config import schema as config_schema
 from resnext_dist.errors import InputError
 
-from resnext_dist.config import TrainConfig, grad_accum_steps, load_config, to_flat_dict, to_yaml, validate
+from resnext_dist.config import TrainConfig, batch_split, load_config, to_flat_dict, to_yaml, validate
 
 RECIPES = ["configs/quickstart.yaml", "configs/resnext50_imagenet.yaml", "configs/resnext101_imagenet.yaml",
            "configs/resnext152_imagenet.yaml", "configs/cifar100_resnext50.yaml"]
@@ -68,13 +68,20 @@ def test_unknown_key_in_a_yaml_file_names_the_file(tmp_path):
         load_config(str(p), [])
 
 
-def test_global_batch_must_divide_by_world_size():
+def test_any_world_size_shares_the_global_batch_that_has_an_image_for_each_process():
+    """The global batch need not divide: 96 on 2 processes of at most 32 = 2 micro-steps of 24 each; on 5, micro-
+    batches of 19-20. It only has to give every process an image (and data.batch_size=1 an even share)."""
     cfg = load_config(None, ["data.batch_size=32", "optim.global_batch_size=96"])
-    assert grad_accum_steps(cfg, 1) == 3
-    with pytest.raises(InputError, match=r"optim.global_batch_size=96 is not a multiple of data.batch_size=32 x world size 2"):
-        validate(cfg, world_size=2)
-    cfg = load_config(None, ["data.batch_size=32", "optim.global_batch_size=128"])
-    assert grad_accum_steps(cfg, 2) == 2
+    assert batch_split(cfg, 1).accum_steps == 3 and batch_split(cfg, 2).micro_sizes(0) == [24, 24]
+    validate(cfg, world_size=5)
+    assert batch_split(cfg, 5).sizes_text() == "19-20"
+    with pytest.raises(InputError, match=r"^optim.global_batch_size=96 is less than one image per process on 97 "
+                                         r"processes: run it on at most 96 processes$"):
+        validate(cfg, world_size=97)
+    with pytest.raises(InputError, match=r"^data.batch_size=1 cannot share a global batch of 96 among 5 processes"):
+        validate(load_config(None, ["data.batch_size=1", "optim.global_batch_size=96"]), world_size=5)
+    cfg = load_config(None, ["data.batch_size=32"])  # 0: data.batch_size x world size, one micro-step
+    assert batch_split(cfg, 3).global_batch == 96 and batch_split(cfg, 3).accum_steps == 1
 
 
 def test_yaml_round_trip_and_flat_dict():
@@ -94,7 +101,7 @@ def test_cli_print_config_and_help():
     assert r.returncode == 0, r.stderr
     assert yaml.safe_load(r.stdout)["train"]["epochs"] == 7
     r = run_cli("--help")
-    assert r.returncode == 0 and "data.batch_size" in r.stdout and "images per process" in r.stdout
+    assert r.returncode == 0 and "data.batch_size" in r.stdout and "largest micro-batch a process" in r.stdout
 
 
 def test_cli_bad_key_exits_2_with_one_line():
@@ -339,8 +346,16 @@ def test_no_query_name_keeps_a_value_in_the_uri(clean_mlflow_env):
 
 
 def test_the_quickstarts_run_name_is_stable():
-    """Default run names carry the identity hash: the same command must find the same run directory."""
-    assert load_config("configs/quickstart.yaml", []).run.name == "quickstart-bbc6a202"
+    """Default run names carry the identity hash: the same command must find the same run directory (issue 30
+    changed it once: data.batch_size left the identity)."""
+    assert load_config("configs/quickstart.yaml", []).run.name == "quickstart-996f84c3"
+
+
+def test_the_global_batch_names_the_run_and_a_process_batch_does_not():
+    """data.batch_size is a process's memory: a smaller one on a resume finds the same run directory; another
+    global batch is another run."""
+    name = lambda *o: load_config("configs/quickstart.yaml", list(o)).run.name
+    assert name("data.batch_size=4") == name() != name("optim.global_batch_size=64")
 
 
 def _collections_naming_keys():
