@@ -13,7 +13,8 @@ with duplicates, and it can only start an epoch at its first batch. This loader 
 order instead (the same sampler with drop_last=True, seeded, epoch set explicitly), cut to whole
 batches and started `skip` batches in, so resuming mid-epoch reads no skipped image. It replaces the
 Loader's `traversal_order` after construction because the Loader's custom-order argument differs between
-ffcv 1.0.2 (an instance) and ffcv main (a class).
+ffcv 1.0.2 (an instance) and ffcv main (a class). `by_page` (data.order, loaders.ORDERS): the page-friendly
+permutation, from the page each image's bytes start on (the .beton's allocation table) and data.shuffle_window.
 
 Validation: a center-crop decode (ratio data.val_crop_ratio) at data.val_res, SEQUENTIAL, no drop_last,
 over this rank's block of explicit `indices` (sharding.eval_shard): every image once over all ranks.
@@ -72,17 +73,31 @@ def _label_pipeline(device: torch.device) -> list:
     return [IntDecoder(), ToTensor(), ToDevice(device, non_blocking=True)]
 
 
-class _EpochShards(TraversalOrder):
-    """sharding.train_shard's order for `sample_order(epoch)`, cut to whole batches, from batch `skip`."""
+def image_pages(loader: Loader) -> np.ndarray:
+    """The page of the .beton on which each of the loader's images starts (FFCV's allocation table, read by page)."""
+    reader = loader.reader
+    table = reader.alloc_table
+    pages = np.full(reader.num_samples, -1, dtype=np.int64)  # -1: an image with no bytes outside the metadata
+    first = np.full(reader.num_samples, np.iinfo(np.uint64).max, dtype=np.uint64)
+    np.minimum.at(first, table["sample_id"].astype(np.int64), table["ptr"])
+    stored = first != np.iinfo(np.uint64).max
+    pages[stored] = (first[stored] // np.uint64(reader.page_size)).astype(np.int64)
+    return pages[loader.indices.astype(np.int64)]
 
-    def __init__(self, loader: Loader, rank: int, world_size: int):
+
+class _EpochShards(TraversalOrder):
+    """sharding.train_shard's order for `sample_order(epoch)`, cut to whole batches, from batch `skip`;
+    page-friendly when `pages` (image_pages) are given."""
+
+    def __init__(self, loader: Loader, rank: int, world_size: int, pages=None, window: int = 0):
         super().__init__(loader)
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.pages, self.window = rank, world_size, pages, window
         self.skip = 0
 
     def sample_order(self, epoch: int) -> np.ndarray:
         shard = train_shard(len(self.indices), seed=self.seed, epoch=epoch, rank=self.rank,
-                            world_size=self.world_size, batch_size=self.loader.batch_size)
+                            world_size=self.world_size, batch_size=self.loader.batch_size, pages=self.pages,
+                            window=self.window)
         b = self.loader.batch_size
         whole = len(shard) // b * b
         return self.indices[shard[self.skip * b:whole]]
@@ -96,7 +111,8 @@ def _stored_bytes_pipeline(path: str) -> list:
 class FfcvTrain:
     """`batches_per_epoch`, `epoch(epoch, res, skip=0)` -> (float32 images on device, int64 labels)."""
 
-    def __init__(self, path: str, data_cfg, dist, *, seed: int, channels_last: bool, num_images: int):
+    def __init__(self, path: str, data_cfg, dist, *, seed: int, channels_last: bool, num_images: int,
+                 by_page: bool = False):
         self.path, self.num_images = path, num_images
         self.batch_size, self.seed, self.data_cfg = data_cfg.batch_size, seed, data_cfg
         self.batches_per_epoch = batches_per_epoch(num_images, dist.world_size, self.batch_size)
@@ -119,7 +135,8 @@ class FfcvTrain:
             os_cache=data_cfg.os_cache, order=OrderOption.SEQUENTIAL, seed=seed, drop_last=True,
             batches_ahead=data_cfg.batches_ahead,
             pipelines={"image": images, "label": _label_pipeline(dist.device)})
-        self.order = _EpochShards(self.loader, dist.rank, dist.world_size)
+        pages = image_pages(self.loader) if by_page else None
+        self.order = _EpochShards(self.loader, dist.rank, dist.world_size, pages, data_cfg.shuffle_window)
         self.loader.traversal_order = self.order  # see the module docstring
         self.loader.first_traversal_order = self.order.sample_order(0)  # what len(loader) counts
 
