@@ -109,7 +109,7 @@ def probe(cfg_fields: dict, out_dir: str) -> None:
     num_classes = cfg_fields.pop("num_classes")
     train, val = build_loaders(data_cfg(**cfg_fields), dist, seed=7, num_classes=num_classes, channels_last=True)
     record = {"rank": dist.rank, "batches_per_epoch": train.batches_per_epoch, "val_num_images": val.num_images,
-              "val_batches": len(val)}
+              "val_batches": len(val), "reading": getattr(train, "reading", None), "val_path": getattr(val, "path", "")}
     for epoch in (0, 1):
         record[f"epoch{epoch}"] = [y.tolist() for _, y in train.epoch(epoch, res=cfg_fields.get("train_res", 16))]
     record["epoch1_skip"] = [y.tolist() for _, y in train.epoch(1, res=16, skip=SKIP)]
