@@ -80,7 +80,8 @@ class DataConfig:
     os_cache: bool = key(True, None, "ffcv: let the OS page cache hold the .beton (shared by the processes of a "
                          "node)", identity=False)
     order: str = key("auto", one_of(ORDERS), "training order: random (an exact shuffle) | pages (exact too, read page "
-                     "by page: for a .beton larger than memory) | auto (pages when data.os_cache=false)")
+                     "by page: for a .beton larger than memory) | auto (pages when data.os_cache=false: set it if "
+                     "that may change on a resume)")
     shuffle_window: int = key(128, non_negative, "data.order=pages: pages mixed at a time, each process holding about "
                               "this many in memory (0 = all pages)")
     stage_dir: str = key("", text, "ffcv: copy each .beton here once per node and read that copy (a node-local "

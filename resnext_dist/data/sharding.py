@@ -53,7 +53,7 @@ def epoch_permutation(num_images: int, *, seed: int, epoch: int, pages=None, win
     if window == 0 or window >= len(distinct):
         return rng.permutation(num_images).astype(np.int64)
     # The k-th page of the shuffled sequence spreads its images uniformly over [k, k + window): sorting by that
-    # position reads the pages in sequence, and at any position exactly `window` pages have images left to read.
+    # position reads the pages in sequence, and at any position exactly `window` pages are in use (begun, not done).
     position = rng.permutation(len(distinct))[page_of] + window * rng.random(num_images)
     return np.argsort(position, kind="stable").astype(np.int64)
 

@@ -106,3 +106,29 @@ def test_bad_arguments_are_refused():
         epoch_permutation(N, seed=0, epoch=0, pages=PAGES[:-1], window=2)
     with pytest.raises(ValueError):
         epoch_permutation(N, seed=0, epoch=0, pages=PAGES, window=-1)
+
+
+def test_the_page_order_needs_a_loader_with_pages():
+    from resnext_dist.config import load_config
+    from resnext_dist.errors import InputError
+
+    with pytest.raises(InputError, match=r"^data.order=pages needs data.loader=ffcv \(got data.loader=torchvision\)"):
+        load_config(None, ["data.loader=torchvision", "data.train=/d", "data.order=pages"])
+    with pytest.raises(InputError, match=r"^data.order='pages-ish': must be one of auto, random, pages$"):
+        load_config(None, ["data.order=pages-ish"])
+    # auto with os_cache=false is the plain order where there are no pages (torchvision reads files)
+    assert load_config(None, ["data.loader=torchvision", "data.train=/d", "data.os_cache=false"]).data.order == "auto"
+
+
+def test_the_statistical_difference_the_readme_states():
+    """ImageNet's train set written in class order (1,281,167 images, 1,000 classes, ~30 images per 8 MiB page at
+    FFCV's recommended storage): a batch of 256 spans ~108 classes with the default 128-page window, ~226 with the
+    exact shuffle (the README's figures)."""
+    n = 1_281_167
+    labels, pages = np.arange(n) * 1000 // n, np.arange(n) // 30
+
+    def classes_per_batch(order):
+        return np.mean([len(set(batch)) for batch in labels[order][:256 * 200].reshape(200, 256)])
+
+    assert 100 < classes_per_batch(epoch_permutation(n, seed=0, epoch=0, pages=pages, window=128)) < 116
+    assert 218 < classes_per_batch(epoch_permutation(n, seed=0, epoch=0)) < 234
