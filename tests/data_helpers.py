@@ -112,7 +112,7 @@ def probe(cfg_fields: dict, out_dir: str) -> None:
     train, val = build_loaders(data_cfg(**cfg_fields), dist, seed=7, num_classes=num_classes, channels_last=True,
                                global_batch=global_batch)
     record = {"rank": dist.rank, "batches_per_epoch": train.batches_per_epoch, "val_num_images": val.num_images,
-              "val_batches": len(val)}
+              "val_batches": len(val), "reading": getattr(train, "reading", None), "val_path": getattr(val, "path", "")}
     for epoch in (0, 1):
         record[f"epoch{epoch}"] = [y.tolist() for _, y in train.epoch(epoch, res=cfg_fields.get("train_res", 16))]
     start = SKIP * (global_batch or train.global_batch) if start is None else start

@@ -18,7 +18,7 @@ from resnext_dist.config.rules import (MAX_RES, MAX_SEED, MAX_TIMEOUT_S, Rule, a
                                        data_path, increasing_epochs, non_negative, nonempty_text, one_of, optional,
                                        positive, resolution, resume_from, run_name, sbatch_job_name, sbatch_options,
                                        sbatch_value, text, tracking_uri)
-from resnext_dist.data.loaders import LOADERS
+from resnext_dist.data.loaders import LOADERS, ORDERS
 from resnext_dist.models.presets import PRESETS, STEMS, known_arch
 from resnext_dist.optim.schedules import SCHEDULES
 from resnext_dist.precision import PRECISIONS
@@ -82,6 +82,13 @@ class DataConfig:
                         "train_res crop, flip)")
     os_cache: bool = key(True, None, "ffcv: let the OS page cache hold the .beton (shared by the processes of a "
                          "node)", identity=False)
+    order: str = key("auto", one_of(ORDERS), "training order: random (an exact shuffle) | pages (exact too, read page "
+                     "by page: for a .beton larger than memory) | auto (pages when data.os_cache=false: set it if "
+                     "that may change on a resume)")
+    shuffle_window: int = key(128, non_negative, "data.order=pages: pages mixed at a time, each process holding about "
+                              "this many in memory (0 = all pages)")
+    stage_dir: str = key("", text, "ffcv: copy each .beton here once per node and read that copy (a node-local "
+                         "disk; $VARS such as $SLURM_TMPDIR expand on the node); empty = read in place", identity=False)
     # FFCV's queue of ready batches is Queue(batches_ahead): 0 would make it unbounded over reused buffers.
     batches_ahead: int = key(3, at_least(1), "ffcv: batches prepared ahead of the training step", identity=False)
     crop_decode: bool = key(True, None, "ffcv: decode only each crop of a JPEG and shrink it with our INTER_AREA "

@@ -15,6 +15,8 @@ mid-epoch, on any world size, reads no image twice and skips none. It replaces t
 after construction because the Loader's custom-order argument differs between ffcv 1.0.2 (an instance) and ffcv
 main (a class). FFCV's batches have one size (the largest micro-batch); where the global batch does not divide
 evenly, the micro-batches are cut from them on the device (`_micro_batches`), else they are FFCV's own.
+`by_page` (data.order, loaders.ORDERS): the page-friendly permutation, from the page each image's bytes start
+on (the .beton's allocation table) and data.shuffle_window.
 
 Validation: a center-crop decode (ratio data.val_crop_ratio) at data.val_res, SEQUENTIAL, no drop_last,
 over this rank's block of explicit `indices` (sharding.eval_shard): every image once over all ranks.
@@ -75,13 +77,27 @@ def _label_pipeline(device: torch.device) -> list:
     return [IntDecoder(), ToTensor(), ToDevice(device, non_blocking=True)]
 
 
+def image_pages(loader: Loader) -> np.ndarray:
+    """The page of the .beton on which each of the loader's images starts (FFCV's allocation table, read by page)."""
+    reader = loader.reader
+    table = reader.alloc_table
+    pages = np.full(reader.num_samples, -1, dtype=np.int64)  # -1: an image with no bytes outside the metadata
+    first = np.full(reader.num_samples, np.iinfo(np.uint64).max, dtype=np.uint64)
+    np.minimum.at(first, table["sample_id"].astype(np.int64), table["ptr"])
+    stored = first != np.iinfo(np.uint64).max
+    pages[stored] = (first[stored] // np.uint64(reader.page_size)).astype(np.int64)
+    return pages[loader.indices.astype(np.int64)]
+
+
 class _EpochShards(TraversalOrder):
     """sharding.train_shard's order for `sample_order(epoch)`: this rank's images of the whole steps after global
-    position `start`."""
+    position `start`; page-friendly when `pages` (image_pages) are given."""
 
-    def __init__(self, loader: Loader, rank: int, world_size: int, batch_size: int, global_batch: int):
+    def __init__(self, loader: Loader, rank: int, world_size: int, batch_size: int, global_batch: int, pages=None,
+                 window: int = 0):
         super().__init__(loader)
-        self.shard = dict(rank=rank, world_size=world_size, batch_size=batch_size, global_batch=global_batch)
+        self.shard = dict(rank=rank, world_size=world_size, batch_size=batch_size, global_batch=global_batch,
+                          pages=pages, window=window)
         self.start = 0
 
     def sample_order(self, epoch: int) -> np.ndarray:
@@ -99,7 +115,7 @@ class FfcvTrain:
     labels), this rank's micro-batches of each step after global position `start` (sharding.py)."""
 
     def __init__(self, path: str, data_cfg, dist, *, seed: int, channels_last: bool, num_images: int,
-                 global_batch: int = 0):
+                 global_batch: int = 0, by_page: bool = False):
         self.path, self.num_images = path, num_images
         self.batch_size, self.seed, self.data_cfg = data_cfg.batch_size, seed, data_cfg
         split = split_for(dist.world_size, self.batch_size, global_batch)
@@ -126,7 +142,9 @@ class FfcvTrain:
             os_cache=data_cfg.os_cache, order=OrderOption.SEQUENTIAL, seed=seed, drop_last=False,
             batches_ahead=data_cfg.batches_ahead,
             pipelines={"image": images, "label": _label_pipeline(dist.device)})
-        self.order = _EpochShards(self.loader, dist.rank, dist.world_size, self.batch_size, self.global_batch)
+        pages = image_pages(self.loader) if by_page else None
+        self.order = _EpochShards(self.loader, dist.rank, dist.world_size, self.batch_size, self.global_batch, pages,
+                                  data_cfg.shuffle_window)
         self.loader.traversal_order = self.order  # see the module docstring
         self.loader.first_traversal_order = self.order.sample_order(0)  # what len(loader) counts
 

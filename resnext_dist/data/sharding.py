@@ -9,6 +9,13 @@ the interrupted one had not: every image of an epoch once, across the change. Th
 last global batch sit that epoch out (no padding with duplicates). Every loader (FFCV, torchvision, synthetic)
 uses this order, so a resumed run sees exactly what the uninterrupted run saw.
 
+The page-friendly permutation (`pages` given: the page of the .beton each image lies on) is for a file read through
+FFCV's own page cache (data.os_cache=false), which holds each page from its first to its last use in the epoch: with
+the plain permutation that is nearly every page at once, the whole file. This one reads the pages in a shuffled
+sequence and each page's images within a span of `window` pages, so at any point about `window` pages are in use
+and each is read once per epoch: a shuffle buffer of `window` pages, images shuffled within it. It is still a
+permutation of the epoch's images, a function of (seed, epoch) and the file, cut into ranks as above.
+
 Evaluation: contiguous blocks (FFCV reads them page by page), sizes differing by at most one, that
 together hold every image exactly once. No padding, so the all-reduced counts are exact.
 """
@@ -23,14 +30,26 @@ from resnext_dist.data.batches import split_for
 
 
 def epoch_permutation(num_images: int, *, seed: int, epoch: int, pages=None, window: int = 0) -> np.ndarray:
-    """The epoch's global training order: every image index once. `pages`/`window`: a page-friendly order for
-    datasets larger than memory (not built here yet: None is the plain random permutation)."""
-    if pages is not None:
-        raise NotImplementedError("a page-friendly order is not available in this version")
-    # num_replicas=1: the sampler only draws the epoch's permutation; the cut into ranks is train_shard's.
-    sampler = DistributedSampler(range(num_images), num_replicas=1, rank=0, shuffle=True, seed=seed)
-    sampler.set_epoch(epoch)
-    return np.fromiter(iter(sampler), dtype=np.int64, count=num_images)
+    """The epoch's global order: every image once. `pages` (the page of each image): the page-friendly order with
+    a buffer of `window` pages (0 = unbounded: a plain shuffle, every page in use all epoch)."""
+    if pages is None:
+        # num_replicas=1: the sampler only draws the epoch's permutation; the cut into ranks is train_shard's.
+        sampler = DistributedSampler(range(num_images), num_replicas=1, rank=0, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)
+        return np.fromiter(iter(sampler), dtype=np.int64, count=num_images)
+    pages = np.asarray(pages)
+    if len(pages) != num_images or window < 0:
+        raise ValueError(f"{len(pages)} pages for {num_images} images, window {window}: one page per image, "
+                         "window >= 0")
+    # Its own stream (the words of "page"), so it never repeats the plain order's draws for the same seed.
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch, 0x70616765])))
+    distinct, page_of = np.unique(pages, return_inverse=True)
+    if window == 0 or window >= len(distinct):
+        return rng.permutation(num_images).astype(np.int64)
+    # The k-th page of the shuffled sequence spreads its images uniformly over [k, k + window): sorting by that
+    # position reads the pages in sequence, and at any position exactly `window` pages are in use (begun, not done).
+    position = rng.permutation(len(distinct))[page_of] + window * rng.random(num_images)
+    return np.argsort(position, kind="stable").astype(np.int64)
 
 
 def train_shard(num_images: int, *, seed: int, epoch: int, rank: int, world_size: int, batch_size: int,

@@ -5,6 +5,7 @@ record keeps raw facts and numbers: names, fractions, bytes, seconds); nothing h
     banner:  resnext_dist 0.1.0 | run quickstart-1a2b3c4d | fresh start
              where     2 processes on 1 node | gloo | cpu
              ...
+             reading   /local/train-1a2b3c4d.beton, ... (copies staged on this node) | random order   (files only)
     step:    epoch 3/8 | step 176/352 | loss 0.096 | lr 0.076 | 600 img/s | data wait 1.5% | mem 1.5 GB
     val:     val top-1 93.61% | top-5 100.00% | loss 0.202 (360 images)
     summary: done in 40 s (17 s of training) | best val top-1 98.89% (epoch 8) | final 98.89% | 646 img/s mean
@@ -45,6 +46,7 @@ def banner(start: Dict[str, Any]) -> str:
                   + (f" | {s['init']}" if s.get("init") else "")),
         ("data", f"{s['loader']} | {s['train_images']:,} train / {s['val_images']:,} val images | "
                  f"{s['train_res']} px train, {s['val_res']} px val"),
+        *([("reading", _reading(s["reading"]))] if s.get("reading") else []),
         ("batch", f"{s.get('micro_batch', s['batch_size'])} per process x {s['world_size']} x {s['accum_steps']} "
                   f"accumulation = {s['global_batch']} global | {s['steps_per_epoch']} steps/epoch x {s['epochs']} "
                   f"epochs = {s['total_steps']} steps"),
@@ -56,6 +58,14 @@ def banner(start: Dict[str, Any]) -> str:
     ]
     lines += [f"  {k:<9} {v}" for k, v in rows]
     return "\n".join(lines)
+
+
+def _reading(r: Dict[str, Any]) -> str:
+    """Where the data's bytes come from (the files; node-local copies with data.stage_dir) and in what order."""
+    files = ", ".join(path for path in (r["train"], r.get("val")) if path)
+    window = f"{r['window']}-page window" if r.get("window") else "window: all pages"
+    order = f"pages, {window}" if r["order"] == "pages" else r["order"]
+    return files + (" (copies staged on this node)" if r.get("staged") else "") + f" | {order} order"
 
 
 def step_line(r: Dict[str, Any], epochs: int, total_steps: int) -> str:

@@ -226,6 +226,7 @@ class Trainer:
             "lr": o.lr, "scale_lr": o.scale_lr, "warmup_epochs": o.warmup_epochs, "schedule": o.schedule,
             "weight_decay": o.weight_decay, "label_smoothing": o.label_smoothing, "mlflow": mlflow,
             "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""), "restart": _restart_count(),
+            "reading": getattr(loader, "reading", None),  # data/loaders.py: the files read (staged?), the order
         }
 
     def train(self) -> None:
