@@ -14,7 +14,8 @@ ranks, so 1 process and N ranks report the same counts. The classifier must fit 
 Rank 0 prints `val top-1 93.61% | top-5 100.00% | loss 0.202 (360 images)` and writes --json OUT
 ({"val_loss", "val_top1", "val_top5", "val_images", "tta_flip", "weights", "world_size"}). With
 --mlflow-run-id, the figures go to that MLflow run (tracking.uri, default the runs root's store) as
-eval_loss, eval_top1, eval_top5, eval_images. Exit 0; 2 on bad input, one line naming it.
+eval_loss, eval_top1, eval_top5, eval_images. Exit 0; 2 on bad input, one line naming it (a --json OUT that
+cannot be written is said before the evaluation starts).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from resnext_dist.config import TrainConfig, load_config, to_yaml
 from resnext_dist.data import build_val_loader
 from resnext_dist.dist import close_distributed, init_distributed
 from resnext_dist.errors import EXIT_BAD_INPUT, InputError
-from resnext_dist.files import atomic_write
+from resnext_dist.files import atomic_write, check_output_file
 from resnext_dist.models import build_model
 from resnext_dist.precision import PRECISIONS
 from resnext_dist.run.console import val_line
@@ -102,6 +103,8 @@ def main(argv=None) -> int:
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0
+        if args.json:
+            check_output_file(args.json, "--json")  # before the evaluation, not after it
         result = run(cfg, weights, args.tta_flip or cfg.train.tta_flip)
         if result.pop("is_main"):
             print(val_line(result), flush=True)  # the trainer's validation line

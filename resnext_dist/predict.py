@@ -14,8 +14,9 @@ Class names come from the export, else from the run's data (resnext_dist.data.so
 they are the class indices.
 
 Output, one line per image: `path: name 97.1%, name 1.5%, ...`; with --json, one JSON list
-[{"image", "top": [{"class", "name", "prob"}, ...]}]. Exit 0; 2 on bad input (an unreadable image, weights
-that do not fit), one line naming it.
+[{"image", "top": [{"class", "name", "prob"}, ...]}]. Exit 0; 2 on bad input (an unreadable image, a FIFO or
+device where an image is expected, weights that do not fit, an export whose model.json does not check), one line
+naming it.
 """
 from __future__ import annotations
 
@@ -27,17 +28,17 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
-from PIL import Image
 from torchvision.transforms import v2
 
 from resnext_dist.config import load_config
 from resnext_dist.data.normalize import IMAGENET_MEAN, IMAGENET_STD
-from resnext_dist.data.sources import IMAGE_EXTENSIONS
+from resnext_dist.data.sources import IMAGE_EXTENSIONS, read_image
 from resnext_dist.data.torchvision import CenterCropRatio
-from resnext_dist.errors import EXIT_BAD_INPUT, InputError, one_line
+from resnext_dist.errors import EXIT_BAD_INPUT, InputError
+from resnext_dist.files import regular_file_problem
 from resnext_dist.models import build_model
 from resnext_dist.weights import init_model
-from resnext_dist.weights.export import dataset_class_names, load_model, meta_path, read_meta
+from resnext_dist.weights.export import dataset_class_names, meta_path, model_from_meta, read_meta
 from resnext_dist.weights.layout import WEIGHTS_FILE
 
 BATCH = 32
@@ -58,16 +59,11 @@ def load_predictor(path: str, config: Optional[str] = None, overrides=(), device
     """The model, its preprocessing and class names from WEIGHTS (see the module docstring)."""
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file or directory (weights)")
-    try:
-        export = read_meta(path) if not config and not overrides else None
-    except InputError:
-        if path.endswith((".json", ".safetensors")) or os.path.isfile(os.path.join(path, WEIGHTS_FILE)):
-            raise  # an export that does not read
-        export = None
-    if export is not None:
+    if not config and not overrides and _is_export(path):
+        export = read_meta(path)  # checked: a hostile model.json is one line, never a model or a wrong answer
         pre = export["preprocessing"]
-        return Predictor(load_model(path, map_location=device), pre["size"], pre["crop_ratio"], pre["mean"],
-                         pre["std"], export.get("class_names"), f"export {meta_path(path)}")
+        return Predictor(model_from_meta(export, map_location=device), pre["size"], pre["crop_ratio"], pre["mean"],
+                         pre["std"], export["class_names"], f"export {export['_path']}")
     run_config = os.path.join(path, "config.yaml") if os.path.isdir(path) else ""
     cfg = load_config(config or (run_config if os.path.isfile(run_config) else None), list(overrides))
     model = build_model(cfg.model)
@@ -82,8 +78,20 @@ def load_predictor(path: str, config: Optional[str] = None, overrides=(), device
                      list(IMAGENET_STD), dataset_class_names(cfg), note)
 
 
+def _is_export(path: str) -> bool:
+    """`path` names an export (whose model.json must then read), as opposed to weights that carry no description: a
+    model.json or .safetensors file, or a folder with an export's model.json or model.safetensors."""
+    if not os.path.isdir(path):
+        return path.endswith((".json", ".safetensors"))
+    try:
+        return bool(meta_path(path))
+    except InputError:
+        return os.path.lexists(os.path.join(path, WEIGHTS_FILE))
+
+
 def image_paths(args: List[str]) -> List[str]:
-    """Files as given; directories walked (sorted) for image files."""
+    """Files as given; directories walked (sorted) for image files. Each must be a regular file: a FIFO or a device
+    named x.jpg is refused here by name, before the model is loaded (and again when opened: sources.read_image)."""
     out = []
     for arg in args:
         if os.path.isdir(arg):
@@ -92,10 +100,12 @@ def image_paths(args: List[str]) -> List[str]:
             if not found:
                 raise InputError(f"{arg}: no image files in this directory")
             out += found
-        elif os.path.isfile(arg):
-            out.append(arg)
         else:
-            raise InputError(f"{arg}: no such image file or directory")
+            out.append(arg)
+    for path in out:
+        problem = regular_file_problem(path)
+        if problem:
+            raise InputError(f"{path}: {problem if problem != 'no such file' else 'no such image file or directory'}")
     if not out:
         raise InputError("no images given")
     return out
@@ -103,11 +113,7 @@ def image_paths(args: List[str]) -> List[str]:
 
 def preprocess(path: str, p: Predictor) -> torch.Tensor:
     """The validation loaders' transform (data/torchvision.py's center crop), then normalization: 3 x size x size."""
-    try:
-        with Image.open(path) as im:
-            img = im.convert("RGB")
-    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
-        raise InputError(f"{path}: unreadable image ({one_line(e, 200)})") from None
+    img = read_image(path)
     img = v2.Resize((p.size, p.size), antialias=True)(CenterCropRatio(p.crop_ratio)(img))
     x = v2.PILToTensor()(img).float() / 255.0
     return (x - torch.tensor(p.mean).view(3, 1, 1)) / torch.tensor(p.std).view(3, 1, 1)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+
+from resnext_dist.files import NotRegularFile, open_regular
 
 Rule = Callable[[Any], Optional[str]]
 
@@ -104,25 +105,19 @@ def check(value: Any, fields: Dict[str, Rule], required: Iterable[str] = ()) -> 
 
 def read_regular(path: str, limit: int) -> Tuple[Optional[bytes], str]:
     """(content, "") of a small regular file; (None, "") when it does not exist; (None, why) when it is not a
-    regular file (a FIFO would block the reader), cannot be read, or is larger than `limit` bytes. Never blocks."""
+    regular file (files.open_regular: never waited on), cannot be read, or is larger than `limit` bytes."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > limit:
+                return None, f"{size} bytes, more than the {limit} we ever write"
+            return f.read(limit + 1), ""
     except FileNotFoundError:
         return None, ""
+    except NotRegularFile:
+        return None, NOT_REGULAR
     except OSError as e:
         return None, f"unreadable ({e.strerror or e})"
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return None, NOT_REGULAR
-        if st.st_size > limit:
-            return None, f"{st.st_size} bytes, more than the {limit} we ever write"
-        with os.fdopen(os.dup(fd), "rb") as f:
-            return f.read(limit + 1), ""
-    except OSError as e:
-        return None, f"unreadable ({e.strerror or e})"
-    finally:
-        os.close(fd)
 
 
 def _at(name: str, problem: str) -> str:

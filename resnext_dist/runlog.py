@@ -54,8 +54,8 @@ class RunLog:
 
 
 def check_record(value: Any) -> Optional[str]:
-    """What makes `value` not a record of ours, or None."""
-    return check(value, RECORD, required=RECORD) or check(value, FIELDS[value["kind"]])
+    """What makes `value` not a record of ours, or None (`time` may be absent: a hand-made record needs none)."""
+    return check(value, RECORD, required=("kind", "step")) or check(value, FIELDS[value["kind"]])
 
 
 def parse(line: bytes) -> Tuple[Optional[Dict[str, Any]], str]:

@@ -2,8 +2,9 @@
 
     python -m torch.distributed.run --nproc_per_node=2 ... -m tests.data_helpers CFG_JSON OUT_DIR
 
-runs `probe` on each rank: it builds the loaders with the given DataConfig fields, records the labels of
-every training batch of epochs 0 and 1, of epoch 1 started 3 batches in, and of the validation share,
+runs `probe` on each rank: it builds the loaders with the given DataConfig fields (and `global_batch`, images
+per step over all ranks, 0 = batch_size x ranks), records the labels of every training batch of epochs 0 and 1,
+of epoch 1 started SKIP steps in (or at global position `start` when given), and of the validation share,
 all-reduces the validation count, and writes OUT_DIR/rank<R>.json.
 """
 import json
@@ -82,17 +83,17 @@ def unnormalize(images) -> np.ndarray:
     return pixels.permute(0, 2, 3, 1).numpy()
 
 
-def run_two_ranks(cfg_fields: dict, out_dir, timeout=420):
-    """Launch `probe` on 2 ranks with torchrun (gloo, loopback); returns the two ranks' records."""
+def run_two_ranks(cfg_fields: dict, out_dir, timeout=420, nproc=2):
+    """Launch `probe` on `nproc` (2) ranks with torchrun (gloo, loopback); returns the ranks' records."""
     from tests.tiny import PYTHON, REPO, env, free_port
 
     os.makedirs(out_dir, exist_ok=True)
-    cmd = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+    cmd = [PYTHON, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
            f"--master_port={free_port()}", "-m", "tests.data_helpers", json.dumps(cfg_fields), str(out_dir)]
     result = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
     records = []
-    for rank in range(2):
+    for rank in range(nproc):
         with open(os.path.join(out_dir, f"rank{rank}.json")) as f:
             records.append(json.load(f))
     return records
@@ -106,13 +107,16 @@ def probe(cfg_fields: dict, out_dir: str) -> None:
     from resnext_dist.dist import all_reduce, close_distributed, init_distributed
 
     dist = init_distributed(DistConfig(backend="gloo"))
-    num_classes = cfg_fields.pop("num_classes")
-    train, val = build_loaders(data_cfg(**cfg_fields), dist, seed=7, num_classes=num_classes, channels_last=True)
+    num_classes, global_batch = cfg_fields.pop("num_classes"), cfg_fields.pop("global_batch", 0)
+    start = cfg_fields.pop("start", None)
+    train, val = build_loaders(data_cfg(**cfg_fields), dist, seed=7, num_classes=num_classes, channels_last=True,
+                               global_batch=global_batch)
     record = {"rank": dist.rank, "batches_per_epoch": train.batches_per_epoch, "val_num_images": val.num_images,
-              "val_batches": len(val)}
+              "val_batches": len(val), "reading": getattr(train, "reading", None), "val_path": getattr(val, "path", "")}
     for epoch in (0, 1):
         record[f"epoch{epoch}"] = [y.tolist() for _, y in train.epoch(epoch, res=cfg_fields.get("train_res", 16))]
-    record["epoch1_skip"] = [y.tolist() for _, y in train.epoch(1, res=16, skip=SKIP)]
+    start = SKIP * (global_batch or train.global_batch) if start is None else start
+    record["epoch1_skip"] = [y.tolist() for _, y in train.epoch(1, res=16, start=start)]
     record["val"] = [y.tolist() for _, y in val]
     count = torch.tensor([sum(len(b) for b in record["val"])])
     record["val_count_all_ranks"] = int(all_reduce(count).item())

@@ -12,7 +12,14 @@ stored bytes; decoding and augmentation run on the device: its time per image an
 reported). --cores N,...: each count is measured in a child process pinned to that many cores
 (os.sched_setaffinity, so every thread it starts stays on them) with as many workers as cores, so "images per
 second per core" is measured, not inferred. The images: bench/photos.py; the per-image costs: bench/per_image.py.
-See docs/performance.md.
+
+Beyond memory: `ffcv-random` and `ffcv-pages` read through FFCV's own page cache (data.os_cache=false) in the exact
+random order and in the page-friendly one (data.order); `ffcv-staged` is ffcv-pages reading a copy that
+data.stage_dir made in WORKDIR/stage (the copy's time is the row's build_s). --memory-limit SIZE runs each loader
+in a child process inside a memory cgroup of SIZE (bench/memory_limit.py) with the .beton dropped from the page
+cache first, and once more `ffcv-in-cache` without the limit (the file cached by a warm-up epoch) as the
+reference; rows report the bytes read from the disk per image and the cgroup's peak memory; a child killed by the
+OOM killer is a row saying so. See docs/performance.md.
 """
 from __future__ import annotations
 
@@ -28,12 +35,16 @@ from typing import Dict, List
 import torch
 
 from resnext_dist.bench import report, workload
+from resnext_dist.bench.memory_limit import MemoryCgroup, drop_from_page_cache, parse_size, read_bytes
 from resnext_dist.bench.per_image import cpu_normalize_cost, per_image_costs
 from resnext_dist.bench.photos import MAX_PHOTO_SIZE, PHOTO_SIZE, prepare_data
 from resnext_dist.dist import DistInfo
 from resnext_dist.errors import InputError
 
-LOADERS = ("ffcv", "ffcv-full", "torchvision", "synthetic")  # ffcv-full: data.crop_decode=false
+LOADERS = ("ffcv", "ffcv-full", "torchvision", "synthetic", "ffcv-random", "ffcv-pages", "ffcv-staged")
+# How each ffcv variant reads the file (DataConfig fields; ffcv-full is data.crop_decode=false); STAGE: its folder
+READING = {"ffcv-random": dict(os_cache=False, order="random"), "ffcv-pages": dict(os_cache=False, order="pages"),
+           "ffcv-staged": dict(os_cache=False, order="pages", stage_dir="STAGE")}
 DECODES = ("cpu", "gpu")  # data.decode of the ffcv loaders; gpu is timed as `ffcv-gpu`
 DEFAULTS = ["data.train_res=176", "data.batch_size=64"]  # without --config (the CPU figures' shape)
 
@@ -98,6 +109,7 @@ def time_epochs(loaders: Dict[str, object], res: int, warmup: int, epochs: int, 
     epoch by epoch, so a busy machine slows them alike."""
     rates: Dict[str, List[float]] = {name: [] for name in loaders}
     cpu_rates: Dict[str, List[float]] = {name: [] for name in loaders}
+    disk: Dict[str, List[int]] = {name: [0, 0] for name in loaders}  # bytes read from storage, images (timed)
     first_s: Dict[str, float] = {}
     peak_mb: Dict[str, float] = {}
     timers = {name: DeviceTimer(train.on_device, device) for name, train in loaders.items()
@@ -111,7 +123,7 @@ def time_epochs(loaders: Dict[str, object], res: int, warmup: int, epochs: int, 
                 timers[name].reset()
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            start, cpu_start, n = time.perf_counter(), cpu_seconds(), 0
+            start, cpu_start, read_start, n = time.perf_counter(), cpu_seconds(), read_bytes(), 0
             for images, labels in train.epoch(e, res):
                 n += labels.shape[0]
             if device.type == "cuda":
@@ -120,12 +132,14 @@ def time_epochs(loaders: Dict[str, object], res: int, warmup: int, epochs: int, 
             seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
             first_s.setdefault(name, seconds)
             if e >= warmup:
+                disk[name][0] += read_bytes() - read_start
+                disk[name][1] += n
                 rates[name].append(n / seconds)
                 cpu_rates[name].append(n / cpu if cpu > 0 else float("nan"))
     cores = len(os.sched_getaffinity(0))
     return {name: {"img_per_s": max(rates[name]), "epoch_img_per_s": rates[name], "cores": cores,
                    "img_per_s_per_core": max(rates[name]) / cores, "img_per_cpu_s": max(cpu_rates[name]),
-                   "first_epoch_s": first_s[name],
+                   "first_epoch_s": first_s[name], "read_mb_per_image": disk[name][0] / max(1, disk[name][1]) / 1e6,
                    **({"device_ms_per_image": timers[name].ms_per_image()} if name in timers else {}),
                    **({"peak_mem_mb": peak_mb[name]} if name in peak_mb else {})} for name in loaders}
 
@@ -140,6 +154,9 @@ def parser():
                    "(gpu: the `ffcv-gpu` loader; it runs on a CPU too, with CPU decode)")
     p.add_argument("--cores", default="", help="comma-separated core counts (or `all`): each measured in a child "
                    "process pinned to that many cores, with as many workers as cores (--workers is then ignored)")
+    p.add_argument("--memory-limit", default="", metavar="SIZE", help="each loader in a child process limited to "
+                   "SIZE of memory and page cache (a memory cgroup: root), the .beton out of the page cache first; "
+                   "plus ffcv-in-cache, unlimited, as the reference. The .beton must be larger than SIZE")
     p.add_argument("--epochs", type=int, default=2, help="timed epochs (the best counts)")
     p.add_argument("--warmup", type=int, default=1, help="untimed epochs first")
     p.add_argument("--photo-size", default=f"{PHOTO_SIZE[0]}x{PHOTO_SIZE[1]}",
@@ -183,16 +200,17 @@ def _check(args, cfg) -> None:
     if len(args.size) != 2 or not all(8 <= v <= m for v, m in zip(args.size, MAX_PHOTO_SIZE)):
         raise InputError(f"--photo-size {args.photo_size!r}: expected HxW between 8x8 and "
                          f"{MAX_PHOTO_SIZE[0]}x{MAX_PHOTO_SIZE[1]}, e.g. 300x400")
+    args.limit_bytes = parse_size(args.memory_limit) if args.memory_limit else 0
     if args.prepare_only and not args.workdir:
         raise InputError("--prepare-only needs --workdir (where the .beton is kept)")
 
 
 def variants(loader_list: List[str], decode_list: List[str]) -> List[tuple]:
-    """(name, data.loader, data.decode, data.crop_decode) of each loader timed: the ffcv ones once per decode
+    """(name, data.loader, data.decode, data.crop_decode) of each loader timed: ffcv and ffcv-full once per decode
     (with data.decode=gpu, ffcv and ffcv-full are the same `ffcv-gpu`: the CPU decodes nothing)."""
     out = []
     for name in loader_list:
-        for decode in (decode_list if name.startswith("ffcv") else ["cpu"]):
+        for decode in (decode_list if name in ("ffcv", "ffcv-full") else ["cpu"]):
             label = "ffcv-gpu" if decode == "gpu" else name
             if label not in [v[0] for v in out]:
                 out.append((label, "ffcv" if name.startswith("ffcv") else name, decode, name != "ffcv-full"))
@@ -225,6 +243,64 @@ def run_pinned(args, argv: List[str], workdir: str, device: torch.device, title:
                          summary=summary, notes=children[-1]["notes"], title=f"{title}, at {args.cores} cores")
 
 
+def run_limited(args, argv: List[str], workdir: str, beton: str, device: torch.device, title: str) -> int:
+    """--memory-limit: each loader in a child process in a memory cgroup of that size, the .beton (and any staged
+    copy) dropped from the page cache before it; first `ffcv-in-cache`, unlimited, after a warm read of the file."""
+    limit = args.limit_bytes
+    if os.path.getsize(beton) <= limit:
+        raise InputError(f"--memory-limit {args.memory_limit}: {beton} ({os.path.getsize(beton) / 2**30:.2f} GiB) "
+                         "fits in it; give more --images (or a larger --photo-size) or a smaller limit")
+    stage = os.path.join(workdir, "stage")
+    rows, summary = [], {}
+    for name in ["ffcv-in-cache", *args.loader_list]:
+        out = os.path.join(workdir, f"loader_{name}_limited.json")
+        shutil.rmtree(stage, ignore_errors=True)  # ffcv-staged copies afresh: its build_s is the copy
+        drop_from_page_cache(beton)
+        cgroup = MemoryCgroup(limit, f"resnext_bench_{os.getpid()}_{name}") if name != "ffcv-in-cache" else None
+        cmd = [sys.executable, "-m", "resnext_dist.bench", "loader", *argv, "--memory-limit", "", "--workdir", workdir,
+               "--loaders", "ffcv" if cgroup is None else name, "--out", out, "--mlflow", ""]
+        print(f"--- {name}: " + (f"limited to {limit / 2**30:.2f} GiB" if cgroup else "no limit"), flush=True)
+        try:
+            proc = subprocess.run(cmd, preexec_fn=cgroup.enter if cgroup else None)
+            killed = cgroup is not None and proc.returncode != 0 and (cgroup.oom_kills() or proc.returncode == -9)
+            peak = cgroup.peak() if cgroup else None
+        finally:
+            if cgroup:
+                cgroup.remove()
+        if killed:
+            print(f"{name}: killed by the OOM killer at the {limit / 2**30:.2f} GiB limit", flush=True)
+            rows.append({"measure": f"{name}: killed (out of memory)", "loader": name, "img_per_s": None,
+                         **({"cgroup_peak_mb": peak / 2**20} if peak else {})})
+            continue
+        if proc.returncode != 0:
+            raise InputError(f"bench loader {name} under --memory-limit failed (exit {proc.returncode}; its output is "
+                             "above)")
+        for row in report.load_results([out])[0]["rows"]:
+            where = "in cache, no limit" if cgroup is None else f"{limit / 2**30:.2f} GiB limit"
+            rows.append({**row, "loader": name, "measure": f"{row['measure'].replace('ffcv,', name + ',', 1)}, "
+                         f"{where}", **({"cgroup_peak_mb": peak / 2**20} if peak else {})})
+    reference = next((r for r in rows if r["loader"] == "ffcv-in-cache"), None)
+    for row in rows:
+        if reference and row.get("img_per_s") and row is not reference:
+            key = f"vs_in_cache_{row['loader']}_{row['workers']}_workers"
+            summary[key] = row["img_per_s"] / reference["img_per_s"]
+            summary[key + "_per_cpu_s"] = row["img_per_cpu_s"] / reference["img_per_cpu_s"]
+        if row.get("read_mb_per_image") is not None:
+            summary[f"read_mb_per_image_{row['loader']}_{row['workers']}_workers"] = row["read_mb_per_image"]
+    params = {"images": args.images, "photo_hw": list(args.size), "write_mode": args.write_mode,
+              "beton_bytes": os.path.getsize(beton), "memory_limit_bytes": limit, "loaders": args.loader_list,
+              "workers": args.worker_counts, "epochs": args.epochs, "warmup": args.warmup}
+    notes = [f"each loader in its own process limited to {limit / 2**30:.2f} GiB (memory + page cache, a memory "
+             f"cgroup) on a {os.path.getsize(beton) / 2**30:.2f} GiB .beton, dropped from the page cache first; "
+             "ffcv-in-cache: no limit, the file cached by the warm-up epoch",
+             "read_mb_per_image: bytes read from the disk in the timed epochs (/proc/self/io read_bytes) / images; "
+             "cgroup_peak_mb: the cgroup's peak charge (process memory + page cache)",
+             "vs_in_cache_*: img/s / ffcv-in-cache's img/s at the same workers; ..._per_cpu_s: the same ratio of "
+             "images per CPU second (robust to other load on the machine, blind to time spent waiting for the disk)"]
+    return report.finish("loader", device, args, argv, params=params, rows=rows, summary=summary, notes=notes,
+                         title=f"{title}, beyond memory")
+
+
 def run(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_intermixed_args(argv)
@@ -245,6 +321,8 @@ def run(argv=None) -> int:
                  f"batch {batch}, on {device.type}")
         if args.core_counts:
             return run_pinned(args, argv, workdir, device, title)
+        if args.memory_limit:
+            return run_limited(args, argv, workdir, paths["ffcv"], device, title)
         torch_threads = torch.get_num_threads()
         rows: List[Dict] = []
         summary: Dict[str, float] = per_image_costs(paths["torchvision"], res)
@@ -254,23 +332,29 @@ def run(argv=None) -> int:
                                                     for key, ms in summary.items()), flush=True)
         for workers in args.worker_counts:
             loaders = {}
+            loaders, build_s = {}, {}
             for name, loader, decode, crop in variants(args.loader_list, args.decode_list):
+                reading = {k: os.path.join(workdir, "stage") if v == "STAGE" else v
+                           for k, v in READING.get(name, {}).items()}
                 data = dataclasses.replace(cfg.data, loader=loader, train=paths[loader], val="", num_workers=workers,
                                            crop_decode=cfg.data.crop_decode and crop, decode=decode,
-                                           synthetic_size=args.images)
+                                           synthetic_size=args.images, **reading)
+                start = time.perf_counter()  # ffcv-staged: the copy to WORKDIR/stage (the first time)
                 loaders[name], _ = build_loaders(data, DistInfo(device=device), seed=0, num_classes=10,
                                                  channels_last=True)
+                build_s[name] = time.perf_counter() - start
             timings = time_epochs(loaders, res, args.warmup, args.epochs, device, torch_threads)
             del loaders
             for name, timing in timings.items():
                 label = f"{name}, {workers} worker{'s' if workers > 1 else ''}"
                 rows.append({"measure": label, "res": res, "batch": batch, "workers": workers, "loader": name,
-                             **timing})
+                             "build_s": build_s[name], **timing})
                 device_ms = (f", device part {timing['device_ms_per_image']:.3f} ms/image"
                              if "device_ms_per_image" in timing else "")
                 print(f"{label}: {timing['img_per_s']:,.1f} img/s ({timing['img_per_s_per_core']:,.1f} per core of "
                       f"{timing['cores']}), {timing['img_per_cpu_s']:,.1f} img per CPU s (first epoch "
-                      f"{timing['first_epoch_s']:.1f} s){device_ms}", flush=True)
+                      f"{timing['first_epoch_s']:.1f} s){device_ms}, {timing['read_mb_per_image']:.3f} MB read "
+                      "from disk per image", flush=True)
             if "ffcv" in timings and "torchvision" in timings:
                 ffcv, tv = timings["ffcv"], timings["torchvision"]
                 summary[f"ffcv_vs_torchvision_{workers}_workers"] = ffcv["img_per_s"] / tv["img_per_s"]
@@ -298,6 +382,9 @@ def run(argv=None) -> int:
                  "FFCV's decode + OpenCV INTER_AREA, ours (crop only + our INTER_AREA), PIL decode + resize"
                  + ("; cpu_normalize: a batch to normalized float32 per image, in the training process on a CPU"
                     if device.type == "cpu" else ""),
+                 "read_mb_per_image: bytes read from the disk (/proc/self/io read_bytes) in the timed epochs / "
+                 "images; ffcv-random, ffcv-pages: data.os_cache=false, data.order=random / pages; ffcv-staged: "
+                 "ffcv-pages on a copy data.stage_dir made (build_s: the copy)",
                  f"load average at the end: {', '.join(f'{v:.1f}' for v in os.getloadavg())} on "
                  f"{len(os.sched_getaffinity(0))} cores"]
         return report.finish("loader", device, args, argv, params=params, rows=rows, summary=summary, notes=notes,

@@ -28,6 +28,7 @@ from resnext_dist.config.credentials import move_uri_credentials
 from resnext_dist.config.identity import identity_hash
 from resnext_dist.config.schema import TrainConfig, declared_keys, section_types
 from resnext_dist.errors import InputError, one_line
+from resnext_dist.files import open_regular
 
 
 def configs_dir() -> Optional[str]:
@@ -89,10 +90,15 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
 
 
 def _read_recipe(path: str, valid: set) -> DictConfig:
-    if not os.path.isfile(path):
-        raise InputError(f"config file not found: {path}")
     try:
-        recipe = OmegaConf.load(path)
+        f = open_regular(path, "a YAML config")  # a FIFO or device: refused, never waited on
+    except FileNotFoundError:
+        raise InputError(f"config file not found: {path}") from None
+    except OSError as e:
+        raise InputError(f"{path}: unreadable config ({e.strerror or e})") from None
+    try:
+        with f:
+            recipe = OmegaConf.load(f)
     except Exception as e:  # yaml syntax errors
         raise InputError(f"{path}: not valid YAML: {one_line(e)}") from None
     if not isinstance(recipe, DictConfig):

@@ -5,11 +5,11 @@ rule where it is declared (schema.py); a choice's rule is `one_of` its registry.
 """
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, Callable, Iterable, Optional
 
 from resnext_dist.data.embedded import NAMES as EMBEDDED_NAMES, is_embedded
+from resnext_dist.files import regular_file_problem
 
 Rule = Callable[[Any], Optional[str]]  # value -> what is wrong with it, or None
 
@@ -86,7 +86,8 @@ def resume_from(v):
     """checkpoint.resume: auto, never, or a checkpoint file that exists now."""
     if v in ("auto", "never"):
         return None
-    return nonempty_text(v) or (None if os.path.isfile(v) else "no such checkpoint file")
+    problem = nonempty_text(v) or regular_file_problem(v)  # a FIFO named here would hang the load
+    return "no such checkpoint file" if problem == "no such file" else problem or None
 
 
 def sbatch_value(v):

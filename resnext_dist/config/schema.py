@@ -18,15 +18,16 @@ from resnext_dist.config.rules import (MAX_RES, MAX_SEED, MAX_TIMEOUT_S, Rule, a
                                        data_path, increasing_epochs, non_negative, nonempty_text, one_of, optional,
                                        positive, resolution, resume_from, run_name, sbatch_job_name, sbatch_options,
                                        sbatch_value, text, tracking_uri)
-from resnext_dist.data.loaders import LOADERS
+from resnext_dist.data.loaders import LOADERS, ORDERS
 from resnext_dist.models.presets import PRESETS, STEMS, known_arch
 from resnext_dist.optim.schedules import SCHEDULES
 from resnext_dist.precision import PRECISIONS
 
 
-def key(default: Any, rule: Optional[Rule], doc: str, identity: bool = True):
-    """A config key's one declaration (a dataclass field; OmegaConf ignores the metadata)."""
-    meta = {"rule": rule, "doc": doc, "identity": identity}
+def key(default: Any, rule: Optional[Rule], doc: str, identity: bool = True, zero_is_runs_own: bool = False):
+    """A config key's one declaration (a dataclass field; OmegaConf ignores the metadata). `zero_is_runs_own`: an
+    identity key whose 0 means "the run's own value", so a 0 on either side is never another run."""
+    meta = {"rule": rule, "doc": doc, "identity": identity, "zero_is_runs_own": zero_is_runs_own}
     if isinstance(default, (list, dict)):  # a fresh copy per config, as dataclasses require
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -62,7 +63,10 @@ class DataConfig:
                      "embedded:digits/train")
     val: str = key("", data_path, "validation data, same kind as data.train (embedded:digits/val); empty = no "
                    "validation")
-    batch_size: int = key(256, positive, "images per process per micro-step")
+    # Memory, not identity: the run is its global batch (optim.global_batch_size), split by data/batches.py.
+    batch_size: int = key(256, positive, "the largest micro-batch a process takes (its memory); with "
+                          "optim.global_batch_size=0 it also sets a new run's global batch (x world size)",
+                          identity=False)
     num_workers: int = key(8, non_negative, "decoding workers per process", identity=False)
     train_res: int = key(224, resolution, "training crop size (final size when progressive resizing is on)")
     val_res: int = key(224, resolution, "validation center-crop size")
@@ -79,6 +83,13 @@ class DataConfig:
                         "train_res crop, flip)")
     os_cache: bool = key(True, None, "ffcv: let the OS page cache hold the .beton (shared by the processes of a "
                          "node)", identity=False)
+    order: str = key("auto", one_of(ORDERS), "training order: random (an exact shuffle) | pages (exact too, read page "
+                     "by page: for a .beton larger than memory) | auto (pages when data.os_cache=false: set it if "
+                     "that may change on a resume)")
+    shuffle_window: int = key(128, non_negative, "data.order=pages: pages mixed at a time, each process holding about "
+                              "this many in memory (0 = all pages)")
+    stage_dir: str = key("", text, "ffcv: copy each .beton here once per node and read that copy (a node-local "
+                         "disk; $VARS such as $SLURM_TMPDIR expand on the node); empty = read in place", identity=False)
     # FFCV's queue of ready batches is Queue(batches_ahead): 0 would make it unbounded over reused buffers.
     batches_ahead: int = key(3, at_least(1), "ffcv: batches prepared ahead of the training step", identity=False)
     crop_decode: bool = key(True, None, "ffcv: decode only each crop of a JPEG and shrink it with our INTER_AREA "
@@ -134,8 +145,9 @@ class OptimConfig:
     milestones: List[int] = key([30, 60, 80], increasing_epochs, "step schedule: epochs at which the lr is "
                                 "multiplied by gamma")
     gamma: float = key(0.1, positive, "step schedule: factor at each milestone")
-    global_batch_size: int = key(0, non_negative, "images per optimizer step over all processes; 0 = data.batch_size "
-                                 "x world size (more = accumulation)", identity=False)
+    global_batch_size: int = key(0, non_negative, "images per optimizer step over all processes, on any number of "
+                                 "them (the run's identity); 0 = the run's own, or data.batch_size x world size "
+                                 "for a new run", zero_is_runs_own=True)
 
 
 @dataclass

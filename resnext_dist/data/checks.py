@@ -12,6 +12,7 @@ import numpy as np
 
 from resnext_dist.data.errors import DataError
 from resnext_dist.errors import InputError, one_line
+from resnext_dist.files import NotRegularFile, fd_path, open_regular
 from resnext_dist.data.sources import Source, source_from_spec
 
 
@@ -21,8 +22,6 @@ def check_beton(path: str, num_classes: int, key: str = "data.train") -> int:
         raise DataError(f"{key} is empty: give the path of a .beton file")
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file ({key})")
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: not a file, expected an FFCV .beton ({key})")
     try:  # FFCV is optional (launch/setup.sh): without it, a one-line answer
         from ffcv.fields import IntField, RGBImageField
         from ffcv.reader import Reader
@@ -30,10 +29,15 @@ def check_beton(path: str, num_classes: int, key: str = "data.train") -> int:
         raise InputError(f"data.loader=ffcv but FFCV cannot be imported ({one_line(e)}); "
                           "install it (launch/setup.sh) or set data.loader=torchvision") from None
     try:
-        reader = Reader(path)
+        # A FIFO or device is refused unopened-for-reading; FFCV then reads the very file checked (fd_path).
+        with open_regular(path, f"an FFCV .beton ({key})") as f:
+            size = os.fstat(f.fileno()).st_size
+            reader = Reader(fd_path(f))
+    except NotRegularFile as e:
+        raise DataError(str(e)) from None
     except Exception as e:  # numpy and FFCV raise many kinds on a file that is not a beton
         raise DataError(f"{path}: not a complete FFCV .beton file ({type(e).__name__}: {one_line(e)})") from None
-    if len(reader.metadata) != reader.num_samples or reader.header["alloc_table_ptr"] > os.path.getsize(path):
+    if len(reader.metadata) != reader.num_samples or reader.header["alloc_table_ptr"] > size:
         raise DataError(f"{path}: truncated .beton file (header says {reader.num_samples} images)")
     fields = dict(reader.handlers)
     for name, kind in (("image", RGBImageField), ("label", IntField)):

@@ -10,15 +10,18 @@ ImageNet example does (the buffers are re-allocated per epoch; the compiled code
 
 Order: FFCV's own distributed RANDOM order is DistributedSampler(drop_last=False), which pads the shards
 with duplicates, and it can only start an epoch at its first batch. This loader installs sharding.py's
-order instead (the same sampler with drop_last=True, seeded, epoch set explicitly), cut to whole
-batches and started `skip` batches in, so resuming mid-epoch reads no skipped image. It replaces the
-Loader's `traversal_order` after construction because the Loader's custom-order argument differs between
-ffcv 1.0.2 (an instance) and ffcv main (a class).
+order instead (this rank's images of each whole step after the epoch's global position `start`), so resuming
+mid-epoch, on any world size, reads no image twice and skips none. It replaces the Loader's `traversal_order`
+after construction because the Loader's custom-order argument differs between ffcv 1.0.2 (an instance) and ffcv
+main (a class). FFCV's batches have one size (the largest micro-batch); where the global batch does not divide
+evenly, the micro-batches are cut from them on the device (`_micro_batches`), else they are FFCV's own.
+`by_page` (data.order, loaders.ORDERS): the page-friendly permutation, from the page each image's bytes start
+on (the .beton's allocation table) and data.shuffle_window.
 
 Validation: a center-crop decode (ratio data.val_crop_ratio) at data.val_res, SEQUENTIAL, no drop_last,
 over this rank's block of explicit `indices` (sharding.eval_shard): every image once over all ranks.
 
-data.decode=gpu: the same loaders, order and skip, FFCV's workers copying each image's stored bytes for
+data.decode=gpu: the same loaders, order and start, FFCV's workers copying each image's stored bytes for
 device_decode.py to decode on the device; data.pad_crop needs data.decode=cpu.
 
 data.num_workers is FFCV's number of decoding threads (numba's), kept within [1, cores]. Costs: importing
@@ -29,7 +32,8 @@ intra-op thread count to its worker count (ffcv.pipeline.Compiler.set_num_thread
 from __future__ import annotations
 
 import functools
-from typing import Iterator, Tuple
+import itertools
+from typing import Iterator, List, Tuple
 
 import numpy as np
 import torch
@@ -40,7 +44,8 @@ from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, ToDevice, ToT
 
 from resnext_dist.data import crop_decode, device_decode
 from resnext_dist.data.normalize import DeviceNormalize
-from resnext_dist.data.sharding import batches_per_epoch, eval_shard, train_shard
+from resnext_dist.data.batches import split_for
+from resnext_dist.data.sharding import batches_per_epoch, eval_shard, steps_per_epoch, train_shard
 
 
 def ffcv_workers(num_workers: int) -> int:
@@ -72,20 +77,32 @@ def _label_pipeline(device: torch.device) -> list:
     return [IntDecoder(), ToTensor(), ToDevice(device, non_blocking=True)]
 
 
-class _EpochShards(TraversalOrder):
-    """sharding.train_shard's order for `sample_order(epoch)`, cut to whole batches, from batch `skip`."""
+def image_pages(loader: Loader) -> np.ndarray:
+    """The page of the .beton on which each of the loader's images starts (FFCV's allocation table, read by page)."""
+    reader = loader.reader
+    table = reader.alloc_table
+    pages = np.full(reader.num_samples, -1, dtype=np.int64)  # -1: an image with no bytes outside the metadata
+    first = np.full(reader.num_samples, np.iinfo(np.uint64).max, dtype=np.uint64)
+    np.minimum.at(first, table["sample_id"].astype(np.int64), table["ptr"])
+    stored = first != np.iinfo(np.uint64).max
+    pages[stored] = (first[stored] // np.uint64(reader.page_size)).astype(np.int64)
+    return pages[loader.indices.astype(np.int64)]
 
-    def __init__(self, loader: Loader, rank: int, world_size: int):
+
+class _EpochShards(TraversalOrder):
+    """sharding.train_shard's order for `sample_order(epoch)`: this rank's images of the whole steps after global
+    position `start`; page-friendly when `pages` (image_pages) are given."""
+
+    def __init__(self, loader: Loader, rank: int, world_size: int, batch_size: int, global_batch: int, pages=None,
+                 window: int = 0):
         super().__init__(loader)
-        self.rank, self.world_size = rank, world_size
-        self.skip = 0
+        self.shard = dict(rank=rank, world_size=world_size, batch_size=batch_size, global_batch=global_batch,
+                          pages=pages, window=window)
+        self.start = 0
 
     def sample_order(self, epoch: int) -> np.ndarray:
-        shard = train_shard(len(self.indices), seed=self.seed, epoch=epoch, rank=self.rank,
-                            world_size=self.world_size, batch_size=self.loader.batch_size)
-        b = self.loader.batch_size
-        whole = len(shard) // b * b
-        return self.indices[shard[self.skip * b:whole]]
+        return self.indices[train_shard(len(self.indices), seed=self.seed, epoch=epoch, start=self.start,
+                                        **self.shard)]
 
 
 def _stored_bytes_pipeline(path: str) -> list:
@@ -94,12 +111,17 @@ def _stored_bytes_pipeline(path: str) -> list:
 
 
 class FfcvTrain:
-    """`batches_per_epoch`, `epoch(epoch, res, skip=0)` -> (float32 images on device, int64 labels)."""
+    """`steps_per_epoch`, `batches_per_epoch`, `epoch(epoch, res, start=0)` -> (float32 images on device, int64
+    labels), this rank's micro-batches of each step after global position `start` (sharding.py)."""
 
-    def __init__(self, path: str, data_cfg, dist, *, seed: int, channels_last: bool, num_images: int):
+    def __init__(self, path: str, data_cfg, dist, *, seed: int, channels_last: bool, num_images: int,
+                 global_batch: int = 0, by_page: bool = False):
         self.path, self.num_images = path, num_images
         self.batch_size, self.seed, self.data_cfg = data_cfg.batch_size, seed, data_cfg
-        self.batches_per_epoch = batches_per_epoch(num_images, dist.world_size, self.batch_size)
+        split = split_for(dist.world_size, self.batch_size, global_batch)
+        self.global_batch, self.micro_sizes = split.global_batch, split.micro_sizes(dist.rank)
+        self.steps_per_epoch = steps_per_epoch(num_images, self.global_batch)
+        self.batches_per_epoch = batches_per_epoch(num_images, dist.world_size, self.batch_size, global_batch)
         res = data_cfg.train_res
         self.decoder, self.on_device, self.normalize = None, None, None
         if data_cfg.decode == "gpu":
@@ -114,24 +136,28 @@ class FfcvTrain:
                 self.decoder = center_crop((res, res), ratio=data_cfg.val_crop_ratio)
             images = _image_pipeline(self.decoder, data_cfg.random_crop, dist.device,
                                      data_cfg.pad_crop if data_cfg.random_crop else 0)
+        # FFCV's batch: the largest micro-batch; the order holds whole steps, so nothing is dropped
         self.loader = Loader(
-            path, batch_size=self.batch_size, num_workers=ffcv_workers(data_cfg.num_workers),
-            os_cache=data_cfg.os_cache, order=OrderOption.SEQUENTIAL, seed=seed, drop_last=True,
+            path, batch_size=max(self.micro_sizes), num_workers=ffcv_workers(data_cfg.num_workers),
+            os_cache=data_cfg.os_cache, order=OrderOption.SEQUENTIAL, seed=seed, drop_last=False,
             batches_ahead=data_cfg.batches_ahead,
             pipelines={"image": images, "label": _label_pipeline(dist.device)})
-        self.order = _EpochShards(self.loader, dist.rank, dist.world_size)
+        pages = image_pages(self.loader) if by_page else None
+        self.order = _EpochShards(self.loader, dist.rank, dist.world_size, self.batch_size, self.global_batch, pages,
+                                  data_cfg.shuffle_window)
         self.loader.traversal_order = self.order  # see the module docstring
         self.loader.first_traversal_order = self.order.sample_order(0)  # what len(loader) counts
 
-    def epoch(self, epoch: int, res: int, skip: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        if skip < 0 or res < 1:
-            raise ValueError(f"epoch({epoch}, res={res}, skip={skip}): res must be >= 1 and skip >= 0")
+    def epoch(self, epoch: int, res: int, start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        if start < 0 or res < 1:
+            raise ValueError(f"epoch({epoch}, res={res}, start={start}): res must be >= 1 and start >= 0")
         if self.decoder is not None:
             self.decoder.output_size = (res, res)
-        self.order.skip = skip
+        self.order.start = start
         self.loader.next_epoch = epoch  # the order is a function of (seed, epoch) only
         decode = functools.partial(self._decode, epoch, res) if self.on_device is not None else None
-        return _hand_out(self.loader, self.normalize, decode)
+        batches = _hand_out(self.loader, self.normalize, decode)
+        return batches if len(set(self.micro_sizes)) == 1 else _micro_batches(batches, self.micro_sizes)
 
     def _decode(self, epoch: int, res: int, images: torch.Tensor) -> torch.Tensor:
         boxes, flips = device_decode.train_boxes(
@@ -176,6 +202,25 @@ class FfcvVal:
         records = device_decode.headers(images)
         boxes = device_decode.center_crops(records["height"], records["width"], self.ratio)
         return self.on_device(images, boxes, np.zeros(len(boxes), bool), self.res)
+
+
+def _micro_batches(batches: Iterator, sizes: List[int]) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """FFCV's equal batches re-cut into micro-batches of `sizes`, repeated (an uneven split: batches.py). The
+    pieces are views of, or (across a batch boundary) one concatenation on the device of, the handed-out copies."""
+    held: List[Tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        for want in itertools.cycle(sizes):
+            while sum(len(y) for _, y in held) < want:
+                batch = next(batches, None)
+                if batch is None:
+                    return  # whole steps only: nothing is left over at the end
+                held.append(batch)
+            images = held[0][0] if len(held) == 1 else torch.cat([x for x, _ in held])
+            labels = held[0][1] if len(held) == 1 else torch.cat([y for _, y in held])
+            held = [(images[want:], labels[want:])] if len(labels) > want else []
+            yield images[:want], labels[:want]
+    finally:
+        batches.close()  # stop FFCV's prefetch thread when the caller leaves the epoch early
 
 
 def _hand_out(loader: Loader, normalize, decode) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:

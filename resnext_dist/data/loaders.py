@@ -1,6 +1,8 @@
 """The values of `data.loader`, one entry each (LOADERS): what it requires of the config, how it checks its data,
 how it builds its loaders, which class names its data records; and the builders the trainer and evaluate use.
-Nothing else compares `data.loader` (or `data.decode`) as a string: the config checks and the export ask the entry.
+The values of `data.order` (ORDERS): whether the training order reads the file page by page.
+Nothing else compares `data.loader`, `data.decode` or `data.order` as a string: the config checks and the export
+ask the entry.
 Importing it imports no torch (the config checks import it); a loader's module, and torch and FFCV with it, is
 imported when that loader is built, so a machine without FFCV can use the others.
 """
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, List, Optional
 
 from resnext_dist.data import embedded
+from resnext_dist.data.batches import split_for
 from resnext_dist.data.errors import DataError
 from resnext_dist.errors import InputError
 
@@ -29,6 +32,7 @@ class Loader:
     name = ""
     reads_embedded = False  # the embedded datasets (embedded:digits/...) are .beton files
     decodes_on_device = False  # data.decode=gpu: this loader decodes, crops and flips on the device
+    has_pages = False  # its files are read page by page (data.order=pages, data.stage_dir)
 
     def check_config(self, d) -> None:
         """InputError for keys of the data section `d` this loader cannot work with; opens no file."""
@@ -38,6 +42,9 @@ class Loader:
             path = getattr(d, split)
             if embedded.is_embedded(path) and not self.reads_embedded:
                 raise InputError(f"data.{split}={path!r} is an FFCV dataset: it needs data.loader=ffcv")
+        if d.stage_dir and not self.has_pages:
+            raise InputError(f"data.stage_dir={d.stage_dir!r} needs data.loader=ffcv (only .beton files are staged)")
+        reads_by_page(d, self)
         self._check_decode(d)
 
     def _check_decode(self, d) -> None:
@@ -50,15 +57,22 @@ class Loader:
         return dataclasses.replace(d, train=embedded.resolve(d.train, "data.train"),
                                    val=embedded.resolve(d.val, "data.val"))
 
+    def staged(self, d):
+        """`d` reading the node-local copies data.stage_dir holds (made once per node), or `d` itself."""
+        return d
+
     def check(self, d, num_classes: int, train: bool = True) -> CheckedData:
         """Check data.val, and data.train unless `train` is false; DataError names the first problem."""
         raise NotImplementedError
 
-    def train_loader(self, d, dist, found: CheckedData, seed: int, num_classes: int, channels_last: bool):
-        if found.train_images // dist.world_size < d.batch_size:
-            raise DataError(f"{d.train}: {found.train_images} images make less than one batch per rank "
-                            f"(data.batch_size={d.batch_size} x {dist.world_size} ranks)")
-        return self._train(d, dist, found, seed, channels_last)
+    def train_loader(self, d, dist, found: CheckedData, seed: int, num_classes: int, channels_last: bool,
+                     global_batch: int = 0):
+        """This rank's training loader; `global_batch` (0: data.batch_size x world size) is shared out as
+        sharding.py says."""
+        split = split_for(dist.world_size, d.batch_size, global_batch)
+        if found.train_images < split.global_batch:
+            raise DataError(f"{d.train}: {found.train_images} images make less than {split.words()}")
+        return self._train(d, dist, found, seed, channels_last, global_batch)
 
     def val_missing(self, d) -> Optional[str]:
         """Why the data section `d` has no validation data, or None when it has."""
@@ -72,7 +86,13 @@ class Loader:
 
 class Ffcv(Loader):
     """FFCV .beton files: the fast path."""
-    name, reads_embedded, decodes_on_device = "ffcv", True, True
+    name, reads_embedded, decodes_on_device, has_pages = "ffcv", True, True, True
+
+    def staged(self, d):
+        if not d.stage_dir:
+            return d
+        from resnext_dist.data.staging import stage_files  # hashlib, tqdm: only when staging
+        return dataclasses.replace(d, **stage_files(d, ("train", "val")))
 
     def check(self, d, num_classes, train=True):
         from resnext_dist.data.checks import check_beton  # numpy: --help and config errors stay instant
@@ -80,9 +100,14 @@ class Ffcv(Loader):
         found.val_images = check_beton(d.val, num_classes, key="data.val") if d.val else 0
         return found
 
-    def _train(self, d, dist, found, seed, channels_last):
+    def _train(self, d, dist, found, seed, channels_last, global_batch):
         from resnext_dist.data.ffcv import FfcvTrain  # FFCV and torch: only once this loader is built
-        return FfcvTrain(d.train, d, dist, seed=seed, channels_last=channels_last, num_images=found.train_images)
+        by_page = reads_by_page(d, self)
+        train = FfcvTrain(d.train, d, dist, seed=seed, channels_last=channels_last, num_images=found.train_images,
+                          global_batch=global_batch, by_page=by_page)
+        train.reading = {"train": d.train, "val": d.val, "staged": bool(d.stage_dir),  # for the start record
+                         "order": "pages" if by_page else "random", "window": d.shuffle_window if by_page else 0}
+        return train
 
     def val_loader(self, d, dist, found, seed, num_classes, channels_last):
         from resnext_dist.data.ffcv import FfcvVal  # FFCV and torch: only once this loader is built
@@ -110,9 +135,10 @@ class Torchvision(Loader):
                 raise DataError(f"{d.val}: classes differ from those of {d.train} ({diff})")
         return found
 
-    def _train(self, d, dist, found, seed, channels_last):
+    def _train(self, d, dist, found, seed, channels_last, global_batch):
         from resnext_dist.data.torchvision import TorchvisionTrain  # torch: only once this loader is built
-        return TorchvisionTrain(found.train_source, d, dist, seed=seed, channels_last=channels_last)
+        return TorchvisionTrain(found.train_source, d, dist, seed=seed, channels_last=channels_last,
+                                global_batch=global_batch)
 
     def val_loader(self, d, dist, found, seed, num_classes, channels_last):
         from resnext_dist.data.torchvision import TorchvisionVal  # torch: only once this loader is built
@@ -133,9 +159,10 @@ class Synthetic(Loader):
     def check(self, d, num_classes, train=True):
         return CheckedData(train_images=d.synthetic_size, val_images=d.val_synthetic_size)
 
-    def train_loader(self, d, dist, found, seed, num_classes, channels_last):
+    def train_loader(self, d, dist, found, seed, num_classes, channels_last, global_batch=0):
         from resnext_dist.data.synthetic import SyntheticTrain  # torch: only once this loader is built
-        return SyntheticTrain(d, dist, seed=seed, num_classes=num_classes, channels_last=channels_last)
+        return SyntheticTrain(d, dist, seed=seed, num_classes=num_classes, channels_last=channels_last,
+                              global_batch=global_batch)
 
     def val_missing(self, d):
         return None if d.val_synthetic_size else f"data.val_synthetic_size={d.val_synthetic_size}: no validation images"
@@ -151,6 +178,28 @@ class Synthetic(Loader):
 LOADERS = {entry.name: entry for entry in (Ffcv(), Torchvision(), Synthetic())}
 
 
+def _pages(d, loader: Loader) -> bool:
+    if not loader.has_pages:
+        raise InputError(f"data.order=pages needs data.loader=ffcv (got data.loader={d.loader}): only a .beton has "
+                         "pages")
+    return True
+
+
+# data.order -> (the data section, its loader entry) -> read the training order page by page? auto does where FFCV
+# reads through its own page cache (os_cache=false), which holds each page from its first to its last use in the
+# epoch: with a plain shuffle that is nearly every page at once (sharding.epoch_permutation).
+ORDERS = {
+    "auto": lambda d, loader: loader.has_pages and not d.os_cache,
+    "random": lambda d, loader: False,
+    "pages": _pages,
+}
+
+
+def reads_by_page(d, loader: Optional[Loader] = None) -> bool:
+    """Whether the data section `d`'s training order is the page-friendly one; InputError where it cannot be."""
+    return ORDERS[d.order](d, loader or loader_for(d))
+
+
 def loader_for(d) -> Loader:
     """The entry of the data section `d`'s data.loader."""
     if d.loader not in LOADERS:
@@ -163,12 +212,13 @@ def check_dataset(d, num_classes: int) -> CheckedData:
     return loader_for(d).check(d, num_classes)
 
 
-def build_loaders(d, dist, *, seed: int, num_classes: int, channels_last: bool):
-    """(train, val or None) for this rank; raises DataError / InputError (exit 2) on bad data or config."""
+def build_loaders(d, dist, *, seed: int, num_classes: int, channels_last: bool, global_batch: int = 0):
+    """(train, val or None) for this rank; raises DataError / InputError (exit 2) on bad data or config.
+    `global_batch`: images per optimizer step over all ranks (0: data.batch_size x world size)."""
     loader = loader_for(d)
-    d = loader.with_files(d)
+    d = loader.staged(loader.with_files(d))
     found = loader.check(d, num_classes)
-    train = loader.train_loader(d, dist, found, seed, num_classes, channels_last)
+    train = loader.train_loader(d, dist, found, seed, num_classes, channels_last, global_batch)
     return train, build_val_loader(d, dist, seed=seed, num_classes=num_classes, channels_last=channels_last,
                                    found=found)
 
@@ -182,6 +232,7 @@ def build_val_loader(d, dist, *, seed: int, num_classes: int, channels_last: boo
         if required:
             raise InputError(loader.val_missing(d))
         return None
-    d = loader.with_files(d)
+    if found is None:  # build_loaders passes the section it staged; alone, only data.val is staged
+        d = loader.staged(dataclasses.replace(loader.with_files(d), train=""))
     found = found or loader.check(d, num_classes, train=False)
     return loader.val_loader(d, dist, found, seed, num_classes, channels_last)

@@ -25,6 +25,7 @@ from PIL import Image
 
 from resnext_dist.data.errors import CorruptImage, DataError
 from resnext_dist.errors import one_line
+from resnext_dist.files import NotRegularFile, atomic_write, open_regular
 
 SPLITS = ("train", "val")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
@@ -79,15 +80,22 @@ class ImageFolderSource(Source):
                             f"(looked for {', '.join(IMAGE_EXTENSIONS)})")
 
     def pil(self, i: int) -> Image.Image:
-        path = self.paths[i]
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")  # decodes fully: truncated files fail here, not later
-        except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
-            raise CorruptImage(f"{path}: unreadable image ({one_line(e)})") from None
+        return read_image(self.paths[i])
 
     def describe(self, i: int) -> str:
         return self.paths[i]
+
+
+def read_image(path: str) -> Image.Image:
+    """The image in the file `path` as RGB, fully decoded (a truncated file fails here, not later); CorruptImage
+    naming it when it does not decode or is no regular file (a FIFO named x.jpg is refused, never waited on)."""
+    try:
+        with open_regular(path, "an image file") as f, Image.open(f) as im:
+            return im.convert("RGB")
+    except NotRegularFile as e:
+        raise CorruptImage(str(e)) from None
+    except Exception as e:  # PIL raises OSError, ValueError, SyntaxError, DecompressionBombError...
+        raise CorruptImage(f"{path}: unreadable image ({one_line(e)})") from None
 
 
 _CIFAR = {  # kind: (train files, val files, meta file, label key, names key)
@@ -150,11 +158,13 @@ class CifarSource(Source):
 
 
 def _load_pickle(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: missing CIFAR file")
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, "a CIFAR file") as f:
             obj = pickle.load(f, encoding="latin1")  # written by Python 2
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing CIFAR file") from None
+    except NotRegularFile as e:
+        raise DataError(str(e)) from None
     except Exception as e:
         raise DataError(f"{path}: unreadable CIFAR file ({one_line(e)})") from None
     if not isinstance(obj, dict):
@@ -257,8 +267,6 @@ def write_class_names(beton_path: str, classes: List[str]) -> str:
     """Record `classes` beside `beton_path` (atomically); returns the file written."""
     import json
 
-    from resnext_dist.files import atomic_write
-
     path = class_names_path(beton_path)
     atomic_write(path, json.dumps({"classes": [str(c) for c in classes]}, indent=1) + "\n")
     return path
@@ -274,11 +282,13 @@ def class_names_for(data_path: str) -> Optional[List[str]]:
         return None
     if os.path.isfile(data_path):
         path = class_names_path(data_path)
-        if not os.path.isfile(path):
+        if not os.path.lexists(path):  # a FIFO or a directory there is refused below, not taken for "none"
             return None
         try:
-            with open(path) as f:
+            with open_regular(path, "a class names file") as f:
                 names = json.load(f)["classes"]
+        except NotRegularFile as e:
+            raise DataError(str(e)) from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise DataError(f"{path}: unreadable class names ({one_line(e)})") from None
         if not isinstance(names, list):

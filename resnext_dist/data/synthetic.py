@@ -16,7 +16,8 @@ import torch
 
 from resnext_dist.data.errors import DataError
 from resnext_dist.data.normalize import DeviceNormalize
-from resnext_dist.data.sharding import eval_shard, train_shard
+from resnext_dist.data.batches import split_for
+from resnext_dist.data.sharding import batches_per_epoch, eval_shard, steps_per_epoch, train_batches
 
 
 def _seed(*parts: int) -> int:
@@ -31,17 +32,18 @@ def _random_images(n: int, res: int, num_classes: int, device: torch.device, see
 
 
 class SyntheticTrain:
-    """`batches_per_epoch`, `epoch(epoch, res, skip=0)` -> (float32 images on device, int64 labels)."""
+    """`steps_per_epoch`, `batches_per_epoch`, `epoch(epoch, res, start=0)` -> (float32 images on device, int64
+    labels), this rank's micro-batches of each step after global position `start` (sharding.py)."""
 
-    def __init__(self, data_cfg, dist, *, seed: int, num_classes: int, channels_last: bool):
+    def __init__(self, data_cfg, dist, *, seed: int, num_classes: int, channels_last: bool, global_batch: int = 0):
         self.num_images = data_cfg.synthetic_size
-        self.per_rank = self.num_images // dist.world_size
-        self.world_size = dist.world_size
-        self.batch_size = data_cfg.batch_size
-        self.batches_per_epoch = self.per_rank // self.batch_size
-        if self.batches_per_epoch == 0:
-            raise DataError(f"data.synthetic_size={self.num_images} is less than one batch per rank "
-                            f"(data.batch_size={self.batch_size} x {dist.world_size} ranks)")
+        self.world_size, self.batch_size = dist.world_size, data_cfg.batch_size
+        split = split_for(dist.world_size, self.batch_size, global_batch)
+        self.global_batch = split.global_batch
+        if self.num_images < self.global_batch:
+            raise DataError(f"data.synthetic_size={self.num_images} is less than {split.words()}")
+        self.steps_per_epoch = steps_per_epoch(self.num_images, self.global_batch)
+        self.batches_per_epoch = batches_per_epoch(self.num_images, dist.world_size, self.batch_size, global_batch)
         self.seed, self.rank, self.num_classes, self.device = seed, dist.rank, num_classes, dist.device
         self.normalize = DeviceNormalize(dist.device, channels_last)
         self._res: Optional[int] = None
@@ -55,16 +57,14 @@ class SyntheticTrain:
             self._res = res
         return self._pool
 
-    def epoch(self, epoch: int, res: int, skip: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        if skip < 0 or res < 1:
-            raise ValueError(f"epoch({epoch}, res={res}, skip={skip}): res must be >= 1 and skip >= 0")
+    def epoch(self, epoch: int, res: int, start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        if start < 0 or res < 1:
+            raise ValueError(f"epoch({epoch}, res={res}, start={start}): res must be >= 1 and start >= 0")
         images, labels = self._pool_at(res)
-        order = torch.from_numpy(train_shard(self.num_images, seed=self.seed, epoch=epoch, rank=self.rank,
-                                             world_size=self.world_size, batch_size=self.batch_size))
-        order = order.to(self.device)
-        b = self.batch_size
-        for k in range(skip, self.batches_per_epoch):
-            idx = order[k * b:(k + 1) * b]
+        for idx in train_batches(self.num_images, seed=self.seed, epoch=epoch, rank=self.rank,
+                                 world_size=self.world_size, batch_size=self.batch_size,
+                                 global_batch=self.global_batch, start=start):
+            idx = torch.from_numpy(idx).to(self.device)
             yield self.normalize(images[idx], labels[idx])
 
 

@@ -1,12 +1,12 @@
 """torchvision fallback loaders: a source (ImageFolder, CIFAR folder, digits) + torch DataLoader workers.
 
-For machines where FFCV cannot be installed. Same interface, same order (sharding.py; `skip` starts the epoch
-that many batches in without loading the skipped ones) and same augmentations as the FFCV loaders: training crops
-are RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + horizontal flip with PIL, and the center crop (validation,
+For machines where FFCV cannot be installed. Same interface, same order (sharding.py; `start` begins the epoch
+that many images in, over all ranks, loading none of those) and same augmentations as the FFCV loaders: training
+crops are RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + horizontal flip with PIL, and the center crop (validation,
 and training with data.random_crop=false) takes the same box as FFCV's decoder (CenterCropRatio). Images cross to
 the device as uint8 (pinned when the device is a GPU) and are normalized there.
 
-The resolution travels with each index ((index, res) keys from the sampler), so progressive resizing
+The resolution travels with each index ((index, res) keys from the batch sampler), so progressive resizing
 works with persistent workers, which keep their copy of the dataset between epochs.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 
 from resnext_dist.data.errors import DataError
 from resnext_dist.data.normalize import DeviceNormalize
-from resnext_dist.data.sharding import batches_per_epoch, eval_shard, train_shard
+from resnext_dist.data.sharding import batches_per_epoch, eval_shard, steps_per_epoch, train_batches
 from resnext_dist.data.sources import Source
 
 
@@ -74,27 +74,31 @@ def _clean_worker_errors(batches: Iterator) -> Iterator:
 
 
 class TorchvisionTrain:
-    """`batches_per_epoch`, `epoch(epoch, res, skip=0)` -> (float32 images on device, int64 labels)."""
+    """`steps_per_epoch`, `batches_per_epoch`, `epoch(epoch, res, start=0)` -> (float32 images on device, int64
+    labels), this rank's micro-batches of each step after global position `start` (sharding.py)."""
 
-    def __init__(self, source: Source, data_cfg, dist, *, seed: int, channels_last: bool):
+    def __init__(self, source: Source, data_cfg, dist, *, seed: int, channels_last: bool, global_batch: int = 0):
         self.source, self.seed, self.dist = source, seed, dist
         self.num_images = len(source)
         self.batch_size = data_cfg.batch_size
-        self.batches_per_epoch = batches_per_epoch(self.num_images, dist.world_size, self.batch_size)
-        self.keys: List[Tuple[int, int]] = []  # the sampler: this epoch's (index, res) keys, set before each pass
+        self.global_batch = global_batch or self.batch_size * dist.world_size
+        self.steps_per_epoch = steps_per_epoch(self.num_images, self.global_batch)
+        self.batches_per_epoch = batches_per_epoch(self.num_images, dist.world_size, self.batch_size, global_batch)
+        # The batch sampler: this epoch's micro-batches of (index, res) keys, set before each pass (micro-batches
+        # differ in size where the global batch does not divide evenly).
+        self.batches: List[List[Tuple[int, int]]] = []
         self.loader = DataLoader(
             SourceDataset(source, data_cfg.random_crop, data_cfg.val_crop_ratio, data_cfg.pad_crop),
-            batch_size=self.batch_size, sampler=self.keys, drop_last=True, num_workers=data_cfg.num_workers,
+            batch_sampler=self.batches, num_workers=data_cfg.num_workers,
             pin_memory=dist.device.type == "cuda", persistent_workers=data_cfg.num_workers > 0)
         self.normalize = DeviceNormalize(dist.device, channels_last)
 
-    def epoch(self, epoch: int, res: int, skip: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        if skip < 0 or res < 1:
-            raise ValueError(f"epoch({epoch}, res={res}, skip={skip}): res must be >= 1 and skip >= 0")
-        shard = train_shard(self.num_images, seed=self.seed, epoch=epoch, rank=self.dist.rank,
-                            world_size=self.dist.world_size, batch_size=self.batch_size)
-        b = self.batch_size
-        self.keys[:] = [(int(i), res) for i in shard[skip * b:self.batches_per_epoch * b]]
+    def epoch(self, epoch: int, res: int, start: int = 0) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        if start < 0 or res < 1:
+            raise ValueError(f"epoch({epoch}, res={res}, start={start}): res must be >= 1 and start >= 0")
+        self.batches[:] = [[(int(i), res) for i in batch] for batch in train_batches(
+            self.num_images, seed=self.seed, epoch=epoch, rank=self.dist.rank, world_size=self.dist.world_size,
+            batch_size=self.batch_size, global_batch=self.global_batch, start=start)]
         return (self.normalize(images, labels) for images, labels in _clean_worker_errors(iter(self.loader)))
 
 

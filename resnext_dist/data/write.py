@@ -17,10 +17,12 @@ The file has two fields, `image` (RGBImageField) and `label` (IntField), in the 
 names (label k is the k-th) go beside it, to x.classes.json for x.beton ({"classes": [...]}).
 A progress bar shows on a terminal (not in logs or pipes).
 It is written to a temporary file next to the output and renamed at the end, so the output path never
-holds a half-written file; an existing output is kept unless --force is given.
+holds a half-written file; an existing output is kept unless --force is given. One writer per output: a second
+writer of the same file exits 2 at once naming the first (its host and pid), which goes on undisturbed.
 
 Bad input exits 2 with one line naming the file: a missing or empty source, a class folder with no
-images, an unreadable CIFAR batch, an existing output, a full disk ("no space left on device writing X").
+images, an unreadable CIFAR batch, an existing output or one that cannot be written (said before any work), a
+full disk ("no space left on device writing X"). A FIFO or device among the images is named, never read.
 A corrupt image is fatal by default: the write stops at the first one found, names it, and leaves nothing
 behind (remove or fix the file and run again). With --skip-corrupt every image is decoded once before
 writing; unreadable ones are left out, counted and listed on stderr (the labels of the others are unchanged).
@@ -43,6 +45,9 @@ from resnext_dist.data.errors import CorruptImage, DataError
 from resnext_dist.data.beton_writer import (MAX_SIDE, Failure, GuardedEncode, GuardedSource, WriteInterrupted,
                                             disk_message, stop_on_signals, writer_class)
 from resnext_dist.data.sources import SPLITS, Source, open_source, write_class_names
+from resnext_dist.errors import InputError
+from resnext_dist.exclusive import ExclusiveLock, holder
+from resnext_dist.files import check_output_file
 
 WRITE_MODES = ("raw", "jpg", "smart", "proportion")
 SMART_THRESHOLD = 3 * 256 * 256  # smart mode: JPEG-compress images whose raw pixels exceed 256x256 RGB
@@ -51,38 +56,61 @@ SMART_THRESHOLD = 3 * 256 * 256  # smart mode: JPEG-compress images whose raw pi
 def write_beton(source: Source, output: str, *, write_mode: str = "smart", max_resolution: Optional[int] = None,
                 jpeg_quality: int = 90, compress_probability: float = 0.5, smart_threshold: int = SMART_THRESHOLD,
                 workers: int = 0, indices: Optional[Sequence[int]] = None, chunk_size: int = 100,
-                page_size: int = 0, force: bool = False, skip_corrupt: bool = False) -> int:
-    """Write `source` (or its `indices`) to `output`; returns the number of images written."""
-    from ffcv.fields import IntField, RGBImageField
-
+                page_size: int = 0, force: bool = False, skip_corrupt: bool = False,
+                classes: Optional[List[str]] = None) -> int:
+    """Write `source` (or its `indices`) to `output`, and `classes` beside it when given (write_class_names), as the
+    output's one writer (BetonLock); returns the number of images written."""
     _check_options(write_mode, max_resolution, jpeg_quality, compress_probability, chunk_size, page_size)
     output = os.path.abspath(output)
-    if os.path.isdir(output):
-        raise DataError(f"{output}: is a directory, expected a .beton file path")
-    if os.path.exists(output) and not force:
-        raise DataError(f"{output}: already exists (pass --force to overwrite)")
+    check_output_file(output, "--output")  # before any work: a folder we cannot write is said at once
     workers = workers if workers > 0 else len(os.sched_getaffinity(0))
     indices = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
     if len(indices) == 0:
         raise DataError(f"{source.name}: no images to write")
-    if skip_corrupt:
-        bad = find_unreadable(source, indices, workers)
-        if bad:
-            print(f"skipped {len(bad)} unreadable image(s) of {len(indices)}:", file=sys.stderr)
-            for _, message in bad[:20]:
-                print(f"  {message}", file=sys.stderr)
-            indices = np.setdiff1d(indices, [i for i, _ in bad])
-            if len(indices) == 0:
-                raise DataError(f"{source.name}: every image is unreadable")
+    with BetonLock(output):  # from the exists-check to the class names: no other writer in between
+        if os.path.exists(output) and not force:
+            raise DataError(f"{output}: already exists (pass --force to overwrite)")
+        if skip_corrupt:
+            bad = find_unreadable(source, indices, workers)
+            if bad:
+                print(f"skipped {len(bad)} unreadable image(s) of {len(indices)}:", file=sys.stderr)
+                for _, message in bad[:20]:
+                    print(f"  {message}", file=sys.stderr)
+                indices = np.setdiff1d(indices, [i for i, _ in bad])
+                if len(indices) == 0:
+                    raise DataError(f"{source.name}: every image is unreadable")
+        _write(source, output, indices, workers, page_size or auto_page_size(source, max_resolution), chunk_size,
+               write_mode=write_mode, max_resolution=max_resolution or None, smart_threshold=smart_threshold,
+               jpeg_quality=jpeg_quality, compress_probability=compress_probability)
+        if classes is not None:
+            write_class_names(output, classes)  # a beton holds integer labels only
+    return len(indices)
 
-    os.makedirs(os.path.dirname(output), exist_ok=True)
+
+class BetonLock(ExclusiveLock):
+    """The one writer of a .beton: `.NAME.lock` beside it, removed when the write ends; a second writer exits 2
+    naming the first (exclusive.py)."""
+
+    error = DataError
+
+    def __init__(self, output: str):
+        self.output = output
+        super().__init__(os.path.join(os.path.dirname(output), f".{os.path.basename(output)}.lock"), remove=True)
+
+    def in_use_message(self, lease: dict) -> str:
+        return (f"{self.output}: being written by {holder(lease)}; wait for that writer to end or stop it, or "
+                "choose another --output")
+
+
+def _write(source: Source, output: str, indices: np.ndarray, workers: int, page_size: int, chunk_size: int,
+           **image_options) -> None:
+    """The FFCV write itself, to a temporary file renamed onto `output` at the end (beton_writer.py guards it)."""
+    from ffcv.fields import IntField, RGBImageField
+
     tmp = os.path.join(os.path.dirname(output), f".{os.path.basename(output)}.{os.getpid()}.tmp")
-    page_size = page_size or auto_page_size(source, max_resolution)
     failure = Failure()
-    image_field = RGBImageField(write_mode=write_mode, max_resolution=max_resolution or None,
-                                smart_threshold=smart_threshold, jpeg_quality=jpeg_quality,
-                                compress_probability=compress_probability)
-    guarded = GuardedSource(source, failure, max_resolution)
+    image_field = RGBImageField(**image_options)
+    guarded = GuardedSource(source, failure, image_options["max_resolution"])
     # An instance attribute: the field's type (what the beton records) stays RGBImageField.
     image_field.encode = GuardedEncode(image_field, page_size, guarded)
     try:
@@ -99,7 +127,6 @@ def write_beton(source: Source, output: str, *, write_mode: str = "smart", max_r
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return len(indices)
 
 
 def auto_page_size(source: Source, max_resolution: Optional[int]) -> int:
@@ -218,9 +245,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         jpeg_quality=args.jpeg_quality, compress_probability=args.compress_probability,
                         smart_threshold=args.smart_threshold, workers=args.workers, indices=indices,
                         chunk_size=args.chunk_size, page_size=args.page_size * 2**20, force=args.force,
-                        skip_corrupt=args.skip_corrupt)
-        write_class_names(args.output, source.classes)  # a beton holds integer labels only
-    except DataError as e:
+                        skip_corrupt=args.skip_corrupt, classes=source.classes)
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except WriteInterrupted as e:

@@ -1,23 +1,26 @@
 """Everything a run is made of, built in one place from the config: data, model, optimizer, schedule, the
 TrainState (what a checkpoint holds) and the runner (the model as it runs forward: DDP-wrapped, compiled).
 
+    cfg = with_global_batch(cfg, dist, checkpoint)   # the run's global batch made explicit (a resume keeps its own)
     parts = build(cfg, dist)      # raises InputError for bad data or a config that does not fit the data
-    parts.state, parts.runner, parts.train_loader, parts.val_loader, parts.steps_per_epoch, ...
+    parts.state, parts.runner, parts.train_loader, parts.val_loader, parts.steps_per_epoch, parts.split, ...
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from resnext_dist.run.checkpoint import TrainState
-from resnext_dist.config import TrainConfig, grad_accum_steps
+from resnext_dist.run.checkpoint import CheckpointError, TrainState
+from resnext_dist.config import TrainConfig, batch_split
+from resnext_dist.data.batches import BatchSplit
 from resnext_dist.data import build_loaders
 from resnext_dist.errors import InputError
 from resnext_dist.models import build_model
@@ -30,18 +33,42 @@ class Parts:
     state: TrainState
     train_loader: Any
     val_loader: Optional[Any]
-    accum_steps: int
-    global_batch: int
+    split: BatchSplit  # how each step's global batch is shared among the ranks (micro-batches, accumulation)
     steps_per_epoch: int
+
+    @property
+    def accum_steps(self) -> int:
+        return self.split.accum_steps
+
+    @property
+    def global_batch(self) -> int:
+        return self.split.global_batch
+
+
+def with_global_batch(cfg: TrainConfig, dist, checkpoint: Dict[str, Any], path: Optional[str] = None) -> TrainConfig:
+    """`cfg` with the run's global batch in optim.global_batch_size: the one set there, else the checkpoint's (a
+    resume keeps its global batch, and with it its schedule, on any number of processes), else data.batch_size x
+    world size (a new run). CheckpointError when the config and the checkpoint `path` disagree; InputError when
+    this many processes cannot share it (batches.py)."""
+    given, recorded = cfg.optim.global_batch_size, checkpoint.get("global_batch_size")
+    if given and recorded and given != recorded:
+        raise CheckpointError(
+            f"{path}: trained with global batch {recorded} (the run's identity, kept on any number of processes), "
+            f"not optim.global_batch_size={given}; leave optim.global_batch_size at 0 or {recorded} to continue it")
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(
+        cfg.optim, global_batch_size=given or recorded or cfg.data.batch_size * dist.world_size))
+    batch_split(cfg, dist.world_size)
+    return cfg
 
 
 def build(cfg: TrainConfig, dist) -> Parts:
+    """The parts of a run of `cfg` (optim.global_batch_size 0: data.batch_size x world size) on this rank."""
     seed_everything(cfg.train)
+    split = batch_split(cfg, dist.world_size)
     train_loader, val_loader = build_loaders(cfg.data, dist, seed=cfg.train.seed, num_classes=cfg.model.num_classes,
-                                             channels_last=cfg.train.channels_last)
-    accum = grad_accum_steps(cfg, dist.world_size)
-    global_batch = cfg.data.batch_size * dist.world_size * accum
-    steps_per_epoch = train_loader.batches_per_epoch // accum
+                                             channels_last=cfg.train.channels_last,
+                                             global_batch=split.global_batch)
+    global_batch, steps_per_epoch = split.global_batch, train_loader.steps_per_epoch
     if steps_per_epoch < 1:
         raise InputError(f"data.train has too few images for one global batch of {global_batch}")
 
@@ -63,7 +90,7 @@ def build(cfg: TrainConfig, dist) -> Parts:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
     state = TrainState(model, optimizer, scheduler, scaler, ema,
                        extra={"global_batch_size": global_batch, "world_size": dist.world_size})
-    return Parts(state, train_loader, val_loader, accum, global_batch, steps_per_epoch)
+    return Parts(state, train_loader, val_loader, split, steps_per_epoch)
 
 
 def runner(model: torch.nn.Module, cfg: TrainConfig, dist) -> torch.nn.Module:

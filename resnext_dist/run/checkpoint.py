@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import stat
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ import torch
 
 from resnext_dist import dist as rdist
 from resnext_dist.errors import InputError
-from resnext_dist.files import atomic_write
+from resnext_dist.files import NotRegularFile, atomic_write, open_regular
 from resnext_dist.readback import check, count, text
 from resnext_dist.run.rundir import identity_diff, parse_config, show
 from resnext_dist.weights.init import mismatch
@@ -253,20 +252,20 @@ def load_file(path: str, mmap: bool = False) -> Dict[str, Any]:
 
 
 def verify(path: str) -> None:
-    """Every byte of a checkpoint file as it was written: a regular file (a FIFO would block the reader) whose zip
-    records all match their CRC-32 (torch.load does not check them: a zeroed stretch of a tensor loads as zeros).
-    CheckpointError naming the file otherwise; a file that is not a zip is left to load_file (which refuses it).
-    Reads the whole file once."""
+    """Every byte of a checkpoint file as it was written: a regular file (files.open_regular: a FIFO is refused, never
+    waited on) whose zip records all match their CRC-32 (torch.load does not check them: a zeroed stretch of a
+    tensor loads as zeros). CheckpointError naming the file otherwise; a file that is not a zip is left to load_file
+    (which refuses it). Reads the whole file once."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            raise CheckpointError(f"{path}: not a regular file")
+        with open_regular(path, "a checkpoint") as f:
+            if not zipfile.is_zipfile(f):
+                return
+            with zipfile.ZipFile(f) as archive:
+                bad = archive.testzip()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file") from None
-    try:
-        if not zipfile.is_zipfile(path):
-            return
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
+    except NotRegularFile as e:
+        raise CheckpointError(str(e)) from None
     except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:  # a torn directory or header
         raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {brief(e)})") from None
     if bad is not None:
@@ -287,7 +286,8 @@ def check_lineage(sd: Dict[str, Any], path: str, cfg) -> None:
         recorded = parse_config(sd["config"], path)
     except InputError:
         raise CheckpointError(f"{path}: records no run config, so it cannot be this run's") from None
-    diff = identity_diff(cfg, recorded)
+    # the global batch (0: the run's own) is build.with_global_batch's to compare, against the checkpoint's own
+    diff = [d for d in identity_diff(cfg, recorded) if d[0] != "optim.global_batch_size"]
     if diff:
         there = ", ".join(f"{k}: {show(was)} there, {show(now)} here" for k, was, now in diff)
         raise CheckpointError(f"{path}: a checkpoint of another run ({there}); to start a new run from its "

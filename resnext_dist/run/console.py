@@ -5,6 +5,7 @@ record keeps raw facts and numbers: names, fractions, bytes, seconds); nothing h
     banner:  resnext_dist 0.1.0 | run quickstart-1a2b3c4d | fresh start
              where     2 processes on 1 node | gloo | cpu
              ...
+             reading   /local/train-1a2b3c4d.beton, ... (copies staged on this node) | random order   (files only)
     step:    epoch 3/8 | step 176/352 | loss 0.096 | lr 0.076 | 600 img/s | data wait 1.5% | mem 1.5 GB
     val:     val top-1 93.61% | top-5 100.00% | loss 0.202 (360 images)
     summary: done in 40 s (17 s of training) | best val top-1 98.89% (epoch 8) | final 98.89% | 646 img/s mean
@@ -27,6 +28,9 @@ def banner(start: Dict[str, Any]) -> str:
     """The start record as a few aligned lines: what runs where, on what, how long, and where it goes."""
     s = start
     how = f"resumes from step {s['resumed_step']} ({s['resumed_from']})" if s.get("resumed_from") else "fresh start"
+    if s.get("resumed_from") and s.get("world_size_was", s["world_size"]) != s["world_size"]:
+        how += (f", on {s['world_size']} process{'es' if s['world_size'] > 1 else ''} instead of "
+                f"{s['world_size_was']} (same global batch)")
     lines = [f"resnext_dist {s['version']} | run {s['run_name']} | {how}"]
     nodes, c, w = s["nodes"], s.get("cardinality"), s.get("group_width")
     model = (f"{s['arch']}, {s['stem']} stem" + (f", layers {list(s['layers'])}" if s.get("layers") else "")
@@ -42,9 +46,10 @@ def banner(start: Dict[str, Any]) -> str:
                   + (f" | {s['init']}" if s.get("init") else "")),
         ("data", f"{s['loader']} | {s['train_images']:,} train / {s['val_images']:,} val images | "
                  f"{s['train_res']} px train, {s['val_res']} px val"),
-        ("batch", f"{s['batch_size']} per process x {s['world_size']} x {s['accum_steps']} accumulation = "
-                  f"{s['global_batch']} global | {s['steps_per_epoch']} steps/epoch x {s['epochs']} epochs = "
-                  f"{s['total_steps']} steps"),
+        *([("reading", _reading(s["reading"]))] if s.get("reading") else []),
+        ("batch", f"{s.get('micro_batch', s['batch_size'])} per process x {s['world_size']} x {s['accum_steps']} "
+                  f"accumulation = {s['global_batch']} global | {s['steps_per_epoch']} steps/epoch x {s['epochs']} "
+                  f"epochs = {s['total_steps']} steps"),
         ("speed", f"{s['precision']} | channels-last {'on' if s['channels_last'] else 'off'} | "
                   f"compile {'on' if s['compile'] else 'off'}"),
         ("schedule", schedule),
@@ -53,6 +58,14 @@ def banner(start: Dict[str, Any]) -> str:
     ]
     lines += [f"  {k:<9} {v}" for k, v in rows]
     return "\n".join(lines)
+
+
+def _reading(r: Dict[str, Any]) -> str:
+    """Where the data's bytes come from (the files; node-local copies with data.stage_dir) and in what order."""
+    files = ", ".join(path for path in (r["train"], r.get("val")) if path)
+    window = f"{r['window']}-page window" if r.get("window") else "window: all pages"
+    order = f"pages, {window}" if r["order"] == "pages" else r["order"]
+    return files + (" (copies staged on this node)" if r.get("staged") else "") + f" | {order} order"
 
 
 def step_line(r: Dict[str, Any], epochs: int, total_steps: int) -> str:

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from resnext_dist.config import TrainConfig, to_flat_dict, to_yaml
-from resnext_dist.config.identity import identity_keys, norm
+from resnext_dist.config.identity import identity_keys, norm, zero_is_runs_own
 from resnext_dist.errors import InputError
 from resnext_dist.files import atomic_write
 from resnext_dist.readback import NOT_REGULAR, check, count, read_regular
@@ -60,10 +60,12 @@ def parse_config(text, where: str) -> Dict[str, Any]:
 
 
 def identity_diff(cfg: TrainConfig, old: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:
-    """(key, recorded, now) for each identity key that differs; a key the record lacks is at its default."""
+    """(key, recorded, now) for each identity key that differs; a key the record lacks is at its default, and a 0
+    of a zero_is_runs_own key (optim.global_batch_size) differs from nothing: the trainer makes it explicit."""
     new, identity, defaults = to_flat_dict(cfg), identity_keys(cfg), to_flat_dict(type(cfg)())
-    return [(k, old.get(k, defaults.get(k)), v) for k, v in new.items()
-            if k in identity and norm(old.get(k, defaults.get(k))) != norm(v)]
+    own = zero_is_runs_own(cfg)
+    diff = [(k, old.get(k, defaults.get(k)), v) for k, v in new.items() if k in identity]
+    return [(k, was, now) for k, was, now in diff if norm(was) != norm(now) and not (k in own and 0 in (was, now))]
 
 
 def check_identity(cfg: TrainConfig, old: Optional[Dict[str, Any]]) -> List[Tuple[str, Any, Any]]:
@@ -75,8 +77,9 @@ def check_identity(cfg: TrainConfig, old: Optional[Dict[str, Any]]) -> List[Tupl
     if refused:
         raise InputError(f"{cfg.run.dir} holds another run ({describe_diff(refused)}); to keep both, give this one "
                          f"another run.name; to start that run over, delete {cfg.run.dir}")
-    new = to_flat_dict(cfg)
-    return [(k, old[k], v) for k, v in new.items() if k in old and norm(old[k]) != norm(v) and not k.startswith("run.")]
+    new, own = to_flat_dict(cfg), zero_is_runs_own(cfg)
+    return [(k, old[k], v) for k, v in new.items() if k in old and norm(old[k]) != norm(v) and not k.startswith("run.")
+            and not (k in own and 0 in (old[k], v))]
 
 
 def describe_diff(diff: List[Tuple[str, Any, Any]]) -> str:

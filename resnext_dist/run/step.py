@@ -4,8 +4,10 @@ evaluation. The epoch loop that calls them is trainer.py.
 The step, top to bottom: fetch a micro-batch (timed: that is the data wait) -> forward under autocast ->
 on the last micro-step, when asked, agree with every rank on (a non-finite loss anywhere, a stop request, a
 log line now) in one tiny all-reduce before the backward -> backward (DDP all-reduces gradients on the last
-micro-step only) -> clip -> optimizer step -> schedule -> EMA. Between two log lines the losses stay on the device
-(`Interval`); evaluation all-reduces counts, not averages.
+micro-step only) -> clip -> optimizer step -> schedule -> EMA. Each micro-batch's loss is weighed by its images
+(micro-batches differ by one image where the global batch does not divide evenly: data/batches.py), so the update
+is that of one process taking the whole global batch, on any world size. Between two log lines the losses stay on
+the device (`Interval`); evaluation all-reduces counts, not averages.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ class StepContext:
     model: torch.nn.Module  # DDP-wrapped and/or compiled: what runs forward (state.model is the bare module)
     dist: rdist.DistInfo
     autocast: Callable[[], contextlib.AbstractContextManager]
-    accum_steps: int
+    accum_steps: int  # micro-steps per optimizer step, the same on every rank
+    global_batch: int  # images per optimizer step over all ranks
     label_smoothing: float
     grad_clip_norm: float
 
@@ -47,16 +50,17 @@ class Agreed:
 
 
 def train_step(state, batches: Iterator, ctx: StepContext, wishes: Optional[Tuple[int, bool]]) \
-        -> Tuple[torch.Tensor, float, Optional[Agreed]]:
-    """One optimizer step. Returns (the micro-steps' summed loss, on the device: not read here; seconds spent
-    waiting for data; what the ranks agreed on, or None when `wishes` was None: no agreement this step).
+        -> Tuple[torch.Tensor, int, float, Optional[Agreed]]:
+    """One optimizer step. Returns (the summed loss of this rank's images, on the device: not read here; how many
+    images that is; seconds spent waiting for data; what the ranks agreed on, or None when `wishes` was None: no
+    agreement this step).
 
     `wishes` = (this rank's stop signal, this rank wants a log line now): when given, the ranks agree on them and
     on a finite loss before the backward, so a NaN anywhere stops every rank before the optimizer step."""
     model, dist = ctx.model, ctx.dist
     loss_sum = torch.zeros((), device=dist.device)
     nonfinite = torch.zeros(1, dtype=torch.int32, device=dist.device)
-    wait_s, agreed = 0.0, None
+    wait_s, agreed, images_seen = 0.0, None, 0
     for micro in range(ctx.accum_steps):
         t0 = time.perf_counter()
         images, labels = next(batches)
@@ -75,9 +79,14 @@ def train_step(state, batches: Iterator, ctx: StepContext, wishes: Optional[Tupl
                 if agreed is None:
                     raise NonFiniteLoss(f"non-finite loss at step {state.step + 1} (epoch {state.epoch}) on at "
                                         f"least one rank; every rank stopped before the optimizer step")
-            scaled = loss / ctx.accum_steps
+            # The mean over this micro-batch's n images, weighed n / (global batch / world size): DDP averages the
+            # ranks' gradients, so the update is the mean over the global batch's images (n is a shape: no sync).
+            # An even split gives global / (world size x n) = accum_steps exactly: the plain loss / accum_steps.
+            n = labels.shape[0]
+            scaled = loss / (ctx.global_batch / (dist.world_size * n))
             (state.scaler.scale(scaled) if state.scaler else scaled).backward()
-        loss_sum += loss.detach()
+        loss_sum += loss.detach() * n
+        images_seen += n
 
     if ctx.grad_clip_norm > 0:
         if state.scaler:
@@ -94,7 +103,7 @@ def train_step(state, batches: Iterator, ctx: StepContext, wishes: Optional[Tupl
         state.ema.update_parameters(state.model)
     state.step += 1
     faults.maybe_fail(dist.rank, state.step)
-    return loss_sum, wait_s, agreed
+    return loss_sum, images_seen, wait_s, agreed
 
 
 def _agree(nonfinite: torch.Tensor, stop_signal: int, log_now: bool, device) -> Optional[Agreed]:
@@ -109,36 +118,40 @@ def _agree(nonfinite: torch.Tensor, stop_signal: int, log_now: bool, device) -> 
 
 
 class Interval:
-    """What accumulates between two log lines: the loss on the device (no sync), images, data wait, time."""
+    """What accumulates between two log lines: the loss on the device (no sync), steps and images, data wait,
+    time."""
 
     def __init__(self, device: torch.device):
         self.loss_sum = torch.zeros((), device=device)
-        self.micro_steps, self.wait_s, self.t0 = 0, 0.0, time.perf_counter()
+        self.steps, self.images, self.wait_s, self.t0 = 0, 0, 0.0, time.perf_counter()
         self.device = device
 
     def overdue(self, every_s: float) -> bool:
         return bool(every_s) and time.perf_counter() - self.t0 >= every_s
 
-    def add(self, loss_sum: torch.Tensor, micro_steps: int, wait_s: float) -> None:
+    def add(self, loss_sum: torch.Tensor, images: int, wait_s: float) -> None:
+        """One step's summed loss over this rank's `images`, and its data wait."""
         self.loss_sum += loss_sum
-        self.micro_steps += micro_steps
+        self.steps += 1
+        self.images += images
         self.wait_s += wait_s
 
-    def record(self, state, res: int, micro_batch_global: int) -> dict:
-        """The interval's step record (a sync point: the loss is read from the device here); a new one starts."""
+    def record(self, state, res: int, global_batch: int, world_size: int) -> dict:
+        """The interval's step record (a sync point: the loss is read from the device here); a new one starts.
+        `world_size` is a number in the record so MLflow charts it: a change shows at the step it happened."""
         elapsed = time.perf_counter() - self.t0
         rec = {"kind": "step", "step": state.step, "epoch": state.epoch,
-               "loss": mean_over_ranks(self.loss_sum, self.micro_steps),
+               "loss": mean_over_ranks(self.loss_sum, self.images),
                "lr": state.optimizer.param_groups[0]["lr"], "res": res,
-               "img_per_s": self.micro_steps * micro_batch_global / elapsed, "data_wait": self.wait_s / elapsed,
-               "peak_mem_mb": peak_memory_mb(self.device)}
+               "img_per_s": self.steps * global_batch / elapsed, "data_wait": self.wait_s / elapsed,
+               "peak_mem_mb": peak_memory_mb(self.device), "world_size": world_size}
         self.loss_sum.zero_()
-        self.micro_steps, self.wait_s, self.t0 = 0, 0.0, time.perf_counter()
+        self.steps, self.images, self.wait_s, self.t0 = 0, 0, 0.0, time.perf_counter()
         return rec
 
 
 def mean_over_ranks(loss_sum: torch.Tensor, count: int) -> float:
-    """The mean loss of the interval over every rank's micro-batches (a sync point: the log interval only)."""
+    """The mean loss of the interval over every rank's images (a sync point: the log interval only)."""
     totals = torch.stack([loss_sum.double(), torch.tensor(float(count), dtype=torch.float64,
                                                           device=loss_sum.device)])
     rdist.all_reduce(totals, "sum")

@@ -108,6 +108,11 @@ class Trainer:
         self.existed = os.path.isdir(run_dir)
         self.lock = hold_run_dir(run_dir, self.dist)
         old = rundir.read_config(run_dir)
+        # optim.global_batch_size=0 is "the run's own" (schema: zero_is_runs_own): the recorded one, made explicit
+        # here; a config.yaml of an older version may hold 0 (restore() checks a given value against the checkpoint).
+        recorded = (old or {}).get("optim.global_batch_size")
+        if recorded and not cfg.optim.global_batch_size:
+            self.cfg = cfg = builder.with_global_batch(cfg, self.dist, {"global_batch_size": recorded})
         self.changes = rundir.check_identity(cfg, old)  # the allowed ones: logged once the log is open
         self.old = old or {}
         self.ignored = []  # run files of another shape than ours, passed over: said once the log is open
@@ -142,20 +147,18 @@ class Trainer:
         cfg, dist = self.cfg, self.dist
         self.say(f"resnext_dist: run {cfg.run.name}: building data and model ({dist.world_size} process"
                  f"{'es' if dist.world_size > 1 else ''})")
-        self.parts = builder.build(cfg, dist)
-        self.state = self.parts.state
         self.skipped = []  # (checkpoint, reason): newer checkpoints that are not valid
         self.resume_from = ckpt.choose_resume(cfg, self.ckpt_dir, dist, self.skipped)
+        sd = ckpt.load_file(self.resume_from) if self.resume_from else {}
+        # The run keeps its global batch on any world size; the micro-batches follow from this one (build.py).
+        self.cfg = cfg = builder.with_global_batch(cfg, dist, sd, self.resume_from)
+        self.world_was = sd.get("world_size", dist.world_size)
+        self.parts = builder.build(cfg, dist)
+        self.state = self.parts.state
         if self.resume_from:
-            sd, global_batch = ckpt.load_file(self.resume_from), self.parts.global_batch
-            if sd.get("global_batch_size", global_batch) != global_batch:
-                raise ckpt.CheckpointError(
-                    f"{self.resume_from}: trained with global batch {sd['global_batch_size']} (world size "
-                    f"{sd.get('world_size')}), now {global_batch}; set optim.global_batch_size="
-                    f"{sd['global_batch_size']} to continue the same run on {dist.world_size} processes")
             self.state.load_state_dict(sd, self.resume_from)
             self.state.parent = {"name": os.path.basename(self.resume_from), "step": self.state.step}
-            del sd
+        del sd
         self.init_note = ""
         if cfg.model.init and not self.resume_from:  # a fresh run starts from given weights (a resume has its own)
             self.init_note = init_model(self.state.model, cfg.model.init)
@@ -212,11 +215,17 @@ class Trainer:
             self.read_log()
         if self.resume_from:
             log.write("event", state.step, event="resumed", checkpoint=self.resume_from, restart=_restart_count())
+        if self.resume_from and self.world_was != dist.world_size and log.enabled:
+            # said, with the steps after the checkpoint that are trained again (checkpoint.every_steps bounds them)
+            log.write("event", state.step, event="world_size_changed", old=self.world_was, new=dist.world_size,
+                      global_batch=parts.global_batch, micro_batch=parts.split.sizes_text(),
+                      accum_steps=parts.accum_steps, redone_steps=_logged_after(log.path, state.step))
         log.write("start", state.step, **start)
 
         self.runner = builder.runner(state.model, cfg, dist)
         self.ctx = StepContext(self.runner, dist, PRECISIONS[cfg.train.precision].autocast(dist.device),
-                               parts.accum_steps, cfg.optim.label_smoothing, cfg.train.grad_clip_norm)
+                               parts.accum_steps, parts.global_batch, cfg.optim.label_smoothing,
+                               cfg.train.grad_clip_norm)
         self.saver = ckpt.Checkpointer(state, self.ckpt_dir, cfg.checkpoint.keep, cfg.checkpoint.every_steps, dist)
         self.progress = console.Progress(dist.is_main and cfg.train.progress_bar, parts.steps_per_epoch)
         if cfg.train.compile:
@@ -228,7 +237,7 @@ class Trainer:
         model, o, loader = cfg.model, cfg.optim, parts.train_loader
         return {
             "version": __version__, "run_name": cfg.run.name, "run_dir": os.path.abspath(cfg.run.dir),
-            "resumed_from": self.resume_from, "resumed_step": self.state.step,
+            "resumed_from": self.resume_from, "resumed_step": self.state.step, "world_size_was": self.world_was,
             "world_size": dist.world_size, "nodes": dist.num_nodes,
             "backend": tdist.get_backend() if tdist.is_initialized() else "none (one process)",
             "device": str(dist.device) if dist.device.type == "cpu" else torch.cuda.get_device_name(dist.device),
@@ -236,17 +245,18 @@ class Trainer:
             "cardinality": model.cardinality, "group_width": model.group_width,
             "parameters": sum(p.numel() for p in self.state.model.parameters()),
             "num_classes": model.num_classes, "init": self.init_note, "loader": cfg.data.loader,
-            "train_images": getattr(loader, "num_images", None)
-            or loader.batches_per_epoch * cfg.data.batch_size * dist.world_size,
+            "train_images": loader.num_images,
             "val_images": getattr(parts.val_loader, "num_images", 0) if parts.val_loader else 0,
             "train_res": cfg.data.train_res, "val_res": cfg.data.val_res,
-            "batch_size": cfg.data.batch_size, "accum_steps": parts.accum_steps, "global_batch": parts.global_batch,
+            "batch_size": cfg.data.batch_size, "micro_batch": parts.split.sizes_text(),
+            "accum_steps": parts.accum_steps, "global_batch": parts.global_batch,
             "steps_per_epoch": parts.steps_per_epoch, "epochs": cfg.train.epochs, "total_steps": self.total_steps,
             "precision": cfg.train.precision, "channels_last": cfg.train.channels_last, "compile": cfg.train.compile,
             "optimizer": type(self.state.optimizer).__name__, "peak_lr": peak_lr(o, parts.global_batch),
             "lr": o.lr, "scale_lr": o.scale_lr, "warmup_epochs": o.warmup_epochs, "schedule": o.schedule,
             "weight_decay": o.weight_decay, "label_smoothing": o.label_smoothing, "mlflow": mlflow,
             "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""), "restart": _restart_count(),
+            "reading": getattr(loader, "reading", None),  # data/loaders.py: the files read (staged?), the order
         }
 
     def train(self) -> None:
@@ -256,7 +266,8 @@ class Trainer:
         while state.step < self.last_step:
             epoch, res = state.epoch, train_res_for_epoch(cfg.data, state.epoch)
             done_steps = state.samples_in_epoch // parts.global_batch
-            batches = parts.train_loader.epoch(epoch, res=res, skip=done_steps * parts.accum_steps)
+            # from the epoch's global position: on another world size too, the images not trained on yet
+            batches = parts.train_loader.epoch(epoch, res=res, start=state.samples_in_epoch)
             self.progress.start_epoch(epoch, cfg.train.epochs, done_steps)
             t_epoch = time.perf_counter()
             for step_in_epoch in range(done_steps, parts.steps_per_epoch):
@@ -280,13 +291,13 @@ class Trainer:
             stop.requested = stop.requested or signal.SIGTERM
         wishes = (stop.requested, self.dist.is_main and self.interval.overdue(cfg.train.log_every_s)) \
             if cfg.train.nan_check or log_due else None
-        loss_sum, wait_s, agreed = train_step(state, batches, self.ctx, wishes)
+        loss_sum, images, wait_s, agreed = train_step(state, batches, self.ctx, wishes)
         state.samples_in_epoch = (step_in_epoch + 1) * parts.global_batch
-        self.interval.add(loss_sum, parts.accum_steps, wait_s)
+        self.interval.add(loss_sum, images, wait_s)
         loss = None
         if log_due or (agreed is not None and agreed.log_now):
             # Sync point: the loss is read from the device (and averaged over ranks) here only.
-            record = self.interval.record(state, res, parts.global_batch // parts.accum_steps)
+            record = self.interval.record(state, res, parts.global_batch, self.dist.world_size)
             loss = record["loss"]
             self.emit(record)
         self.progress.step(loss)
@@ -383,6 +394,11 @@ class Trainer:
             self.tracker.close(self.status, give_up=lambda: self.stop.count > signals)
         if self.lock is not None:
             self.lock.release()
+
+
+def _logged_after(log_path: str, step: int) -> int:
+    """Steps an earlier attempt logged after `step` (the checkpoint resumed from): trained again, not lost unsaid."""
+    return max([r["step"] - step for r in read_log(log_path) if r["kind"] == "step"] + [0])
 
 
 def _restart_count() -> int:

@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 import itertools
+import math
 import re
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Iterable, List, Tuple, Union
 
 from resnext_dist.errors import InputError
 
@@ -19,6 +20,19 @@ Grid = List[Tuple[str, List[str]]]
 
 def parse_sweep(spec: str) -> Tuple[str, List[str]]:
     """`KEY=V1,V2,...` or `KEY=START:STOP[:STEP]` (integers, STOP excluded, as Python's range) -> (key, values)."""
+    key, values = _parse(spec)
+    if isinstance(values, range):
+        return key, [str(v) for v in values]  # a range never repeats a value
+    seen = set()
+    for v in values:  # linear: a set, not a count per value
+        if v in seen:
+            raise InputError(f"--sweep {key}: value {v} given twice")
+        seen.add(v)
+    return key, values
+
+
+def _parse(spec: str) -> Tuple[str, Union[range, List[str]]]:
+    """(key, its values: a range, not listed, or the comma-separated texts), the key and each value checked."""
     key, sep, text = spec.partition("=")
     key = key.strip()
     if not sep or not key or not text.strip():
@@ -29,35 +43,39 @@ def parse_sweep(spec: str) -> Tuple[str, List[str]]:
     m = re.fullmatch(r"\s*(-?\d+):(-?\d+)(?::(-?\d+))?\s*", text)
     if m:
         start, stop, step = int(m.group(1)), int(m.group(2)), int(m.group(3) or 1)
-        values = [str(v) for v in range(start, stop, step)] if step else []
+        values = range(start, stop, step) if step else range(0)
         if not values:
             raise InputError(f"--sweep {spec}: the range {text} is empty (the end is excluded: 0:3 is 0, 1, 2)")
-    else:
-        values = [v.strip() for v in _split_top_level(text)]
-        if any(not v for v in values):
-            raise InputError(f"--sweep {spec}: an empty value")
-    twice = sorted({v for v in values if values.count(v) > 1})
-    if twice:
-        raise InputError(f"--sweep {key}: value {twice[0]} given twice")
+        return key, values
+    values = [v.strip() for v in _split_top_level(text)]
+    if any(not v for v in values):
+        raise InputError(f"--sweep {spec}: an empty value")
     return key, values
 
 
 def _split_top_level(text: str) -> List[str]:
     """Split at commas outside brackets: `[1,1,1,1],[2,2,2,2]` is two values."""
-    parts, depth, cur = [], 0, ""
-    for ch in text:
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
         if ch in "[{(":
             depth += 1
         elif ch in "]})":
             depth -= 1
-        if ch == "," and depth == 0:
-            parts, cur = parts + [cur], ""
-        else:
-            cur += ch
-    return parts + [cur]
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return parts + [text[start:]]
 
 
-def parse_grid(specs: Iterable[str]) -> Grid:
+def parse_grid(specs: Iterable[str], max_runs: int = 0) -> Grid:
+    """The grid of `specs`; with `max_runs`, a grid of more runs is refused first, its size counted without
+    listing a value (a range's length is arithmetic): `train.seed=0:100000` is refused at once."""
+    specs = list(specs)
+    if max_runs:
+        parsed = [_parse(spec) for spec in specs]
+        if grid_size(parsed) > max_runs:
+            raise InputError(f"--sweep: {describe_grid(parsed)} is more than --max-runs={max_runs}; pass "
+                             f"--max-runs {grid_size(parsed)} to submit them all")
     grid: Grid = []
     for spec in specs:
         key, values = parse_sweep(spec)
@@ -67,15 +85,19 @@ def parse_grid(specs: Iterable[str]) -> Grid:
     return grid
 
 
+def grid_size(grid) -> int:
+    return math.prod(len(values) for _, values in grid)
+
+
 def expand(grid: Grid) -> List[Dict[str, str]]:
     """Every combination, the first --sweep varying slowest."""
     keys = [k for k, _ in grid]
     return [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in grid))]
 
 
-def describe_grid(grid: Grid) -> str:
+def describe_grid(grid) -> str:
     """'4 runs (optim.lr x optim.weight_decay = 2 x 2)'."""
-    n = len(expand(grid))
+    n = grid_size(grid)
     return (f"{n} run{'s' if n != 1 else ''} ({' x '.join(k for k, _ in grid)} = "
             f"{' x '.join(str(len(v)) for _, v in grid)})")
 
@@ -89,9 +111,10 @@ def run_name(values: Dict[str, str]) -> str:
 
 
 def run_names(points: List[Dict[str, str]]) -> List[str]:
-    names = [run_name(p) for p in points]
-    for i, name in enumerate(names):
-        if names.index(name) != i:
-            raise InputError(f"--sweep: runs {names.index(name) + 1} and {i + 1} would both be named {name} "
-                             f"({points[names.index(name)]} and {points[i]})")
-    return names
+    names: Dict[str, int] = {}  # name -> its first run: linear in the number of runs
+    for i, point in enumerate(points):
+        first = names.setdefault(run_name(point), i)
+        if first != i:
+            raise InputError(f"--sweep: runs {first + 1} and {i + 1} would both be named {run_name(point)} "
+                             f"({points[first]} and {point})")
+    return list(names)

@@ -16,7 +16,7 @@ from typing import Any, Dict, List
 import submitit
 from submitit.core.utils import JobPaths
 
-from resnext_dist.config import TrainConfig, grad_accum_steps
+from resnext_dist.config import TrainConfig, batch_split
 from resnext_dist.slurm.checks import check_against_cluster, check_run_dir_free, run, tasks_per_node
 from resnext_dist.slurm.job import TrainJob
 from resnext_dist.tracking import experiment_link
@@ -29,8 +29,8 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT
 
 def check_slurm_config(cfg: TrainConfig) -> None:
     """What the config checks could not know when it loaded: the job's world size (slurm.nodes x tasks per node)
-    must divide the global batch. Caught here, not after the job starts; raises InputError."""
-    grad_accum_steps(cfg, cfg.slurm.nodes * tasks_per_node(cfg.slurm))
+    must be able to share the global batch. Caught here, not after the job starts; raises InputError."""
+    batch_split(cfg, cfg.slurm.nodes * tasks_per_node(cfg.slurm))
 
 
 def sbatch_parameters(s) -> Dict[str, Any]:

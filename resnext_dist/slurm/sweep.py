@@ -53,11 +53,8 @@ class Sweep:
 def plan(config: Optional[str], overrides: List[str], specs: List[str], max_runs: int) -> Sweep:
     """The sweep the command describes; InputError (naming the run, key and value) if any run is bad."""
     base = load_config(config, overrides)
-    grid = parse_grid(specs)
+    grid = parse_grid(specs, max_runs)  # too many runs: refused before any is listed
     points = expand(grid)
-    if len(points) > max_runs:
-        raise InputError(f"--sweep: {describe_grid(grid)} is more than --max-runs={max_runs}; pass "
-                         f"--max-runs {len(points)} to submit them all")
     name = sweep_name(config, overrides, base, grid)
     sweep_dir = os.path.abspath(os.path.join(base.run.root, name))
     old = read_sweep(sweep_dir)

@@ -5,7 +5,7 @@ PATH is what layout.find_weights finds: an export, a run directory, final_weight
 `model` entry only), or a plain state dict file as torchvision saves its downloads; keys saved from a DDP or
 compiled model (`module.`, `_orig_mod.`) are accepted too.
 Nothing read can run code: pickles go through safe_load.py, safetensors holds tensors only; a file that would need
-more is refused with InputError naming it.
+more is refused with InputError naming it, and so is anything but a regular file (a FIFO is never waited on).
 
 The load is strict. The one exception is the classifier (`fc.weight`, `fc.bias`) when its shape differs,
 i.e. model.num_classes differs from the weights': the model keeps its freshly initialized classifier and
@@ -14,13 +14,16 @@ the file and the first keys.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from typing import Dict, Tuple
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load
 
 from resnext_dist.errors import InputError, one_line
+from resnext_dist.files import open_regular
 from resnext_dist.weights.layout import find_weights
 from resnext_dist.weights.safe_load import safe_load
 
@@ -32,10 +35,7 @@ def read_state_dict(path: str) -> Tuple[Dict[str, torch.Tensor], str]:
     """(state dict on the CPU, a few words on what `path` was); InputError for anything unreadable or unsafe."""
     file, kind = find_weights(path)
     if kind == "export":
-        try:
-            return load_file(file), "export"
-        except (SafetensorError, OSError, ValueError) as e:
-            raise InputError(f"{file}: unreadable safetensors file ({one_line(e, 200)})") from None
+        return read_safetensors(file), "export"
     obj = safe_load(file, "weights file")
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and "step" in obj:
         obj, kind = obj["model"], f"checkpoint at step {obj['step']}"
@@ -44,6 +44,26 @@ def read_state_dict(path: str) -> Tuple[Dict[str, torch.Tensor], str]:
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise InputError(f"{file}: not a state dict (expected a dict of tensors, a checkpoint or an export)")
     return {_strip(k): v for k, v in obj.items()}, kind
+
+
+def read_safetensors(file: str, max_bytes: int = 0, sha256: str = "") -> Dict[str, torch.Tensor]:
+    """The tensors of the safetensors file `file`, read as a regular file (files.open_regular) at most `max_bytes`
+    long (0: any length) whose bytes have the digest `sha256` when one is given: the bytes checked are the bytes
+    loaded. InputError naming the file otherwise."""
+    try:
+        with open_regular(file, "a safetensors weights file") as f:
+            size = os.fstat(f.fileno()).st_size
+            if max_bytes and size > max_bytes:
+                raise InputError(f"{file}: {size} bytes, more than the {max_bytes} its model can need")
+            data = f.read()
+    except OSError as e:
+        raise InputError(f"{file}: unreadable safetensors file ({e.strerror or e})") from None
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise InputError(f"{file}: not the weights its model.json describes (sha256 differs)")
+    try:
+        return load(data)
+    except (SafetensorError, ValueError) as e:
+        raise InputError(f"{file}: unreadable safetensors file ({one_line(e, 200)})") from None
 
 
 def _strip(key: str) -> str:
@@ -69,7 +89,13 @@ def init_model(model: torch.nn.Module, path: str, new_classifier_ok: bool = True
     """Load the weights at `path` into `model` (strict; see the module docstring) and return a one-line note.
     `new_classifier_ok=False` (evaluate, predict) makes a classifier of another shape an error too."""
     sd, kind = read_state_dict(path)
-    file = find_weights(path)[0]  # the file read, which messages name (PATH may be a directory)
+    # the file read, which messages name (PATH may be a directory)
+    return load_weights(model, sd, find_weights(path)[0], kind, new_classifier_ok)
+
+
+def load_weights(model: torch.nn.Module, sd: Dict[str, torch.Tensor], file: str, kind: str,
+                 new_classifier_ok: bool = True) -> str:
+    """init_model's load of the state dict `sd` read from `file` (`kind`: a few words on what it was)."""
     own = model.state_dict()
     new_classifier = new_classifier_ok and all(
         k in sd and k in own and sd[k].shape != own[k].shape for k in CLASSIFIER)

@@ -1,7 +1,8 @@
 """The one reader of torch's pickle files (checkpoints, weights): `torch.load(weights_only=True)` onto the CPU with
 no global allowed beyond torch's own, so a file holds tensors, containers and plain values or is refused, never
 unpickled: nothing read can run code. numpy arrays are refused too: checkpoints hold none since format 2, and
-torchvision's and timm's weights never did. Errors (InputErrors) name the file and say `what` it was meant to be;
+torchvision's and timm's weights never did. Only a regular file is opened (files.open_regular: a FIFO or a device
+is refused at once, never waited on). Errors (InputErrors) name the file and say `what` it was meant to be;
 run/checkpoint.py words them as its own.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Optional
 import torch
 
 from resnext_dist.errors import InputError, one_line
+from resnext_dist.files import NotRegularFile, fd_path, open_regular
 
 MESSAGE_LIMIT = 300  # characters of a foreign error quoted in ours, cut at a word boundary
 
@@ -36,20 +38,29 @@ class RefusedFile(InputError):
 
 
 class UnreadableFile(InputError):
-    """A missing, truncated or foreign file (`missing` says which of the first)."""
+    """A missing, truncated or foreign file, or no regular file (`missing` says whether it is the first)."""
 
     def __init__(self, path: str, what: str, error: BaseException):
         self.missing = isinstance(error, FileNotFoundError)
-        super().__init__(f"{path}: no such {what}" if self.missing else
-                         f"{path}: unreadable {what} ({type(error).__name__}: {brief(error)})")
+        super().__init__(f"{path}: no such {what}" if self.missing else str(error) if isinstance(
+            error, NotRegularFile) else f"{path}: unreadable {what} ({type(error).__name__}: {brief(error)})")
 
 
 def safe_load(path: str, what: str, mmap: bool = False) -> Any:
     """The object in the torch file at `path`, on the CPU. `mmap` maps tensor storage instead of reading it (a cheap
     validity check of a large file)."""
     try:
-        # A legacy (non-zip) pickle cannot be mapped; it still goes through the weights-only unpickler.
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+        f = open_regular(path, f"a {what}")  # a FIFO or device is refused here, never waited on
+    except (NotRegularFile, OSError) as e:
+        raise UnreadableFile(path, what, e) from None
+    try:
+        with f:
+            # A legacy (non-zip) pickle cannot be mapped; it still goes through the weights-only unpickler. torch
+            # maps by name: fd_path names the file checked, whatever `path` points at by now.
+            if mmap and zipfile.is_zipfile(f):
+                return torch.load(fd_path(f), map_location="cpu", weights_only=True, mmap=True)
+            f.seek(0)
+            return torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise RefusedFile(path, what, e) from None
     except Exception as e:  # torch's zip reader says RuntimeError for a torn file; any failure means unreadable

@@ -181,3 +181,50 @@ def test_predict_bad_input(trained, tmp_path):
     assert r.returncode == 2 and r.stderr.startswith(f"error: {bad}: unreadable image") and r.stdout == ""
     r = predict([os.path.join(trained, "final_weights.pt"), str(bad)])  # no architecture with plain weights
     assert r.returncode == 2 and "give --config" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# ---- fail early, never hang (issue 25)
+
+
+def tiny_export(tmp_path, *extra):
+    from tests.tiny import TINY
+    cfg = load_config(None, [*TINY, *extra])
+    torch.manual_seed(0)
+    return write_export(models.build_model(cfg.model), cfg, str(tmp_path / "export")), TINY
+
+
+def test_evaluate_json_to_a_read_only_path_is_refused_before_the_evaluation(tmp_path):
+    from tests.mounts import small_tmpfs
+
+    export, tiny = tiny_export(tmp_path)
+    with small_tmpfs(tmp_path / "ro", "64k") as ro:
+        assert not os.system(f"mount -o remount,ro {ro}")
+        out = os.path.join(ro, "figures", "eval.json")
+        r = evaluate([*tiny, f"model.init={export}", "--json", out], timeout=120)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr == f"error: --json {out}: cannot be written: {ro} is not writable by this user\n"
+    assert "evaluating" not in r.stdout and not LINE.search(r.stdout)  # said before the work, not after it
+
+
+def test_predict_on_a_folder_holding_a_fifo_named_like_an_image_exits_2_naming_it(tmp_path):
+    export, _ = tiny_export(tmp_path)
+    digit_pngs(str(tmp_path / "imgs"), n=2)
+    fifo = tmp_path / "imgs" / "x.jpg"
+    os.mkfifo(fifo)
+    r = predict([export, str(tmp_path / "imgs")], timeout=120)  # it hung here, SIGKILL needed
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == f"error: {fifo}: a FIFO, not a regular file\n"
+
+
+def test_predict_refuses_a_hostile_export_in_one_line(tmp_path):
+    export, _ = tiny_export(tmp_path)
+    paths = digit_pngs(str(tmp_path / "imgs"), n=1)
+    meta_file = os.path.join(export, "model.json")
+    with open(meta_file) as f:
+        meta = json.load(f)
+    meta["preprocessing"]["crop_ratio"] = 0  # predicted silently wrong before
+    with open(meta_file, "w") as f:
+        json.dump(meta, f)
+    r = predict([export, paths[0]], timeout=120)
+    assert r.returncode == 2 and r.stdout == "" and "Traceback" not in r.stderr
+    assert r.stderr == (f"error: {meta_file}: preprocessing: data.val_crop_ratio=0: must be in [0.25, 1]\n")

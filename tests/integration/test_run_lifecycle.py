@@ -21,22 +21,26 @@ def test_a_changed_identity_key_is_refused_with_the_diff_and_nothing_is_written(
     run = tmp_path / "run"
     ok(run_train(run, ["train.epochs=1", "train.max_steps=4"]))
     before = {p: (run / p).read_bytes() for p in ("config.yaml", "log.jsonl", "DONE")}
-    r = run_train(run, ["train.epochs=1", "optim.lr=0.3", "data.batch_size=4"])
+    r = run_train(run, ["train.epochs=1", "optim.lr=0.3", "optim.global_batch_size=32"])
     assert r.returncode == 2
     err = r.stderr.strip()
-    assert err.count("\n") == 0 and "optim.lr: 1.0 -> 0.3" in err and "data.batch_size: 8 -> 4" in err
+    # the global batch is the identity (config.yaml records the one a new run got: data.batch_size x world size)
+    assert err.count("\n") == 0 and "optim.lr: 1.0 -> 0.3" in err and "optim.global_batch_size: 8 -> 32" in err
     assert "run.name" in err  # the way out
     assert {p: (run / p).read_bytes() for p in before} == before
 
 
 def test_an_allowed_change_resumes_and_is_logged(tmp_path):
+    """data.batch_size is memory: a smaller one continues the run at its global batch of 8, in 2 micro-steps."""
     run = tmp_path / "run"
     ok(run_train(run, ["train.epochs=1", "train.max_steps=4"]))
-    ok(run_train(run, ["train.epochs=1", "train.log_every_steps=4"]))
+    ok(run_train(run, ["train.epochs=1", "train.log_every_steps=4", "data.batch_size=4"]))
     records = read_log(run / "log.jsonl")
     changed = [x for x in records if x["kind"] == "event" and x["event"] == "config_changed"]
     assert {(c["key"], c["old"], c["new"]) for c in changed} >= {("train.log_every_steps", 2, 4),
-                                                                  ("train.max_steps", 4, 0)}
+                                                                  ("train.max_steps", 4, 0), ("data.batch_size", 8, 4)}
+    start = [x for x in records if x["kind"] == "start"][-1]
+    assert (start["global_batch"], start["accum_steps"], start["steps_per_epoch"]) == (8, 2, 32)
     assert "log_every_steps: 4" in (run / "config.yaml").read_text()
 
 

@@ -321,6 +321,34 @@ def test_torchrun_sbatch_requeues_on_usr2_and_trains_to_done(slurm_cluster, plai
     assert_same_weights(tmp_path / "torchrun", plain_jobs["one_node"].run_dir)
 
 
+def test_torchrun_sbatch_with_a_node_range_comes_back_on_fewer_nodes_and_continues(slurm_cluster, recipe, tmp_path):
+    """`sbatch --nodes=1-2` + MIN_NODES=1: the job starts on both nodes (world size 2, global batch 16). One node is
+    drained (gone for the job's next attempt), the job is preempted and requeued, comes back on the one node left
+    and trains to the end at world size 1, the same global batch, saying so in log.jsonl."""
+    job_id = sbatch(slurm_cluster, "--gpus-per-node=0", "--nodes=1-2", "--cpus-per-task=1",
+                    f"--output={tmp_path}/range-%j.out", "slurm/torchrun.sbatch", "--config", str(recipe),
+                    f"run.root={tmp_path}", "run.name=range", env_extra={"NPROC_PER_NODE": "1", "MIN_NODES": "1"})
+    run_dir = tmp_path / "range"
+    wait_for_step(run_dir, 20)
+    nodes = slurm_cluster.run("scontrol", "show", "hostnames", job_info(slurm_cluster, job_id)["NodeList"]).stdout.split()
+    assert len(nodes) == 2, nodes
+    slurm_cluster.run("scontrol", "update", f"nodename={nodes[1]}", "state=drain", "reason=test-node-range")
+    try:
+        slurm_cluster.run("scancel", "--batch", "--signal=USR2", job_id)
+        info = wait_job(slurm_cluster, job_id)
+    finally:
+        slurm_cluster.run("scontrol", "update", f"nodename={nodes[1]}", "state=resume")
+    output = (tmp_path / f"range-{job_id}.out").read_text()
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", output
+    assert "attempt 1: 2 node(s) x 1, rendezvous" in output and "elastic down to 1 node(s)" in output, output
+    assert "attempt 2: 1 node(s) x 1" in output, output
+    recs = records(run_dir)
+    starts = [r for r in recs if r["kind"] == "start"]
+    assert [(s["world_size"], s["global_batch"]) for s in starts] == [(2, 16), (1, 16)]
+    assert [(r["old"], r["new"]) for r in recs if r.get("event") == "world_size_changed"] == [(2, 1)]
+    assert_trained_to_done(run_dir)
+
+
 # ---- 5. options the cluster cannot satisfy: a clear error, not a job pending forever
 
 

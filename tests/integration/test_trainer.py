@@ -39,6 +39,45 @@ def test_ddp_equals_single_process(tmp_path):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
 
 
+def test_uneven_micro_batches_on_3_ranks_equal_one_process_with_the_global_batch(tmp_path):
+    """The whole trainer: a global batch of 16 on 3 ranks of at most 3 images (2 micro-steps, groups
+    [3, 3, 3, 3, 2, 2]: rank 0 takes 3 + 3 images, ranks 1 and 2 take 3 + 2) trains to the weights of one process
+    reading the same 6 groups (data.batch_size=3 there too: BatchNorm normalizes over the same images), to float
+    rounding, with the same logged losses. (That each micro-batch is weighed by its images: the next test.)"""
+    common = ["train.epochs=1", "train.max_steps=6", "train.deterministic=true", "data.batch_size=3",
+              "optim.global_batch_size=16"]
+    ok(run_train(tmp_path / "ddp", common, nproc=3))
+    ok(run_train(tmp_path / "single", common, nproc=1))
+    a, b = params(tmp_path / "ddp"), params(tmp_path / "single")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6, msg=k)
+    starts = [r for r in read_log(tmp_path / "ddp" / "log.jsonl") if r["kind"] == "start"]
+    assert (starts[0]["global_batch"], starts[0]["accum_steps"], starts[0]["micro_batch"]) == (16, 2, "2-3")
+    ddp, single = ([r["loss"] for r in read_log(tmp_path / run / "log.jsonl") if r["kind"] == "step"]
+                   for run in ("ddp", "single"))
+    assert ddp == pytest.approx(single, rel=1e-5)  # the mean over the global batch's images
+
+
+@pytest.mark.parametrize("world, max_micro", [(3, 3), (3, 16), (1, 3)])
+def test_a_step_with_uneven_micro_batches_is_one_process_with_the_global_batch(tmp_path, world, max_micro):
+    """The real train_step on 3 ranks (DDP, gloo) with a global batch of 16: micro-batches of at most 3 (groups
+    [3, 3, 3, 3, 2, 2], ranks taking 6, 5 and 5 images) or at most 16 (one micro-batch each of 6, 5, 5), and on one
+    process (6 micro-steps): the update is the hand-written one of one process, the mean loss over the 16 images
+    with BatchNorm over the same groups, to float rounding. Weighing the micro-batches or the ranks equally
+    (loss / accum_steps, DDP's plain average) would not be."""
+    from tests.step_probe import reference_step
+
+    out = tmp_path / "weights.pt"
+    cmd = [PYTHON, "-m", "torch.distributed.run", f"--nproc_per_node={world}", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", "-m", "tests.step_probe", "16", str(max_micro), str(out)]
+    r = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got, want = torch.load(out, weights_only=True), reference_step(16, max_micro, world)
+    for k in want:
+        if "running_" not in k and "num_batches_tracked" not in k:
+            torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
 def test_run_directory_contract_and_done_means_done(tmp_path):
     run = tmp_path / "run"
     r = ok(run_train(run, ["train.epochs=2"], nproc=2))

@@ -366,7 +366,8 @@ def test_a_fifo_in_the_checkpoints_folder_is_skipped_without_being_opened(tmp_pa
     (tmp_path / "latest").write_text("step_00000009.pt\n")
     skipped = []
     assert choose("auto", tmp_path, skipped) == good
-    assert skipped == [(str(tmp_path / "step_00000009.pt"), f"{tmp_path / 'step_00000009.pt'}: not a regular file")]
+    assert skipped == [(str(tmp_path / "step_00000009.pt"), f"{tmp_path / 'step_00000009.pt'}: a FIFO, not a regular "
+                                                            f"file; expected a checkpoint")]
 
 
 def test_a_branch_moves_the_abandoned_later_checkpoints_aside_and_latest_names_its_start(tmp_path):

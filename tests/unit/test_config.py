@@ -9,7 +9,7 @@ import yaml
 from resnext_dist.config import schema as config_schema
 from resnext_dist.errors import InputError
 
-from resnext_dist.config import TrainConfig, grad_accum_steps, load_config, to_flat_dict, to_yaml, validate
+from resnext_dist.config import TrainConfig, batch_split, load_config, to_flat_dict, to_yaml, validate
 
 RECIPES = ["configs/quickstart.yaml", "configs/resnext50_imagenet.yaml", "configs/resnext101_imagenet.yaml",
            "configs/resnext152_imagenet.yaml", "configs/cifar100_resnext50.yaml"]
@@ -68,13 +68,20 @@ def test_unknown_key_in_a_yaml_file_names_the_file(tmp_path):
         load_config(str(p), [])
 
 
-def test_global_batch_must_divide_by_world_size():
+def test_any_world_size_shares_the_global_batch_that_has_an_image_for_each_process():
+    """The global batch need not divide: 96 on 2 processes of at most 32 = 2 micro-steps of 24 each; on 5, micro-
+    batches of 19-20. It only has to give every process an image (and data.batch_size=1 an even share)."""
     cfg = load_config(None, ["data.batch_size=32", "optim.global_batch_size=96"])
-    assert grad_accum_steps(cfg, 1) == 3
-    with pytest.raises(InputError, match=r"optim.global_batch_size=96 is not a multiple of data.batch_size=32 x world size 2"):
-        validate(cfg, world_size=2)
-    cfg = load_config(None, ["data.batch_size=32", "optim.global_batch_size=128"])
-    assert grad_accum_steps(cfg, 2) == 2
+    assert batch_split(cfg, 1).accum_steps == 3 and batch_split(cfg, 2).micro_sizes(0) == [24, 24]
+    validate(cfg, world_size=5)
+    assert batch_split(cfg, 5).sizes_text() == "19-20"
+    with pytest.raises(InputError, match=r"^optim.global_batch_size=96 is less than one image per process on 97 "
+                                         r"processes: run it on at most 96 processes$"):
+        validate(cfg, world_size=97)
+    with pytest.raises(InputError, match=r"^data.batch_size=1 cannot share a global batch of 96 among 5 processes"):
+        validate(load_config(None, ["data.batch_size=1", "optim.global_batch_size=96"]), world_size=5)
+    cfg = load_config(None, ["data.batch_size=32"])  # 0: data.batch_size x world size, one micro-step
+    assert batch_split(cfg, 3).global_batch == 96 and batch_split(cfg, 3).accum_steps == 1
 
 
 def test_yaml_round_trip_and_flat_dict():
@@ -94,7 +101,7 @@ def test_cli_print_config_and_help():
     assert r.returncode == 0, r.stderr
     assert yaml.safe_load(r.stdout)["train"]["epochs"] == 7
     r = run_cli("--help")
-    assert r.returncode == 0 and "data.batch_size" in r.stdout and "images per process" in r.stdout
+    assert r.returncode == 0 and "data.batch_size" in r.stdout and "largest micro-batch a process" in r.stdout
 
 
 def test_cli_bad_key_exits_2_with_one_line():
@@ -234,8 +241,8 @@ def clean_mlflow_env(monkeypatch):
 
 
 def test_credentials_leave_the_uri_for_mlflows_environment(clean_mlflow_env, capsys):
-    cfg = load_config(None, ["tracking.uri=http://alice:s3cr%40t@mlflow.example:5000/base?token=tok123&x=1"])
-    assert cfg.tracking.uri == "http://mlflow.example:5000/base?x=1"
+    cfg = load_config(None, ["tracking.uri=http://alice:s3cr%40t@mlflow.example:5000/base?token=tok123"])
+    assert cfg.tracking.uri == "http://mlflow.example:5000/base"
     assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice"
     assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "s3cr@t"
     assert os.environ["MLFLOW_TRACKING_TOKEN"] == "tok123"
@@ -247,7 +254,8 @@ def test_credentials_leave_the_uri_for_mlflows_environment(clean_mlflow_env, cap
 
 def test_a_uri_without_credentials_is_kept_exactly():
     from resnext_dist.config.credentials import move_uri_credentials
-    for uri in ("sqlite:////tmp/x/mlflow.db", "sqlite:///rel.db", "file:///tmp/m", "http://h:5000/p?x=1"):
+    for uri in ("sqlite:////tmp/x/mlflow.db", "sqlite:///rel.db", "file:///tmp/m", "http://h:5000/p", "/tmp/mlruns",
+                "databricks", "http://[::1]:5000/x", "postgresql://db:5432/mlflow?sslmode=require&connect_timeout=5"):
         assert move_uri_credentials(uri, {}) == uri
 
 
@@ -261,7 +269,7 @@ def test_credentials_already_in_the_environment_win(clean_mlflow_env):
 def test_a_secret_mlflow_cannot_take_is_refused_without_echoing_it(clean_mlflow_env):
     with pytest.raises(InputError) as e:
         load_config(None, ["tracking.uri=http://host:5000?api_key=hunter2"])
-    assert "api_key" in str(e.value) and "hunter2" not in str(e.value)
+    assert "query item 1 of 1" in str(e.value) and "hunter2" not in str(e.value)
     assert load_config(None, ["tracking.uri=file:///tmp/mlruns"]).tracking.uri == "file:///tmp/mlruns"
 
 
@@ -271,20 +279,83 @@ def test_credentials_never_reach_the_printed_config(clean_mlflow_env):
     assert "pw-xyz" not in r.stdout + r.stderr and "uri: http://h:5000" in r.stdout
 
 
-def test_a_database_password_is_refused_not_moved(clean_mlflow_env):
+def test_user_info_in_a_database_uri_is_refused_not_moved(clean_mlflow_env):
+    for uri in ("postgresql://ml:dbpass@db/mlflow", "postgresql://dbpass@db/mlflow", "mysql://dbpass:@db/m"):
+        with pytest.raises(InputError) as e:
+            load_config(None, [f"tracking.uri={uri}"])
+        assert "PGPASSWORD" in str(e.value) and "dbpass" not in str(e.value)
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ and "MLFLOW_TRACKING_USERNAME" not in os.environ
+
+
+# ---- secrets by allowlist (#25 item 5): of a URI, only scheme, host, port and path are kept
+
+SECRET = "Zq9SECRETvalue"
+SECRET_SHAPES = [  # the issue's shapes, then the class: any name, any place a URI can hold one
+    f"http://h:5000?api-key={SECRET}", f"http://h:5000/?X-Amz-Signature={SECRET}", f"http://h?access-token={SECRET}",
+    f"https://h/base?private_token={SECRET}", f"http://h:5000#token={SECRET}", f"http://h:5000/p;token={SECRET}",
+    f"http://h?{SECRET}", f"http://h?x=1&sig={SECRET}", f"http://h?Password={SECRET}", f"http://h/#{SECRET}",
+    f"http://h?{SECRET}=1", f"https://h/a;{SECRET}/b", f"sqlite:////tmp/m.db?key={SECRET}", f"file:///tmp/m#{SECRET}",
+    f"postgresql://u:{SECRET}@db/m", f"postgresql://{SECRET}@db/m?sslmode=require", f"mysql://db/m?password={SECRET}",
+    f"file:/tmp/m?token={SECRET}", f"databricks://p?token={SECRET}",
+]
+MOVED_SHAPES = [  # what MLflow takes from its variables: moved, and the run goes on
+    (f"http://alice:{SECRET}@h:5000/base", "http://h:5000/base", "MLFLOW_TRACKING_PASSWORD"),
+    (f"https://{SECRET}@h", "https://h", "MLFLOW_TRACKING_USERNAME"),
+    (f"http://h:5000/?token={SECRET}", "http://h:5000/", "MLFLOW_TRACKING_TOKEN"),
+    (f"http://h?access_token={SECRET}", "http://h", "MLFLOW_TRACKING_TOKEN"),
+]
+
+
+@pytest.mark.parametrize("uri", SECRET_SHAPES)
+def test_a_secret_in_any_other_part_of_the_uri_is_refused_without_echoing_it(clean_mlflow_env, capsys, uri):
     with pytest.raises(InputError) as e:
-        load_config(None, ["tracking.uri=postgresql://ml:dbpass@db/mlflow"])
-    assert "PGPASSWORD" in str(e.value) and "dbpass" not in str(e.value)
-    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ
-    assert load_config(None, ["tracking.uri=postgresql://ml@db/mlflow"]).tracking.uri == "postgresql://ml@db/mlflow"
+        load_config(None, [f"tracking.uri={uri}"])
+    message = str(e.value)
+    assert message.startswith("tracking.uri: ") and "\n" not in message
+    assert SECRET not in message + capsys.readouterr().out and not any(SECRET in os.environ.get(k, "")
+                                                                        for k in SECRET_ENV)
+
+
+@pytest.mark.parametrize("uri, kept, variable", MOVED_SHAPES)
+def test_credentials_mlflow_can_take_are_moved_and_only_scheme_host_port_path_stay(clean_mlflow_env, uri, kept,
+                                                                                   variable):
+    cfg = load_config(None, [f"tracking.uri={uri}"])
+    assert cfg.tracking.uri == kept and os.environ[variable] == SECRET
+    assert SECRET not in to_yaml(cfg) + repr(to_flat_dict(cfg))
+
+
+def test_no_query_name_keeps_a_value_in_the_uri(clean_mlflow_env):
+    """The allowlist, not a list of secret names: a query item of any name is either a database connection option
+    (kept), an http(s) token (moved) or refused; generated names stand for the names nobody listed."""
+    from resnext_dist.config.credentials import KEPT_QUERY, move_uri_credentials
+    names = ["".join(chr(97 + (i * 7 + j * 3) % 26) for j in range(1 + i % 9)) + sep
+             for i in range(200) for sep in ("", "-key", "_token", "Sig")]
+    for name in names + ["token", "access_token", *KEPT_QUERY]:
+        for uri in (f"http://h:5000/p?{name}={SECRET}", f"postgresql://db/m?{name}={SECRET}"):
+            env = {}
+            try:
+                kept = move_uri_credentials(uri, env)
+            except InputError as e:
+                assert SECRET not in str(e)
+                continue
+            assert name.lower() in KEPT_QUERY + ("token", "access_token"), name
+            assert SECRET not in kept or name.lower() in KEPT_QUERY  # a connection option is no credential
 
 
 # ---- one place per key (#24 item 2)
 
 
 def test_the_quickstarts_run_name_is_stable():
-    """Default run names carry the identity hash: the same command must find the same run directory."""
-    assert load_config("configs/quickstart.yaml", []).run.name == "quickstart-bbc6a202"
+    """Default run names carry the identity hash: the same command must find the same run directory (issue 30
+    changed it once: data.batch_size left the identity)."""
+    assert load_config("configs/quickstart.yaml", []).run.name == "quickstart-996f84c3"
+
+
+def test_the_global_batch_names_the_run_and_a_process_batch_does_not():
+    """data.batch_size is a process's memory: a smaller one on a resume finds the same run directory; another
+    global batch is another run."""
+    name = lambda *o: load_config("configs/quickstart.yaml", list(o)).run.name
+    assert name("data.batch_size=4") == name() != name("optim.global_batch_size=64")
 
 
 def _collections_naming_keys():
@@ -365,3 +436,77 @@ def test_slurm_keys_that_contradict_each_other_are_refused_at_load():
         load_config(None, ["slurm.tasks_per_node=2"])
     with pytest.raises(InputError, match=r"^slurm.signal_delay_s=3600 is not shorter than slurm.timeout_min=60 "):
         load_config(None, ["slurm.signal_delay_s=3600", "slurm.timeout_min=60"])
+
+
+# ---- fail early (#25 item 8): the model's size and memory from the config alone; paths that are no files
+
+
+@pytest.mark.parametrize("model", [
+    {}, {"arch": "resnext101_32x8d"}, {"arch": "resnext152_32x4d", "stem": "cifar", "num_classes": 7},
+    {"layers": [1, 1, 1, 1], "cardinality": 2, "group_width": 4, "base_channels": 8, "stem": "cifar"},
+    {"layers": [2, 1, 3, 1], "cardinality": 3, "group_width": 5, "base_channels": 16, "blurpool": True},
+])
+def test_the_size_estimate_is_the_built_models(model):
+    import torch
+
+    from resnext_dist.config import ModelConfig
+    from resnext_dist.models import build_model
+    from resnext_dist.models.presets import size_estimate
+
+    cfg = ModelConfig(**model)
+    net, res = build_model(cfg), 35 if cfg.stem == "cifar" else 67  # odd sides: the rounding of every stride
+    outputs = []
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(lambda mod, i, out: outputs.append(out.numel()))
+    with torch.no_grad():
+        net.eval()(torch.zeros(1, 3, res, res))
+    assert size_estimate(cfg, res) == (sum(p.numel() for p in net.parameters()), sum(outputs))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.group_width=100000", "model.group_width=100000: a model of 8.85e+14 parameters (3.54 PB of fp32 weights) "
+                                 "is more than this machine's memory"),
+    ("model.layers=[3,4,1000000000,3]", "model.layers=[3, 4, 1000000000, 3]: a model of"),
+    ("model.num_classes=1000000000", "model.num_classes=1000000000: a model of"),
+    ("model.base_channels=1000000", "model.base_channels=1000000: a model of"),
+    ("data.batch_size=10000000", "data.batch_size=10000000 at 224 px with model.arch='resnext50_32x4d': training "
+                                 "needs at least"),
+])
+def test_an_absurd_model_or_batch_is_one_line_at_load_never_an_allocation(override, message):
+    import time
+    t0 = time.monotonic()
+    with pytest.raises(InputError) as e:
+        load_config(None, [override])
+    assert time.monotonic() - t0 < 5 and str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_group_width_100000_is_one_line_on_the_command_line():
+    r = run_cli("model.group_width=100000", "tracking.enabled=false")
+    assert r.returncode == 2 and r.stderr.startswith("error: model.group_width=100000: a model of "), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_a_config_or_checkpoint_path_that_is_a_fifo_is_refused_never_waited_on(tmp_path):
+    from tests.unit.test_files import deadline
+
+    os.mkfifo(tmp_path / "recipe.yaml")
+    os.mkfifo(tmp_path / "step.pt")
+    with deadline(), pytest.raises(InputError, match=r"recipe.yaml: a FIFO, not a regular file; expected a YAML"):
+        load_config(str(tmp_path / "recipe.yaml"), [])
+    with deadline(), pytest.raises(InputError, match=r"^checkpoint.resume='.*step.pt': a FIFO, not a regular file$"):
+        load_config(None, [f"checkpoint.resume={tmp_path / 'step.pt'}"])
+
+
+def test_a_global_batch_of_zero_is_the_runs_own_never_another_run(tmp_path):
+    """optim.global_batch_size=0 means "the run's own": against a recorded 8 (or a recorded 0 of an older
+    config.yaml) it is no change of identity, for the trainer and for a sweep resubmitted; 8 against 16 is."""
+    from resnext_dist.run.rundir import check_identity
+
+    run = [f"run.dir={tmp_path}/r"]
+    recorded = to_flat_dict(load_config(None, run + ["optim.global_batch_size=8"]))
+    assert check_identity(load_config(None, run), recorded) == []
+    assert check_identity(load_config(None, run + ["optim.global_batch_size=8"]), dict(recorded, **{
+        "optim.global_batch_size": 0})) == []
+    with pytest.raises(InputError, match=r"holds another run \(optim.global_batch_size: 8 -> 16\)"):
+        check_identity(load_config(None, run + ["optim.global_batch_size=16"]), recorded)

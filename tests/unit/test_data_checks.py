@@ -41,11 +41,15 @@ def test_labels_outside_num_classes_name_the_file_and_the_first_bad_label(beton)
     one_line_error(e, beton, "image 10 has label 10", "[0, 10)", "model.num_classes=10")
 
 
-@pytest.mark.parametrize("case", ["missing", "directory", "garbage", "empty_file", "truncated"])
+@pytest.mark.parametrize("case", ["missing", "directory", "garbage", "empty_file", "truncated", "fifo"])
 def test_unusable_beton_files(tmp_path, beton, case):
+    from tests.unit.test_files import deadline
+
     path = tmp_path / "x.beton"
     if case == "directory":
         path.mkdir()
+    elif case == "fifo":  # refused, never waited on (issue 25)
+        os.mkfifo(path)
     elif case == "garbage":
         path.write_bytes(os.urandom(5000))
     elif case == "empty_file":
@@ -53,7 +57,7 @@ def test_unusable_beton_files(tmp_path, beton, case):
     elif case == "truncated":
         with open(beton, "rb") as f:
             path.write_bytes(f.read(700))
-    with pytest.raises(DataError) as e:
+    with deadline(30), pytest.raises(DataError) as e:
         check(loader="ffcv", train=str(path))
     one_line_error(e, path)
 

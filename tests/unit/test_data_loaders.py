@@ -1,4 +1,5 @@
-"""The three loaders behind one interface, in one process: order, skip, resolution, exact validation.
+"""The three loaders behind one interface, in one process: order, resume position, an uneven split of the global
+batch, resolution, exact validation.
 
 The same 37 training and 11 validation images (3 classes, 24x20 px PNGs) are read as an ImageFolder by
 the torchvision loader and as a raw-mode .beton by the FFCV loader; synthetic needs no files. FFCV
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from resnext_dist.data import build_loaders
-from resnext_dist.data.sharding import train_shard
+from resnext_dist.data.sharding import epoch_permutation, train_shard
 from resnext_dist.data.sources import ImageFolderSource
 from resnext_dist.dist import DistInfo
 from tests.data_helpers import data_cfg, make_image_folder, unnormalize, write
@@ -34,12 +35,12 @@ def dataset(tmp_path_factory):
     return {"paths": paths, "train_labels": train_src.labels, "val_labels": val_src.labels}
 
 
-def build(dataset, kind, channels_last=True, **fields):
+def build(dataset, kind, channels_last=True, global_batch=0, **fields):
     train, val = dataset["paths"][kind]
-    fields = {"random_crop": False, **fields}
-    cfg = data_cfg(loader=kind, train=train, val=val, batch_size=BATCH, synthetic_size=N, val_synthetic_size=11,
-                   **fields)
-    return build_loaders(cfg, DistInfo(), seed=SEED, num_classes=3, channels_last=channels_last)
+    fields = {"random_crop": False, "batch_size": BATCH, **fields}
+    cfg = data_cfg(loader=kind, train=train, val=val, synthetic_size=N, val_synthetic_size=11, **fields)
+    return build_loaders(cfg, DistInfo(), seed=SEED, num_classes=3, channels_last=channels_last,
+                         global_batch=global_batch)
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +48,8 @@ def loaders(dataset):
     return {kind: build(dataset, kind) for kind in KINDS}
 
 
-def epoch(train, e, res=16, skip=0):
-    batches = list(train.epoch(e, res, skip))
+def epoch(train, e, res=16, start=0):
+    batches = list(train.epoch(e, res, start))
     return [x for x, _ in batches], [y for _, y in batches]
 
 
@@ -75,14 +76,33 @@ def test_epoch_order_is_the_sharded_permutation_of_seed_and_epoch(dataset, loade
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_skip_resumes_inside_an_epoch_exactly(loaders, kind):
+def test_start_resumes_inside_an_epoch_exactly(loaders, kind):
     train, _ = loaders[kind]
     images, labels = epoch(train, 2)
-    images_skip, labels_skip = epoch(train, 2, skip=3)
+    images_skip, labels_skip = epoch(train, 2, start=3 * BATCH)  # 3 steps of one batch done
     assert len(labels_skip) == len(labels) - 3
     for a, b, ya, yb in zip(images[3:], images_skip, labels[3:], labels_skip):
         assert torch.equal(ya, yb) and torch.equal(a, b)
-    assert epoch(train, 2, skip=train.batches_per_epoch)[1] == []
+    assert epoch(train, 2, start=train.steps_per_epoch * BATCH)[1] == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_uneven_global_batch_is_cut_into_micro_batches_of_the_global_order(dataset, kind):
+    """A global batch of 11 with micro-batches of at most 4: 3 micro-steps of 4, 4 and 3 images per step (FFCV
+    reads batches of 4 and the loader re-cuts them), 3 whole steps of the 37 images, in the epoch's global order;
+    resumed 1 step in, the same images of the remaining steps."""
+    train, _ = build(dataset, kind, batch_size=4, global_batch=11)
+    assert (train.steps_per_epoch, train.batches_per_epoch) == (3, 9)
+    images, labels = epoch(train, 1)
+    assert [len(y) for y in labels] == [4, 4, 3] * 3
+    assert all(x.shape[0] == len(y) and x.is_contiguous(memory_format=torch.channels_last)
+               for x, y in zip(images, labels))
+    order = epoch_permutation(N, seed=SEED, epoch=1)[:33]
+    if kind != "synthetic":
+        assert np.array_equal(torch.cat(labels).numpy(), dataset["train_labels"][order])
+    rest_images, rest = epoch(train, 1, start=11)
+    assert [len(y) for y in rest] == [4, 4, 3] * 2
+    assert all(torch.equal(a, b) for a, b in zip(rest + rest_images, labels[3:] + images[3:]))
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -80,6 +80,33 @@ def test_a_corrupt_image_is_found_when_decoded_and_named(tmp_path):
         src[1]
 
 
+@pytest.mark.parametrize("kind", ["fifo", "fifo-link", "socket", "device-link"])
+def test_an_image_that_is_no_regular_file_is_named_never_waited_on(tmp_path, kind):
+    from tests.unit.test_files import deadline, not_regular
+
+    make_image_folder(tmp_path / "t", classes=("a",), per_class=1)
+    path = not_regular(tmp_path / "t" / "a", kind)
+    src = ImageFolderSource(str(tmp_path / "t"))
+    assert src.describe(1) == path
+    with deadline(), pytest.raises(CorruptImage, match=f"^{path}: .*not a regular file; expected an image file$"):
+        src[1]
+
+
+def test_cifar_files_and_class_names_that_are_no_regular_files_are_refused(tmp_path):
+    from resnext_dist.data.sources import class_names_for
+    from tests.unit.test_files import deadline
+
+    make_cifar_folder(tmp_path / "c")
+    os.remove(tmp_path / "c" / "test_batch")
+    os.mkfifo(tmp_path / "c" / "test_batch")
+    (tmp_path / "x.beton").write_bytes(b"")
+    os.mkfifo(tmp_path / "x.classes.json")
+    with deadline(), pytest.raises(DataError, match="test_batch: a FIFO, not a regular file; expected a CIFAR file$"):
+        CifarSource(str(tmp_path / "c"), "val")
+    with deadline(), pytest.raises(DataError, match="x.classes.json: a FIFO, not a regular file"):
+        class_names_for(str(tmp_path / "x.beton"))
+
+
 @pytest.mark.parametrize("kind", ["cifar10", "cifar100"])
 def test_cifar_python_folder_both_splits(tmp_path, kind):
     train_labels, val_labels = make_cifar_folder(tmp_path / kind, kind=kind)

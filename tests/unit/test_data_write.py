@@ -321,3 +321,70 @@ def test_signal_while_writing_stops_promptly_and_cleans_up(tmp_path, sig, to_gro
     assert "Traceback" not in stderr
     assert os.listdir(tmp_path) == []
     assert wait_session_empty(p.pid) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# One writer per output, an output checked before the work, no FIFO waited on (issue 25)
+
+
+def test_a_second_writer_of_the_same_beton_exits_2_naming_the_first_which_finishes_undisturbed(tmp_path, capsys):
+    from resnext_dist.exclusive import read_lease
+
+    out = tmp_path / "o.beton"
+    lock = tmp_path / ".o.beton.lock"
+    first = writer_process("--source", "synthetic", "--num-images", 300, "--num-classes", 5, "--size", 16,
+                           "--workers", 1, "--output", out)
+    try:
+        deadline = time.monotonic() + 120
+        while read_lease(str(lock)).get("pid") != first.pid:  # the first writer holds the output
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.05)
+        os.kill(first.pid, signal.SIGSTOP)  # and keeps holding it while the second one tries
+        for force in ([], ["--force"]):
+            t0 = time.monotonic()
+            assert write_cli("--source", "digits", "--split", "val", "--output", out, *force) == 2
+            err = capsys.readouterr().err.strip()
+            assert time.monotonic() - t0 < 10  # at once, before any image is read
+            assert err.startswith(f"error: {out}: being written by pid {first.pid} on host ") and "\n" not in err
+            assert err.endswith("; wait for that writer to end or stop it, or choose another --output")
+        os.kill(first.pid, signal.SIGCONT)
+        stdout, stderr = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert first.returncode == 0, stderr
+    images, labels = read_beton(out)
+    assert len(labels) == 300 and labels.max() == 4  # the first writer's dataset, not the digits
+    assert (tmp_path / "o.classes.json").read_text().count("class_") == 5
+    assert files_in(tmp_path) == ["o.beton", "o.classes.json"]  # the lock file went with its writer
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device-link"])
+def test_a_fifo_named_like_an_image_in_the_folder_is_named_never_waited_on(tmp_path, capsys, kind):
+    from tests.unit.test_files import deadline, not_regular
+
+    make_image_folder(tmp_path / "t", classes=("a", "b"), per_class=2, size=(8, 8))
+    path = not_regular(tmp_path / "t" / "b", kind)  # b/<kind>.jpg, listed by the class folder's walk
+    with deadline(120):
+        line = expect_bad_input(capsys, ["--source", "imagefolder", "--input", tmp_path / "t", "--output",
+                                         tmp_path / "o.beton"], path, tmp_path)
+    assert "not a regular file; expected an image file" in line
+    with deadline(120):  # --skip-corrupt leaves it out like any unreadable image
+        assert write_cli("--source", "imagefolder", "--input", tmp_path / "t", "--skip-corrupt", "--output",
+                         tmp_path / "o.beton") == 0
+    assert f"skipped 1 unreadable image(s) of 5" in capsys.readouterr().err
+    assert list(read_beton(tmp_path / "o.beton")[1]) == [0, 0, 1, 1]
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_image_is_read(tmp_path, capsys):
+    from tests.mounts import small_tmpfs
+
+    make_image_folder(tmp_path / "t", classes=("a",), per_class=2, ext="jpg")
+    (tmp_path / "t" / "a" / "001.jpg").write_bytes(b"not a JPEG")  # what the work would stop at first
+    with small_tmpfs(tmp_path / "ro", "64k") as ro:
+        assert not os.system(f"mount -o remount,ro {ro}")
+        line = expect_bad_input(capsys, ["--source", "imagefolder", "--input", tmp_path / "t", "--skip-corrupt",
+                                         "--output", os.path.join(ro, "o.beton")], ro, ro)
+        assert line == f"error: --output {ro}/o.beton: cannot be written: {ro} is not writable by this user"
+    (tmp_path / "o.beton").mkdir()
+    expect_bad_input(capsys, ["--source", "digits", "--output", tmp_path / "o.beton"], "a directory", tmp_path)

@@ -217,7 +217,8 @@ def loaders(betons):
 
 
 def epoch(train, e, res=32, skip=0):
-    batches = list(train.epoch(e, res, skip))
+    """Epoch `e`'s batches, `skip` steps (of one batch: one process) in."""
+    batches = list(train.epoch(e, res, start=skip * train.global_batch))
     return [x for x, _ in batches], [y.tolist() for _, y in batches]
 
 

@@ -2,10 +2,13 @@
 records class names and class_names_for finds them."""
 import json
 import os
+import time
 
+import numpy as np
 import pytest
 import torch
 import torchvision
+from PIL import Image
 from safetensors.torch import load_file
 
 from resnext_dist import models, weights
@@ -133,3 +136,189 @@ def test_dataset_class_names_of_a_config(tmp_path):
     assert dataset_class_names(tiny_cfg(*folder, "model.num_classes=2")) == ["a", "b"]
     assert dataset_class_names(tiny_cfg(*folder)) is None  # 2 names for 10 classes: not these weights' names
     assert dataset_class_names(tiny_cfg()) is None  # synthetic
+
+
+# ---- an export is data, not instructions (issue 25 item 3): every field anything reads is checked first
+
+def hostile_export(tmp_path, change=None, raw=None):
+    """A tiny export, then its model.json changed: `change(meta)` edits the parsed JSON, `raw(text)` the text."""
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    out = str(tmp_path / "export")
+    write_export(models.build_model(cfg.model), cfg, out, class_names=[f"c{k}" for k in range(10)])
+    path = os.path.join(out, "model.json")
+    with open(path) as f:
+        text = f.read()
+    if change:
+        meta = json.loads(text)
+        change(meta)
+        text = json.dumps(meta)
+    if raw:
+        text = raw(text)
+    with open(path, "w") as f:
+        f.write(text)
+    return out
+
+
+def setter(*keys_and_value):
+    *keys, value = keys_and_value
+
+    def change(meta):
+        node = meta
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+    return change
+
+
+HOSTILE = [  # (change, words the one line holds): the issue's variants and the classes they stand for
+    (setter("arch", "resnext9000"), "arch 'resnext9000' is not the model's"),
+    (setter("model", "arch", "resnext9000"), "model.arch='resnext9000' is not a known preset"),
+    (setter("model", "group_width", 100000), "model.group_width=100000: a model of"),
+    (setter("model", "layers", [1, 1, 10**9, 1]), "more than this machine's memory"),
+    (setter("model", "num_classes", 10**12), "more than this machine's memory"),
+    (setter("model", "base_channels", 10**7), "more than this machine's memory"),
+    (setter("model", "num_classes", 0), "model.num_classes=0: must be > 0"),
+    (setter("model", "layers", [1, 1]), "model.layers=[1, 1]: must be 4 positive block counts"),
+    (setter("model", "layers", "[1,1,1,1]"), "model.layers='[1,1,1,1]': must be a list of integers or null"),
+    (setter("model", "cardinality", 2.5), "model.cardinality=2.5: must be an integer or null"),
+    (setter("model", "cardinality", True), "model.cardinality=True: must be an integer or null"),
+    (setter("model", "stem", None), "model.stem=None: must be text"),
+    (setter("model", "stem", "imagenet; rm -rf ~"), "model.stem="),
+    (setter("model", "blurpool", "yes"), "model.blurpool='yes': must be true or false"),
+    (setter("model", "init", "/etc/passwd"), "model keys this resnext_dist does not know: init"),
+    (lambda m: m["model"].pop("num_classes"), "model keys missing: num_classes"),
+    (setter("preprocessing", "crop_ratio", 0), "preprocessing: data.val_crop_ratio=0: must be in [0.25, 1]"),
+    (setter("preprocessing", "crop_ratio", -1.0), "data.val_crop_ratio=-1.0"),
+    (setter("preprocessing", "size", 0), "preprocessing: data.val_res=0: must be in [1, 4096] px"),
+    (setter("preprocessing", "size", 10**6), "data.val_res=1000000"),
+    (setter("preprocessing", "size", "224"), "data.val_res='224': must be an integer"),
+    (setter("preprocessing", "mean", [0.5, 0.5]), "preprocessing.mean [0.5, 0.5]: must be 3 numbers in [0.0, 1]"),
+    (setter("preprocessing", "mean", [0.5, 2, 0.5]), "preprocessing.mean"),
+    (setter("preprocessing", "std", [0, 0.2, 0.2]), "preprocessing.std [0, 0.2, 0.2]: must be 3 numbers in [0.01, 1]"),
+    (setter("preprocessing", "std", [1e-30, 0.2, 0.2]), "preprocessing.std"),
+    (setter("preprocessing", "std", ["0.2", 0.2, 0.2]), "preprocessing.std"),
+    (setter("preprocessing", "channels", "BGR"), "preprocessing.channels 'BGR': must be 'RGB'"),
+    (setter("preprocessing", "layout", "NHWC"), "preprocessing.layout"),
+    (setter("preprocessing", None), "preprocessing must be a mapping"),
+    (setter("class_names", ["a", "b"]), "2 class names for the classifier's 10 classes"),
+    (setter("class_names", "abc"), "class_names that are not a list"),
+    (setter("class_names", [str(k) for k in range(9)] + [7]), "class name 9 must be printable text"),
+    (setter("class_names", [str(k) for k in range(9)] + ["x\n\x1b[2J"]), "class name 9 must be printable text"),
+    (setter("weights", "../../outside.safetensors"), "must be a .safetensors file name inside the export folder"),
+    (setter("weights", "/etc/passwd"), "weights '/etc/passwd'"),
+    (setter("weights", None), "weights 'None'"),
+    (setter("version", "1"), "version '1': must be a positive integer"),
+    (setter("version", 99), "export version 99 is newer"),
+    (setter("sha256", "x" * 64), "sha256"),
+    (setter("overrides", ["model.arch=x; rm -rf ~\n"]), "overrides must be a list of model.KEY=VALUE texts"),
+    (setter("torchvision", "os.system"), "torchvision 'os.system': must be null or one of"),
+    (setter("model", []), "not a resnext_dist export description"),
+    (lambda m: m.clear(), "not a resnext_dist export description"),
+]
+
+
+@pytest.mark.parametrize("change, words", HOSTILE)
+def test_a_hostile_model_json_is_one_line_naming_it_before_anything_is_built(tmp_path, change, words):
+    from resnext_dist.predict import load_predictor
+
+    out = hostile_export(tmp_path, change)
+    for load in (weights.load, load_predictor):
+        t0 = time.monotonic()
+        with pytest.raises(InputError) as e:
+            load(out)
+        message = str(e.value)
+        assert message.startswith(os.path.join(out, "model.json") + ": ") and "\n" not in message, message
+        assert words in message, message
+        assert time.monotonic() - t0 < 5  # refused from the numbers: no 1.4 TB allocation, no model built
+
+
+@pytest.mark.parametrize("raw, words", [
+    (lambda t: t.replace('"crop_ratio": 0.8', '"crop_ratio": NaN'), "NaN is not a number JSON allows"),
+    (lambda t: t.replace('"size": 20', '"size": Infinity'), "Infinity is not a number JSON allows"),
+    (lambda t: t[: len(t) // 2], "unreadable export description"),
+    (lambda t: "\x00\xff" * 10, "unreadable export description"),
+    (lambda t: "[1]", "not a resnext_dist export description"),
+    (lambda t: "[" * 100000 + "]" * 100000, "unreadable export description"),
+    (lambda t: t.replace('"stem": "cifar"', '"stem": "' + "x" * 10**6 + '"'), "model.stem='xxx"),
+])
+def test_a_model_json_that_is_no_json_we_write_is_refused(tmp_path, raw, words):
+    out = hostile_export(tmp_path, raw=raw)
+    with pytest.raises(InputError, match=words) as e:
+        weights.load(out)
+    assert len(str(e.value)) < 1000 and "\n" not in str(e.value)
+
+
+def test_weights_only_from_inside_the_export_folder_and_never_larger_than_the_model(tmp_path):
+    out = hostile_export(tmp_path)
+    inside, outside = os.path.join(out, "model.safetensors"), str(tmp_path / "elsewhere.safetensors")
+    os.replace(inside, outside)
+    os.symlink(outside, inside)  # a link out of export/
+    with pytest.raises(InputError, match="weights 'model.safetensors' lead out of the export folder"):
+        weights.load(out)
+    os.remove(inside)
+    os.replace(outside, inside)
+    weights.load(out)  # the same file, inside: fine
+    with open(inside, "r+b") as f:  # 10 GB, sparse: refused by its size, never read
+        f.truncate(10 * 2**30)
+    t0 = time.monotonic()
+    with pytest.raises(InputError, match=r"model.safetensors: 10737418240 bytes, more than the \d+ its model can"):
+        weights.load(out)
+    assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.parametrize("name", ["model.json", "model.safetensors"])
+def test_an_export_file_that_is_a_fifo_is_refused_never_waited_on(tmp_path, name):
+    from tests.unit.test_files import deadline
+    out = hostile_export(tmp_path)
+    os.remove(os.path.join(out, name))
+    os.mkfifo(os.path.join(out, name))
+    with deadline(), pytest.raises(InputError, match=f"{name}: a FIFO, not a regular file"):
+        weights.load(out)
+
+
+HOSTILE_VALUES = [None, True, -1, 0, 2**62, 1e308, -0.0, "", "x", "../../etc/passwd", [], {}, [1, 2, 3], [[]]]
+
+
+def leaves(node, where=()):
+    """Every place of a JSON document: each container and each value in it (lists by their first element)."""
+    yield where
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from leaves(v, where + (k,))
+    elif isinstance(node, list) and node:
+        yield from leaves(node[0], where + (0,))
+
+
+def test_no_value_anywhere_in_model_json_ends_in_anything_but_a_line_or_a_working_model(tmp_path):
+    """The class, not the examples: every place of model.json takes each hostile value in turn; predict either
+    refuses it in one line naming model.json or gets a model that classifies (never a traceback, a hang or a
+    huge allocation)."""
+    from resnext_dist.predict import load_predictor, predict
+    Image.fromarray(np.zeros((9, 7, 3), dtype=np.uint8)).save(tmp_path / "img.png")
+    out = hostile_export(tmp_path / "base")
+    with open(os.path.join(out, "model.json")) as f:
+        original = json.load(f)
+    outcomes = {"refused": 0, "loaded": 0}
+    for where in leaves(original):
+        for value in HOSTILE_VALUES:
+            meta = json.loads(json.dumps(original))
+            if where:
+                setter(*where, value)(meta)
+            else:
+                meta = value
+            with open(os.path.join(out, "model.json"), "w") as f:
+                json.dump(meta, f)
+            t0 = time.monotonic()
+            try:
+                p = load_predictor(out)
+            except InputError as e:  # model.json, or the weights it names that do not fit what it says
+                assert str(e).startswith(out + os.sep) and "\n" not in str(e), (where, value, str(e))
+                outcomes["refused"] += 1
+                continue
+            finally:
+                assert time.monotonic() - t0 < 5, (where, value)
+            top = predict(p, [str(tmp_path / "img.png")], top_k=3)[0]["top"]
+            assert len(top) == 3 and all(0 <= t["prob"] <= 1 for t in top), (where, value)
+            outcomes["loaded"] += 1  # a valid value: a flag, a class name, a preset's own default
+    assert outcomes["refused"] > 20 * outcomes["loaded"] > 0, outcomes

@@ -82,7 +82,7 @@ def test_print_config_shows_the_slurm_section(tmp_path, capsys):
     ("slurm.max_num_timeout=-1", "slurm.max_num_timeout"),
     ("slurm.tasks_per_node=2", "slurm.tasks_per_node"),           # with 8 GPUs: one task per GPU
     ("slurm.signal_delay_s=3600", "slurm.signal_delay_s"),        # >= timeout_min=60
-    ("optim.global_batch_size=100", "optim.global_batch_size"),   # not a multiple of 8 x 16 processes
+    ("optim.global_batch_size=10", "optim.global_batch_size"),    # less than one image for each of 16 processes
 ])
 def test_config_errors_exit_2_before_anything_is_submitted(tmp_path, monkeypatch, capsys, override, culprit):
     # No sbatch on PATH: had any of these got as far as submitting, the error would name sbatch instead.

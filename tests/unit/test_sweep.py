@@ -150,6 +150,29 @@ def test_more_runs_than_max_runs_asks_for_the_flag(tmp_path, monkeypatch, capsys
     assert submit_main(capsys, "--dry-run", *args, "--max-runs", "18")[0] == 0
 
 
+@pytest.mark.parametrize("spec, runs", [("train.seed=0:100000", "100000 runs (train.seed = 100000)"),
+                                         ("train.seed=0:1000000000000000", "1000000000000000 runs"),
+                                         ("optim.lr=" + ",".join(f"0.{k}" for k in range(1, 200001)), "200000 runs")])
+def test_a_grid_over_max_runs_is_refused_at_once_before_any_value_is_listed(tmp_path, monkeypatch, capsys, spec,
+                                                                          runs):
+    import time
+    monkeypatch.setenv("PATH", str(tmp_path))
+    t0 = time.monotonic()
+    rc, _, err = submit_main(capsys, *TINY, *CPU, f"run.root={tmp_path}", "--sweep", spec)
+    assert rc == 2 and err.startswith(f"error: --sweep: {runs}") and "more than --max-runs=64" in err
+    assert time.monotonic() - t0 < 10  # it took over a minute: a duplicate check quadratic in the values
+
+
+def test_a_large_grid_is_expanded_and_named_in_linear_time():
+    import time
+    t0 = time.monotonic()
+    grid = sweep_grid.parse_grid(["optim.lr=" + ",".join(f"0.{k}" for k in range(1, 100001))])
+    names = sweep_grid.run_names(sweep_grid.expand(grid))
+    assert len(names) == 100000 and time.monotonic() - t0 < 20  # quadratic: 10^10 comparisons
+    with pytest.raises(InputError, match="value 0.5 given twice"):
+        sweep_grid.parse_sweep("optim.lr=" + ",".join(f"0.{k}" for k in range(1, 100001)) + ",0.5")
+
+
 def test_array_parallelism_must_be_positive(tmp_path, capsys):
     rc, _, err = submit_main(capsys, "--dry-run", *TINY, *CPU, f"run.root={tmp_path}", "slurm.array_parallelism=0",
                              "--sweep", "optim.lr=0.1,0.2")

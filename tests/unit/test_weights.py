@@ -165,3 +165,20 @@ def test_full_torchvision_resnext50_state_dict_loads_into_the_constructor(tmp_pa
     init_model(model, path)
     assert same_params(model, theirs, skip=("fc.weight", "fc.bias"))
     assert model.fc.out_features == 10
+
+
+@pytest.mark.parametrize("name", ["w.pth", "w.safetensors", "export/model.safetensors", "checkpoints/step_00000003.pt"])
+@pytest.mark.parametrize("kind", ["fifo", "device-link"])
+def test_weights_that_are_no_regular_file_are_refused_at_once_naming_them(tmp_path, name, kind):
+    """model.init, evaluate and predict read weights here: a FIFO (or /dev/zero) where a file is expected, given by
+    its name or found in a run directory, is one line, never a hang (issue 25 item 4)."""
+    from tests.unit.test_files import deadline, not_regular
+
+    os.makedirs(os.path.dirname(str(tmp_path / "run" / name)), exist_ok=True)
+    path = not_regular(tmp_path / "run" / os.path.dirname(name), kind)
+    os.rename(path, str(tmp_path / "run" / name))
+    given = str(tmp_path / "run" / name) if name.startswith("w.") else str(tmp_path / "run")
+    # a run directory's export/ is looked for as a regular file (layout.find_weights): a FIFO there is no export
+    words = "a directory with no weights" if name.startswith("export/") else "not a regular file"
+    with deadline(), pytest.raises(InputError, match=f"^{tmp_path / 'run'}.*: .*{words}"):
+        init_model(ours(10), given)
