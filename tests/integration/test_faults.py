@@ -167,7 +167,7 @@ def test_a_run_killed_on_2_ranks_continues_on_1_and_on_3_with_its_global_batch(t
         assert changed[0]["redone_steps"] >= 1  # steps 5.. the killed attempt logged: trained again, and said so
         start = [x for x in records if x["kind"] == "start"][-1]
         assert (start["world_size"], start["global_batch"], start["steps_per_epoch"]) == (world, 16, 16)
-        assert f"instead of 2 (same global batch)" in r.stdout
+        assert "instead of 2 (same global batch)" in r.stdout
         steps = [x for x in records if x["kind"] == "step"]
         assert steps[-1]["step"] == 16 and steps[-1]["world_size"] == world and (run / "DONE").exists()
         assert load_file(find_latest(str(run / "checkpoints")))["world_size"] == world

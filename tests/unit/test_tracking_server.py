@@ -560,8 +560,6 @@ def test_the_model_asked_for_during_an_outage_is_logged_by_sync(mlflow_server_fa
 
 
 def test_sync_uri_sends_the_whole_run_to_another_store_once(mlflow_server, mlflow_server_factory, tmp_path):
-    import torch
-
     from resnext_dist.models import build_model
     from tests.tiny import TINY
     cfg = make_cfg(tmp_path, mlflow_server, *[o for o in TINY if o.startswith("model.")])
@@ -581,7 +579,7 @@ def test_sync_uri_sends_the_whole_run_to_another_store_once(mlflow_server, mlflo
 
     other = mlflow_server_factory()
     out = sync_to(run_dir, "--uri", other.uri)
-    assert out.startswith(f"sent 21 metric points to MLflow run ") and out.endswith(f"({other.uri}); status FINISHED")
+    assert out.startswith("sent 21 metric points to MLflow run ") and out.endswith(f"({other.uri}); status FINISHED")
     client = client_for(other.uri)
     (run,) = runs_in(client, cfg.tracking.experiment)
     assert run.info.status == "FINISHED" and run.info.run_name == "tiny" and run.data.params == config_params(cfg)
