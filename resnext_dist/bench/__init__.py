@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from resnext_dist.errors import EXIT_BAD_INPUT, InputError
+
 SUBCOMMANDS = {
     "model": "the ceiling: a bare training step on synthetic input on the device",
     "loader": "FFCV vs torchvision vs synthetic loaders on the same images",
@@ -28,8 +30,6 @@ def usage() -> str:
 
 def main(argv=None) -> int:
     """Dispatch to resnext_dist.bench.<name>.run(rest of argv); the console script `resnext-bench` too."""
-    from resnext_dist.errors import EXIT_BAD_INPUT, InputError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())

@@ -38,6 +38,7 @@ from resnext_dist.bench import report, workload
 from resnext_dist.bench.memory_limit import MemoryCgroup, drop_from_page_cache, parse_size, read_bytes
 from resnext_dist.bench.per_image import cpu_normalize_cost, per_image_costs
 from resnext_dist.bench.photos import MAX_PHOTO_SIZE, PHOTO_SIZE, prepare_data
+from resnext_dist.data import build_loaders
 from resnext_dist.dist import DistInfo
 from resnext_dist.errors import InputError
 
@@ -308,7 +309,6 @@ def run(argv=None) -> int:
     cfg = workload.load(args, device.type, defaults=DEFAULTS, force=["data.loader=synthetic"])
     _check(args, cfg)
     res, batch = cfg.data.train_res, cfg.data.batch_size
-    from resnext_dist.data import build_loaders
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench_loader_")
     os.makedirs(workdir, exist_ok=True)

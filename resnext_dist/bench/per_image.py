@@ -9,6 +9,7 @@ from typing import Dict
 import numpy as np
 import torch
 
+from resnext_dist.data import crop_decode
 from resnext_dist.data.normalize import DeviceNormalize
 from resnext_dist.errors import InputError
 
@@ -22,8 +23,6 @@ def per_image_costs(folder: str, res: int, n: int = 200) -> Dict[str, float]:
     from ffcv.libffcv import imdecode, resize_crop
     from PIL import Image
     from torchvision.transforms import v2
-
-    from resnext_dist.data import crop_decode
 
     files = sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names if f.endswith(".jpg"))[:n]
     steps = ["ffcv_decode", "ffcv_crop_decode", "ffcv_resize", "ffcv_area_resize", "pil_decode", "pil_resize",
@@ -67,8 +66,6 @@ def crop_decode_resize(image: np.ndarray, top: int, left: int, height: int, widt
     """The resize data.crop_decode's decoders do: our INTER_AREA when the crop shrinks, else (it must grow
     in a dimension) FFCV's OpenCV call."""
     from ffcv.libffcv import resize_crop
-
-    from resnext_dist.data import crop_decode
 
     if crop_decode.resize_area(image, top, left, height, width, out) != 0:
         resize_crop(image, top, top + height, left, left + width, out)

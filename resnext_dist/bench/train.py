@@ -26,6 +26,7 @@ from resnext_dist.bench.model import ceiling_row, measure_ceiling, release
 from resnext_dist.config import TrainConfig, load_config
 from resnext_dist.data import LOADERS
 from resnext_dist.errors import InputError
+from resnext_dist.run.trainer import train as train_run
 from resnext_dist.runlog import read_log
 
 TARGET_RATIO = 0.97
@@ -163,8 +164,6 @@ def _inputs(args, cfg: TrainConfig) -> List[str]:
 
 
 def run(argv=None) -> int:
-    from resnext_dist.run.trainer import train as train_run
-
     args = parser().parse_intermixed_args(argv)
     max_steps = check_trainer_args(args)
     if args.threads:
