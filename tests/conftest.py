@@ -1,6 +1,8 @@
 """Test session setup: run from the repo root, and the service fixtures (MLflow server, Slurm cluster)."""
 import os
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.chdir(REPO)  # recipes and data paths in the tests are relative to the repo root
 
