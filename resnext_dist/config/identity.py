@@ -19,6 +19,11 @@ def identity_keys(cfg: TrainConfig) -> set:
     return {name for name, f in declared_keys(cfg) if f.metadata["identity"]}
 
 
+def zero_is_runs_own(cfg: TrainConfig) -> set:
+    """The identity keys whose 0 means "the run's own value" (never a change of identity)."""
+    return {name for name, f in declared_keys(cfg) if f.metadata["zero_is_runs_own"]}
+
+
 def identity_hash(cfg: TrainConfig) -> str:
     """8 hex digits of the identity keys that differ from the schema's defaults: the default run name's suffix.
     Leaving the defaults out keeps names stable when a version adds a key (at its default)."""

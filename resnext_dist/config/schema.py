@@ -24,9 +24,10 @@ from resnext_dist.optim.schedules import SCHEDULES
 from resnext_dist.precision import PRECISIONS
 
 
-def key(default: Any, rule: Optional[Rule], doc: str, identity: bool = True):
-    """A config key's one declaration (a dataclass field; OmegaConf ignores the metadata)."""
-    meta = {"rule": rule, "doc": doc, "identity": identity}
+def key(default: Any, rule: Optional[Rule], doc: str, identity: bool = True, zero_is_runs_own: bool = False):
+    """A config key's one declaration (a dataclass field; OmegaConf ignores the metadata). `zero_is_runs_own`: an
+    identity key whose 0 means "the run's own value", so a 0 on either side is never another run."""
+    meta = {"rule": rule, "doc": doc, "identity": identity, "zero_is_runs_own": zero_is_runs_own}
     if isinstance(default, (list, dict)):  # a fresh copy per config, as dataclasses require
         return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -146,7 +147,7 @@ class OptimConfig:
     gamma: float = key(0.1, positive, "step schedule: factor at each milestone")
     global_batch_size: int = key(0, non_negative, "images per optimizer step over all processes, on any number of "
                                  "them (the run's identity); 0 = the run's own, or data.batch_size x world size "
-                                 "for a new run")
+                                 "for a new run", zero_is_runs_own=True)
 
 
 @dataclass

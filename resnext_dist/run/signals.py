@@ -44,10 +44,11 @@ class StopRequested(Exception):
 
 
 class StopFlag:
-    """Install with `install()`; `requested` is the first signal number seen (0 = none)."""
+    """Install with `install()`; `requested` is the first signal number seen (0 = none), `count` how many came (a
+    wait that must not outlast the user's patience, such as a hung tracker's close, ends at the next one)."""
 
     def __init__(self):
-        self.requested = 0
+        self.requested, self.count = 0, 0
         self._previous: Dict[int, object] = {}
 
     def install(self) -> "StopFlag":
@@ -58,6 +59,7 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
+        self.count += 1
         # The first signal wins, except that USR2 ("checkpoint and requeue") beats TERM: submitit's interrupt
         # and some schedulers send TERM and USR2 together, and the job must come back.
         if not self.requested or signum == signal.SIGUSR2:

@@ -8,6 +8,7 @@ here are named where they happen.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -17,8 +18,10 @@ import torch.distributed as tdist
 
 from resnext_dist import __version__, tracking
 from resnext_dist.config import TrainConfig, to_yaml, validate
+from resnext_dist.config.identity import identity_hash
 from resnext_dist.data import train_res_for_epoch
 from resnext_dist.dist import DistInfo, close_distributed, init_distributed
+from resnext_dist.errors import InputError
 from resnext_dist.optim import peak_lr
 from resnext_dist.precision import PRECISIONS
 from resnext_dist.run import build as builder
@@ -32,6 +35,14 @@ from resnext_dist.tracking.plot import write_curves
 from resnext_dist.weights import init_model
 from resnext_dist.weights.export import dataset_class_names, write_export
 from resnext_dist.weights.layout import CHECKPOINTS_DIR, EXPORT_DIR, FINAL_WEIGHTS, WEIGHTS_FILE
+
+
+MAX_LINE_EVENTS = 100  # log_line_skipped events per attempt: a log of garbage must not grow by as much again
+
+
+class FinalWriteError(InputError):
+    """The final weights or export could not be written (a full disk): exit 2, one line; the last checkpoint is
+    kept, so the same command finishes the run."""
 
 
 class CollectiveTimeout(RuntimeError):
@@ -97,16 +108,15 @@ class Trainer:
         self.existed = os.path.isdir(run_dir)
         self.lock = hold_run_dir(run_dir, self.dist)
         old = rundir.read_config(run_dir)
-        # optim.global_batch_size=0 is "the run's own" (restore() makes it explicit), never a change of identity;
-        # a config.yaml of an older version may hold 0 (restore() checks a given value against the checkpoint).
+        # optim.global_batch_size=0 is "the run's own" (schema: zero_is_runs_own): the recorded one, made explicit
+        # here; a config.yaml of an older version may hold 0 (restore() checks a given value against the checkpoint).
         recorded = (old or {}).get("optim.global_batch_size")
         if recorded and not cfg.optim.global_batch_size:
             self.cfg = cfg = builder.with_global_batch(cfg, self.dist, {"global_batch_size": recorded})
-        elif recorded == 0:
-            old["optim.global_batch_size"] = cfg.optim.global_batch_size
         self.changes = rundir.check_identity(cfg, old)  # the allowed ones: logged once the log is open
         self.old = old or {}
-        done = rundir.read_done(run_dir)
+        self.ignored = []  # run files of another shape than ours, passed over: said once the log is open
+        done = rundir.read_done(run_dir, self.ignored)
         if rundir.finished_for(done, cfg, self.old.get("train.epochs")):
             self.say(f"resnext_dist: {run_dir} is already finished ({done.get('epochs_done', '?')} epochs, step "
                      f"{done.get('step', '?')}); train.epochs=N with a larger N extends it")
@@ -129,11 +139,16 @@ class Trainer:
     def restore(self) -> None:
         """Build the parts (InputError for data that does not fit), then resume (rank 0 picks the newest checkpoint
         that reads, every rank loads it) or start from model.init's weights; a larger train.epochs extends."""
+        if _restart_count() and self.cfg.checkpoint.resume != "auto":
+            # resume=PATH or never is the first attempt's: a restart (torchrun, a requeue) goes on from where the
+            # run got, the branch it started, never back to PATH (nor over again)
+            self.cfg = dataclasses.replace(self.cfg, checkpoint=dataclasses.replace(self.cfg.checkpoint,
+                                                                                    resume="auto"))
         cfg, dist = self.cfg, self.dist
         self.say(f"resnext_dist: run {cfg.run.name}: building data and model ({dist.world_size} process"
                  f"{'es' if dist.world_size > 1 else ''})")
-        self.skipped = []  # (checkpoint, reason): newer checkpoints that did not read
-        self.resume_from = ckpt.choose_resume(cfg.checkpoint.resume, self.ckpt_dir, dist, self.skipped)
+        self.skipped = []  # (checkpoint, reason): newer checkpoints that are not valid
+        self.resume_from = ckpt.choose_resume(cfg, self.ckpt_dir, dist, self.skipped)
         sd = ckpt.load_file(self.resume_from) if self.resume_from else {}
         # The run keeps its global batch on any world size; the micro-batches follow from this one (build.py).
         self.cfg = cfg = builder.with_global_batch(cfg, dist, sd, self.resume_from)
@@ -142,6 +157,7 @@ class Trainer:
         self.state = self.parts.state
         if self.resume_from:
             self.state.load_state_dict(sd, self.resume_from)
+            self.state.parent = {"name": os.path.basename(self.resume_from), "step": self.state.step}
         del sd
         self.init_note = ""
         if cfg.model.init and not self.resume_from:  # a fresh run starts from given weights (a resume has its own)
@@ -158,11 +174,14 @@ class Trainer:
         """config.yaml, the banner (before anything slow or remote: the tracker's first connection, compile
         warm-up), the tracker, this attempt's events and the start record; then what the steps need."""
         cfg, dist, state, parts = self.cfg, self.dist, self.state, self.parts
+        branched = ([], "")
         if dist.is_main:
             os.makedirs(self.ckpt_dir, exist_ok=True)
             rundir.write_config(cfg)
             rundir.clear_done(self.run_dir)
-        state.config_yaml = to_yaml(cfg)
+            if cfg.checkpoint.resume != "auto":  # by hand: from an earlier checkpoint, or over: a branch starts
+                branched = ckpt.branch(self.resume_from, state.step, self.ckpt_dir)
+        state.config_yaml, state.identity = to_yaml(cfg), identity_hash(cfg)
         self.total_steps = parts.steps_per_epoch * cfg.train.epochs
         self.last_step = min(self.total_steps, cfg.train.max_steps or self.total_steps)  # train.max_steps: only here
         own = self.resume_from and \
@@ -183,6 +202,17 @@ class Trainer:
                       new_epochs=cfg.train.epochs)
         for path, reason in self.skipped:
             log.write("event", state.step, event="checkpoint_skipped", checkpoint=path, reason=reason)
+        for problem in self.ignored:
+            self.say(f"resnext_dist: warning: {problem}")
+            log.write("event", state.step, event="run_file_ignored", reason=problem)
+        if branched[0]:
+            self.say(f"resnext_dist: a branch from step {state.step}: the later checkpoints of the trajectory it "
+                     f"leaves ({', '.join(branched[0])}) are kept in {branched[1]}")
+            log.write("event", state.step, event="branched", checkpoint=self.resume_from, moved=branched[0],
+                      to=branched[1])
+        self.reported_lines = set()
+        if dist.is_main:
+            self.read_log()
         if self.resume_from:
             log.write("event", state.step, event="resumed", checkpoint=self.resume_from, restart=_restart_count())
         if self.resume_from and self.world_was != dist.world_size and log.enabled:
@@ -305,6 +335,17 @@ class Trainer:
         self.progress.write(console.step_line({**record, "step": step}, epochs, self.total_steps) if kind == "step"
                             else console.epoch_lines(record, epochs))
 
+    def read_log(self) -> list:
+        """Rank 0: the run's records so far; each line not of our shape is passed over with an event, once."""
+        skipped = []
+        records = read_log(self.log.path, skipped)
+        self.reported_lines.update(r.get("line") for r in records if r.get("event") == "log_line_skipped")
+        for line, why in skipped:
+            if line not in self.reported_lines and len(self.reported_lines) < MAX_LINE_EVENTS:
+                self.log.write("event", self.state.step, event="log_line_skipped", line=line, reason=why)
+        self.reported_lines.update(line for line, _ in skipped)
+        return records
+
     def finish(self) -> None:
         """After every rank is through: the last checkpoint; then, on rank 0, the final weights, export/, the
         tracker's artifacts, the summary record and the DONE marker."""
@@ -313,21 +354,27 @@ class Trainer:
             state, tracker, log = self.state, self.tracker, self.log
             final = state.ema.module if state.ema is not None else state.model
             weights = os.path.join(self.run_dir, FINAL_WEIGHTS)
-            ckpt.atomic_save(final.state_dict(), weights)
-            export_dir = write_export(final, self.cfg, os.path.join(self.run_dir, EXPORT_DIR),
-                                      dataset_class_names(self.cfg),
-                                      extra={"run_name": self.cfg.run.name, "step": state.step, "epoch": state.epoch})
-            tracker.log_artifact(rundir.config_path(self.run_dir))
-            tracker.log_artifact(weights)
-            tracker.log_artifact(export_dir, EXPORT_DIR)
-            val_res = self.cfg.data.val_res
-            tracker.log_model(final, torch.zeros(2, 3, val_res, val_res, device=self.dist.device))
-            # the run as a whole, all its attempts; the state knows the epochs best (it may have resumed elsewhere)
-            summary = {**summarize(read_log(log.path)), "epochs_done": state.epoch}
-            log.write("summary", state.step, **summary)
-            log.write("event", state.step, event="done")
-            tracker.log_artifact(log.path)
-            rundir.write_done(self.run_dir, state.step, state.epoch)
+            try:  # the work is done and saved: a disk that is full now is one line, and the same command finishes
+                ckpt.atomic_save(final.state_dict(), weights)
+                export_dir = write_export(final, self.cfg, os.path.join(self.run_dir, EXPORT_DIR),
+                                          dataset_class_names(self.cfg), extra={
+                                              "run_name": self.cfg.run.name, "step": state.step, "epoch": state.epoch})
+                tracker.log_artifact(rundir.config_path(self.run_dir))
+                tracker.log_artifact(weights)
+                tracker.log_artifact(export_dir, EXPORT_DIR)
+                val_res = self.cfg.data.val_res
+                tracker.log_model(weights, rundir.config_path(self.run_dir), (2, 3, val_res, val_res))
+                # the run as a whole, all its attempts; the state knows the epochs best (it may have resumed
+                # elsewhere)
+                summary = {**summarize(self.read_log()), "epochs_done": state.epoch}
+                log.write("summary", state.step, **summary)
+                log.write("event", state.step, event="done")
+                tracker.log_artifact(log.path)
+                rundir.write_done(self.run_dir, state.step, state.epoch)
+            except (OSError, RuntimeError) as e:  # torch's writer words a full disk as a RuntimeError
+                raise FinalWriteError(f"could not write the final weights in {self.run_dir}: "
+                                      f"{ckpt.write_failure(e)}; the checkpoint of step {state.step} is kept: make "
+                                      f"room and run the same command again to finish the run") from None
             self.progress.close()
             self.say(console.summary({**summary, "step": state.step, "wall_s": time.perf_counter() - self.t_start},
                                      os.path.join(export_dir, WEIGHTS_FILE), log.path, tracker.describe()))
@@ -338,9 +385,13 @@ class Trainer:
         if self.progress is not None:
             self.progress.close()
         if self.log is not None:
-            self.log.close()
+            try:
+                self.log.close()
+            except OSError as e:  # a full disk: what it lost is lost; the error that ended the run is the one to see
+                self.say(f"resnext_dist: warning: log.jsonl not flushed ({e.strerror or e})")
         if self.tracker is not None:
-            self.tracker.close(self.status)
+            signals = self.stop.count  # one more (Ctrl-C, scancel) ends a hung close at once
+            self.tracker.close(self.status, give_up=lambda: self.stop.count > signals)
         if self.lock is not None:
             self.lock.release()
 

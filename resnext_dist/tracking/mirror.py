@@ -2,42 +2,116 @@
 
 The cursor, <run dir>/mlflow_run.json, holds the MLflow run id and URI, `start` (where the run's records begin in
 log.jsonl), `offset` (up to where MLflow holds them) and `hwm` (each metric's highest step sent); what `sync` needs
-to create the run (experiment, name, tags); the `artifacts` asked for and not uploaded yet; a `stale` run to end;
-and, after a close that timed out, the final `status`. It is saved (atomic_write) after each stored batch, so a
-process killed at any moment resends at most one batch, and a resent batch is the same batch (timestamps are the
-records' `time`), which MLflow's store keeps once. No step twice: a point (key, step) is sent only if `step` is
-above `hwm[key]` (a resumed attempt repeats the steps after its checkpoint: the first values stay).
-MlflowClient.log_batch itself splits a batch to MLflow's request limits.
+to create the run (experiment, name, tags); the `artifacts` asked for and not uploaded yet, and the `model` asked
+for (mlflow_model.py); a `stale` run to end; and, after a close that timed out, the final `status`. It is saved
+(atomic_write) after each stored batch, so a process killed at any moment resends at most one batch, and a resent
+batch is the same batch (timestamps are the records' `time`), which MLflow's store keeps once. No step twice: a
+point (key, step) is sent only if `step` is above `hwm[key]` (a resumed attempt repeats the steps after its
+checkpoint: the first values stay). MlflowClient.log_batch itself splits a batch to MLflow's request limits.
+
+A cursor is trusted only with the shape we write (CURSOR; `read_cursor` says what is wrong otherwise). One that is
+broken or lost is rebuilt (`new_cursor`): the run's records from its start in log.jsonl (`run_start`: the
+`tracked` event the mirror writes when it creates or reopens a run names the run and where its records begin),
+the same hwm rule making the replay send exactly what was sent before, which MLflow keeps once. The cursor of a
+store other than the config's (`sync --uri`, or the store an earlier attempt used) is `mlflow_run-<hash>.json`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
 import threading
-from typing import Dict, Optional
+import uuid
+from typing import Dict, List, Optional, Tuple
 
 from resnext_dist.files import atomic_write
-from resnext_dist.runlog import RunLog
+from resnext_dist.readback import (check, count, dict_of, list_of, one_of, optional, pair, read_regular, text)
+from resnext_dist.runlog import RunLog, scan
+from resnext_dist.tracking.mlflow_model import request_rule, send_model
 from resnext_dist.tracking.mlflow_store import MAX_TAG_VALUE, cut, experiment_id, is_permanent, metric_key
 
 log = logging.getLogger(__package__)
 RUN_FILE, BATCH = "mlflow_run.json", 1000  # metric points per stored batch (one cursor move)
+STATUSES = ("FINISHED", "FAILED", "KILLED")
+MAX_CURSOR_BYTES = 16 << 20
 
 
-def read_cursor(run_dir: str) -> Optional[dict]:
+def run_id_rule(v) -> Optional[str]:
+    """An MLflow run id as stores make them (32 hex digits; letters, digits, - and _ elsewhere)."""
+    return None if isinstance(v, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", v) else f"is {v!r:.40}, not a run id"
+
+
+CURSOR = {"run_id": optional(run_id_rule), "tracking_uri": text(4096), "experiment": text(1000),
+          "run_name": optional(text(1000)), "launch_id": text(64), "start": count, "offset": count,
+          "hwm": dict_of(count), "artifacts": list_of(pair(text(4096), optional(text(1000)))),
+          "tags": dict_of(text(MAX_TAG_VALUE), limit=1000), "constants": list_of(text(250)),
+          "stale": optional(pair(run_id_rule, optional(one_of(STATUSES)))), "status": optional(one_of(STATUSES)),
+          "artifact_location": optional(text(4096)), "model": optional(request_rule)}
+REQUIRED = ("run_id", "tracking_uri", "experiment", "launch_id", "start", "offset")
+
+
+def cursor_file(run_dir: str, uri: Optional[str] = None) -> str:
+    """The cursor of the config's store (uri None), or of the store at `uri`."""
+    name = RUN_FILE if uri is None else f"mlflow_run-{hashlib.sha256(uri.encode()).hexdigest()[:12]}.json"
+    return os.path.join(run_dir, name)
+
+
+def log_path(run_dir: str) -> str:
+    return os.path.join(run_dir, "log.jsonl")
+
+
+def read_cursor(run_dir: str, path: Optional[str] = None) -> Tuple[Optional[dict], str]:
+    """(cursor, "") as we wrote it; (None, "") when there is none; (None, what is wrong) for one of another shape
+    (types, ranges, an offset beyond log.jsonl's end)."""
+    path = path or cursor_file(run_dir)
+    data, problem = read_regular(path, MAX_CURSOR_BYTES)
+    if data is None:
+        return None, problem and f"{path}: {problem}"
     try:
-        with open(os.path.join(run_dir, RUN_FILE)) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+        rec = json.loads(data)
+        problem = check(rec, CURSOR, REQUIRED)
+    except (ValueError, RecursionError):
+        problem = "not JSON"
+    if not problem:
+        size = os.path.getsize(log_path(run_dir)) if os.path.exists(log_path(run_dir)) else 0
+        if not rec["start"] <= rec["offset"] <= size:
+            problem = f"offsets {rec['start']}..{rec['offset']} outside log.jsonl's {size} bytes"
+    return (None, f"{path}: {problem}") if problem else (rec, "")
+
+
+def run_start(run_dir: str, uri: str, run_id: Optional[str] = None) -> Tuple[Optional[str], int]:
+    """(MLflow run id or the `run_id` given, offset in log.jsonl where the run's records begin): the newest
+    `tracked` event of the store at `uri` (of `run_id`, if given) says both; else the run began at its newest
+    fresh start record (one not resumed from a checkpoint), or at 0."""
+    found, fresh, begin = None, 0, 0
+    if os.path.exists(log_path(run_dir)):
+        for end, r, _ in scan(log_path(run_dir)):
+            if r and r["kind"] == "start" and r.get("resumed_from") is None:
+                fresh = begin
+            elif r and r.get("event") == "tracked" and r.get("tracking_uri") == uri and not run_id_rule(
+                    r.get("run_id")) and run_id in (None, r["run_id"]) and not count(r.get("start")) and \
+                    r["start"] <= begin:
+                found = (r["run_id"], r["start"])
+            begin = end
+    return found or (run_id, fresh)
+
+
+def new_cursor(run_dir: str, uri: str, experiment: str, run_name: Optional[str], run_id: Optional[str],
+               start: int, **fields) -> dict:
+    """A cursor from `start` on (nothing sent yet, as far as it knows: the replay is idempotent)."""
+    return {"run_id": run_id, "tracking_uri": uri, "experiment": experiment, "run_name": run_name,
+            "launch_id": uuid.uuid4().hex, "start": start, "offset": start, "hwm": {}, "artifacts": [],
+            "stale": None, "status": None, "model": None, **fields}
 
 
 class Mirror:
     """Sends the log after the cursor to the cursor's run; creates (or reopens) that run first."""
 
-    def __init__(self, client, run_dir: str, rec: dict, params: Dict[str, str]):
+    def __init__(self, client, run_dir: str, rec: dict, params: Dict[str, str], path: Optional[str] = None):
         self.client, self.run_dir, self.rec, self.params = client, run_dir, rec, params
+        self.path = path or cursor_file(run_dir)
         self.ready, self._lock = False, threading.RLock()
 
     @property
@@ -47,7 +121,7 @@ class Mirror:
     def save(self, **fields) -> None:
         with self._lock:  # the trainer's thread (log_artifact, close) and the tracker's both save
             self.rec.update(fields)
-            atomic_write(os.path.join(self.run_dir, RUN_FILE), json.dumps(self.rec) + "\n")
+            atomic_write(self.path, json.dumps(self.rec) + "\n")
 
     def get_run(self, run_id: str):
         """The run, or None when MLflow says it does not exist; transient errors raise (the caller retries)."""
@@ -57,6 +131,16 @@ class Mirror:
             if not is_permanent(e):
                 raise
             return None
+
+    def event(self, **fields) -> None:
+        """One event line in log.jsonl (one append of one line: lines stay whole beside the trainer's); a log that
+        cannot take it (a read-only run directory being synced) costs the line only."""
+        try:
+            events = RunLog(log_path(self.run_dir))
+            events.write("event", 0, **fields)
+            events.close()
+        except OSError as e:
+            log.warning("log.jsonl: event %s not written (%s)", fields.get("event"), e.strerror or e)
 
     def setup(self, reopen: bool) -> None:
         """The run exists with its params and tags; `reopen`: an earlier attempt's run, made RUNNING again. A run
@@ -68,10 +152,8 @@ class Mirror:
             old = self.get_run(old_id)
             if old is not None and old.info.status == "RUNNING":
                 self.client.set_terminated(old_id, status)
-                events = RunLog(os.path.join(self.run_dir, "log.jsonl"))  # one append of one line: lines stay whole
-                events.write("event", 0, event="mlflow_run_closed", run_id=old_id, status=status,
-                             why="its trainer is gone; this run dir tracks a new run")
-                events.close()
+                self.event(event="mlflow_run_closed", run_id=old_id, status=status,
+                           why="its trainer is gone; this run dir tracks a new run")
                 log.warning("MLflow run %s was still RUNNING without a trainer; marked %s", old_id, status)
             self.save(stale=None)
         run = self.get_run(self.run_id) if self.run_id else None
@@ -91,6 +173,9 @@ class Mirror:
                 tags[f"changed_on_attempt_{attempt}"] = json.dumps(changed)
             self._log(params={k: v for k, v in self.params.items() if k not in have}, tags=tags)
         how = "created" if run is None else "reopened" if reopen else "found"
+        if how != "found":  # what a rebuilt cursor reads back: this run, and where its records begin
+            self.event(event="tracked", run_id=self.run_id, tracking_uri=self.rec["tracking_uri"],
+                       start=self.rec["start"], how=how)
         log.info("MLflow run %s %s (%s)", self.run_id, how, self.rec["tracking_uri"])
         self.ready = True
 
@@ -135,21 +220,13 @@ class Mirror:
         return len(metrics)
 
     def _read(self, begin: int, hwm: Dict[str, int]):
-        """((metric tuples, tags), offset after the line) for each complete line from `begin`."""
-        path, constants = os.path.join(self.run_dir, "log.jsonl"), set(self.rec.get("constants", []))
-        if not os.path.exists(path):
+        """((metric tuples, tags), offset after the line) for each complete line from `begin`; a line that is not
+        a record of ours (runlog.scan) is passed over."""
+        if not os.path.exists(log_path(self.run_dir)):
             return
-        with open(path, "rb") as f:
-            f.seek(begin)
-            for line in f:  # streamed: a long backlog is not read into memory at once
-                if not line.endswith(b"\n"):
-                    return  # a line still being written
-                begin += len(line)
-                try:
-                    out = translate(json.loads(line), hwm, constants)
-                except (ValueError, TypeError, AttributeError):  # not a record (a torn line of a crash)
-                    out = ([], {})
-                yield out, begin
+        constants = set(self.rec.get("constants", []))
+        for end, record, _ in scan(log_path(self.run_dir), begin):  # streamed: a long backlog is not held at once
+            yield (translate(record, hwm, constants) if record else ([], {})), end
 
     def add_artifact(self, path: str, artifact_path: Optional[str]) -> None:
         with self._lock:
@@ -158,7 +235,7 @@ class Mirror:
 
     def send_artifacts(self, stop: Optional[threading.Event] = None) -> None:
         """Upload the files and folders listed in the cursor, in order; each leaves the list once sent (or
-        refused for good)."""
+        refused for good); then the model asked for, if any."""
         while self.rec["artifacts"] and not (stop is not None and stop.is_set()):
             path, artifact_path = self.rec["artifacts"][0]
             try:
@@ -175,12 +252,25 @@ class Mirror:
             with self._lock:
                 self.rec["artifacts"].pop(0)
                 self.save()
+        if self.rec.get("model") and not (stop is not None and stop.is_set()):
+            send_model(self.client, self.rec["tracking_uri"], self.run_id, self.rec["model"])
+            self.save(model=None)
 
     def finish(self, status: str) -> None:
-        """The artifacts not sent yet, then the run's final status."""
+        """The artifacts and the model not sent yet, then the run's final status."""
         self.send_artifacts()
         self.client.set_terminated(self.run_id, status)
         self.save(status=status)
+
+
+def run_artifacts(run_dir: str, finished: bool) -> List[list]:
+    """What the trainer logs as artifacts, as far as the run directory holds it (for a cursor made by `sync`): the
+    config, the curves, and for a finished run the final weights, export/ and log.jsonl."""
+    from resnext_dist.weights.layout import EXPORT_DIR, FINAL_WEIGHTS  # names only: no torch
+    names = [("config.yaml", None), ("curves.png", None)]
+    if finished:
+        names += [(FINAL_WEIGHTS, None), (EXPORT_DIR, EXPORT_DIR), ("log.jsonl", None)]
+    return [[os.path.join(run_dir, n), a] for n, a in names if os.path.exists(os.path.join(run_dir, n))]
 
 
 def translate(r: dict, hwm: Dict[str, int], constants) -> tuple:
@@ -189,13 +279,13 @@ def translate(r: dict, hwm: Dict[str, int], constants) -> tuple:
     kind, step, tags, metrics = r.get("kind"), int(r.get("step", 0)), {}, []
     if kind == "start":
         rows = "".join(f"| {k} | {v} |\n" for k, v in r.items() if k not in ("kind", "time"))
-        return [], {"mlflow.note.content": "| fact | value |\n|---|---|\n" + rows}
+        return [], {"mlflow.note.content": cut("| fact | value |\n|---|---|\n" + rows, MAX_TAG_VALUE)}
     for k, v in r.items() if kind in ("step", "epoch", "summary") else ():
         if k in ("kind", "step", "epoch", "time") or isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
         if k in constants:
             tags[k] = str(v)
-        elif step > hwm.get(metric_key(k), -1):
+        elif step > hwm.get(metric_key(k), -1) and (isinstance(v, float) or abs(v) < 2**63):  # a huge int: no metric
             hwm[metric_key(k)] = step
             metrics.append((metric_key(k), float(v), int(float(r.get("time", 0)) * 1000), step))
     return metrics, tags

@@ -8,6 +8,7 @@ does not track (or the bench's GPU host, which has no mlflow) never pays it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -42,7 +43,14 @@ def open_store(cfg) -> Tuple[str, Optional[str]]:
     uri = resolve_uri(cfg)
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(uri[len("sqlite:///"):]), exist_ok=True)
-    return uri, None if cfg.tracking.uri else os.path.join(os.path.abspath(cfg.run.root), "mlartifacts")
+    return uri, None if cfg.tracking.uri else local_artifacts(uri)
+
+
+def local_artifacts(uri: str) -> Optional[str]:
+    """For a sqlite store, the artifact folder beside its database (mlartifacts/, as the default store has it; not
+    MLflow's ./mlruns in whatever folder the command runs in); None for a server, which has its own."""
+    return os.path.join(os.path.dirname(uri[len("sqlite:///"):]), "mlartifacts") if uri.startswith("sqlite:///") \
+        else None
 
 
 def ui_command(cfg) -> str:
@@ -108,6 +116,17 @@ def is_permanent(exc: BaseException) -> bool:
     if not isinstance(exc, MlflowException):
         return not isinstance(exc, OSError)  # requests' errors are OSErrors
     return 400 <= exc.get_http_status_code() < 500 and exc.get_http_status_code() not in (408, 429)
+
+
+def is_full(exc: BaseException) -> bool:
+    """The store is out of space (a local artifact folder's ENOSPC, or a server's answer quoting it): a state to
+    report as such, not as a server that does not answer. Retried all the same: space may be freed."""
+    seen = exc
+    while seen is not None:
+        if (isinstance(seen, OSError) and seen.errno == errno.ENOSPC) or "no space left on device" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def configure_http(timeout_s: float) -> None:

@@ -1,34 +1,47 @@
 """The MLflow tracker of a training run (used as the tracking package's docstring shows): one MLflow run per training
 run. One thread (rank 0, when enabled) runs mirror.Mirror from the cursor in <run dir>/mlflow_run.json and backs off
-when the server is away (1 s doubling to 30 s, one warning per outage). What close() could not send within
-tracking.close_timeout_s stays there, for the next attempt of the run or `python -m resnext_dist.tracking sync
-RUN_DIR`. The run id is in the checkpoint (the tracker's `state`, passed back to open_tracker) and in the cursor (a
-crash before the first checkpoint).
+when the server is away (1 s doubling to 30 s, one warning per outage; a store out of space is said to be full).
+What close() could not send within tracking.close_timeout_s (or before a signal asked it to stop waiting) stays
+there, for the next attempt of the run or `python -m resnext_dist.tracking sync RUN_DIR`. The run id is in the
+checkpoint (the tracker's `state`, passed back to open_tracker, with its store's URI) and in the cursor (a crash
+before the first checkpoint). A cursor that is broken, lost, or of another store (tracking.uri changed) is made
+anew from the run's start in log.jsonl, so the store in use gets the whole run (mirror.py).
 """
 from __future__ import annotations
 
 import atexit
-import copy
+import json
 import logging
 import os
 import threading
-import uuid
-from typing import Optional
+import time
+from typing import Callable, Optional, Sequence
 
 from resnext_dist.errors import one_line
-from resnext_dist.tracking.mirror import Mirror, read_cursor
-from resnext_dist.tracking.mlflow_store import config_params, configure_http, is_permanent, open_store, ui_command
+from resnext_dist.files import atomic_write
+from resnext_dist.tracking.mirror import (STATUSES, Mirror, cursor_file, log_path, new_cursor, read_cursor,
+                                          run_id_rule, run_start)
+from resnext_dist.tracking.mlflow_model import model_request
+from resnext_dist.tracking.mlflow_store import (config_params, configure_http, is_full, open_store, resolve_uri,
+                                                ui_command)
 from resnext_dist.tracking.provenance import provenance_tags
 
 log = logging.getLogger(__package__)
-STATUSES = ("FINISHED", "FAILED", "KILLED")
 POLL_S, BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 1.0, 30.0
+
+
+def _run_id(cfg, state: Optional[dict]) -> Optional[str]:
+    """The MLflow run an earlier attempt's state names, if it is a run of cfg's store (a state without a URI is of
+    a version that kept none: the same store)."""
+    state = state if isinstance(state, dict) else {}
+    run_id, uri = state.get("mlflow_run_id"), state.get("tracking_uri")
+    return run_id if not run_id_rule(run_id) and uri in (None, resolve_uri(cfg)) else None
 
 
 def open_tracker(cfg, dist, run_dir: str, state: Optional[dict] = None) -> "Tracker":
     """The tracker of this attempt of the run; `state` is what an earlier attempt's `tracker.state` was (from the
     checkpoint resumed), None for a new run."""
-    return Tracker(cfg, dist, run_dir, run_id=(state or {}).get("mlflow_run_id"))
+    return Tracker(cfg, dist, run_dir, run_id=_run_id(cfg, state))
 
 
 def describe(cfg, state: Optional[dict] = None) -> Optional[str]:
@@ -36,7 +49,7 @@ def describe(cfg, state: Optional[dict] = None) -> Optional[str]:
     None when tracking is off."""
     if not cfg.tracking.enabled:
         return None
-    run_id = (state or {}).get("mlflow_run_id")
+    run_id = _run_id(cfg, state)
     return f"{'run ' + run_id if run_id else 'a new run'} | {ui_command(cfg)}"
 
 
@@ -45,7 +58,7 @@ class Tracker:
 
     def __init__(self, cfg, dist, run_dir: str, run_id: Optional[str] = None):
         self.enabled, self._cfg = bool(cfg.tracking.enabled and dist.is_main), cfg
-        self._closed, self._mirror = False, None
+        self._closed, self._mirror, self._tried = False, None, False
         if not self.enabled:
             return
         try:
@@ -58,29 +71,44 @@ class Tracker:
         self.uri, artifact_location = open_store(cfg)
         os.makedirs(self.run_dir, exist_ok=True)
         configure_http(max(0.1, self._t.timeout_s))
-        old = read_cursor(self.run_dir) or {}
-        old = old if old.get("tracking_uri") == self.uri else {}  # a cursor of another store is not this run's
+        old = self._old_cursor()
         goes_on = bool(old) and cfg.checkpoint.resume != "never" and run_id in (None, old["run_id"])
-        log_path = os.path.join(self.run_dir, "log.jsonl")
-        end = os.path.getsize(log_path) if os.path.exists(log_path) else 0  # a new cursor starts here
-        rec = dict(old, status=None) if goes_on else {
-            "run_id": run_id, "tracking_uri": self.uri, "experiment": self._t.experiment, "run_name": cfg.run.name,
-            "launch_id": uuid.uuid4().hex, "start": end, "offset": end,  # the old cursor's run, its trainer gone:
-            "stale": None if old.get("run_id") in (None, run_id) else [old["run_id"], old.get("status")],
-            "artifact_location": artifact_location}
+        if goes_on:
+            rec = dict(old, status=None)
+        else:
+            end = os.path.getsize(log_path(self.run_dir)) if os.path.exists(log_path(self.run_dir)) else 0
+            # A new training run starts after the old records; a run that goes on gets its records so far (a cursor
+            # lost, broken or of another store: the backfill), run_id or not.
+            found, start = (run_id, end) if cfg.checkpoint.resume == "never" else run_start(self.run_dir, self.uri,
+                                                                                            run_id)
+            rec = new_cursor(self.run_dir, self.uri, self._t.experiment, cfg.run.name, found, start,
+                             stale=None if (old or {}).get("run_id") in (None, found) else  # its trainer is gone
+                             [old["run_id"], old.get("status")], artifact_location=artifact_location)
         self._reopen = rec["run_id"] is not None
         self._mirror = Mirror(MlflowClient(tracking_uri=self.uri), self.run_dir, rec, config_params(cfg))
         # a sweep's run is a child of the sweep's run (tag read when the run is created; the UI nests it)
         parent = {"mlflow.parentRunId": self._t.parent_run_id} if self._t.parent_run_id else {}
         self._mirror.save(tags={**provenance_tags(dist, self.run_dir), **parent}, artifacts=rec.get("artifacts", []),
                           constants=["val_images"] + ([] if cfg.data.min_train_res else ["res"]))  # not charts
-        self._model, self._status, self._monitor = None, None, None
+        self._status, self._monitor = None, None
         self._wake, self._first, self._abort = threading.Event(), threading.Event(), threading.Event()
         self._thread = threading.Thread(target=self._work, name="mlflow-tracker", daemon=True)
         self._thread.start()
         # A moment for the run to exist, so the first checkpoint carries its id; an absent server holds up no longer.
         self._first.wait(max(0.1, self._t.timeout_s) + 1.0)
+        self._tried = True
         atexit.register(self.close, "FAILED")  # the interpreter exits without close(): a bug, an unhandled error
+
+    def _old_cursor(self) -> Optional[dict]:
+        """The cursor an earlier attempt left for this store, or None: a broken one is said (and made anew); one
+        of another store (tracking.uri changed) is kept as that store's, for `sync --uri`."""
+        old, problem = read_cursor(self.run_dir)
+        if problem:
+            log.warning("MLflow cursor %s; it is made anew from log.jsonl and the checkpoint", problem)
+        if old and old["tracking_uri"] != self.uri:
+            atomic_write(cursor_file(self.run_dir, old["tracking_uri"]), json.dumps(old) + "\n")
+            old = None
+        return old
 
     @property
     def run_id(self) -> Optional[str]:
@@ -90,38 +118,59 @@ class Tracker:
     @property
     def state(self) -> Optional[dict]:
         """What a checkpoint keeps of the tracker (plain values), for open_tracker on a resume."""
-        return {"mlflow_run_id": self.run_id} if self.run_id else None
+        return {"mlflow_run_id": self.run_id, "tracking_uri": self.uri} if self.run_id else None
 
     def describe(self) -> Optional[str]:
-        """`describe` for this tracker's run now (None when tracking is off or not on this rank)."""
-        return describe(self._cfg, self.state) if self.enabled else None
+        """Where this tracker's run is now (None when tracking is off or not on this rank); never a run id that does
+        not exist: before the store answered, what happens to the records."""
+        if not self.enabled:
+            return None
+        if self.run_id or not self._tried:
+            return describe(self._cfg, self.state)
+        return (f"not created yet: {self.uri} has not answered; log.jsonl is sent when it does, or by: "
+                f"python -m resnext_dist.tracking sync {self.run_dir}")
 
     def log_artifact(self, path: str, artifact_path: Optional[str] = None) -> None:
         """Upload a file or folder (read when sent), in the background; until then it is listed in the cursor."""
         if self.enabled and not self._closed:
-            self._mirror.add_artifact(os.path.abspath(path), artifact_path)
+            self._keep(self._mirror.add_artifact, os.path.abspath(path), artifact_path)
             self._wake.set()
 
-    def log_model(self, model, example_input) -> None:
-        """Log a CPU copy of `model` as the MLflow model "model", its signature and input example from
-        `example_input` (a batch of 2 or more: batch size 1 would be fixed in the export), in the background."""
+    def log_model(self, weights: str, config: str, input_shape: Sequence[int]) -> None:
+        """Log the model of `config` (the run's config.yaml) with the state dict in `weights` as the MLflow model
+        "model", a zero batch of `input_shape` (2 or more images) its example, in the background; until then the
+        request is in the cursor (so `sync` or the next attempt logs it, as the artifacts)."""
         if self.enabled and self._t.log_model and not self._closed:
-            self._model = copy.deepcopy(model).cpu().eval(), example_input.detach().cpu().numpy()
+            request = model_request(os.path.abspath(weights), os.path.abspath(config), input_shape)
+            self._keep(self._mirror.save, model=request)
             self._wake.set()
 
-    def close(self, status: str = "FINISHED") -> None:
-        """Send the rest of log.jsonl and the artifacts, end the run; give up after tracking.close_timeout_s."""
+    def _keep(self, save: Callable, *args, **fields) -> None:
+        """A cursor save from the trainer's thread: a disk that refuses it costs the record, never the run."""
+        try:
+            save(*args, **fields)
+        except OSError as e:
+            log.warning("MLflow cursor %s not saved (%s); what it lists is sent by this process only",
+                        self._mirror.path, e.strerror or e)
+
+    def close(self, status: str = "FINISHED", give_up: Optional[Callable[[], bool]] = None) -> None:
+        """Send the rest of log.jsonl and the artifacts, end the run; give up after tracking.close_timeout_s, or at
+        once when `give_up()` says so (checked every 0.1 s: a signal during a hung close)."""
         if not self.enabled or self._closed:
             return
         self._closed, self._status = True, status if status in STATUSES else "FAILED"
         self._wake.set()
-        self._thread.join(max(0.0, self._t.close_timeout_s))
+        deadline = time.monotonic() + max(0.0, self._t.close_timeout_s)
+        while self._thread.is_alive() and time.monotonic() < deadline and not (give_up and give_up()):
+            self._thread.join(min(0.1, max(0.0, deadline - time.monotonic())))
         if not self._thread.is_alive():
             return
         self._abort.set()
-        self._mirror.save(status=self._status)
-        log.warning("MLflow at %s did not take everything within %.0f s; the rest is sent when this run resumes, "
-                    "or by: python -m resnext_dist.tracking sync %s", self.uri, self._t.close_timeout_s, self.run_dir)
+        self._keep(self._mirror.save, status=self._status)
+        why = "stopped waiting on a signal" if give_up and give_up() else \
+            f"did not take everything within {self._t.close_timeout_s:.0f} s"
+        log.warning("MLflow at %s: %s; the rest is sent when this run resumes, or by: python -m "
+                    "resnext_dist.tracking sync %s", self.uri, why, self.run_dir)
 
     def _work(self) -> None:
         """The thread: every MLflow call happens here."""
@@ -138,8 +187,6 @@ class Tracker:
                     self._monitor.start()
                 m.send_new(self._abort)
                 m.send_artifacts(self._abort)
-                if self._model is not None and not self._abort.is_set():
-                    self._log_model()
                 if status is not None:
                     if self._monitor is not None:
                         self._monitor.finish()
@@ -151,23 +198,14 @@ class Tracker:
             except Exception as e:
                 self._first.set()
                 if not down:  # one warning per outage
-                    log.warning("MLflow at %s is not answering (%s); training goes on, log.jsonl is complete and is "
-                                "sent when it is back", self.uri, one_line(e, 300))
+                    if is_full(e):
+                        log.warning("MLflow's store at %s is full (%s); training goes on, what is not stored stays "
+                                    "listed in %s: free space, then it is sent (or by: python -m "
+                                    "resnext_dist.tracking sync %s)", self.uri, one_line(e, 200), m.path,
+                                    self.run_dir)
+                    else:
+                        log.warning("MLflow at %s is not answering (%s); training goes on, log.jsonl is complete "
+                                    "and is sent when it is back", self.uri, one_line(e, 300))
                 down, wait, backoff = True, min(backoff, 2.0) if status else backoff, min(2 * backoff, BACKOFF_MAX_S)
             self._wake.wait(wait)
             self._wake.clear()
-
-    def _log_model(self) -> None:
-        import mlflow.pytorch  # seconds more: only for the final model
-        import torch  # this module is imported by torch-free commands (launch/submit.py)
-        model, example = self._model
-        try:  # the fluent API's store and experiment (process-wide: rank 0 talks to this one run only)
-            mlflow.set_tracking_uri(self.uri)
-            mlflow.set_experiment(experiment_id=self._mirror.client.get_run(self.run_id).info.experiment_id)
-            mlflow.pytorch.log_model(model, name="model", input_example=example, run_id=self.run_id,
-                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
-        except Exception as e:
-            if not is_permanent(e):
-                raise
-            log.warning("MLflow: the model was not logged (%s)", one_line(e, 300))
-        self._model = None

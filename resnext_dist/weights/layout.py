@@ -3,7 +3,9 @@ those who read them (model.init, evaluate, predict, a resume):
 
     an export folder   model.safetensors (the state dict) + model.json (how to rebuild and feed it: export.py)
     a run directory    export/ (an export folder), final_weights.pt (a state dict),
-                       checkpoints/step_NNNNNNNN.pt with `latest` naming the newest (run/checkpoint.py)
+                       checkpoints/step_NNNNNNNN.pt with `latest` naming the newest (run/checkpoint.py), and
+                       checkpoints/abandoned-at-step_NNNNNNNN-TIME/: a trajectory left by a resume from an earlier
+                       checkpoint (its later saves, kept)
 
 `find_weights(PATH)` is the file model.init=PATH reads: an export (its folder, model.json or a .safetensors file),
 a run directory (its export/, else final_weights.pt, else its newest checkpoint), or any other file.
@@ -16,6 +18,7 @@ import re
 from typing import List, Optional, Tuple
 
 from resnext_dist.errors import InputError
+from resnext_dist.readback import read_regular
 
 WEIGHTS_FILE, META_FILE = "model.safetensors", "model.json"
 EXPORT_DIR, FINAL_WEIGHTS, CHECKPOINTS_DIR, LATEST = "export", "final_weights.pt", "checkpoints", "latest"
@@ -55,27 +58,43 @@ def find_weights(path: str) -> Tuple[str, str]:
     return path, "state dict"
 
 
+def checkpoint_step(path: str) -> Optional[int]:
+    """The step a checkpoint's file name says (step_00001234.pt -> 1234), None for another name."""
+    found = CHECKPOINT_NAME.match(os.path.basename(path))
+    return int(found.group(1)) if found else None
+
+
+def abandoned_dir(ckpt_dir: str, step: int, when: str) -> str:
+    """Where a branch started at `step` puts the abandoned trajectory's later checkpoints (kept, never listed)."""
+    return os.path.join(ckpt_dir, f"abandoned-at-{checkpoint_name(step)[:-3]}-{when}")
+
+
 def list_checkpoints(ckpt_dir: str) -> List[str]:
-    """Complete checkpoint files, oldest first (`.tmp-` leftovers of interrupted saves are not listed)."""
+    """Complete checkpoint files, oldest first (`.tmp-` leftovers of interrupted saves are not listed, nor the
+    abandoned trajectories' folders)."""
     files = [p for p in glob.glob(os.path.join(ckpt_dir, "step_*.pt")) if CHECKPOINT_NAME.match(os.path.basename(p))]
     return sorted(files)
 
 
+def read_latest(ckpt_dir: str) -> Optional[str]:
+    """The checkpoint `latest` names (a file name of ours, nothing else: not a path), or None."""
+    data, _ = read_regular(os.path.join(ckpt_dir, LATEST), 256)
+    name = data.decode("utf-8", "replace").strip() if data else ""
+    return os.path.join(ckpt_dir, name) if CHECKPOINT_NAME.match(name) else None
+
+
 def checkpoint_candidates(ckpt_dir: str) -> List[str]:
-    """Checkpoint files, the one `latest` names first, then the others newest first."""
-    files = list_checkpoints(ckpt_dir)[::-1]
-    try:
-        with open(os.path.join(ckpt_dir, LATEST)) as f:
-            named = os.path.join(ckpt_dir, f.read().strip())
-    except OSError:
+    """Checkpoint files in the order a resume tries them: the one `latest` names (the newest save of the current
+    trajectory), then the others newest first; files numbered above `latest`'s, which no save of this trajectory
+    wrote, last."""
+    files, named = list_checkpoints(ckpt_dir)[::-1], read_latest(ckpt_dir)
+    if named not in files:
         return files
-    if named in files:
-        files.remove(named)
-        files.insert(0, named)
-    return files
+    top = checkpoint_step(named)
+    return [named] + [f for f in files if checkpoint_step(f) < top] + [f for f in files if checkpoint_step(f) > top]
 
 
 def find_latest(ckpt_dir: str) -> Optional[str]:
     """The checkpoint `latest` names, else the newest complete one, else None (existence only; what
-    `checkpoint.resume=auto` resumes is run/checkpoint.choose_resume's newest *readable* one)."""
+    `checkpoint.resume=auto` resumes is run/checkpoint.choose_resume's newest *valid* one)."""
     return next(iter(checkpoint_candidates(ckpt_dir)), None)

@@ -110,7 +110,8 @@ def test_two_rank_run_is_one_mlflow_run_mirroring_the_log(mlflow_server, tmp_pat
         assert torch.allclose(loaded(x), model(x), atol=1e-5)
     assert json.loads((run / RUN_FILE).read_text())["run_id"] == info.run_id
     from tests.tiny import last_checkpoint
-    assert last_checkpoint(run)["tracker"] == {"mlflow_run_id": info.run_id}  # what a resume reopens
+    assert last_checkpoint(run)["tracker"] == {"mlflow_run_id": info.run_id,  # what a resume reopens
+                                               "tracking_uri": mlflow_server}
 
 
 def test_resume_after_rank0_is_killed_continues_the_same_run(mlflow_server, tmp_path):
@@ -125,7 +126,7 @@ def test_resume_after_rank0_is_killed_continues_the_same_run(mlflow_server, tmp_
     runs = runs_in(client, experiment_of(overrides))
     assert len(runs) == 1 and runs[0].info.status == "RUNNING"  # nobody was left to end it
     ok(run_train(run, overrides, nproc=2))
-    events = [r for r in read_log(run / "log.jsonl") if r["kind"] == "event"]
+    events = [r for r in read_log(run / "log.jsonl") if r["kind"] == "event" and r["event"] != "tracked"]
     assert events[0]["event"] == "resumed" and events[0]["step"] == 4
     runs = runs_in(client, experiment_of(overrides))
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
@@ -139,7 +140,7 @@ def test_torchrun_restart_after_a_rank_dies_continues_the_same_run(mlflow_server
     overrides = tracked(mlflow_server, "train.epochs=2", "train.log_every_steps=1", "checkpoint.every_steps=4",
                         "tracking.log_model=false")
     ok(run_train(run, overrides, nproc=2, extra_torchrun=["--max-restarts=1"], RESNEXT_DIST_FAULT="kill@1:6:0"))
-    events = [r for r in read_log(run / "log.jsonl") if r["kind"] == "event"]
+    events = [r for r in read_log(run / "log.jsonl") if r["kind"] == "event" and r["event"] != "tracked"]
     assert events[0]["event"] == "resumed" and events[0]["restart"] == 1
     client = client_for(mlflow_server)
     runs = runs_in(client, experiment_of(overrides))
@@ -297,3 +298,34 @@ def test_sigkill_during_an_outage_then_restart_loses_nothing(mlflow_server_facto
     loss = history(client, runs[0].info.run_id, "loss")
     assert [s for s, _ in loss] == list(range(1, 32 * epochs + 1)) and logged >= down_from + 6
     assert_mirrors_log(client, runs[0].info.run_id, run)
+
+
+def test_a_broken_cursor_or_a_new_uri_on_resume_still_gives_whole_runs(mlflow_server, mlflow_server_factory,
+                                                                      tmp_path):
+    """Killed at step 20 (checkpoint at 16); its cursor replaced by `[1]`: the resume continues the same MLflow
+    run, every step once. Killed again; resumed with tracking.uri pointing at another server: that server gets
+    the whole run (backfilled from log.jsonl), and `sync --uri` ends the first one with the rest."""
+    run = tmp_path / "run"
+    overrides = tracked(mlflow_server, "train.epochs=2", "train.log_every_steps=1", "checkpoint.every_steps=8",
+                        "tracking.log_model=false")
+    assert run_train(run, overrides, RESNEXT_DIST_FAULT="kill@0:20").returncode != 0
+    (run / RUN_FILE).write_text("[1]")  # crashed every start
+    assert run_train(run, overrides, RESNEXT_DIST_FAULT="kill@0:40").returncode != 0
+    client = client_for(mlflow_server)
+    (first,) = runs_in(client, experiment_of(overrides))
+    steps = [s for s, _ in history(client, first.info.run_id, "loss")]  # as far as it got before the SIGKILL
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > 20, steps
+
+    other = mlflow_server_factory()
+    moved = [o for o in overrides if not o.startswith("tracking.uri=")] + [f"tracking.uri={other.uri}"]
+    ok(run_train(run, moved))
+    client_b = client_for(other.uri)
+    (second,) = runs_in(client_b, experiment_of(overrides))
+    assert second.info.status == "FINISHED"
+    assert_mirrors_log(client_b, second.info.run_id, run)
+    assert [s for s, _ in history(client_b, second.info.run_id, "loss")] == list(range(1, 65))
+    sync(run)  # the run's own store now: nothing left
+    ok(subprocess.run([PYTHON, "-m", "resnext_dist.tracking", "sync", str(run), "--uri", mlflow_server], cwd=REPO,
+                      env=env(), capture_output=True, text=True, timeout=180))
+    assert client.get_run(first.info.run_id).info.status == "FINISHED"
+    assert_mirrors_log(client, first.info.run_id, run)

@@ -1,5 +1,6 @@
 """Checkpoint files: atomic writes, what `latest` finds, pruning, strict loads with errors that name things."""
 import os
+import shutil
 
 import pytest
 import torch
@@ -9,17 +10,29 @@ from resnext_dist.weights import layout
 from resnext_dist.dist import DistInfo
 from resnext_dist.models import resnext
 from resnext_dist.optim import build_optimizer, build_scheduler
-from resnext_dist.config import load_config
+from resnext_dist.config import load_config, to_yaml
+from resnext_dist.config.identity import identity_hash
 from resnext_dist.weights.safe_load import MESSAGE_LIMIT
 
 
-def make_state(num_classes=10, layers=(1, 1, 1, 1)):
-    cfg = load_config(None, [])
+def run_cfg(*overrides, num_classes=10):
+    """The config of the run whose checkpoints make_state writes (checkpoint.resume and others on top)."""
+    return load_config(None, [f"model.num_classes={num_classes}", "model.stem=cifar", *overrides])
+
+
+def make_state(num_classes=10, layers=(1, 1, 1, 1), cfg=None):
+    cfg = cfg or run_cfg(num_classes=num_classes)
     model = resnext("resnext50_32x4d", num_classes=num_classes, stem="cifar", layers=list(layers), cardinality=2,
                     group_width=4, base_channels=8)
     opt = build_optimizer(model, cfg.optim, 256)
     sched = build_scheduler(opt, cfg.optim, 10, 2)
-    return ckpt.TrainState(model, opt, sched, config_yaml="x: 1\n")
+    return ckpt.TrainState(model, opt, sched, config_yaml=to_yaml(cfg), identity=identity_hash(cfg))
+
+
+def choose(resume, ckpt_dir, skipped=None, cfg=None):
+    cfg = cfg or run_cfg()
+    cfg.checkpoint.resume = str(resume)  # set past the config's own check (which wants an existing file)
+    return ckpt.choose_resume(cfg, str(ckpt_dir), DistInfo(), skipped)
 
 
 def test_save_is_atomic_and_latest_points_at_newest(tmp_path):
@@ -164,9 +177,9 @@ def test_crafted_pickle_is_refused_and_never_run(tmp_path, legacy):
         ckpt.load_file(str(path))
     # auto-resume does not skip past it as if it were merely torn: it names it, on every rank
     with pytest.raises(ckpt.UnsafeCheckpoint, match=str(path)):
-        ckpt.choose_resume("auto", str(tmp_path), DistInfo())
+        choose("auto", tmp_path)
     with pytest.raises(ckpt.UnsafeCheckpoint, match=str(path)):
-        ckpt.choose_resume(str(path), str(tmp_path / "elsewhere"), DistInfo())
+        choose(str(path), tmp_path / "elsewhere")
     assert not marker.exists()
 
 
@@ -182,6 +195,7 @@ def test_older_checkpoint_format_is_named(tmp_path):
 
 
 def save_at(state, folder, step, keep=10):
+    os.makedirs(folder, exist_ok=True)
     state.step = step
     return ckpt.save(state, str(folder), keep=keep, dist=DistInfo())
 
@@ -196,28 +210,29 @@ def test_choose_resume_skips_a_torn_newest_file_for_the_newest_valid_one(tmp_pat
     garbage = tmp_path / "step_00000006.pt"
     garbage.write_bytes(b"PK\x03\x04" + b"\x00" * 50)  # a zip header, then nothing
     skipped = []
-    assert ckpt.choose_resume("auto", str(tmp_path), DistInfo(), skipped) == good
-    assert [p for p, _ in skipped] == [torn, str(garbage)]  # `latest`'s first, then newest first
+    assert choose("auto", tmp_path, skipped) == good
+    # `latest`'s first, then newest first; above `latest`'s step (no save of this trajectory wrote it): last
+    assert [p for p, _ in skipped] == [torn]
     reason = skipped[0][1]
     assert reason.startswith(f"{torn}: unreadable checkpoint (RuntimeError: ") and reason.endswith(".)"), reason
-    assert ckpt.choose_resume("never", str(tmp_path), DistInfo()) is None
-    assert ckpt.choose_resume("auto", str(tmp_path / "none"), DistInfo()) is None
+    assert choose("never", tmp_path) is None
+    assert choose("auto", tmp_path / "none") is None
     for path in ckpt.list_checkpoints(str(tmp_path)):  # checkpoints, none readable: not a fresh start
         open(path, "wb").write(b"PK\x03\x04" + b"\x00" * 50)
-    with pytest.raises(ckpt.CheckpointError, match=rf"{torn}: unreadable .*; nor do 3 older ones in {tmp_path}$"):
-        ckpt.choose_resume("auto", str(tmp_path), DistInfo())
+    with pytest.raises(ckpt.CheckpointError, match=rf"{torn}: unreadable .*; nor are 3 older ones in {tmp_path}$"):
+        choose("auto", tmp_path)
 
 
 def test_choose_resume_of_an_explicit_path_must_read(tmp_path):
     state = make_state()
     path = save_at(state, tmp_path, 2)
-    assert ckpt.choose_resume(path, str(tmp_path / "other"), DistInfo()) == path
+    assert choose(path, tmp_path / "other") == path
     with pytest.raises(ckpt.CheckpointError, match=r"missing.pt: no such checkpoint file"):
-        ckpt.choose_resume(str(tmp_path / "missing.pt"), str(tmp_path), DistInfo())
+        choose(str(tmp_path / "missing.pt"), tmp_path)
     data = open(path, "rb").read()
     open(path, "wb").write(data[:100])  # torn: an explicit path is not replaced by another file
     with pytest.raises(ckpt.CheckpointError, match=r"unreadable checkpoint"):
-        ckpt.choose_resume(path, str(tmp_path), DistInfo())
+        choose(path, tmp_path)
 
 
 def test_long_foreign_errors_end_at_a_sentence(tmp_path):
@@ -270,3 +285,130 @@ def test_a_format_1_checkpoint_with_numpy_rng_state_is_refused_and_explained(tmp
     torch.save({"model": {}, "step": 4, "rng": {"numpy": np.random.get_state()}}, path)  # what format 1 held
     with pytest.raises(ckpt.UnsafeCheckpoint, match=r"it names numpy.*before checkpoint format 2$"):
         ckpt.load_file(str(path))
+
+
+# ----------------------------------------------------------------------------------------------
+# Lineage: only this run's own checkpoints are resumed (issue 25)
+
+
+def test_a_checkpoint_records_the_run_identity_its_step_and_the_one_it_continued_from(tmp_path):
+    cfg = run_cfg()
+    state = make_state(cfg=cfg)
+    first, second = save_at(state, tmp_path, 2), save_at(state, tmp_path, 4)
+    assert ckpt.load_file(first)["lineage"] == {"identity": identity_hash(cfg), "step": 2, "parent": None}
+    assert ckpt.load_file(second)["lineage"] == {"identity": identity_hash(cfg), "step": 4,
+                                                 "parent": {"name": "step_00000002.pt", "step": 2}}
+
+
+def test_a_link_out_of_the_checkpoints_folder_is_skipped_even_when_latest_names_it(tmp_path):
+    own, other = tmp_path / "run" / "checkpoints", tmp_path / "other" / "checkpoints"
+    good = save_at(make_state(), own, 4)
+    foreign = save_at(make_state(), other, 8)  # same identity even: a file of another run directory
+    os.symlink(foreign, own / "step_00000008.pt")
+    (own / "latest").write_text("step_00000008.pt\n")
+    skipped = []
+    assert choose("auto", own, skipped) == good
+    assert skipped == [(str(own / "step_00000008.pt"), f"{own / 'step_00000008.pt'}: a link out of {own} "
+                                                       f"(to {foreign})")]
+
+
+def test_a_step_that_disagrees_with_the_file_name_is_skipped_or_refused(tmp_path):
+    state = make_state()
+    good = save_at(state, tmp_path, 4)
+    renamed = tmp_path / "step_00000150.pt"
+    shutil.copy(save_at(state, tmp_path / "x", 89), renamed)  # step 89, named 150
+    (tmp_path / "latest").write_text("step_00000150.pt\n")
+    skipped = []
+    assert choose("auto", tmp_path, skipped) == good
+    assert skipped == [(str(renamed), f"{renamed}: holds step 89, its name says 150: not the file this run saved "
+                                      f"under that name")]
+    with pytest.raises(ckpt.CheckpointError, match=r"holds step 89, its name says 150"):
+        choose(str(renamed), tmp_path)
+
+
+@pytest.mark.parametrize("change", ["optim.lr=0.5", "data.train_res=160"], ids=["lr", "train_res"])
+def test_a_checkpoint_of_another_run_is_skipped_or_refused_naming_the_difference(tmp_path, change):
+    good = save_at(make_state(), tmp_path, 4)
+    theirs = save_at(make_state(cfg=run_cfg(change)), tmp_path / "theirs", 12)
+    planted = tmp_path / "step_00000012.pt"
+    shutil.copy(theirs, planted)
+    (tmp_path / "latest").write_text("step_00000012.pt\n")
+    key, value = change.split("=")
+    default = str(ckpt.load_file(good)["config"]).split(key.split(".")[1] + ": ")[1].split("\n")[0]
+    skipped = []
+    assert choose("auto", tmp_path, skipped) == good
+    assert [p for p, _ in skipped] == [str(planted)]
+    assert skipped[0][1].startswith(f"{planted}: a checkpoint of another run ({key}: {value} there, {default} here)")
+    with pytest.raises(ckpt.CheckpointError, match=rf"another run \({key}: .* model.init={theirs} with "
+                                                       rf"checkpoint.resume=never$"):
+        choose(theirs, tmp_path)
+
+
+@pytest.mark.parametrize("where", [0.02, 0.3, 0.5, 0.9, 0.999], ids=["head", "30%", "middle", "90%", "tail"])
+def test_corruption_anywhere_in_the_newest_checkpoint_falls_back_to_the_previous_valid_one(tmp_path, where):
+    state = make_state()
+    previous = save_at(state, tmp_path, 4)
+    newest = save_at(state, tmp_path, 8)
+    size = os.path.getsize(newest)
+    with open(newest, "r+b") as f:  # a disk that lost a block: zeros, the file's length unchanged
+        f.seek(min(int(size * where), size - 512))
+        f.write(b"\0" * 512)
+    skipped = []
+    assert choose("auto", tmp_path, skipped) == previous
+    assert [p for p, _ in skipped] == [newest] and skipped[0][1].startswith(f"{newest}: ")
+    with pytest.raises(ckpt.CheckpointError, match=rf"^{newest}: (corrupt|unreadable)"):
+        choose(newest, tmp_path)
+
+
+def test_a_fifo_in_the_checkpoints_folder_is_skipped_without_being_opened(tmp_path):
+    good = save_at(make_state(), tmp_path, 4)
+    os.mkfifo(tmp_path / "step_00000009.pt")  # nobody writes to it: an open for reading would block forever
+    (tmp_path / "latest").write_text("step_00000009.pt\n")
+    skipped = []
+    assert choose("auto", tmp_path, skipped) == good
+    assert skipped == [(str(tmp_path / "step_00000009.pt"), f"{tmp_path / 'step_00000009.pt'}: a FIFO, not a regular "
+                                                            f"file; expected a checkpoint")]
+
+
+def test_a_branch_moves_the_abandoned_later_checkpoints_aside_and_latest_names_its_start(tmp_path):
+    state = make_state()
+    for step in (10, 20, 30, 40):
+        save_at(state, tmp_path, step)
+    start = str(tmp_path / "step_00000020.pt")
+    moved, folder = ckpt.branch(start, 20, str(tmp_path))
+    assert moved == ["step_00000030.pt", "step_00000040.pt"]
+    assert sorted(os.listdir(folder)) == moved and os.path.dirname(folder) == str(tmp_path)
+    assert [os.path.basename(p) for p in ckpt.list_checkpoints(str(tmp_path))] == ["step_00000010.pt",
+                                                                                   "step_00000020.pt"]
+    assert (tmp_path / "latest").read_text() == "step_00000020.pt\n"
+    # the branch saves, crashes, and a plain resume follows it: its own newest, not the abandoned step 40
+    state.step = 20
+    save_at(state, tmp_path, 25)
+    assert choose("auto", tmp_path) == str(tmp_path / "step_00000025.pt")
+    # a fresh start over the run directory (resume=never) leaves every checkpoint behind
+    moved, folder = ckpt.branch(None, 0, str(tmp_path))
+    assert moved == ["step_00000010.pt", "step_00000020.pt", "step_00000025.pt"] and not (tmp_path / "latest").exists()
+    assert ckpt.list_checkpoints(str(tmp_path)) == [] and choose("auto", tmp_path) is None
+    assert ckpt.branch(None, 0, str(tmp_path)) == ([], "")
+
+
+def test_pruning_keeps_the_branch_saves_whatever_higher_numbered_files_lie_beside_them(tmp_path):
+    state = make_state()
+    stray = save_at(state, tmp_path / "elsewhere", 99)
+    os.makedirs(tmp_path / "ckpts")
+    shutil.copy(stray, tmp_path / "ckpts" / "step_00000099.pt")
+    for step in (1, 2, 3):
+        save_at(state, tmp_path / "ckpts", step, keep=1)
+    assert [os.path.basename(p) for p in ckpt.list_checkpoints(str(tmp_path / "ckpts"))] == \
+        ["step_00000003.pt", "step_00000099.pt"]
+    assert (tmp_path / "ckpts" / "latest").read_text() == "step_00000003.pt\n"
+    assert choose("auto", tmp_path / "ckpts") == str(tmp_path / "ckpts" / "step_00000003.pt")
+
+
+def test_latest_is_a_name_of_ours_or_nothing(tmp_path):
+    state = make_state()
+    save_at(state, tmp_path, 3)
+    newest = save_at(state, tmp_path, 5)
+    for content in ("../../etc/passwd\n", "/abs/step_00000003.pt\n", "step_3.pt\n", "\0" * 300):
+        (tmp_path / "latest").write_text(content)
+        assert layout.find_latest(str(tmp_path)) == newest, content

@@ -496,3 +496,17 @@ def test_a_config_or_checkpoint_path_that_is_a_fifo_is_refused_never_waited_on(t
         load_config(str(tmp_path / "recipe.yaml"), [])
     with deadline(), pytest.raises(InputError, match=r"^checkpoint.resume='.*step.pt': a FIFO, not a regular file$"):
         load_config(None, [f"checkpoint.resume={tmp_path / 'step.pt'}"])
+
+
+def test_a_global_batch_of_zero_is_the_runs_own_never_another_run(tmp_path):
+    """optim.global_batch_size=0 means "the run's own": against a recorded 8 (or a recorded 0 of an older
+    config.yaml) it is no change of identity, for the trainer and for a sweep resubmitted; 8 against 16 is."""
+    from resnext_dist.run.rundir import check_identity
+
+    run = [f"run.dir={tmp_path}/r"]
+    recorded = to_flat_dict(load_config(None, run + ["optim.global_batch_size=8"]))
+    assert check_identity(load_config(None, run), recorded) == []
+    assert check_identity(load_config(None, run + ["optim.global_batch_size=8"]), dict(recorded, **{
+        "optim.global_batch_size": 0})) == []
+    with pytest.raises(InputError, match=r"holds another run \(optim.global_batch_size: 8 -> 16\)"):
+        check_identity(load_config(None, run + ["optim.global_batch_size=16"]), recorded)

@@ -372,7 +372,7 @@ def test_a_fifo_named_like_an_image_in_the_folder_is_named_never_waited_on(tmp_p
     with deadline(120):  # --skip-corrupt leaves it out like any unreadable image
         assert write_cli("--source", "imagefolder", "--input", tmp_path / "t", "--skip-corrupt", "--output",
                          tmp_path / "o.beton") == 0
-    assert f"skipped 1 unreadable image(s) of 5" in capsys.readouterr().err
+    assert "skipped 1 unreadable image(s) of 5" in capsys.readouterr().err
     assert list(read_beton(tmp_path / "o.beton")[1]) == [0, 0, 1, 1]
 
 

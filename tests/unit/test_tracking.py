@@ -1,9 +1,11 @@
 """resnext_dist.tracking without a server: URIs, params/metric-name formatting, provenance tags, the off switches,
 and the learning-curve pictures."""
+import json
 import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from resnext_dist.config import load_config, to_flat_dict
@@ -97,7 +99,7 @@ off = Tracker(load_config(None, ["tracking.enabled=false", f"run.root={root}"]),
 rank1 = Tracker(load_config(None, [f"run.root={root}"]), DistInfo(rank=1, world_size=2), root + "/b")
 for t in (off, rank1):
     assert t.run_id is None and not t.enabled
-    t.log_artifact(root + "/x"); t.log_model(torch.nn.Linear(2, 2), torch.zeros(2, 2)); t.close("FINISHED")
+    t.log_artifact(root + "/x"); t.log_model(root + "/w.pt", root + "/config.yaml", (2, 3, 8, 8)); t.close("FINISHED")
 assert "mlflow" not in sys.modules, "mlflow imported although tracking is off"
 print("ok")
 """
@@ -167,3 +169,61 @@ def test_no_module_outside_tracking_imports_mlflow():
             found += [f"{os.path.relpath(path, REPO)}:{node.lineno} {n}" for n in names
                       if n == "mlflow" or n.startswith("mlflow.")]
     assert not found, found
+
+
+def _cursor(**changes):
+    rec = {"run_id": "0123456789abcdef0123456789abcdef", "tracking_uri": "http://127.0.0.1:5000", "experiment": "e",
+           "run_name": "tiny", "launch_id": "ab" * 16, "start": 0, "offset": 10, "hwm": {"loss": 3},
+           "artifacts": [["/x/config.yaml", None], ["/x/export", "export"]], "tags": {"host": "h"},
+           "constants": ["val_images"], "stale": None, "status": None, "artifact_location": None,
+           "model": {"weights": "/x/w.pt", "config": "/x/config.yaml", "input_shape": [2, 3, 16, 16]}}
+    rec.update(changes)
+    return json.dumps(rec)
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("[1]", "is [1], not a JSON object"),
+    ("{", "not JSON"),
+    (_cursor(run_id=3), "run_id is 3, not a run id"),
+    (_cursor(run_id="None; DROP"), "not a run id"),
+    (_cursor(offset="10"), "offset is '10', not an integer"),
+    (_cursor(offset=10**6), "outside log.jsonl's 20 bytes"),
+    (_cursor(start=15), "offsets 15..10 outside"),
+    (_cursor(hwm={"loss": "3"}), "hwm: loss is '3', not an integer"),
+    (_cursor(artifacts=[["/x", None, 1]]), "artifacts: item 0 is"),
+    (_cursor(status="DONE"), "status is 'DONE', not one of FINISHED, FAILED, KILLED"),
+    (_cursor(model={"weights": "/x"}), "model: no config"),
+    (_cursor(tracking_uri=None), "tracking_uri is None"),
+    (json.dumps({"run_id": None}), "no tracking_uri"),
+])
+def test_a_cursor_of_another_shape_is_named_and_not_used(tmp_path, content, problem):
+    from resnext_dist.tracking.mirror import RUN_FILE, read_cursor
+    (tmp_path / "log.jsonl").write_text("x" * 19 + "\n")
+    (tmp_path / RUN_FILE).write_text(content)
+    rec, said = read_cursor(str(tmp_path))
+    assert rec is None and said.startswith(f"{tmp_path / RUN_FILE}: ") and problem in said, said
+    (tmp_path / RUN_FILE).write_text(_cursor())
+    assert read_cursor(str(tmp_path)) == (json.loads(_cursor()), "")
+    os.remove(tmp_path / RUN_FILE)
+    assert read_cursor(str(tmp_path)) == (None, "")
+
+
+def test_the_run_start_is_found_in_the_log(tmp_path):
+    """Where a rebuilt cursor starts: the newest `tracked` event of the store (and run), else the newest fresh start
+    record, else 0."""
+    from resnext_dist.runlog import RunLog
+    from resnext_dist.tracking.mirror import run_start
+    log = RunLog(str(tmp_path / "log.jsonl"))
+    assert run_start(str(tmp_path), "http://a") == (None, 0)
+    log.write("start", 0, resumed_from=None)
+    log.write("step", 1, loss=1.0)
+    fresh = os.path.getsize(tmp_path / "log.jsonl")
+    log.write("start", 0, resumed_from=None)  # resume=never: a new training run in the same directory
+    log.write("event", 0, event="tracked", run_id="a" * 32, tracking_uri="http://a", start=fresh, how="created")
+    log.write("start", 1, resumed_from="step_00000001.pt")  # a resume: the same run goes on
+    log.write("event", 0, event="tracked", run_id="b" * 32, tracking_uri="http://b", start=0, how="created")
+    log.close()
+    assert run_start(str(tmp_path), "http://a") == ("a" * 32, fresh)
+    assert run_start(str(tmp_path), "http://b") == ("b" * 32, 0)
+    assert run_start(str(tmp_path), "http://c") == (None, fresh)
+    assert run_start(str(tmp_path), "http://a", "c" * 32) == ("c" * 32, fresh)

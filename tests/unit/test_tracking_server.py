@@ -67,6 +67,18 @@ def cursor(run_dir) -> dict:
     return json.loads((run_dir / RUN_FILE).read_text())
 
 
+def final_files(run_dir, cfg, model):
+    """What a finished run leaves for its MLflow model: final_weights.pt and config.yaml."""
+    import torch
+
+    from resnext_dist.config import to_yaml
+    os.makedirs(run_dir, exist_ok=True)
+    torch.save(model.state_dict(), os.path.join(run_dir, "final_weights.pt"))
+    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+        f.write(to_yaml(cfg))
+    return os.path.join(run_dir, "final_weights.pt"), os.path.join(run_dir, "config.yaml")
+
+
 def all_sent(run_dir) -> bool:
     """The cursor is at the end of log.jsonl: MLflow holds every record."""
     return cursor(run_dir)["offset"] == (run_dir / "log.jsonl").stat().st_size
@@ -146,10 +158,13 @@ def test_logged_model_loads_back_with_the_same_logits(mlflow_server, tmp_path):
 
     from resnext_dist.models import build_model
     from tests.tiny import TINY
-    cfg = make_cfg(tmp_path, mlflow_server, *[o for o in TINY if o.startswith("model.")])
+    # logging a model takes seconds, tens of them on a busy 2-core machine: this is not about a timeout
+    cfg = make_cfg(tmp_path, mlflow_server, "tracking.close_timeout_s=300",
+                   *[o for o in TINY if o.startswith("model.")])
     model = build_model(cfg.model).eval()
     tracker = Tracker(cfg, DistInfo(), str(tmp_path / "run"))
-    tracker.log_model(model, torch.zeros(2, 3, 16, 16))
+    weights, config = final_files(tmp_path / "run", cfg, model)
+    tracker.log_model(weights, config, (2, 3, 16, 16))
     tracker.close("FINISHED")
     run = client_for(mlflow_server).get_run(tracker.run_id)
     (output,) = run.outputs.model_outputs
@@ -162,7 +177,7 @@ def test_logged_model_loads_back_with_the_same_logits(mlflow_server, tmp_path):
         assert torch.allclose(loaded(x), model(x), atol=1e-5)
 
     off = Tracker(make_cfg(tmp_path, mlflow_server, "tracking.log_model=false"), DistInfo(), str(tmp_path / "off"))
-    off.log_model(model, torch.zeros(2, 3, 16, 16))
+    off.log_model(weights, config, (2, 3, 16, 16))
     off.close("FINISHED")
     assert not client_for(mlflow_server).get_run(off.run_id).outputs.model_outputs
 
@@ -279,7 +294,8 @@ def test_resume_never_starts_a_new_run_and_ends_the_orphan(mlflow_server, tmp_pa
     second.close("FINISHED")
     assert second.run_id != orphan
     assert client.get_run(orphan).info.status == "KILLED"
-    events = [r for r in read_log(tmp_path / "run" / "log.jsonl") if r["kind"] == "event"]
+    events = [r for r in read_log(tmp_path / "run" / "log.jsonl") if r["kind"] == "event"
+              and r["event"] != "tracked"]
     assert [(e["event"], e["run_id"], e["status"]) for e in events] == [("mlflow_run_closed", orphan, "KILLED")]
     assert history(client, second.run_id, "loss") == [(1, 7.0)]
     assert len(runs_in(client, experiment)) == 2
@@ -465,3 +481,192 @@ def test_submit_names_where_the_run_appears(mlflow_server, tmp_path):
                                     "?workflowType=machine_learning&viewStateShareKey=training")
     local = load_config(None, [f"run.root={tmp_path}"])
     assert experiment_link(local).startswith(f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db")
+
+
+# ----------------------------------------------------------------------------------------------
+# Tracking completes (issue 25): a broken cursor, the model after an outage, another store, a full store
+
+
+def sync_to(run_dir, *args):
+    r = subprocess.run([sys.executable, "-m", "resnext_dist.tracking", "sync", str(run_dir), *args], cwd=REPO,
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout.strip()
+
+
+@pytest.mark.parametrize("broken", ['[1]', '{"run_id": 3, "tracking_uri": "x"}', "offset beyond the log", "{"],
+                         ids=["list", "ill-typed", "offset", "torn"])
+def test_a_broken_cursor_is_made_anew_and_the_run_loses_and_doubles_nothing(mlflow_server, tmp_path, broken):
+    cfg = make_cfg(tmp_path, mlflow_server)
+    first = Tracker(cfg, DistInfo(), str(tmp_path / "run"))
+    log = run_log(tmp_path / "run")
+    for step in range(1, 21):
+        log.write("step", step, loss=float(step))
+    log.close()
+    first.close("KILLED")
+    if broken == "offset beyond the log":
+        rec = cursor(tmp_path / "run")
+        broken = json.dumps(dict(rec, offset=10**9))
+    (tmp_path / "run" / RUN_FILE).write_text(broken)
+    again = Tracker(cfg, DistInfo(), str(tmp_path / "run"), run_id=first.run_id)  # the checkpoint's run id
+    log = run_log(tmp_path / "run")
+    for step in range(21, 31):
+        log.write("step", step, loss=float(step))
+    log.close()
+    again.close("FINISHED")
+    client = client_for(mlflow_server)
+    assert [r.info.run_id for r in runs_in(client, cfg.tracking.experiment)] == [first.run_id]
+    assert history(client, first.run_id, "loss") == [(s, float(s)) for s in range(1, 31)]  # the replay: once
+    assert cursor(tmp_path / "run")["run_id"] == first.run_id and all_sent(tmp_path / "run")
+
+
+def test_the_model_asked_for_during_an_outage_is_logged_by_sync(mlflow_server_factory, tmp_path):
+    """The server is away for the whole run: close gives up; the model request waits in the cursor, beside the
+    artifacts, and `sync` logs both once the server is back."""
+    import torch
+
+    from resnext_dist.models import build_model
+    from tests.tiny import TINY
+    server = mlflow_server_factory()
+    server.stop()
+    cfg = make_cfg(tmp_path, server.uri, "tracking.close_timeout_s=1", *[o for o in TINY if o.startswith("model.")])
+    run_dir = tmp_path / "run"
+    tracker = Tracker(cfg, DistInfo(), str(run_dir))
+    log = run_log(run_dir)
+    for step in range(1, 6):
+        log.write("step", step, loss=float(step))
+    log.close()
+    model = build_model(cfg.model).eval()
+    weights, config = final_files(run_dir, cfg, model)
+    tracker.log_artifact(config)
+    tracker.log_model(weights, config, (2, 3, 16, 16))
+    tracker.close("FINISHED")
+    left = cursor(run_dir)
+    assert left["run_id"] is None and left["model"]["weights"] == weights and left["artifacts"]
+
+    server.start()
+    assert "; status FINISHED" in sync_to(run_dir)
+    client = client_for(server.uri)
+    (run,) = runs_in(client, cfg.tracking.experiment)
+    assert run.info.status == "FINISHED" and [a.path for a in client.list_artifacts(run.info.run_id)] == \
+        ["config.yaml"]
+    (output,) = client.get_run(run.info.run_id).outputs.model_outputs
+    import mlflow.pytorch
+    mlflow.set_tracking_uri(server.uri)
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(mlflow.pytorch.load_model(f"models:/{output.model_id}")(x), model(x), atol=1e-5)
+    assert cursor(run_dir)["model"] is None and history(client, run.info.run_id, "loss")[-1] == (5, 5.0)
+
+
+def test_sync_uri_sends_the_whole_run_to_another_store_once(mlflow_server, mlflow_server_factory, tmp_path):
+    from resnext_dist.models import build_model
+    from tests.tiny import TINY
+    cfg = make_cfg(tmp_path, mlflow_server, *[o for o in TINY if o.startswith("model.")])
+    run_dir = tmp_path / "run"
+    tracker = Tracker(cfg, DistInfo(), str(run_dir))
+    log = run_log(run_dir)
+    log.write("start", 0, world_size=1, resumed_from=None)
+    for step in range(1, 11):
+        log.write("step", step, loss=float(step), lr=0.1)
+    log.write("epoch", 10, epoch=0, val_top1=0.5, val_images=50)
+    log.close()
+    weights, config = final_files(run_dir, cfg, build_model(cfg.model))
+    (run_dir / "DONE").write_text(json.dumps({"step": 10, "epochs_done": 1}))
+    tracker.log_artifact(config)
+    tracker.close("FINISHED")
+    home = (run_dir / RUN_FILE).read_text()
+
+    other = mlflow_server_factory()
+    out = sync_to(run_dir, "--uri", other.uri)
+    assert out.startswith("sent 21 metric points to MLflow run ") and out.endswith(f"({other.uri}); status FINISHED")
+    client = client_for(other.uri)
+    (run,) = runs_in(client, cfg.tracking.experiment)
+    assert run.info.status == "FINISHED" and run.info.run_name == "tiny" and run.data.params == config_params(cfg)
+    assert history(client, run.info.run_id, "loss") == [(s, float(s)) for s in range(1, 11)]
+    assert history(client, run.info.run_id, "val_top1") == [(10, 0.5)] and run.data.tags["val_images"] == "50"
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ["config.yaml", "final_weights.pt",
+                                                                            "log.jsonl"]
+    assert len(client.get_run(run.info.run_id).outputs.model_outputs) == 1
+    assert sync_to(run_dir, "--uri", other.uri).startswith("sent 0 metric points")  # once: its own cursor goes on
+    assert len(runs_in(client, cfg.tracking.experiment)) == 1
+    assert (run_dir / RUN_FILE).read_text() == home  # the run's own store is not touched
+    tracked = [r for r in read_log(run_dir / "log.jsonl") if r.get("event") == "tracked"]
+    assert [(t["tracking_uri"], t["how"]) for t in tracked] == [(mlflow_server, "created"), (other.uri, "created")]
+
+
+def test_a_resume_with_a_new_uri_backfills_the_run_and_the_old_store_can_still_be_synced(
+        mlflow_server, mlflow_server_factory, tmp_path):
+    from resnext_dist.tracking.mlflow_tracker import open_tracker
+    old_cfg = make_cfg(tmp_path, mlflow_server)
+    run_dir = tmp_path / "run"
+    first = Tracker(old_cfg, DistInfo(), str(run_dir))
+    log = run_log(run_dir)
+    log.write("start", 0, world_size=1, resumed_from=None)
+    for step in range(1, 21):
+        log.write("step", step, loss=float(step))
+    log.close()
+    first.close("KILLED")
+    state = first.state  # what the checkpoint kept: the run id of the old store
+    assert state == {"mlflow_run_id": first.run_id, "tracking_uri": mlflow_server}
+
+    other = mlflow_server_factory()
+    new_cfg = make_cfg(tmp_path, other.uri)
+    again = open_tracker(new_cfg, DistInfo(), str(run_dir), state)
+    log = run_log(run_dir)
+    log.write("start", 15, world_size=1, resumed_from="step_15.pt")
+    for step in range(16, 31):  # resumed from a checkpoint at step 15
+        log.write("step", step, loss=1000.0 + step)
+    log.close()
+    again.close("FINISHED")
+    (run_dir / "DONE").write_text(json.dumps({"step": 30, "epochs_done": 1}))
+    client = client_for(other.uri)
+    (run,) = runs_in(client, new_cfg.tracking.experiment)
+    assert run.info.run_id != first.run_id and run.info.status == "FINISHED"
+    assert history(client, run.info.run_id, "loss") == \
+        [(s, float(s)) for s in range(1, 21)] + [(s, 1000.0 + s) for s in range(21, 31)]  # the steps before too
+
+    sync_to(run_dir, "--uri", mlflow_server)  # the old store's cursor was kept: it goes on from where it was
+    old = client_for(mlflow_server)
+    assert old.get_run(first.run_id).info.status == "FINISHED"
+    assert history(old, first.run_id, "loss") == \
+        [(s, float(s)) for s in range(1, 21)] + [(s, 1000.0 + s) for s in range(21, 31)]
+    assert len(runs_in(old, old_cfg.tracking.experiment)) == 1
+
+
+def test_a_full_artifact_store_is_reported_as_full_and_synced_once_there_is_room(tmp_path, caplog):
+    """The default store (sqlite beside run.root, artifacts in run.root/mlartifacts) on a disk that is full."""
+    from tests.mounts import small_tmpfs
+    caplog.set_level(logging.INFO)
+    cfg = load_config(None, [f"run.root={tmp_path}", "run.name=tiny", f"tracking.experiment=e-{uuid.uuid4().hex[:6]}",
+                             "tracking.close_timeout_s=3", "tracking.timeout_s=1"])
+    run_dir = tmp_path / "run"
+    with small_tmpfs(tmp_path / "mlartifacts", "64k"):
+        tracker = Tracker(cfg, DistInfo(), str(run_dir))
+        big = run_dir / "final_weights.pt"
+        big.write_bytes(os.urandom(512 * 1024))
+        tracker.log_artifact(str(big))
+        tracker.close("FINISHED")
+        said = [r.getMessage() for r in tracker_warnings(caplog)]
+        assert any("is full" in m and "No space left on device" in m for m in said), said
+        assert not any("not answering" in m for m in said), said
+        assert cursor(run_dir)["artifacts"] == [[str(big), None]]
+    assert sync_to(run_dir).endswith("status FINISHED")  # the disk unmounted: room again
+    client = client_for(f"sqlite:///{tmp_path}/mlflow.db")
+    assert [a.path for a in client.list_artifacts(tracker.run_id)] == ["final_weights.pt"]
+
+
+def test_a_close_gives_up_at_once_when_asked_and_the_summary_names_no_run(tmp_path, caplog):
+    """A signal during a hung close (give_up); and a run the store never made is described as such."""
+    caplog.set_level(logging.INFO)
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(128)
+        cfg = make_cfg(tmp_path, f"http://127.0.0.1:{hole.getsockname()[1]}", "tracking.close_timeout_s=120")
+        tracker = Tracker(cfg, DistInfo(), str(tmp_path / "run"))
+        assert tracker.describe().startswith("not created yet: ") and "None" not in tracker.describe()
+        asked = []
+        t = timed(tracker.close, "FINISHED", give_up=lambda: bool(asked.append(1)) or len(asked) > 3)
+        assert t < BLOCK_BOUND_S
+        assert any("stopped waiting on a signal" in r.getMessage() for r in tracker_warnings(caplog))
+        assert cursor(tmp_path / "run")["status"] == "FINISHED"
