@@ -124,8 +124,8 @@ class TrainingConfig:
     cudnn_benchmark: bool = key(True, None, "let cuDNN pick the fastest kernels (GPU only)", identity=False)
     deterministic: bool = key(False, None, "use deterministic algorithms (slower); resume-equality tests set it")
     progress_bar: bool = key(True, None, "tqdm bar on rank 0 when stdout is a terminal", identity=False)
-    nan_check: bool = key(True, None, "all ranks agree on a finite loss before each optimizer step (one small "
-                          "all-reduce per step)", identity=False)
+    nan_check: bool = key(True, None, "all ranks agree on a finite loss and gradient at each step (one small "
+                          "all-reduce on the device; a non-finite step is skipped there, read a step later)", identity=False)
 
 
 @dataclass
