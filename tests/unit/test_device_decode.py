@@ -359,3 +359,28 @@ def test_the_decode_thread_keeps_order_raises_in_order_and_stops_when_left():
     it.close()  # the consumer leaves early: the thread ends and the source is closed (FFCV's thread with it)
     assert closed == [3, 6, 1000]
     assert not [t for t in threading.enumerate() if t.name == "resnext_dist-decode-ahead"]
+
+
+def test_the_gpu_scripts_decode_check_passes_and_would_catch_a_changing_decode(betons, monkeypatch):
+    """bench decode_check (launch/gpu_bench.sh's first step) on this CPU: a raw-and-JPEG batch decoded 3 times
+    while the tiny net trains equals itself and the CPU decode; a decode whose output changes (as a memory race
+    would make it) fails it."""
+    from resnext_dist.bench.decode import stored_batches
+    from resnext_dist.bench.decode_check import check
+    from resnext_dist.config import load_config
+    from tests.tiny import TINY
+
+    cfg = load_config(None, [*TINY, "data.train_res=32"])
+    batch = stored_batches(betons["mixed"], BATCH, 1)[0]
+    assert check(batch, cfg, torch.device("cpu"), 3) == {"repeats": 3, "unequal_repeats": 0, "cpu_mean_levels": 0.0,
+                                                        "cpu_max_levels": 0, "ok": True}
+    real, calls = device_decode.DeviceDecoder.__call__, []
+
+    def racy(self, *args):
+        out = real(self, *args)
+        calls.append(1)
+        return out + 1e-3 if len(calls) == 3 else out  # the second decode on the checked "device" differs
+
+    monkeypatch.setattr(device_decode.DeviceDecoder, "__call__", racy)
+    result = check(batch, cfg, torch.device("cpu"), 3)
+    assert result["unequal_repeats"] == 1 and not result["ok"]
