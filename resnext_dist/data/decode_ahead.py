@@ -52,6 +52,8 @@ def decode_ahead(batches: Iterator, decode: Callable, device: torch.device, ahea
         return False
 
     def work() -> None:
+        if cuda:
+            torch.cuda.set_device(device)  # the current device is per thread: a new one starts on GPU 0
         try:
             with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
                 for stored, labels in batches:
