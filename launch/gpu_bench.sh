@@ -10,6 +10,8 @@
 #   0. the data, once per host, in $GPU_BENCH_DIR (default /tmp/resnext_bench; kept, so a second run skips it):
 #      12,800 JPEGs of 300x400 px (quality 90; crops of scikit-learn's sample photos: real photographs, not
 #      synthetic pictures) and their .beton (jpg mode)
+#   0b. correctness first (bench decode_check): one fixed batch decoded again and again by data.decode=gpu's thread
+#      while ResNeXt-50 trains on each equals itself bit for bit and the CPU decode within the tests' tolerance
 #   1. data.decode (issue 20), 224 px compiled, the process pinned to 6 cores (taskset; data.num_workers=6): the
 #      ceiling, the trainer with data.decode=gpu and with data.decode=cpu data.crop_decode=true, in one run
 #      (target: decode=gpu >= 0.97 of the ceiling and >= 5,000 img/s on an H200)
@@ -71,7 +73,7 @@ if [ "$SMOKE" = 1 ]; then
                                           train.precision=fp32 train.channels_last=false)
   RECIPE_STEPS=(--steps 4 --log-every 2 --threads 1)
   EST_EAGER=40; EST_COMPILED=150; EST_DEEP=40; EST_NOCHECK=30; EST_LOADER=60; EST_DECODE=200; EST_CORES=150
-  EST_RECIPE=30
+  EST_RECIPE=30; EST_CHECK=90; CHECK_ARGS=(--repeats 4 --photo-size 40x48 --threads 1 train.precision=fp32)
 else
   NET_50=(model.arch=resnext50_32x4d); NET_101=(model.arch=resnext101_32x4d); NET_152=(model.arch=resnext152_32x4d)
   BATCH=256
@@ -82,7 +84,7 @@ else
   # second compile of the same graph, which the inductor caches serve). Not yet run: EST_DECODE, EST_CORES
   # (4 children, each importing FFCV and compiling its pipelines), EST_RECIPE.
   EST_EAGER=75; EST_COMPILED=150; EST_DEEP=75; EST_NOCHECK=40; EST_LOADER=55; EST_DECODE=200; EST_CORES=180
-  EST_RECIPE=45
+  EST_RECIPE=45; EST_CHECK=60; CHECK_ARGS=()  # not yet run: 256 photos written, 30 decodes of 256 trained on
 fi
 
 mkdir -p "$WORK" "$RESULTS" || { echo "gpu_bench: cannot create $WORK / $RESULTS" >&2; exit 2; }
@@ -97,7 +99,7 @@ note() { echo "gpu_bench [$(elapsed) s] $*"; }
 run_step() {
   local name=$1 est=$2; shift 2
   local left=$((BUDGET - $(elapsed)))
-  if [ -n "$ONLY" ] && [ "$name" != write_beton ] && [[ " $ONLY " != *" $name "* ]]; then
+  if [ -n "$ONLY" ] && [ "$name" != write_beton ] && [ "$name" != decode_check ] && [[ " $ONLY " != *" $name "* ]]; then
     STATUS+=("$name: not selected (GPU_BENCH_ONLY)"); return
   fi
   if [ "$est" -gt "$left" ]; then
@@ -162,6 +164,14 @@ else
     --images "$IMAGES" --photo-size "$PHOTO"
 fi
 [ -f "$BETON" ] || { echo "gpu_bench: writing $BETON failed (see $RESULTS/write_beton.log)" >&2; exit 1; }
+
+# --- 0b. correctness first: data.decode=gpu's output while a model trains (bench decode_check: one fixed batch of
+# ImageNet-like photos, proportion mode, decoded again and again on the decode thread's stream while ResNeXt-50
+# trains on each) equals itself bit for bit and the CPU decode within the tests' tolerance. A race between nvJPEG's
+# stream and the training stream (pytorch/vision#9606) fails it. Always run (GPU_BENCH_ONLY does not skip it); its
+# verdict is a status line of the summary ("decode_check: ok" or FAILED) and its own decode_check.log / .json.
+run_step decode_check "$EST_CHECK" "$PY" -m resnext_dist.bench decode_check --workdir "$WORK/decode_check" \
+  "${NET_50[@]}" data.batch_size=$BATCH data.train_res=$RES_HI "${CHECK_ARGS[@]}" --out "$RESULTS/decode_check.json"
 
 # --- 1-3. data.decode=gpu (issue 20): the trainer on 6 cores against the ceiling; the recipes; the loader per core
 # The first 6 cores this process may use (all of them where there are fewer), for the whole trainer process.

@@ -1,4 +1,4 @@
-"""Throughput benchmarks: `python -m resnext_dist.bench {model,loader,train,scaling,report} ...`.
+"""Throughput benchmarks: `python -m resnext_dist.bench {model,loader,decode,decode_check,train,scaling,report} ...`.
 
 Each takes the trainer's own command line for what it measures (`--config RECIPE`, `key=value` overrides:
 bench/workload.py) and flags only for what is its own (steps, repeats, loaders, worker counts, device); each
@@ -15,6 +15,8 @@ from resnext_dist.errors import EXIT_BAD_INPUT, InputError
 SUBCOMMANDS = {
     "model": "the ceiling: a bare training step on synthetic input on the device",
     "loader": "FFCV vs torchvision vs synthetic loaders on the same images",
+    "decode": "host ms per batch of data.decode=gpu's preparation (boxes, decode, crop, resize, normalize)",
+    "decode_check": "data.decode=gpu's output while a model trains: equal to itself and to the CPU decode",
     "train": "the trainer end to end against the ceiling measured in the same run",
     "scaling": "1 rank vs N ranks at the same per-rank batch: weak-scaling efficiency",
     "report": "print several JSON results as one table",

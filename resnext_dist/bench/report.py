@@ -34,7 +34,9 @@ COLUMNS = (("bench", "bench", "{}"), ("measure", "measure", "{}"), ("arch", "arc
            ("efficiency", "efficiency", "{:.3f}"), ("data_wait", "data wait", "{:.1%}"),
            ("img_per_s_per_core", "img/s/core", "{:,.1f}"), ("device_ms_per_image", "device ms/img", "{:.3f}"),
            ("peak_mem_mb", "peak MiB", "{:,.0f}"), ("read_mb_per_image", "MB read/img", "{:.3f}"),
-           ("build_s", "build s", "{:.1f}"), ("cgroup_peak_mb", "cgroup peak MiB", "{:,.0f}"))
+           ("build_s", "build s", "{:.1f}"), ("cgroup_peak_mb", "cgroup peak MiB", "{:,.0f}"),
+           ("jpeg_kb", "JPEG KB", "{:.1f}"), ("host_ms", "host ms/batch", "{:.2f}"), ("ops", "ops/batch", "{}"),
+           ("decode_ms", "decode ms/batch", "{:.1f}"), ("device_ms", "device ms/batch", "{:.1f}"))
 ROW_METRICS = ("img_per_s", "wall_img_per_s", "per_rank_img_per_s", "ratio", "efficiency", "data_wait")
 
 

@@ -96,6 +96,8 @@ class DataConfig:
                             "(faster); false = FFCV's decoders", identity=False)
     decode: str = key("cpu", one_of(("cpu", "gpu")), "ffcv: cpu = FFCV's workers decode; gpu = decode, crop (the "
                       "same after a resume), flip, normalize on the device", identity=False)
+    decode_ahead: int = key(2, at_least(0), "decode=gpu: batches a background thread decodes ahead of the step "
+                            "(on its own CUDA stream; 0 = in the step's thread)", identity=False)
     synthetic_size: int = key(2048, positive, "synthetic: images per epoch (split across ranks)")
     val_synthetic_size: int = key(256, non_negative, "synthetic: validation images")
 
@@ -124,8 +126,9 @@ class TrainingConfig:
     cudnn_benchmark: bool = key(True, None, "let cuDNN pick the fastest kernels (GPU only)", identity=False)
     deterministic: bool = key(False, None, "use deterministic algorithms (slower); resume-equality tests set it")
     progress_bar: bool = key(True, None, "tqdm bar on rank 0 when stdout is a terminal", identity=False)
-    nan_check: bool = key(True, None, "all ranks agree on a finite loss before each optimizer step (one small "
-                          "all-reduce per step)", identity=False)
+    nan_check: bool = key(True, None, "all ranks agree on a finite loss and gradient at each step (one small "
+                          "all-reduce on the device; a non-finite step is skipped there, read a step later)",
+                          identity=False)
 
 
 @dataclass

@@ -227,7 +227,7 @@ class DeviceDecoder:
                 images[k] = image
         raw = [k for k in range(len(records)) if records["mode"][k] != JPEG]
         if raw:  # stored raw (height x width x 3, RGB): their rows to the device in one copy
-            rows = self._to_device(stored[raw])
+            rows = self._raw_rows(stored, raw, header + int((records["height"][raw] * records["width"][raw]).max()) * 3)
             for row, k in zip(rows, raw):
                 h, w = int(records["height"][k]), int(records["width"][k])
                 images[k] = row[header:header + h * w * 3].view(h, w, 3).permute(2, 0, 1)
@@ -236,6 +236,18 @@ class DeviceDecoder:
                 raise self._error(records["index"][k], f"decodes to {tuple(image.shape[1:])}, the .beton says "
                                                        f"{int(records['height'][k])}x{int(records['width'][k])}")
         return images
+
+    def _raw_rows(self, stored: np.ndarray, raw: List[int], width: int) -> torch.Tensor:
+        """Rows `raw` of FFCV's buffer, cut to `width` bytes (a row's capacity is the largest image of the file),
+        on the device. On CUDA one host copy, straight into pinned memory (not a gather and then a pinned copy of
+        it), then an asynchronous copy to the device."""
+        source = torch.from_numpy(stored)[:, :width]
+        index = torch.as_tensor(raw, dtype=torch.int64)
+        if self.device.type != "cuda":
+            return torch.index_select(source, 0, index)
+        pinned = torch.empty((len(raw), width), dtype=torch.uint8, pin_memory=True)
+        torch.index_select(source, 0, index, out=pinned)
+        return pinned.to(self.device, non_blocking=True)
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         """A host array on the device without waiting for the stream: from pageable memory a copy to the GPU

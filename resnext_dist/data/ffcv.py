@@ -43,6 +43,7 @@ from ffcv.traversal_order.base import TraversalOrder
 from ffcv.transforms import RandomHorizontalFlip, RandomTranslate, ToDevice, ToTensor, ToTorchImage
 
 from resnext_dist.data import crop_decode, device_decode
+from resnext_dist.data.decode_ahead import decode_ahead
 from resnext_dist.data.normalize import DeviceNormalize
 from resnext_dist.data.batches import split_for
 from resnext_dist.data.sharding import batches_per_epoch, eval_shard, steps_per_epoch, train_shard
@@ -116,7 +117,7 @@ class FfcvTrain:
 
     def __init__(self, path: str, data_cfg, dist, *, seed: int, channels_last: bool, num_images: int,
                  global_batch: int = 0, by_page: bool = False):
-        self.path, self.num_images = path, num_images
+        self.path, self.num_images, self.device = path, num_images, dist.device
         self.batch_size, self.seed, self.data_cfg = data_cfg.batch_size, seed, data_cfg
         split = split_for(dist.world_size, self.batch_size, global_batch)
         self.global_batch, self.micro_sizes = split.global_batch, split.micro_sizes(dist.rank)
@@ -156,7 +157,7 @@ class FfcvTrain:
         self.order.start = start
         self.loader.next_epoch = epoch  # the order is a function of (seed, epoch) only
         decode = functools.partial(self._decode, epoch, res) if self.on_device is not None else None
-        batches = _hand_out(self.loader, self.normalize, decode)
+        batches = _hand_out(self.loader, self.normalize, decode, self.device, self.data_cfg.decode_ahead)
         return batches if len(set(self.micro_sizes)) == 1 else _micro_batches(batches, self.micro_sizes)
 
     def _decode(self, epoch: int, res: int, images: torch.Tensor) -> torch.Tensor:
@@ -170,7 +171,7 @@ class FfcvVal:
     """This rank's share of the validation set; iterate for (images, labels); `num_images` = all ranks."""
 
     def __init__(self, path: str, data_cfg, dist, *, channels_last: bool, num_images: int):
-        self.path, self.num_images = path, num_images
+        self.path, self.num_images, self.device, self.ahead = path, num_images, dist.device, data_cfg.decode_ahead
         self.indices = eval_shard(num_images, rank=dist.rank, world_size=dist.world_size)
         self.batch_size, self.res, self.ratio = data_cfg.batch_size, data_cfg.val_res, data_cfg.val_crop_ratio
         self.loader, self.on_device, self.normalize = None, None, None
@@ -196,7 +197,8 @@ class FfcvVal:
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         if self.loader is None:
             return iter(())
-        return _hand_out(self.loader, self.normalize, self._decode if self.on_device is not None else None)
+        return _hand_out(self.loader, self.normalize, self._decode if self.on_device is not None else None,
+                         self.device, self.ahead)
 
     def _decode(self, images: torch.Tensor) -> torch.Tensor:
         records = device_decode.headers(images)
@@ -223,14 +225,31 @@ def _micro_batches(batches: Iterator, sizes: List[int]) -> Iterator[Tuple[torch.
         batches.close()  # stop FFCV's prefetch thread when the caller leaves the epoch early
 
 
-def _hand_out(loader: Loader, normalize, decode) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """FFCV's batches as (float32 images, int64 labels): normalized, or `decode`d on the device (data.decode=gpu).
-    FFCV reuses its output buffers batches_ahead+2 batches later: hand out copies only (normalize and the device
-    decoder make new image tensors; the labels are cloned)."""
+def _hand_out(loader: Loader, normalize, decode, device=None, ahead: int = 0) \
+        -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """FFCV's batches as (float32 images, int64 labels): normalized, or `decode`d on the device (data.decode=gpu:
+    by a background thread `ahead` batches ahead, decode_ahead.py). FFCV reuses its output buffers
+    batches_ahead+2 batches later: hand out copies only (normalize and the device decoder make new image tensors;
+    the labels are cloned as soon as they are read)."""
+    if decode is not None:
+        return decode_ahead(_stored_and_labels(loader), decode, device, ahead)
+    return _normalized(loader, normalize)
+
+
+def _normalized(loader: Loader, normalize) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     it = iter(loader)
     try:
         for images, labels in it:
-            labels = labels.reshape(-1).clone()
-            yield normalize(images, labels) if decode is None else (decode(images), labels.to(torch.int64))
+            yield normalize(images, labels.reshape(-1).clone())
     finally:
         it.close()  # stop the prefetch thread when the caller leaves the epoch early
+
+
+def _stored_and_labels(loader: Loader) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """(stored bytes as FFCV hands them, a copy of the labels as int64)."""
+    it = iter(loader)
+    try:
+        for images, labels in it:
+            yield images, labels.reshape(-1).clone().to(torch.int64)
+    finally:
+        it.close()

@@ -1,13 +1,14 @@
 """One optimizer step, the ranks' agreement, what the steps add up to between two log lines, and exact
 evaluation. The epoch loop that calls them is trainer.py.
 
-The step, top to bottom: fetch a micro-batch (timed: that is the data wait) -> forward under autocast ->
-on the last micro-step, when asked, agree with every rank on (a non-finite loss anywhere, a stop request, a
-log line now) in one tiny all-reduce before the backward -> backward (DDP all-reduces gradients on the last
-micro-step only) -> clip -> optimizer step -> schedule -> EMA. Each micro-batch's loss is weighed by its images
-(micro-batches differ by one image where the global batch does not divide evenly: data/batches.py), so the update
-is that of one process taking the whole global batch, on any world size. Between two log lines the losses stay on
-the device (`Interval`); evaluation all-reduces counts, not averages.
+The step, top to bottom, with no host read (no sync): fetch a micro-batch (timed: that is the data wait) ->
+forward under autocast -> backward (DDP all-reduces gradients on the last micro-step only) -> clip -> when asked,
+agree with every rank on (a non-finite loss, a non-finite gradient, a stop request, a log line now) in one tiny
+all-reduce on the device -> optimizer step, skipped on the device where the agreement says non-finite ->
+schedule -> EMA. The host reads the agreement one step later (agreement.py). Each micro-batch's loss is
+weighed by its images (micro-batches differ by one image where the global batch does not divide evenly:
+data/batches.py), so the update is that of one process taking the whole global batch, on any world size.
+Between two log lines the losses stay on the device (`Interval`); evaluation all-reduces counts, not averages.
 """
 from __future__ import annotations
 
@@ -22,10 +23,17 @@ import torch.nn.functional as F
 
 from resnext_dist import dist as rdist
 from resnext_dist.run import faults
+from resnext_dist.run.agreement import GRAD, LOSS, Agreed
 
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+def non_finite_error(agreed: Agreed, epoch: int) -> NonFiniteLoss:
+    what = "loss" if agreed.bad_loss else "gradient"
+    return NonFiniteLoss(f"non-finite {what} at step {agreed.step} (epoch {epoch}) on at least one rank; every "
+                         f"rank stopped without applying it")
 
 
 @dataclass
@@ -39,28 +47,23 @@ class StepContext:
     global_batch: int  # images per optimizer step over all ranks
     label_smoothing: float
     grad_clip_norm: float
-
-
-@dataclass
-class Agreed:
-    """What every rank agreed on at a step (the max over ranks of each rank's wish)."""
-
-    stop_signal: int = 0  # a signal number some rank received (0 = none)
-    log_now: bool = False  # rank 0 asks for a line now (train.log_every_s passed)
+    # 1 on the device once an agreed step was non-finite: later steps are skipped until the host hears of it
+    tripped: Optional[torch.Tensor] = None
 
 
 def train_step(state, batches: Iterator, ctx: StepContext, wishes: Optional[Tuple[int, bool]]) \
-        -> Tuple[torch.Tensor, int, float, Optional[Agreed]]:
-    """One optimizer step. Returns (the summed loss of this rank's images, on the device: not read here; how many
-    images that is; seconds spent waiting for data; what the ranks agreed on, or None when `wishes` was None: no
-    agreement this step).
+        -> Tuple[torch.Tensor, int, float, Optional[torch.Tensor]]:
+    """One optimizer step, queued without a host read. Returns (the summed loss of this rank's images, on the
+    device: not read here; how many images that is; seconds spent waiting for data; the agreed flags on the device
+    (agreement.py's order), or None when `wishes` was None: no agreement this step).
 
     `wishes` = (this rank's stop signal, this rank wants a log line now): when given, the ranks agree on them and
-    on a finite loss before the backward, so a NaN anywhere stops every rank before the optimizer step."""
+    on a finite loss and gradient after the backward, and the optimizer step is skipped on the device where any
+    was non-finite (the host learns of it one step later: agreement.py)."""
     model, dist = ctx.model, ctx.dist
     loss_sum = torch.zeros((), device=dist.device)
-    nonfinite = torch.zeros(1, dtype=torch.int32, device=dist.device)
-    wait_s, agreed, images_seen = 0.0, None, 0
+    nonfinite = torch.zeros((), dtype=torch.int32, device=dist.device)
+    wait_s, images_seen = 0.0, 0
     for micro in range(ctx.accum_steps):
         t0 = time.perf_counter()
         images, labels = next(batches)
@@ -74,11 +77,6 @@ def train_step(state, batches: Iterator, ctx: StepContext, wishes: Optional[Tupl
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=ctx.label_smoothing)
             loss = faults.maybe_poison_loss(loss, dist.rank, state.step + 1)
             nonfinite |= (~torch.isfinite(loss.detach())).int()
-            if last and wishes is not None:
-                agreed = _agree(nonfinite, *wishes, device=dist.device)
-                if agreed is None:
-                    raise NonFiniteLoss(f"non-finite loss at step {state.step + 1} (epoch {state.epoch}) on at "
-                                        f"least one rank; every rank stopped before the optimizer step")
             # The mean over this micro-batch's n images, weighed n / (global batch / world size): DDP averages the
             # ranks' gradients, so the update is the mean over the global batch's images (n is a shape: no sync).
             # An even split gives global / (world size x n) = accum_steps exactly: the plain loss / accum_steps.
@@ -88,33 +86,79 @@ def train_step(state, batches: Iterator, ctx: StepContext, wishes: Optional[Tupl
         loss_sum += loss.detach() * n
         images_seen += n
 
-    if ctx.grad_clip_norm > 0:
-        if state.scaler:
-            state.scaler.unscale_(state.optimizer)
-        torch.nn.utils.clip_grad_norm_(state.model.parameters(), ctx.grad_clip_norm)
-    if state.scaler:  # fp16: steps with inf/nan gradients are skipped by the scaler, not errors
+    flags = None
+    if state.scaler and ctx.grad_clip_norm > 0:
+        state.scaler.unscale_(state.optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), ctx.grad_clip_norm) \
+        if ctx.grad_clip_norm > 0 else None
+    if wishes is not None:
+        flags = _agree(nonfinite, _grad_nonfinite(state, norm), *wishes, device=dist.device)
+        # Every rank skips alike (the flags are agreed); once tripped, the steps queued before the host hears of
+        # it are skipped too, so the weights it stops with are those from before the non-finite step.
+        ctx.tripped = torch.maximum(ctx.tripped, flags[LOSS] | flags[GRAD]) if ctx.tripped is not None \
+            else flags[LOSS] | flags[GRAD]
+    if state.scaler:  # fp16: steps with inf/nan gradients are skipped by the scaler (its own found_inf)
         state.scaler.step(state.optimizer)
         state.scaler.update()
     else:
-        state.optimizer.step()
+        _step_unless(state.optimizer, ctx.tripped)
     state.optimizer.zero_grad(set_to_none=True)
     state.scheduler.step()
     if state.ema is not None:
         state.ema.update_parameters(state.model)
     state.step += 1
     faults.maybe_fail(dist.rank, state.step)
-    return loss_sum, images_seen, wait_s, agreed
+    return loss_sum, images_seen, wait_s, flags
 
 
-def _agree(nonfinite: torch.Tensor, stop_signal: int, log_now: bool, device) -> Optional[Agreed]:
-    """The ranks' one meeting per step: max over ranks of (loss non-finite, stop signal, log now); None when any
-    loss was non-finite. Sync point: the host waits for the forward and this tiny all-reduce, then queues the
-    backward, the optimizer step and the next batch while the device runs the backward. (torch.full is a
-    device fill, not a blocking host-to-device copy.)"""
-    flags = torch.cat([nonfinite, torch.full((1,), stop_signal, dtype=torch.int32, device=device),
-                       torch.full((1,), int(log_now), dtype=torch.int32, device=device)])
-    bad, stop, log = rdist.all_reduce(flags, "max").tolist()
-    return None if bad else Agreed(int(stop), bool(log))
+def _grad_nonfinite(state, norm: Optional[torch.Tensor]) -> torch.Tensor:
+    """1 where a gradient is inf/NaN (0-dim int32 on the device; no read). The clip's norm when there is one,
+    else one fused norm over the gradients. Under fp16 the scaler's own check decides (an overflow there is a
+    skipped step, not an error)."""
+    device = next(state.model.parameters()).device
+    if state.scaler:
+        return torch.zeros((), dtype=torch.int32, device=device)
+    if norm is None:
+        grads = [p.grad for p in state.model.parameters() if p.grad is not None]
+        if not grads:
+            return torch.zeros((), dtype=torch.int32, device=device)
+        norm = torch.nn.utils.get_total_norm(grads)
+    return (~torch.isfinite(norm)).int()
+
+
+def _step_unless(optimizer, tripped: Optional[torch.Tensor]) -> None:
+    """The optimizer step, skipped on the device where `tripped` (no host read)."""
+    if tripped is None:
+        optimizer.step()
+        return
+    _skip_on_device(optimizer, tripped)
+    optimizer.step()
+    if getattr(optimizer, "_step_supports_amp_scaling", False):
+        del optimizer.found_inf, optimizer.grad_scale
+
+
+def _skip_on_device(optimizer, tripped: torch.Tensor) -> None:
+    """Fused optimizers (torch's `fused=True`) skip their whole update where `found_inf` is set, exactly as under
+    GradScaler. Others get zero gradients there (masked_fill: NaN x 0 would stay NaN): nothing non-finite is
+    applied, though momentum and weight decay still move the weights once, finitely."""
+    if getattr(optimizer, "_step_supports_amp_scaling", False):
+        optimizer.found_inf, optimizer.grad_scale = tripped.float(), None
+        return
+    bad = tripped.bool()
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                p.grad.masked_fill_(bad, 0.0)
+
+
+def _agree(nonfinite: torch.Tensor, grad_nonfinite: torch.Tensor, stop_signal: int, log_now: bool, device) \
+        -> torch.Tensor:
+    """The ranks' one meeting per step: max over ranks of (loss non-finite, gradient non-finite, stop signal, log
+    now), on the device, not read here. (torch.full is a device fill, not a blocking host-to-device copy; with
+    NCCL the all-reduce is queued on the stream, so the host goes on.)"""
+    flags = torch.stack([nonfinite, grad_nonfinite, torch.full((), stop_signal, dtype=torch.int32, device=device),
+                         torch.full((), int(log_now), dtype=torch.int32, device=device)])
+    return rdist.all_reduce(flags, "max")
 
 
 class Interval:

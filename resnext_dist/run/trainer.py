@@ -30,7 +30,8 @@ from resnext_dist.run import console, rundir
 from resnext_dist.run.lock import hold_run_dir
 from resnext_dist.runlog import RunLog, read_log, summarize
 from resnext_dist.run.signals import StopFlag, StopRequested, launcher_alive
-from resnext_dist.run.step import Interval, StepContext, evaluate, train_step
+from resnext_dist.run.agreement import LateAgreement
+from resnext_dist.run.step import Interval, StepContext, evaluate, non_finite_error, train_step
 from resnext_dist.tracking.plot import write_curves
 from resnext_dist.weights import init_model
 from resnext_dist.weights.export import dataset_class_names, write_export
@@ -263,6 +264,7 @@ class Trainer:
         """Epochs of steps, each epoch from wherever the state says it stopped, up to the last step."""
         cfg, parts, state = self.cfg, self.parts, self.state
         self.interval, self.first_step = Interval(self.dist.device), state.step
+        self.agreement = LateAgreement(self.dist.device)
         while state.step < self.last_step:
             epoch, res = state.epoch, train_res_for_epoch(cfg.data, state.epoch)
             done_steps = state.samples_in_epoch // parts.global_batch
@@ -291,9 +293,17 @@ class Trainer:
             stop.requested = stop.requested or signal.SIGTERM
         wishes = (stop.requested, self.dist.is_main and self.interval.overdue(cfg.train.log_every_s)) \
             if cfg.train.nan_check or log_due else None
-        loss_sum, images, wait_s, agreed = train_step(state, batches, self.ctx, wishes)
+        loss_sum, images, wait_s, flags = train_step(state, batches, self.ctx, wishes)
         state.samples_in_epoch = (step_in_epoch + 1) * parts.global_batch
         self.interval.add(loss_sum, images, wait_s)
+        # The previous step's agreement, read now that this one is queued (no wait on it); where this step is a
+        # sync point anyway (a line, a checkpoint, the end), its own too: nothing is logged or saved unagreed.
+        agreed = self.agreement.exchange(flags, state.step)
+        saving = self.saver.every_steps and state.step % self.saver.every_steps == 0
+        if log_due or saving or epoch_end or state.step >= self.last_step:
+            agreed = agreed.merge(self.agreement.read()) if agreed else self.agreement.read()
+        if agreed is not None and agreed.nonfinite:
+            raise non_finite_error(agreed, state.epoch)
         loss = None
         if log_due or (agreed is not None and agreed.log_now):
             # Sync point: the loss is read from the device (and averaged over ranks) here only.

@@ -25,7 +25,7 @@ def test_gpu_bench_smoke_runs_and_ends_with_the_table(tmp_path):
     assert [re.split(r"\s{2,}", line)[:2] for line in lines[-5:]] == [
         ["train", "ceiling (bare step)"], ["train", "trainer (synthetic)"], ["train", "trainer (ffcv)"],
         ["loader", "ffcv, 1 worker"], ["loader", "ffcv-full, 1 worker"]]
-    for step in ("write_beton", "r50_32_eager", "ffcv_32"):
+    for step in ("write_beton", "decode_check", "r50_32_eager", "ffcv_32"):  # the decode check always runs
         assert f"  {step}: ok" in proc.stdout
     assert "  r50_32_compiled: not selected" in proc.stdout
     result = json.loads((tmp_path / "results" / "r50_32_eager.json").read_text())
@@ -33,5 +33,7 @@ def test_gpu_bench_smoke_runs_and_ends_with_the_table(tmp_path):
     loader = json.loads((tmp_path / "results" / "ffcv_32.json").read_text())
     assert [(r["measure"], r["res"], r["batch"]) for r in loader["rows"]] == [("ffcv, 1 worker", 32, 8),
                                                                            ("ffcv-full, 1 worker", 32, 8)]
+    check = json.loads((tmp_path / "results" / "decode_check.json").read_text())["rows"][0]
+    assert check["ok"] and check["unequal_repeats"] == 0 and check["repeats"] == 4
     assert "partial JPEG decode (data.crop_decode) on" in proc.stdout
     assert (tmp_path / "work" / "photos_128_40x48_jpg.beton").is_file()

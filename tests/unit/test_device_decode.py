@@ -316,3 +316,71 @@ def test_the_trainer_resumed_mid_epoch_equals_the_uninterrupted_run_bit_for_bit(
     a, b = params(tmp_path / "straight"), params(tmp_path / "resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "resumed" / "DONE").exists()
+
+
+# ---- decode ahead (a background thread; on CUDA its own stream)
+
+
+def test_decoding_ahead_on_a_thread_gives_the_same_batches_in_the_same_order(betons, random_crop_loader):
+    """data.decode_ahead=2 (the default: a background thread) against 0 (in the caller's thread): bit for bit."""
+    inline = build(betons["jpg"], "gpu", random_crop=True, decode_ahead=0)[0]
+    (a_x, a_y), (b_x, b_y) = epoch(random_crop_loader, 1), epoch(inline, 1)
+    assert a_y == b_y and len(a_x) == len(b_x) and all(torch.equal(a, b) for a, b in zip(a_x, b_x))
+
+
+def test_the_decode_thread_keeps_order_raises_in_order_and_stops_when_left():
+    import threading
+
+    from resnext_dist.data.decode_ahead import decode_ahead
+
+    closed = []
+
+    def source(n):
+        try:
+            for k in range(n):
+                yield torch.full((1,), k), torch.tensor([k])
+        finally:
+            closed.append(n)
+
+    def decode(x):
+        if int(x) == 3:
+            raise DataError("image 3: broken")
+        return x * 10
+
+    cpu = torch.device("cpu")
+    assert [int(x) for x, _ in decode_ahead(source(3), decode, cpu, 2)] == [0, 10, 20]
+    seen = []
+    with pytest.raises(DataError, match="image 3"):
+        for x, y in decode_ahead(source(6), decode, cpu, 2):
+            seen.append(int(y))
+    assert seen == [0, 1, 2]  # the batches before the broken one, then its error
+    it = decode_ahead(source(1000), decode, cpu, 2)
+    next(it)
+    it.close()  # the consumer leaves early: the thread ends and the source is closed (FFCV's thread with it)
+    assert closed == [3, 6, 1000]
+    assert not [t for t in threading.enumerate() if t.name == "resnext_dist-decode-ahead"]
+
+
+def test_the_gpu_scripts_decode_check_passes_and_would_catch_a_changing_decode(betons, monkeypatch):
+    """bench decode_check (launch/gpu_bench.sh's first step) on this CPU: a raw-and-JPEG batch decoded 3 times
+    while the tiny net trains equals itself and the CPU decode; a decode whose output changes (as a memory race
+    would make it) fails it."""
+    from resnext_dist.bench.decode import stored_batches
+    from resnext_dist.bench.decode_check import check
+    from resnext_dist.config import load_config
+    from tests.tiny import TINY
+
+    cfg = load_config(None, [*TINY, "data.train_res=32"])
+    batch = stored_batches(betons["mixed"], BATCH, 1)[0]
+    assert check(batch, cfg, torch.device("cpu"), 3) == {"repeats": 3, "unequal_repeats": 0, "cpu_mean_levels": 0.0,
+                                                        "cpu_max_levels": 0, "ok": True}
+    real, calls = device_decode.DeviceDecoder.__call__, []
+
+    def racy(self, *args):
+        out = real(self, *args)
+        calls.append(1)
+        return out + 1e-3 if len(calls) == 3 else out  # the second decode on the checked "device" differs
+
+    monkeypatch.setattr(device_decode.DeviceDecoder, "__call__", racy)
+    result = check(batch, cfg, torch.device("cpu"), 3)
+    assert result["unequal_repeats"] == 1 and not result["ok"]

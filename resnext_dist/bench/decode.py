@@ -1,0 +1,212 @@
+"""`python -m resnext_dist.bench decode`: the host's work per batch of the data.decode=gpu path's preparation.
+
+    python -m resnext_dist.bench decode                     # 256 ImageNet-like photos (375x500), jpg and proportion
+    python -m resnext_dist.bench decode --write-modes jpg data.batch_size=64 --images 256
+
+It reads batches of stored bytes from a .beton of bench photos with FFCV (what data.decode=gpu's workers hand
+over), keeps copies of them, then times the device decoder (device_decode.DeviceDecoder, with the crop boxes and
+flips drawn as the loader draws them) on each batch, in this thread. Per batch it reports:
+- host_ms: what the preparation costs the host beyond the work of torch ops: wall time minus the time spent inside
+  torch ops (timed by a TorchDispatchMode; on a CPU the device's work runs inside them), minus the mode's own cost
+  per op (measured first). It keeps what a GPU would not take off the host: numpy (headers, boxes, tables),
+  Python, building the decode's inputs, host copies.
+- ops: torch ops dispatched per batch (on a GPU each is a kernel launch or a copy, or a view costing host time).
+- decode_ms: inside the JPEG decode op; device_ms: inside every other op (on a CPU: the device work done there;
+  on a GPU: CUDA events around the batch, decode excluded).
+The JPEGs' mean stored size is reported too (ImageNet's are ~110 KB at ~400x350). See docs/performance.md.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from typing import Dict, List
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from resnext_dist.bench import report, workload
+from resnext_dist.bench.photos import MAX_PHOTO_SIZE, prepare_data
+from resnext_dist.errors import InputError
+
+DEFAULTS = ["data.train_res=224", "data.batch_size=256"]
+IMAGENET_TEXTURE = 26.0  # bench/photos.py's noise for 375x500 JPEGs of ~110 KB in the .beton (quality 90)
+WRITE_MODES = ("jpg", "proportion")
+DECODE_OPS = ("decode_jpeg", "decode_jpegs")  # torchvision's JPEG decode ops (CPU: decode_jpeg; CUDA: decode_jpegs_cuda)
+
+
+class OpClock(TorchDispatchMode):
+    """Counts the torch ops dispatched while active and adds up the time spent inside them (the decode apart)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.op_s, self.decode_s = 0, 0.0, 0.0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        t0 = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        spent = time.perf_counter() - t0
+        self.ops += 1
+        if any(name in str(func) for name in DECODE_OPS):
+            self.decode_s += spent
+        else:
+            self.op_s += spent
+        return out
+
+
+def mode_cost_s(n: int = 3000) -> float:
+    """The OpClock's own host cost per op: a tiny op timed with and without it (so host_ms leaves it out)."""
+    x = torch.zeros(4)
+
+    def loop() -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            torch.ops.aten.alias(x)
+        return time.perf_counter() - t0
+
+    loop()
+    bare = min(loop() for _ in range(3))
+    clock = OpClock()
+    with clock:
+        loop()
+        timed = min(loop() for _ in range(3))
+    inside = clock.op_s / (4 * n)  # what the clock counted as op time per op, over its 4 loops
+    return max(0.0, (timed - bare) / n - inside)
+
+
+def stored_batches(path: str, batch: int, count: int) -> List[np.ndarray]:
+    """The first `count` batches of stored-bytes rows, as data.decode=gpu's FFCV workers hand them over (copied:
+    FFCV reuses its buffers)."""
+    from ffcv.fields.decoders import IntDecoder
+    from ffcv.loader import Loader, OrderOption
+
+    from resnext_dist.data import device_decode
+
+    loader = Loader(path, batch_size=batch, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=True,
+                    pipelines={"image": [device_decode.StoredBytes(device_decode.stored_capacity(path))],
+                               "label": [IntDecoder()]})
+    out = []
+    for images, _ in loader:
+        out.append(np.array(images, copy=True))
+        if len(out) == count:
+            break
+    return out
+
+
+def time_batches(batches: List[np.ndarray], device: torch.device, res: int, repeats: int, warmup: int) -> Dict:
+    """Per batch: host ms, ops, decode ms and device ms (medians over `repeats` passes after `warmup`)."""
+    from resnext_dist.data import device_decode
+
+    decoder = device_decode.DeviceDecoder(device, channels_last=True)
+    per_op = mode_cost_s()
+    host, ops, decode, dev = [], [], [], []
+    for rep in range(warmup + repeats):
+        for epoch, stored in enumerate(batches):
+            clock = OpClock()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+            t0 = time.perf_counter()
+            with clock:
+                boxes, flips = device_decode.train_boxes(device_decode.headers(stored), seed=0, epoch=epoch,
+                                                         random_crop=True, val_crop_ratio=0.875)
+                out = decoder(stored, boxes, flips, res)
+            wall = time.perf_counter() - t0
+            if device.type == "cuda":
+                end.record()
+                torch.cuda.synchronize(device)
+                device_s = start.elapsed_time(end) / 1e3 - clock.decode_s
+            else:
+                device_s = clock.op_s
+            del out
+            if rep >= warmup:
+                host.append(wall - clock.op_s - clock.decode_s - clock.ops * per_op)
+                ops.append(clock.ops)
+                decode.append(clock.decode_s)
+                dev.append(device_s)
+    return {"host_ms": 1e3 * float(np.median(host)), "ops": int(np.median(ops)),
+            "decode_ms": 1e3 * float(np.median(decode)), "device_ms": 1e3 * float(np.median(dev)),
+            "mode_cost_us_per_op": 1e6 * per_op}
+
+
+def jpeg_kb(path: str) -> float:
+    """Mean stored size in KB of the .beton's JPEGs (0 when it holds none)."""
+    from ffcv.reader import Reader
+
+    from resnext_dist.data.device_decode import JPEG
+
+    reader = Reader(path)
+    meta = reader.metadata[f"f{reader.field_names.index('image')}"]
+    table = np.sort(reader.alloc_table, order="ptr")
+    sizes = table["size"][np.searchsorted(table["ptr"], meta["data_ptr"])]
+    jpegs = sizes[meta["mode"] == JPEG]
+    return float(jpegs.mean()) / 1e3 if len(jpegs) else 0.0
+
+
+def parser():
+    p = workload.bench_parser("decode", "Host ms per batch of data.decode=gpu's preparation (crop boxes, decode, "
+                                        f"crop, resize, flip, normalize); without --config: {' '.join(DEFAULTS)}.")
+    p.add_argument("--images", type=int, default=1024, help="photos in each .beton")
+    p.add_argument("--photo-size", default="375x500", help=f"HxW of the photos, at most {MAX_PHOTO_SIZE[0]}x"
+                   f"{MAX_PHOTO_SIZE[1]} (ImageNet-like: a longest side of 500)")
+    p.add_argument("--texture", type=float, default=IMAGENET_TEXTURE, help="noise (std, levels) added to each "
+                   "photo: 26 makes 375x500 JPEGs of ~110 KB once written, ImageNet's size (bench/photos.py)")
+    p.add_argument("--write-modes", default="jpg,proportion", help=f"comma-separated, of {', '.join(WRITE_MODES)}")
+    p.add_argument("--batches", type=int, default=2, help="distinct batches timed")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes over them (the median counts)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed passes first")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the decode runs")
+    p.add_argument("--workdir", default="", help="keep the photos and .betons here (default: a temporary folder)")
+    return p
+
+
+def run(argv=None) -> int:
+    args = parser().parse_intermixed_args(argv)
+    device = workload.pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = workload.load(args, device.type, defaults=DEFAULTS, force=["data.loader=synthetic"])
+    modes = [m.strip() for m in args.write_modes.split(",") if m.strip()]
+    if not modes or set(modes) - set(WRITE_MODES):
+        raise InputError(f"--write-modes {args.write_modes!r}: choose from {', '.join(WRITE_MODES)}")
+    size = tuple(int(v) for v in args.photo_size.lower().split("x")) if args.photo_size.count("x") == 1 and \
+        all(v.isdigit() for v in args.photo_size.lower().split("x")) else ()
+    if len(size) != 2 or not all(8 <= v <= m for v, m in zip(size, MAX_PHOTO_SIZE)):
+        raise InputError(f"--photo-size {args.photo_size!r}: expected HxW between 8x8 and "
+                         f"{MAX_PHOTO_SIZE[0]}x{MAX_PHOTO_SIZE[1]}")
+    batch, res = cfg.data.batch_size, cfg.data.train_res
+    if args.batches < 1 or args.repeats < 1 or args.warmup < 0 or args.images < batch * args.batches:
+        raise InputError(f"--images {args.images} must hold --batches {args.batches} of data.batch_size={batch}; "
+                         "--repeats >= 1, --warmup >= 0")
+    if args.texture < 0:
+        raise InputError(f"--texture {args.texture} must be >= 0")
+    workdir = args.workdir or tempfile.mkdtemp(prefix="bench_decode_")
+    os.makedirs(workdir, exist_ok=True)
+    title = (f"bench decode: data.decode=gpu's preparation of batches of {batch} photos {size[0]}x{size[1]} -> "
+             f"{res} px on {workload.device_label(device)}")
+    rows, summary = [], {}
+    try:
+        for mode in modes:
+            path = prepare_data(workdir, args.images, size, mode, texture=args.texture)["ffcv"]
+            timing = time_batches(stored_batches(path, batch, args.batches), device, res, args.repeats,
+                                  args.warmup)
+            kb = jpeg_kb(path)
+            rows.append({"measure": f"{mode}, {batch} images", "res": res, "batch": batch, "write_mode": mode,
+                         "jpeg_kb": kb, **timing})
+            print(f"{mode}: host {timing['host_ms']:.2f} ms, {timing['ops']} ops, decode {timing['decode_ms']:.1f} "
+                  f"ms, device {timing['device_ms']:.1f} ms per batch; JPEGs {kb:.1f} KB", flush=True)
+            summary.update({f"host_ms_per_batch_{mode}": timing["host_ms"], f"ops_per_batch_{mode}": timing["ops"]})
+    finally:
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    notes = ["host_ms: wall time of a batch's preparation minus the time inside torch ops and the timer's own cost "
+             "per op; ops: torch ops dispatched per batch; decode_ms: inside the JPEG decode; device_ms: inside the "
+             "other ops (a CPU) or CUDA events (a GPU); medians over the timed passes"]
+    params = {"images": args.images, "photo_hw": list(size), "texture": args.texture, "write_modes": modes,
+              "batches": args.batches, "repeats": args.repeats, "warmup": args.warmup, "device": device.type,
+              "threads": torch.get_num_threads(), "batch": batch, "res": res}
+    return report.finish("decode", device, args, argv, title=title, params=params, rows=rows, summary=summary,
+                         notes=notes)
