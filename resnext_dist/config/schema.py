@@ -18,6 +18,7 @@ from resnext_dist.config.rules import (MAX_RES, MAX_SEED, MAX_TIMEOUT_S, Rule, a
                                        data_path, increasing_epochs, non_negative, nonempty_text, one_of, optional,
                                        positive, resolution, resume_from, run_name, sbatch_job_name, sbatch_options,
                                        sbatch_value, text, tracking_uri)
+from resnext_dist.data.augment import POLICIES
 from resnext_dist.data.loaders import LOADERS, ORDERS
 from resnext_dist.models.presets import PRESETS, STEMS, known_arch
 from resnext_dist.optim.schedules import SCHEDULES
@@ -96,6 +97,15 @@ class DataConfig:
                             "(faster); false = FFCV's decoders", identity=False)
     decode: str = key("cpu", one_of(("cpu", "gpu")), "ffcv: cpu = FFCV's workers decode; gpu = decode, crop (the "
                       "same after a resume), flip, normalize on the device", identity=False)
+    # Training augmentations on the device, per image, keyed by (seed, epoch, position): data/augment.py.
+    auto_augment: str = key("none", one_of(POLICIES), f"{' | '.join(POLICIES)}: torchvision's policy per training "
+                            "image, on the device")
+    random_erasing: float = key(0.0, between(0, 1), "probability of erasing a random box of each training image")
+    mixup_alpha: float = key(0.0, non_negative, "mixup's Beta(alpha, alpha) (0 = off); with cutmix one of the two "
+                             "per micro-batch")
+    cutmix_alpha: float = key(0.0, non_negative, "cutmix's Beta(alpha, alpha) (0 = off)")
+    ra_reps: int = key(1, at_least(1), "repeated augmentation: each image this many times per epoch, copies on "
+                       "different ranks (an epoch is then this many passes)")
     synthetic_size: int = key(2048, positive, "synthetic: images per epoch (split across ranks)")
     val_synthetic_size: int = key(256, non_negative, "synthetic: validation images")
 

@@ -20,6 +20,7 @@ from resnext_dist import __version__, tracking
 from resnext_dist.config import TrainConfig, to_yaml, validate
 from resnext_dist.config.identity import identity_hash
 from resnext_dist.data import train_res_for_epoch
+from resnext_dist.data.sharding import train_positions
 from resnext_dist.dist import DistInfo, close_distributed, init_distributed
 from resnext_dist.errors import InputError
 from resnext_dist.optim import peak_lr
@@ -268,6 +269,11 @@ class Trainer:
             done_steps = state.samples_in_epoch // parts.global_batch
             # from the epoch's global position: on another world size too, the images not trained on yet
             batches = parts.train_loader.epoch(epoch, res=res, start=state.samples_in_epoch)
+            if parts.augment is not None:  # on the device, keyed by each image's place in the epoch (augment.py)
+                batches = parts.augment.wrap(batches, train_positions(
+                    parts.train_loader.num_images, rank=self.dist.rank, world_size=self.dist.world_size,
+                    batch_size=cfg.data.batch_size, global_batch=parts.global_batch, start=state.samples_in_epoch,
+                    reps=cfg.data.ra_reps), epoch)
             self.progress.start_epoch(epoch, cfg.train.epochs, done_steps)
             t_epoch = time.perf_counter()
             for step_in_epoch in range(done_steps, parts.steps_per_epoch):

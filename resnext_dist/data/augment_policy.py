@@ -1,0 +1,74 @@
+"""TrivialAugmentWide and RandAugment per image, on a batch on the device, with torchvision's own operations and
+magnitudes: the choices are drawn from keyed uniforms (data/keyed.py), the pixels are changed by torchvision's
+transforms.v2 (its `_AUGMENTATION_SPACE` tables and `_apply_image_or_video_transform`), so the operation set, the
+magnitude bins and the sign rule are torchvision's, not a copy that could drift.
+
+torchvision draws one policy per call, so applied to a batch it would give every image the same operation; here
+each image gets its own draw, and images that drew the same (operation, magnitude) go through torchvision in one
+call: a batch of 256 makes at most 14 x 31 x 2 groups, in practice about 150 (TrivialAugmentWide) and about 40 per
+operation slot (RandAugment, one magnitude). uint8 in, uint8 out, as torchvision's reference recipe applies them
+(before the conversion to float).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import List, Tuple
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+DRAWS_PER_OP = 3  # per operation slot and image: which operation, which magnitude bin, which sign
+
+
+class KeyedPolicy:
+    """`policy(uint8 (N, 3, H, W), uniforms (N, draws)) -> uint8 (N, 3, H, W)`, each image its own operations."""
+
+    def __init__(self, tv_policy, num_ops: int, fixed_bin: int = -1):
+        self.tv, self.num_ops, self.fixed_bin = tv_policy, num_ops, fixed_bin
+        self.space = tv_policy._AUGMENTATION_SPACE
+        self.names = tuple(self.space)
+        self.draws = DRAWS_PER_OP * num_ops
+
+    def choices(self, u: np.ndarray, height: int, width: int) -> List[List[Tuple[str, float]]]:
+        """Per operation slot, per image: (operation, signed magnitude), as torchvision's forward draws them."""
+        bins = self.tv.num_magnitude_bins
+        slots = []
+        for slot in range(self.num_ops):
+            which, level, sign = (u[:, DRAWS_PER_OP * slot + k] for k in range(DRAWS_PER_OP))
+            row = []
+            for n in range(len(u)):
+                name = self.names[int(which[n] * len(self.names))]
+                magnitudes_fn, signed = self.space[name]
+                magnitudes = magnitudes_fn(bins, height, width)
+                magnitude = 0.0
+                if magnitudes is not None:
+                    b = self.fixed_bin if self.fixed_bin >= 0 else int(level[n] * bins)
+                    magnitude = float(magnitudes[b])
+                    if signed and sign[n] <= 0.5:  # torchvision: torch.rand(()) <= 0.5 negates
+                        magnitude = -magnitude
+                row.append((name, magnitude))
+            slots.append(row)
+        return slots
+
+    def __call__(self, images: torch.Tensor, u: np.ndarray) -> torch.Tensor:
+        out = images.clone()
+        for row in self.choices(u, images.shape[-2], images.shape[-1]):
+            groups = defaultdict(list)
+            for n, choice in enumerate(row):
+                if choice[0] != "Identity":
+                    groups[choice].append(n)
+            for (name, magnitude), members in groups.items():
+                idx = torch.tensor(members, device=images.device)
+                out[idx] = self.tv._apply_image_or_video_transform(
+                    out[idx], name, magnitude, interpolation=self.tv.interpolation, fill=self.tv._fill)
+        return out
+
+
+def trivialaugment() -> KeyedPolicy:
+    return KeyedPolicy(v2.TrivialAugmentWide(), num_ops=1)
+
+
+def randaugment() -> KeyedPolicy:
+    tv = v2.RandAugment()  # torchvision's defaults: 2 operations, magnitude bin 9 of 31
+    return KeyedPolicy(tv, num_ops=tv.num_ops, fixed_bin=tv.magnitude)
