@@ -34,7 +34,8 @@ COLUMNS = (("bench", "bench", "{}"), ("measure", "measure", "{}"), ("arch", "arc
            ("efficiency", "efficiency", "{:.3f}"), ("data_wait", "data wait", "{:.1%}"),
            ("img_per_s_per_core", "img/s/core", "{:,.1f}"), ("device_ms_per_image", "device ms/img", "{:.3f}"),
            ("peak_mem_mb", "peak MiB", "{:,.0f}"), ("read_mb_per_image", "MB read/img", "{:.3f}"),
-           ("build_s", "build s", "{:.1f}"), ("cgroup_peak_mb", "cgroup peak MiB", "{:,.0f}"))
+           ("build_s", "build s", "{:.1f}"), ("cgroup_peak_mb", "cgroup peak MiB", "{:,.0f}"),
+           ("ms_per_batch", "ms/batch", "{:,.1f}"), ("vs_per_image_call", "vs per-image calls", "{:.2f}"))
 ROW_METRICS = ("img_per_s", "wall_img_per_s", "per_rank_img_per_s", "ratio", "efficiency", "data_wait")
 
 

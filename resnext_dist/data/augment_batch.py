@@ -36,6 +36,7 @@ class BatchAugment:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, positions: np.ndarray, epoch: int) \
             -> Tuple[torch.Tensor, torch.Tensor]:
+        """In place where it can: `images` is the loader's batch, handed over for this step only."""
         if self.policy is not None:
             images = self.apply_policy(images, positions, epoch)
         if self.erasing > 0:
@@ -50,22 +51,18 @@ class BatchAugment:
             yield self(images, labels, where, epoch)
 
     def apply_policy(self, images: torch.Tensor, positions: np.ndarray, epoch: int) -> torch.Tensor:
-        memory_format = torch.channels_last if images.is_contiguous(memory_format=torch.channels_last) and \
-            not images.is_contiguous() else torch.contiguous_format
-        pixels = ((images - self.shift) / self.scale).round_().clamp_(0, 255).to(torch.uint8).contiguous()
+        pixels = images.sub(self.shift).div_(self.scale).round_().clamp_(0, 255).to(torch.uint8).contiguous()
         u = keyed_uniforms(self.seed, epoch, positions, self.policy.draws, stream=POLICY)
         pixels = self.policy(pixels, u)
-        out = torch.empty(images.shape, dtype=images.dtype, device=images.device, memory_format=memory_format)
-        return torch.addcmul(self.shift, pixels, self.scale, out=out)
+        return torch.addcmul(self.shift, pixels, self.scale, out=images)  # back in the batch's own memory
 
     def erase(self, images: torch.Tensor, positions: np.ndarray, epoch: int) -> torch.Tensor:
         boxes = erase_boxes(keyed_uniforms(self.seed, epoch, positions, 3 + 2 * ERASE_TRIES, stream=ERASING),
                             images.shape[-2], images.shape[-1], self.erasing)
-        top, left, h, w = (torch.from_numpy(boxes[:, k]).to(images.device).view(-1, 1, 1) for k in range(4))
-        rows = torch.arange(images.shape[-2], device=images.device).view(1, -1, 1)
-        cols = torch.arange(images.shape[-1], device=images.device).view(1, 1, -1)
-        inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
-        return images.masked_fill(inside.unsqueeze(1), 0.0)
+        for n in np.flatnonzero(boxes[:, 2]):  # in place, only the erased boxes: about p x N small fills
+            top, left, h, w = (int(v) for v in boxes[n])
+            images[n, :, top:top + h, left:left + w] = 0.0
+        return images
 
     def mix(self, images: torch.Tensor, labels: torch.Tensor, key: int, epoch: int):
         """Mixup or cutmix of the micro-batch whose first image sits at epoch position `key`."""
@@ -74,14 +71,12 @@ class BatchAugment:
         alpha = self.cutmix_alpha if use_cutmix else self.mixup_alpha
         lam = float(rng.beta(alpha, alpha))
         targets = torch.nn.functional.one_hot(labels, self.num_classes).to(images.dtype)
-        rolled = images.roll(1, 0)
-        if use_cutmix:
+        if use_cutmix:  # in place: only the box is copied (rolled)
             y1, y2, x1, x2 = cutmix_box(rng, images.shape[-2], images.shape[-1], lam)
-            images = images.clone()
-            images[..., y1:y2, x1:x2] = rolled[..., y1:y2, x1:x2]
+            images[..., y1:y2, x1:x2] = images[..., y1:y2, x1:x2].roll(1, 0)
             lam = 1.0 - (x2 - x1) * (y2 - y1) / (images.shape[-1] * images.shape[-2])
         else:
-            images = rolled.mul(1.0 - lam).add_(images, alpha=lam)
+            images = images.roll(1, 0).mul_(1.0 - lam).add_(images, alpha=lam)
         return images, targets.roll(1, 0).mul_(1.0 - lam).add_(targets, alpha=lam)
 
 

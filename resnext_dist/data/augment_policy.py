@@ -33,14 +33,14 @@ class KeyedPolicy:
     def choices(self, u: np.ndarray, height: int, width: int) -> List[List[Tuple[str, float]]]:
         """Per operation slot, per image: (operation, signed magnitude), as torchvision's forward draws them."""
         bins = self.tv.num_magnitude_bins
+        table = {name: fn(bins, height, width) for name, (fn, _) in self.space.items()}  # once per batch
         slots = []
         for slot in range(self.num_ops):
             which, level, sign = (u[:, DRAWS_PER_OP * slot + k] for k in range(DRAWS_PER_OP))
             row = []
             for n in range(len(u)):
                 name = self.names[int(which[n] * len(self.names))]
-                magnitudes_fn, signed = self.space[name]
-                magnitudes = magnitudes_fn(bins, height, width)
+                signed, magnitudes = self.space[name][1], table[name]
                 magnitude = 0.0
                 if magnitudes is not None:
                     b = self.fixed_bin if self.fixed_bin >= 0 else int(level[n] * bins)
@@ -52,14 +52,17 @@ class KeyedPolicy:
         return slots
 
     def __call__(self, images: torch.Tensor, u: np.ndarray) -> torch.Tensor:
-        out = images.clone()
+        """In place: `images` is the batch's own uint8 copy (augment_batch.py makes it)."""
+        out = images
         for row in self.choices(u, images.shape[-2], images.shape[-1]):
             groups = defaultdict(list)
             for n, choice in enumerate(row):
                 if choice[0] != "Identity":
                     groups[choice].append(n)
             for (name, magnitude), members in groups.items():
-                idx = torch.tensor(members, device=images.device)
+                # one image: a view (no gather / scatter copies); several: one call for all of them
+                idx = slice(members[0], members[0] + 1) if len(members) == 1 else \
+                    torch.tensor(members, device=images.device)
                 out[idx] = self.tv._apply_image_or_video_transform(
                     out[idx], name, magnitude, interpolation=self.tv.interpolation, fill=self.tv._fill)
         return out

@@ -78,7 +78,7 @@ def test_grouped_batch_equals_torchvision_image_by_image():
     pixels, _, _ = batch(n=16)
     policy = trivialaugment()
     u = keyed_uniforms(3, 1, np.arange(16), policy.draws)
-    out = policy(pixels, u)
+    out = policy(pixels.clone(), u)
     (row,) = policy.choices(u, 24, 24)
     assert sum(name != "Identity" for name, _ in row) > 8
     for n, (name, magnitude) in enumerate(row):
@@ -91,12 +91,12 @@ def test_the_same_seed_epoch_and_position_give_the_same_image_on_any_rank():
     """Rank 0 of 1 holds positions 0-7; rank 1 of 2 would hold 4-7 in a batch of its own: same images out."""
     _, images, labels = batch(n=8)
     aug = augment(policy="randaugment", erasing=0.5)
-    whole, _ = aug(images, labels, np.arange(8), epoch=2)
-    half, _ = aug(images[4:], labels[4:], np.arange(4, 8), epoch=2)
+    whole, _ = aug(images.clone(), labels, np.arange(8), epoch=2)
+    half, _ = aug(images[4:].clone(), labels[4:], np.arange(4, 8), epoch=2)
     assert torch.equal(whole[4:], half)
-    again, _ = augment(policy="randaugment", erasing=0.5)(images, labels, np.arange(8), epoch=2)
+    again, _ = augment(policy="randaugment", erasing=0.5)(images.clone(), labels, np.arange(8), epoch=2)
     assert torch.equal(whole, again)  # a fresh process (a resume) draws the same
-    other, _ = aug(images, labels, np.arange(8), epoch=3)
+    other, _ = aug(images.clone(), labels, np.arange(8), epoch=3)
     assert not torch.equal(whole, other)  # another epoch, other draws
 
 
@@ -121,7 +121,7 @@ def test_erasing_probability_area_and_ratio():
 
 def test_erasing_zeroes_the_box_and_nothing_else():
     _, images, labels = batch(n=64)
-    out, same_labels = augment(erasing=0.5)(images, labels, np.arange(64), epoch=0)
+    out, same_labels = augment(erasing=0.5)(images.clone(), labels, np.arange(64), epoch=0)
     assert same_labels is labels
     changed = (out != images).flatten(1).any(1)
     assert 0.3 < changed.float().mean() < 0.7
@@ -132,7 +132,7 @@ def test_mixup_targets_sum_to_one_and_follow_beta():
     _, images, labels = batch(n=8)
     aug, lams = augment(mixup_alpha=0.2), []
     for key in range(300):
-        out, targets = aug(images, labels, np.arange(key * 8, key * 8 + 8), epoch=0)
+        out, targets = aug(images.clone(), labels, np.arange(key * 8, key * 8 + 8), epoch=0)
         assert torch.allclose(targets.sum(1), torch.ones(8))
         lam = float(targets[0, labels[0]]) if labels[0] != labels[-1] else None
         if lam is not None:
@@ -147,7 +147,7 @@ def test_cutmix_targets_are_the_pasted_area_and_mixup_or_cutmix_half_each():
     labels = torch.arange(8)  # all different: each target row names its two sources
     aug, cut, areas = augment(mixup_alpha=0.2, cutmix_alpha=1.0), 0, []
     for key in range(400):
-        out, targets = aug(images, labels, np.arange(key * 8, key * 8 + 8), epoch=1)
+        out, targets = aug(images.clone(), labels, np.arange(key * 8, key * 8 + 8), epoch=1)
         assert torch.allclose(targets.sum(1), torch.ones(8))
         pasted = (out != images).any(1)  # a pasted pixel differs in some channel (all 3 equal: ~1 in 16M)
         if ((out == images) | (out == images.roll(1, 0))).all():  # cutmix: every pixel from one of the two
