@@ -5,8 +5,8 @@ magnitude bins and the sign rule are torchvision's, not a copy that could drift.
 
 torchvision draws one policy per call, so applied to a batch it would give every image the same operation; here
 each image gets its own draw, and images that drew the same (operation, magnitude) go through torchvision in one
-call: a batch of 256 makes at most 14 x 31 x 2 groups, in practice about 150 (TrivialAugmentWide) and about 40 per
-operation slot (RandAugment, one magnitude). uint8 in, uint8 out, as torchvision's reference recipe applies them
+call: a batch of 256 made 163 groups (TrivialAugmentWide) and 22 per operation slot (RandAugment, one magnitude)
+in one seeded count (docs/performance.md). uint8 in, uint8 out, as torchvision's reference recipe applies them
 (before the conversion to float).
 """
 from __future__ import annotations
