@@ -21,6 +21,7 @@ from resnext_dist.config.rules import (MAX_RES, MAX_SEED, MAX_TIMEOUT_S, Rule, a
 from resnext_dist.data.augment import POLICIES
 from resnext_dist.data.loaders import LOADERS, ORDERS
 from resnext_dist.models.presets import PRESETS, STEMS, known_arch
+from resnext_dist.optim.optimizers import OPTIMIZERS
 from resnext_dist.optim.schedules import SCHEDULES
 from resnext_dist.precision import PRECISIONS
 
@@ -142,6 +143,7 @@ class TrainingConfig:
 class OptimConfig:
     lr: float = key(0.1, positive, "peak learning rate per 256 images (scaled by global batch / 256 when scale_lr)")
     scale_lr: bool = key(True, None, "multiply lr by global_batch_size / 256")
+    optimizer: str = key("sgd", one_of(OPTIMIZERS), f"{' | '.join(OPTIMIZERS)} (torch.optim's)")
     momentum: float = key(0.9, between(0, 1, hi_open=True), "SGD momentum")
     nesterov: bool = key(True, None, "Nesterov momentum")
     weight_decay: float = key(5e-5, non_negative, "L2 weight decay (not applied to BN parameters or biases)")
