@@ -21,6 +21,7 @@ from resnext_dist.config.rules import (MAX_RES, MAX_SEED, MAX_TIMEOUT_S, Rule, a
 from resnext_dist.data.augment import POLICIES
 from resnext_dist.data.loaders import LOADERS, ORDERS
 from resnext_dist.models.presets import PRESETS, STEMS, known_arch
+from resnext_dist.optim.losses import LOSSES
 from resnext_dist.optim.optimizers import OPTIMIZERS
 from resnext_dist.optim.schedules import SCHEDULES
 from resnext_dist.precision import PRECISIONS
@@ -148,6 +149,8 @@ class OptimConfig:
     nesterov: bool = key(True, None, "Nesterov momentum")
     weight_decay: float = key(5e-5, non_negative, "L2 weight decay (not applied to BN parameters or biases)")
     label_smoothing: float = key(0.1, between(0, 1, hi_open=True), "label smoothing of the cross-entropy")
+    loss: str = key("ce", one_of(LOSSES), "ce (cross-entropy) | bce (binary cross-entropy per class, timm's RSB "
+                    "recipes); both take mixup / cutmix targets and label smoothing")
     schedule: str = key("cosine", one_of(SCHEDULES), f"{' | '.join(SCHEDULES)} (all per iteration, after the warm-up)")
     warmup_epochs: float = key(0.0, non_negative, "linear warm-up from lr*warmup_start_factor to lr over this many "
                                "epochs")

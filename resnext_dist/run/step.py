@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from resnext_dist import dist as rdist
+from resnext_dist.optim.losses import cross_entropy
 from resnext_dist.run import faults
 
 
@@ -39,6 +40,7 @@ class StepContext:
     global_batch: int  # images per optimizer step over all ranks
     label_smoothing: float
     grad_clip_norm: float
+    loss: Callable = cross_entropy  # (logits, labels or class probabilities, label smoothing) -> mean loss
 
 
 @dataclass
@@ -71,7 +73,7 @@ def train_step(state, batches: Iterator, ctx: StepContext, wishes: Optional[Tupl
         with sync:
             with ctx.autocast():
                 logits = model(images)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=ctx.label_smoothing)
+                loss = ctx.loss(logits.float(), labels, ctx.label_smoothing)  # optim.loss (optim/losses.py)
             loss = faults.maybe_poison_loss(loss, dist.rank, state.step + 1)
             nonfinite |= (~torch.isfinite(loss.detach())).int()
             if last and wishes is not None:

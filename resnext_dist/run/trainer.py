@@ -24,6 +24,7 @@ from resnext_dist.data.sharding import train_positions
 from resnext_dist.dist import DistInfo, close_distributed, init_distributed
 from resnext_dist.errors import InputError
 from resnext_dist.optim import peak_lr
+from resnext_dist.optim.losses import LOSSES
 from resnext_dist.precision import PRECISIONS
 from resnext_dist.run import build as builder
 from resnext_dist.run import checkpoint as ckpt
@@ -226,7 +227,7 @@ class Trainer:
         self.runner = builder.runner(state.model, cfg, dist)
         self.ctx = StepContext(self.runner, dist, PRECISIONS[cfg.train.precision].autocast(dist.device),
                                parts.accum_steps, parts.global_batch, cfg.optim.label_smoothing,
-                               cfg.train.grad_clip_norm)
+                               cfg.train.grad_clip_norm, LOSSES[cfg.optim.loss])
         self.saver = ckpt.Checkpointer(state, self.ckpt_dir, cfg.checkpoint.keep, cfg.checkpoint.every_steps, dist)
         self.progress = console.Progress(dist.is_main and cfg.train.progress_bar, parts.steps_per_epoch)
         if cfg.train.compile:

@@ -1,6 +1,6 @@
 """The V2 recipes (torchvision's new recipe): each loads and prints with its augmentations, validation 232 -> 224
 and its published figure in the file; the ResNeXt-101 one (a superset: train crop 176, repeated augmentation x4)
-runs a few steps at a tiny size."""
+runs a few steps at a tiny size, with optim.loss=bce and optim.optimizer=adamw (the trainer must take them too)."""
 import os
 import subprocess
 
@@ -33,7 +33,8 @@ def test_a_v2_recipe_loads_and_prints_the_v2_settings(recipe):
 
 def test_the_resnext101_v2_recipe_runs_a_few_steps_at_a_tiny_size(tmp_path):
     cmd = train_cmd(1, ["--config", "configs/resnext101_64x4d_imagenet_v2.yaml", *TINY, f"run.dir={tmp_path}/run",
-                        "optim.global_batch_size=16", "train.max_steps=3", "train.log_every_steps=1"])
+                        "optim.global_batch_size=16", "train.max_steps=3", "train.log_every_steps=1",
+                        "optim.loss=bce", "optim.optimizer=adamw"])  # and the RSB-style loss and optimizer train
     r = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     losses = [x["loss"] for x in read_log(tmp_path / "run" / "log.jsonl") if x["kind"] == "step"]

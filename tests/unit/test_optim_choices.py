@@ -1,4 +1,5 @@
-"""optim.optimizer: AdamW (torch's) beside SGD, with the same parameter groups (no decay on BN and biases)."""
+"""optim.optimizer: AdamW (torch's) beside SGD, with the same parameter groups (no decay on BN and biases);
+optim.loss: bce (timm's RSB recipes) beside cross-entropy."""
 import pytest
 import torch
 
@@ -26,3 +27,17 @@ def test_the_optimizer_key_builds_torch_optimizer_with_no_decay_on_bn_and_biases
 def test_an_unknown_optimizer_is_one_line_naming_the_key():
     with pytest.raises(InputError, match=r"optim.optimizer='lamb': must be one of sgd, adamw"):
         load_config(None, ["optim.optimizer=lamb"])
+
+
+def test_bce_is_timm_binary_cross_entropy_on_smoothed_one_hot_and_takes_soft_targets():
+    from resnext_dist.optim.losses import LOSSES
+    logits, labels = torch.randn(6, 10), torch.tensor([0, 1, 2, 3, 4, 5])
+    onehot = torch.nn.functional.one_hot(labels, 10).float()
+    smoothed = onehot * 0.9 + 0.01  # off 0.1 / 10, on 1 - 0.1 + 0.01
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, smoothed)
+    assert torch.allclose(LOSSES["bce"](logits, labels, 0.1), expected)
+    assert torch.allclose(LOSSES["bce"](logits, onehot, 0.1), expected)  # mixup's probabilities: the same path
+    assert torch.allclose(LOSSES["ce"](logits, labels, 0.1),
+                          torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1))
+    with pytest.raises(InputError, match=r"optim.loss='focal': must be one of ce, bce"):
+        load_config(None, ["optim.loss=focal"])
