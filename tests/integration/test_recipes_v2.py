@@ -39,3 +39,14 @@ def test_the_resnext101_v2_recipe_runs_a_few_steps_at_a_tiny_size(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     losses = [x["loss"] for x in read_log(tmp_path / "run" / "log.jsonl") if x["kind"] == "step"]
     assert len(losses) == 3 and all(0 < loss < 100 for loss in losses)
+
+
+@pytest.mark.parametrize("epochs, published", [(16, "73.8%"), (88, "78.4%")])
+def test_the_ffcv_style_short_recipes_load_with_progressive_resizing_and_a_higher_test_resolution(epochs, published):
+    recipe = f"configs/resnext50_imagenet_ffcv{epochs}.yaml"
+    assert f"ResNet-50, not ResNeXt-50: FFCV, 8xA100): {published}" in open(os.path.join(REPO, recipe)).read()
+    cfg = load_config(recipe, DATA)
+    d = cfg.data
+    assert (d.min_train_res, d.train_res, d.val_res, cfg.train.epochs) == (160, 192, 256, epochs)
+    assert d.ramp_start_epoch < d.ramp_end_epoch < epochs and cfg.train.tta_flip and cfg.model.blurpool
+    assert cfg.optim.lr * cfg.optim.global_batch_size / 256 == pytest.approx(1.7)
