@@ -11,7 +11,7 @@ in one seeded count (docs/performance.md). uint8 in, uint8 out, as torchvision's
 """
 from __future__ import annotations
 
-from collections import defaultdict
+from itertools import groupby
 from typing import List, Tuple
 
 import numpy as np
@@ -52,19 +52,23 @@ class KeyedPolicy:
         return slots
 
     def __call__(self, images: torch.Tensor, u: np.ndarray) -> torch.Tensor:
-        """In place: `images` is the batch's own uint8 copy (augment_batch.py makes it)."""
+        """In place: `images` is the batch's own uint8 copy (augment_batch.py makes it). Per operation slot the
+        images are sorted by their draw (one index sent to the device, without a sync), so each group is a
+        contiguous slice: one gather, one torchvision call per group on a view, one scatter back."""
         out = images
         for row in self.choices(u, images.shape[-2], images.shape[-1]):
-            groups = defaultdict(list)
-            for n, choice in enumerate(row):
+            order = sorted(range(len(row)), key=lambda n: row[n])
+            index = torch.tensor(order).to(images.device, non_blocking=True)
+            grouped = out.index_select(0, index)
+            start = 0
+            for choice, members in groupby(order, key=lambda n: row[n]):
+                count = len(list(members))
                 if choice[0] != "Identity":
-                    groups[choice].append(n)
-            for (name, magnitude), members in groups.items():
-                # one image: a view (no gather / scatter copies); several: one call for all of them
-                idx = slice(members[0], members[0] + 1) if len(members) == 1 else \
-                    torch.tensor(members, device=images.device)
-                out[idx] = self.tv._apply_image_or_video_transform(
-                    out[idx], name, magnitude, interpolation=self.tv.interpolation, fill=self.tv._fill)
+                    part = grouped[start:start + count]
+                    part.copy_(self.tv._apply_image_or_video_transform(
+                        part, choice[0], choice[1], interpolation=self.tv.interpolation, fill=self.tv._fill))
+                start += count
+            out.index_copy_(0, index, grouped)
         return out
 
 
