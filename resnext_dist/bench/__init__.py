@@ -1,4 +1,5 @@
-"""Throughput benchmarks: `python -m resnext_dist.bench {model,loader,decode,decode_check,train,scaling,report} ...`.
+"""Throughput benchmarks: `python -m resnext_dist.bench {model,loader,decode,decode_check,train,scaling,augment,
+report} ...`.
 
 Each takes the trainer's own command line for what it measures (`--config RECIPE`, `key=value` overrides:
 bench/workload.py) and flags only for what is its own (steps, repeats, loaders, worker counts, device); each
@@ -19,6 +20,7 @@ SUBCOMMANDS = {
     "decode_check": "data.decode=gpu's output while a model trains: equal to itself and to the CPU decode",
     "train": "the trainer end to end against the ceiling measured in the same run",
     "scaling": "1 rank vs N ranks at the same per-rank batch: weak-scaling efficiency",
+    "augment": "the training augmentations' cost per batch on the device, each and the V2 set",
     "report": "print several JSON results as one table",
 }
 

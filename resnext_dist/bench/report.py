@@ -36,7 +36,8 @@ COLUMNS = (("bench", "bench", "{}"), ("measure", "measure", "{}"), ("arch", "arc
            ("peak_mem_mb", "peak MiB", "{:,.0f}"), ("read_mb_per_image", "MB read/img", "{:.3f}"),
            ("build_s", "build s", "{:.1f}"), ("cgroup_peak_mb", "cgroup peak MiB", "{:,.0f}"),
            ("jpeg_kb", "JPEG KB", "{:.1f}"), ("host_ms", "host ms/batch", "{:.2f}"), ("ops", "ops/batch", "{}"),
-           ("decode_ms", "decode ms/batch", "{:.1f}"), ("device_ms", "device ms/batch", "{:.1f}"))
+           ("decode_ms", "decode ms/batch", "{:.1f}"), ("device_ms", "device ms/batch", "{:.1f}"),
+           ("ms_per_batch", "ms/batch", "{:,.1f}"), ("vs_per_image_call", "vs per-image calls", "{:.2f}"))
 ROW_METRICS = ("img_per_s", "wall_img_per_s", "per_rank_img_per_s", "ratio", "efficiency", "data_wait")
 
 

@@ -18,8 +18,11 @@ from resnext_dist.config.rules import (MAX_RES, MAX_SEED, MAX_TIMEOUT_S, Rule, a
                                        data_path, increasing_epochs, non_negative, nonempty_text, one_of, optional,
                                        positive, resolution, resume_from, run_name, sbatch_job_name, sbatch_options,
                                        sbatch_value, text, tracking_uri)
+from resnext_dist.data.augment import POLICIES
 from resnext_dist.data.loaders import LOADERS, ORDERS
 from resnext_dist.models.presets import PRESETS, STEMS, known_arch
+from resnext_dist.optim.losses import LOSSES
+from resnext_dist.optim.optimizers import OPTIMIZERS
 from resnext_dist.optim.schedules import SCHEDULES
 from resnext_dist.precision import PRECISIONS
 
@@ -98,6 +101,15 @@ class DataConfig:
                       "same after a resume), flip, normalize on the device", identity=False)
     decode_ahead: int = key(2, at_least(0), "decode=gpu: batches a background thread decodes ahead of the step "
                             "(on its own CUDA stream; 0 = in the step's thread)", identity=False)
+    # Training augmentations on the device, per image, keyed by (seed, epoch, position): data/augment.py.
+    auto_augment: str = key("none", one_of(POLICIES), f"{' | '.join(POLICIES)}: torchvision's policy per training "
+                            "image, on the device")
+    random_erasing: float = key(0.0, between(0, 1), "probability of erasing a random box of each training image")
+    mixup_alpha: float = key(0.0, non_negative, "mixup's Beta(alpha, alpha) (0 = off); with cutmix one of the two "
+                             "per micro-batch")
+    cutmix_alpha: float = key(0.0, non_negative, "cutmix's Beta(alpha, alpha) (0 = off)")
+    ra_reps: int = key(1, at_least(1), "repeated augmentation: each image this many times per epoch, copies on "
+                       "different ranks (an epoch is then this many passes)")
     synthetic_size: int = key(2048, positive, "synthetic: images per epoch (split across ranks)")
     val_synthetic_size: int = key(256, non_negative, "synthetic: validation images")
 
@@ -135,10 +147,13 @@ class TrainingConfig:
 class OptimConfig:
     lr: float = key(0.1, positive, "peak learning rate per 256 images (scaled by global batch / 256 when scale_lr)")
     scale_lr: bool = key(True, None, "multiply lr by global_batch_size / 256")
+    optimizer: str = key("sgd", one_of(OPTIMIZERS), f"{' | '.join(OPTIMIZERS)} (torch.optim's)")
     momentum: float = key(0.9, between(0, 1, hi_open=True), "SGD momentum")
     nesterov: bool = key(True, None, "Nesterov momentum")
     weight_decay: float = key(5e-5, non_negative, "L2 weight decay (not applied to BN parameters or biases)")
     label_smoothing: float = key(0.1, between(0, 1, hi_open=True), "label smoothing of the cross-entropy")
+    loss: str = key("ce", one_of(LOSSES), "ce (cross-entropy) | bce (binary cross-entropy per class, timm's RSB "
+                    "recipes); both take mixup / cutmix targets and label smoothing")
     schedule: str = key("cosine", one_of(SCHEDULES), f"{' | '.join(SCHEDULES)} (all per iteration, after the warm-up)")
     warmup_epochs: float = key(0.0, non_negative, "linear warm-up from lr*warmup_start_factor to lr over this many "
                                "epochs")

@@ -95,10 +95,10 @@ class _EpochShards(TraversalOrder):
     position `start`; page-friendly when `pages` (image_pages) are given."""
 
     def __init__(self, loader: Loader, rank: int, world_size: int, batch_size: int, global_batch: int, pages=None,
-                 window: int = 0):
+                 window: int = 0, reps: int = 1):
         super().__init__(loader)
         self.shard = dict(rank=rank, world_size=world_size, batch_size=batch_size, global_batch=global_batch,
-                          pages=pages, window=window)
+                          pages=pages, window=window, reps=reps)
         self.start = 0
 
     def sample_order(self, epoch: int) -> np.ndarray:
@@ -121,8 +121,10 @@ class FfcvTrain:
         self.batch_size, self.seed, self.data_cfg = data_cfg.batch_size, seed, data_cfg
         split = split_for(dist.world_size, self.batch_size, global_batch)
         self.global_batch, self.micro_sizes = split.global_batch, split.micro_sizes(dist.rank)
-        self.steps_per_epoch = steps_per_epoch(num_images, self.global_batch)
-        self.batches_per_epoch = batches_per_epoch(num_images, dist.world_size, self.batch_size, global_batch)
+        self.reps = data_cfg.ra_reps  # repeated augmentation (sharding.py)
+        self.steps_per_epoch = steps_per_epoch(num_images, self.global_batch, self.reps)
+        self.batches_per_epoch = batches_per_epoch(num_images, dist.world_size, self.batch_size, global_batch,
+                                                   self.reps)
         res = data_cfg.train_res
         self.decoder, self.on_device, self.normalize = None, None, None
         if data_cfg.decode == "gpu":
@@ -145,7 +147,7 @@ class FfcvTrain:
             pipelines={"image": images, "label": _label_pipeline(dist.device)})
         pages = image_pages(self.loader) if by_page else None
         self.order = _EpochShards(self.loader, dist.rank, dist.world_size, self.batch_size, self.global_batch, pages,
-                                  data_cfg.shuffle_window)
+                                  data_cfg.shuffle_window, self.reps)
         self.loader.traversal_order = self.order  # see the module docstring
         self.loader.first_traversal_order = self.order.sample_order(0)  # what len(loader) counts
 

@@ -16,6 +16,14 @@ sequence and each page's images within a span of `window` pages, so at any point
 and each is read once per epoch: a shuffle buffer of `window` pages, images shuffled within it. It is still a
 permutation of the epoch's images, a function of (seed, epoch) and the file, cut into ranks as above.
 
+Repeated augmentation (`reps` = data.ra_reps > 1, torchvision's --ra-sampler --ra-reps): the epoch's order holds
+each image of the permutation `reps` times in a row, reps x num_images positions, so an epoch shows every image
+exactly `reps` times (one epoch = `reps` passes over the data: torchvision's 600 epochs at --ra-reps 4 are
+train.epochs=150 here, the same images and steps). Within each step the copies are laid out copy by copy (when the
+global batch divides by `reps`): the step's groups, hence the ranks, take different copies, as torchvision's
+RASampler deals them; each copy is augmented differently (augmentations are keyed by the position, augment.py).
+The position (`start`) and the cut into steps and ranks are as above, so it resumes mid-epoch the same way.
+
 Evaluation: contiguous blocks (FFCV reads them page by page), sizes differing by at most one, that
 together hold every image exactly once. No padding, so the all-reduced counts are exact.
 """
@@ -53,34 +61,57 @@ def epoch_permutation(num_images: int, *, seed: int, epoch: int, pages=None, win
 
 
 def train_shard(num_images: int, *, seed: int, epoch: int, rank: int, world_size: int, batch_size: int,
-                global_batch: int = 0, start: int = 0, pages=None, window: int = 0) -> np.ndarray:
+                global_batch: int = 0, start: int = 0, pages=None, window: int = 0, reps: int = 1) -> np.ndarray:
     """This rank's image indices for the rest of an epoch from global position `start`, in order: its
     micro-batches of each whole step after `start`, one after the other (`train_batches` cuts them apart).
-    `pages`/`window`: epoch_permutation's."""
+    `pages`/`window`: epoch_permutation's; `reps`: repeated augmentation (the module's docstring)."""
+    order = epoch_permutation(num_images, seed=seed, epoch=epoch, pages=pages, window=window)
+    if reps > 1:
+        order = np.repeat(order, reps)
+    return _cut(order, start, split_for(world_size, batch_size, global_batch), rank, reps)
+
+
+def train_positions(num_images: int, *, rank: int, world_size: int, batch_size: int, global_batch: int = 0,
+                    start: int = 0, reps: int = 1, **_) -> List[np.ndarray]:
+    """Where each of this rank's micro-batches (train_batches') sits in the epoch's global order: the same cut of
+    the positions instead of the images (augment.py keys its draws by them)."""
     split = split_for(world_size, batch_size, global_batch)
-    order = epoch_permutation(num_images, seed=seed, epoch=epoch, pages=pages, window=window)[start:]
+    shard = _cut(np.arange(num_images * reps, dtype=np.int64), start, split, rank, reps)
+    return _micro(shard, split, rank)
+
+
+def _cut(order: np.ndarray, start: int, split, rank: int, reps: int) -> np.ndarray:
+    """This rank's part of each whole step of `order` after position `start`."""
+    order = order[start:]
     steps = len(order) // split.global_batch
     steps = order[:steps * split.global_batch].reshape(steps, split.global_batch)
+    if reps > 1 and split.global_batch % reps == 0 and start % reps == 0:
+        # copy by copy: the step's k-th image's copies move from k*reps + c to c*(global/reps) + k
+        steps = steps.reshape(len(steps), -1, reps).transpose(0, 2, 1).reshape(len(steps), -1)
     return steps[:, np.asarray(split.positions(rank), dtype=np.int64)].reshape(-1)
 
 
-def train_batches(num_images: int, **kw) -> List[np.ndarray]:
-    """`train_shard` cut into this rank's micro-batches (same arguments)."""
-    shard = train_shard(num_images, **kw)
-    sizes = split_for(kw["world_size"], kw["batch_size"], kw.get("global_batch", 0)).micro_sizes(kw["rank"])
+def _micro(shard: np.ndarray, split, rank: int) -> List[np.ndarray]:
+    sizes = split.micro_sizes(rank)
     steps = len(shard) // sum(sizes)
     return np.split(shard, np.cumsum(sizes * steps)[:-1]) if steps else []
 
 
-def steps_per_epoch(num_images: int, global_batch: int) -> int:
+def train_batches(num_images: int, **kw) -> List[np.ndarray]:
+    """`train_shard` cut into this rank's micro-batches (same arguments)."""
+    return _micro(train_shard(num_images, **kw), split_for(kw["world_size"], kw["batch_size"],
+                                                          kw.get("global_batch", 0)), kw["rank"])
+
+
+def steps_per_epoch(num_images: int, global_batch: int, reps: int = 1) -> int:
     """Optimizer steps per epoch: whole global batches (the images of a last partial one sit the epoch out)."""
-    return num_images // global_batch
+    return num_images * reps // global_batch
 
 
-def batches_per_epoch(num_images: int, world_size: int, batch_size: int, global_batch: int = 0) -> int:
+def batches_per_epoch(num_images: int, world_size: int, batch_size: int, global_batch: int = 0, reps: int = 1) -> int:
     """Micro-batches each rank reads per epoch, the same on every rank (whole steps only)."""
     split = split_for(world_size, batch_size, global_batch)
-    return steps_per_epoch(num_images, split.global_batch) * split.accum_steps
+    return steps_per_epoch(num_images, split.global_batch, reps) * split.accum_steps
 
 
 def eval_shard(num_images: int, *, rank: int, world_size: int) -> np.ndarray:

@@ -42,8 +42,10 @@ class SyntheticTrain:
         self.global_batch = split.global_batch
         if self.num_images < self.global_batch:
             raise DataError(f"data.synthetic_size={self.num_images} is less than {split.words()}")
-        self.steps_per_epoch = steps_per_epoch(self.num_images, self.global_batch)
-        self.batches_per_epoch = batches_per_epoch(self.num_images, dist.world_size, self.batch_size, global_batch)
+        self.reps = data_cfg.ra_reps  # repeated augmentation: each image this many times per epoch (sharding.py)
+        self.steps_per_epoch = steps_per_epoch(self.num_images, self.global_batch, self.reps)
+        self.batches_per_epoch = batches_per_epoch(self.num_images, dist.world_size, self.batch_size, global_batch,
+                                                   self.reps)
         self.seed, self.rank, self.num_classes, self.device = seed, dist.rank, num_classes, dist.device
         self.normalize = DeviceNormalize(dist.device, channels_last)
         self._res: Optional[int] = None
@@ -63,7 +65,7 @@ class SyntheticTrain:
         images, labels = self._pool_at(res)
         for idx in train_batches(self.num_images, seed=self.seed, epoch=epoch, rank=self.rank,
                                  world_size=self.world_size, batch_size=self.batch_size,
-                                 global_batch=self.global_batch, start=start):
+                                 global_batch=self.global_batch, start=start, reps=self.reps):
             idx = torch.from_numpy(idx).to(self.device)
             yield self.normalize(images[idx], labels[idx])
 

@@ -82,8 +82,10 @@ class TorchvisionTrain:
         self.num_images = len(source)
         self.batch_size = data_cfg.batch_size
         self.global_batch = global_batch or self.batch_size * dist.world_size
-        self.steps_per_epoch = steps_per_epoch(self.num_images, self.global_batch)
-        self.batches_per_epoch = batches_per_epoch(self.num_images, dist.world_size, self.batch_size, global_batch)
+        self.reps = data_cfg.ra_reps  # repeated augmentation: each image this many times per epoch (sharding.py)
+        self.steps_per_epoch = steps_per_epoch(self.num_images, self.global_batch, self.reps)
+        self.batches_per_epoch = batches_per_epoch(self.num_images, dist.world_size, self.batch_size, global_batch,
+                                                   self.reps)
         # The batch sampler: this epoch's micro-batches of (index, res) keys, set before each pass (micro-batches
         # differ in size where the global batch does not divide evenly).
         self.batches: List[List[Tuple[int, int]]] = []
@@ -98,7 +100,7 @@ class TorchvisionTrain:
             raise ValueError(f"epoch({epoch}, res={res}, start={start}): res must be >= 1 and start >= 0")
         self.batches[:] = [[(int(i), res) for i in batch] for batch in train_batches(
             self.num_images, seed=self.seed, epoch=epoch, rank=self.dist.rank, world_size=self.dist.world_size,
-            batch_size=self.batch_size, global_batch=self.global_batch, start=start)]
+            batch_size=self.batch_size, global_batch=self.global_batch, start=start, reps=self.reps)]
         return (self.normalize(images, labels) for images, labels in _clean_worker_errors(iter(self.loader)))
 
 

@@ -1,6 +1,6 @@
 """The optimizers, one entry each (OPTIMIZERS): the `optim` values it refuses, and how it is built.
 
-SGD with (Nesterov) momentum is the one entry yet (a key that chooses comes with the second). BN parameters and
+`optim.optimizer`: SGD with (Nesterov) momentum, or AdamW (torch's; timm's and DeiT-style recipes). BN parameters and
 biases get no weight decay (they are scale/shift parameters, and decaying them only hurts, as the NVIDIA and FFCV
 recipes note). The peak learning rate is `optim.lr x global_batch / 256` when `optim.scale_lr` (Goyal et al. 2017's
 linear scaling rule). Importing it imports no torch (the config checks run the entries').
@@ -23,12 +23,23 @@ class Sgd:
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
-OPTIMIZERS = {"sgd": Sgd}
+class AdamW:
+    @staticmethod
+    def check(cfg) -> None:
+        """optim.momentum and optim.nesterov are SGD's: AdamW keeps torch's betas (0.9, 0.999)."""
+
+    @staticmethod
+    def build(groups, cfg, lr: float):
+        import torch  # only when a run is built: the config checks import this module
+        return torch.optim.AdamW(groups, lr=lr)  # each group's weight_decay: decoupled, as AdamW defines it
+
+
+OPTIMIZERS = {"sgd": Sgd, "adamw": AdamW}
 
 
 def optimizer_for(cfg):
-    """The entry the `optim` section `cfg` uses: SGD, the only one yet."""
-    return OPTIMIZERS["sgd"]
+    """The entry the `optim` section `cfg` uses (optim.optimizer)."""
+    return OPTIMIZERS[cfg.optimizer]
 
 
 def peak_lr(cfg, global_batch_size: int) -> float:

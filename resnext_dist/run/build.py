@@ -22,6 +22,7 @@ from resnext_dist.run.checkpoint import CheckpointError, TrainState
 from resnext_dist.config import TrainConfig, batch_split
 from resnext_dist.data.batches import BatchSplit
 from resnext_dist.data import build_loaders
+from resnext_dist.data.augment import build_augment
 from resnext_dist.errors import InputError
 from resnext_dist.models import build_model
 from resnext_dist.optim import build_optimizer, build_scheduler
@@ -35,6 +36,7 @@ class Parts:
     val_loader: Optional[Any]
     split: BatchSplit  # how each step's global batch is shared among the ranks (micro-batches, accumulation)
     steps_per_epoch: int
+    augment: Optional[Any] = None  # the training batches' augmentation on the device (data/augment.py), or None
 
     @property
     def accum_steps(self) -> int:
@@ -90,7 +92,8 @@ def build(cfg: TrainConfig, dist) -> Parts:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
     state = TrainState(model, optimizer, scheduler, scaler, ema,
                        extra={"global_batch_size": global_batch, "world_size": dist.world_size})
-    return Parts(state, train_loader, val_loader, split, steps_per_epoch)
+    augment = build_augment(cfg.data, seed=cfg.train.seed, num_classes=cfg.model.num_classes, device=dist.device)
+    return Parts(state, train_loader, val_loader, split, steps_per_epoch, augment)
 
 
 def runner(model: torch.nn.Module, cfg: TrainConfig, dist) -> torch.nn.Module:

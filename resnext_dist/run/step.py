@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from resnext_dist import dist as rdist
+from resnext_dist.optim.losses import cross_entropy
 from resnext_dist.run import faults
 from resnext_dist.run.agreement import GRAD, LOSS, Agreed
 
@@ -49,6 +50,7 @@ class StepContext:
     grad_clip_norm: float
     # 1 on the device once an agreed step was non-finite: later steps are skipped until the host hears of it
     tripped: Optional[torch.Tensor] = None
+    loss: Callable = cross_entropy  # (logits, labels or class probabilities, label smoothing) -> mean loss
 
 
 def train_step(state, batches: Iterator, ctx: StepContext, wishes: Optional[Tuple[int, bool]]) \
@@ -74,7 +76,7 @@ def train_step(state, batches: Iterator, ctx: StepContext, wishes: Optional[Tupl
         with sync:
             with ctx.autocast():
                 logits = model(images)
-                loss = F.cross_entropy(logits.float(), labels, label_smoothing=ctx.label_smoothing)
+                loss = ctx.loss(logits.float(), labels, ctx.label_smoothing)  # optim.loss (optim/losses.py)
             loss = faults.maybe_poison_loss(loss, dist.rank, state.step + 1)
             nonfinite |= (~torch.isfinite(loss.detach())).int()
             # The mean over this micro-batch's n images, weighed n / (global batch / world size): DDP averages the

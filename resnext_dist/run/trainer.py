@@ -20,9 +20,11 @@ from resnext_dist import __version__, tracking
 from resnext_dist.config import TrainConfig, to_yaml, validate
 from resnext_dist.config.identity import identity_hash
 from resnext_dist.data import train_res_for_epoch
+from resnext_dist.data.sharding import train_positions
 from resnext_dist.dist import DistInfo, close_distributed, init_distributed
 from resnext_dist.errors import InputError
 from resnext_dist.optim import peak_lr
+from resnext_dist.optim.losses import LOSSES
 from resnext_dist.precision import PRECISIONS
 from resnext_dist.run import build as builder
 from resnext_dist.run import checkpoint as ckpt
@@ -226,7 +228,7 @@ class Trainer:
         self.runner = builder.runner(state.model, cfg, dist)
         self.ctx = StepContext(self.runner, dist, PRECISIONS[cfg.train.precision].autocast(dist.device),
                                parts.accum_steps, parts.global_batch, cfg.optim.label_smoothing,
-                               cfg.train.grad_clip_norm)
+                               cfg.train.grad_clip_norm, LOSSES[cfg.optim.loss])
         self.saver = ckpt.Checkpointer(state, self.ckpt_dir, cfg.checkpoint.keep, cfg.checkpoint.every_steps, dist)
         self.progress = console.Progress(dist.is_main and cfg.train.progress_bar, parts.steps_per_epoch)
         if cfg.train.compile:
@@ -270,6 +272,11 @@ class Trainer:
             done_steps = state.samples_in_epoch // parts.global_batch
             # from the epoch's global position: on another world size too, the images not trained on yet
             batches = parts.train_loader.epoch(epoch, res=res, start=state.samples_in_epoch)
+            if parts.augment is not None:  # on the device, keyed by each image's place in the epoch (augment.py)
+                batches = parts.augment.wrap(batches, train_positions(
+                    parts.train_loader.num_images, rank=self.dist.rank, world_size=self.dist.world_size,
+                    batch_size=cfg.data.batch_size, global_batch=parts.global_batch, start=state.samples_in_epoch,
+                    reps=cfg.data.ra_reps), epoch)
             self.progress.start_epoch(epoch, cfg.train.epochs, done_steps)
             t_epoch = time.perf_counter()
             for step_in_epoch in range(done_steps, parts.steps_per_epoch):

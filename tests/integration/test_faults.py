@@ -29,7 +29,11 @@ def step_losses(run_dir):
 
 
 def test_resume_equals_uninterrupted_bit_for_bit(tmp_path):
-    common = DETERMINISTIC + ["train.epochs=2", "checkpoint.every_steps=5"]
+    # with the V2 recipe's augmentations on the device and repeated augmentation (half the images, each twice: the
+    # same 16 steps an epoch): a resumed run augments every image as the uninterrupted one did
+    v2_augment = ["data.auto_augment=trivialaugment", "data.random_erasing=0.25", "data.mixup_alpha=0.2",
+                  "data.cutmix_alpha=1.0", "data.ra_reps=2", "data.synthetic_size=128"]
+    common = DETERMINISTIC + v2_augment + ["train.epochs=2", "checkpoint.every_steps=5"]
     ok(run_train(tmp_path / "straight", common, nproc=2))
     crashed = run_train(tmp_path / "resumed", common, nproc=2, RESNEXT_DIST_FAULT="kill@1:12")
     assert crashed.returncode != 0
