@@ -48,9 +48,9 @@ class StepContext:
     global_batch: int  # images per optimizer step over all ranks
     label_smoothing: float
     grad_clip_norm: float
+    loss: Callable = cross_entropy  # (logits, labels or class probabilities, label smoothing) -> mean loss
     # 1 on the device once an agreed step was non-finite: later steps are skipped until the host hears of it
     tripped: Optional[torch.Tensor] = None
-    loss: Callable = cross_entropy  # (logits, labels or class probabilities, label smoothing) -> mean loss
 
 
 def train_step(state, batches: Iterator, ctx: StepContext, wishes: Optional[Tuple[int, bool]]) \

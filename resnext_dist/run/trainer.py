@@ -228,7 +228,7 @@ class Trainer:
         self.runner = builder.runner(state.model, cfg, dist)
         self.ctx = StepContext(self.runner, dist, PRECISIONS[cfg.train.precision].autocast(dist.device),
                                parts.accum_steps, parts.global_batch, cfg.optim.label_smoothing,
-                               cfg.train.grad_clip_norm, LOSSES[cfg.optim.loss])
+                               cfg.train.grad_clip_norm, loss=LOSSES[cfg.optim.loss])
         self.saver = ckpt.Checkpointer(state, self.ckpt_dir, cfg.checkpoint.keep, cfg.checkpoint.every_steps, dist)
         self.progress = console.Progress(dist.is_main and cfg.train.progress_bar, parts.steps_per_epoch)
         if cfg.train.compile:
