@@ -75,7 +75,9 @@ def step_line(r: Dict[str, Any], epochs: int, total_steps: int) -> str:
 
 
 def val_line(r: Dict[str, Any], prefix: str = "val") -> str:
-    return (f"{prefix} top-1 {100 * r[prefix + '_top1']:.2f}% | top-5 {100 * r[prefix + '_top5']:.2f}% | "
+    """Top-5 where the figures hold it (not on 5 classes or fewer: runlog.within_classes)."""
+    top5 = f" | top-5 {100 * r[prefix + '_top5']:.2f}%" if prefix + "_top5" in r else ""
+    return (f"{prefix} top-1 {100 * r[prefix + '_top1']:.2f}%{top5} | "
             f"loss {r[prefix + '_loss']:.3f} ({r[prefix + '_images']:,} images)")
 
 
