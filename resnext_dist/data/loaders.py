@@ -228,8 +228,9 @@ def data_class_names(d) -> Optional[List[str]]:
     .beton without its classes.json). Reads no image: the writer's classes.json, the folder's class folders."""
     if d.loader == Synthetic.name:
         return None
-    names = [embedded.class_names(p) for p in (d.train, d.val) if embedded.is_embedded(p)]
-    if names and names[0] is not None:  # known without writing the files
+    names = [embedded.class_names(path, f"data.{split}") for split, path in (("train", d.train), ("val", d.val))
+             if embedded.is_embedded(path)]
+    if names:  # known without writing the files
         return names[0]
     from resnext_dist.data.sources import class_names_for  # numpy, PIL: only where the data has files
     try:
