@@ -115,3 +115,24 @@ def test_evaluate_a_run_of_the_embedded_data_and_with_config_by_name(tmp_path, c
         assert weights == str(run_dir)
         # what build_val_loader reads: the embedded name made the cached file (the fault was "no such file")
         assert os.path.isfile(loader_for(run_cfg.data).with_files(run_cfg.data).val)
+
+
+def test_predict_takes_key_value_like_every_command_and_names_the_datas_classes(tmp_path, capsys):
+    """A run directory without an export: its config.yaml (num_classes from the folder's classes), its final
+    weights, a key=value override among the images (predict took `--set K=V`, unlike the other commands)."""
+    import torch
+
+    from resnext_dist import models, predict
+
+    make_image_folder(str(tmp_path / "f"), classes=("circle", "square", "triangle"), per_class=1, size=(16, 16))
+    cfg = load_config(None, [*NET, f"data.train={tmp_path / 'f'}"])
+    run_dir = tmp_path / "run"
+    os.makedirs(run_dir)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg))
+    torch.save(models.build_model(cfg.model).state_dict(), run_dir / "final_weights.pt")
+    image = str(tmp_path / "f" / "square" / os.listdir(tmp_path / "f" / "square")[0])
+    assert predict.main([str(run_dir), image, "data.val_res=8", "--json", "--top-k", "3"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert sorted(t["name"] for t in result["top"]) == ["circle", "square", "triangle"]
+    assert predict.main([str(run_dir), image, "data.no_such_key=1"]) == 2
+    assert "unknown config key 'data.no_such_key'" in capsys.readouterr().err
