@@ -134,4 +134,8 @@ def load_train_config(args: argparse.Namespace):
     in that case, else None. Raises InputError."""
     if args.config:
         return load_config(find_config(args.config), args.overrides), None
-    return load_config(find_config(DEFAULT_RECIPE), args.overrides), DEFAULT_NOTE
+    cfg = load_config(find_config(DEFAULT_RECIPE), args.overrides)
+    if not cfg.data.train.startswith("embedded:"):  # your data on the quickstart's net: not "the embedded default"
+        return cfg, (f"no --config: the {DEFAULT_RECIPE} recipe's net and schedule on {cfg.data.train} "
+                     f"({cfg.model.num_classes} classes, data.loader={cfg.data.loader})")
+    return cfg, DEFAULT_NOTE

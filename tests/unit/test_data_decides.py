@@ -136,3 +136,39 @@ def test_predict_takes_key_value_like_every_command_and_names_the_datas_classes(
     assert sorted(t["name"] for t in result["top"]) == ["circle", "square", "triangle"]
     assert predict.main([str(run_dir), image, "data.no_such_key=1"]) == 2
     assert "unknown config key 'data.no_such_key'" in capsys.readouterr().err
+
+
+def own_data_commands():
+    """The bash block of the README's "Your own data" section, one argv per line (after `python -m`)."""
+    import re
+    import shlex
+    text = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    section = text[text.index("## Your own data\n"):]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    return [shlex.split(line.split("  #")[0].split("python -m ", 1)[1]) for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.slow  # ~40 s on the 2-core VM: three commands, each a model and its data
+def test_the_readmes_own_data_commands_run_as_written(tmp_path, monkeypatch, capsys):
+    """An ImageFolder -> trained -> evaluated -> predictions, the README's lines in one process each (the train
+    line with MLflow off and 2 epochs: the quickstart's 8 epochs and the MLflow store add a minute, not a check)."""
+    import importlib
+
+    commands = own_data_commands()
+    assert [c[0] for c in commands] == ["resnext_dist.train", "resnext_dist.evaluate", "resnext_dist.predict"]
+    monkeypatch.chdir(tmp_path)
+    for split, n in (("train", 6), ("val", 2)):
+        make_image_folder(f"shapes/{split}", classes=("circle", "square", "triangle"), per_class=n, size=(20, 20),
+                          ext="jpg")
+    commands[0] += ["tracking.enabled=false", "train.epochs=2"]
+    for module, *argv in commands:
+        assert importlib.import_module(module).main(argv) == 0, capsys.readouterr().err[-2000:]
+    out = capsys.readouterr().out
+    assert "no --config: the quickstart recipe's net and schedule on shapes/train (3 classes, data.loader=" \
+           "torchvision)" in out  # not "training the embedded default"
+    assert "  data      torchvision | 18 train / 6 val images" in out and "top-5" not in out  # 3 classes: no top-5
+    predictions = [line for line in out.splitlines() if line.startswith("shapes/val/")]
+    assert len(predictions) == 6 and all(line.split(": ")[1].split()[0] in ("circle", "square", "triangle")
+                                         for line in predictions)
+    with open("runs/shapes/export/model.json") as f:
+        assert json.load(f)["class_names"] == ["circle", "square", "triangle"]
