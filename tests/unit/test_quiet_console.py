@@ -18,3 +18,24 @@ def test_a_new_sqlite_store_is_made_without_mlflows_info_lines(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "mlflow.db").exists()
     assert "INFO" not in r.stderr and "Creating initial MLflow database tables" not in r.stderr, r.stderr
+
+
+def test_an_extended_run_walks_its_new_schedule_without_torchs_warning():
+    """Extending a finished run (train.epochs raised) rebuilds the schedule and walks it to the step reached, with no
+    optimizer step: PyTorch's "lr_scheduler.step() before optimizer.step()" warning was printed once per rank."""
+    import types
+    import warnings
+
+    import torch
+
+    from resnext_dist.config import load_config
+    from resnext_dist.optim import build_optimizer, build_scheduler
+    from resnext_dist.run.build import rebuild_schedule
+
+    cfg = load_config(None, ["data.loader=synthetic", "train.epochs=3"])
+    optimizer = build_optimizer(torch.nn.Linear(2, 2), cfg.optim, global_batch_size=256)
+    state = types.SimpleNamespace(optimizer=optimizer, scheduler=build_scheduler(optimizer, cfg.optim, 4, 2), step=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rebuild_schedule(state, cfg, steps_per_epoch=4)
+    assert state.scheduler.last_epoch == 7
