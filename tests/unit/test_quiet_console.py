@@ -39,3 +39,20 @@ def test_an_extended_run_walks_its_new_schedule_without_torchs_warning():
         warnings.simplefilter("error")
         rebuild_schedule(state, cfg, steps_per_epoch=4)
     assert state.scheduler.last_epoch == 7
+
+
+def test_the_trainers_help_says_what_a_run_without_config_does(capsys):
+    """--help listed the schema's defaults only (synthetic, 90 epochs, bf16) and "run.name = <the config file's
+    name>": beside each, what the bare command (the quickstart recipe) uses where it differs."""
+    from resnext_dist import evaluate, train
+
+    with pytest.raises(SystemExit):
+        train.parse_args(["--help"])
+    out = capsys.readouterr().out
+    for line in ("  data.loader = auto (no --config: ffcv)", "  train.epochs = 90 (no --config: 8)",
+                 "  data.train = '' (no --config: embedded:digits/train)", "  model.num_classes = 0 (no --config: 10)",
+                 "  run.name = <the recipe's name>-<a hash of the run's identity keys> (no --config: quickstart-"):
+        assert line in out
+    with pytest.raises(SystemExit):
+        evaluate.parser().parse_args(["--help"])
+    assert "  train.epochs = 90\n" in capsys.readouterr().out  # evaluate without --config: the schema's
