@@ -56,3 +56,17 @@ def test_the_trainers_help_says_what_a_run_without_config_does(capsys):
     with pytest.raises(SystemExit):
         evaluate.parser().parse_args(["--help"])
     assert "  train.epochs = 90\n" in capsys.readouterr().out  # evaluate without --config: the schema's
+
+
+def test_the_summary_of_an_extended_run_says_which_time_is_which_and_prints_absolute_paths(tmp_path, monkeypatch):
+    """An extension's summary read "done in 18 s (31 s of training)": the wall time is this start's, the training
+    all starts'. Its paths are absolute, so a copied path works from any directory."""
+    from resnext_dist.run.console import summary
+
+    monkeypatch.chdir(tmp_path)
+    s = {"best_val_top1": 0.9, "best_epoch": 2, "final_val_top1": 0.9, "mean_img_per_s": 100.0, "epochs_done": 3,
+         "step": 30, "train_hours": 31 / 3600, "wall_s": 18.0}
+    text = summary(s, "runs/x/export/model.safetensors", "runs/x/log.jsonl", None)
+    assert text.startswith("done in 18 s this start (31 s of training over all starts) | ")
+    assert f"  weights   {tmp_path}/runs/x/export/model.safetensors" in text and f"  log       {tmp_path}/runs/x/log" in text
+    assert summary({**s, "wall_s": 40.0}, None, "l", None).startswith("done in 40 s (31 s of training) | ")
