@@ -1,4 +1,5 @@
 """Issue 26, "quiet, true console": nothing the project causes prints library INFO lines."""
+import os
 import subprocess
 
 import pytest
@@ -70,3 +71,18 @@ def test_the_summary_of_an_extended_run_says_which_time_is_which_and_prints_abso
     assert text.startswith("done in 18 s this start (31 s of training over all starts) | ")
     assert f"  weights   {tmp_path}/runs/x/export/model.safetensors" in text and f"  log       {tmp_path}/runs/x/log" in text
     assert summary({**s, "wall_s": 40.0}, None, "l", None).startswith("done in 40 s (31 s of training) | ")
+
+
+def test_launch_quickstart_names_runs_as_the_bare_command_and_writes_runs_here(tmp_path, monkeypatch):
+    """launch/quickstart.py named each run by a timestamp (each call a new run) and wrote runs/ inside the
+    repository whatever the current directory: now the bare command's name, and runs/ in the current directory."""
+    import importlib.util
+
+    from resnext_dist.config import find_config, load_config
+    spec = importlib.util.spec_from_file_location("quickstart_launcher", os.path.join(REPO, "launch", "quickstart.py"))
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+    monkeypatch.chdir(tmp_path)
+    cfg = launcher.load([])
+    assert cfg.run.name == load_config(find_config("quickstart"), []).run.name  # quickstart-<hash>, no timestamp
+    assert os.path.abspath(cfg.run.dir) == str(tmp_path / "runs" / cfg.run.name)
