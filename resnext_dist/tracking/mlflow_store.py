@@ -75,7 +75,7 @@ def browse_hint(cfg, python: str) -> str:
     """ui_command as a person runs it here (with the mlflow beside `python`: a virtual environment not on PATH)."""
     ui, beside = ui_command(cfg), os.path.join(os.path.dirname(python), "mlflow")
     if ui.startswith("mlflow ") and os.path.exists(beside):
-        ui = os.path.relpath(beside) + ui[len("mlflow"):]
+        ui = os.path.abspath(beside) + ui[len("mlflow"):]  # absolute: the line works from any directory
     return f"{ui}   (then open http://127.0.0.1:5000)"
 
 

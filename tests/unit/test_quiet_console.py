@@ -86,3 +86,15 @@ def test_launch_quickstart_names_runs_as_the_bare_command_and_writes_runs_here(t
     cfg = launcher.load([])
     assert cfg.run.name == load_config(find_config("quickstart"), []).run.name  # quickstart-<hash>, no timestamp
     assert os.path.abspath(cfg.run.dir) == str(tmp_path / "runs" / cfg.run.name)
+
+
+def test_the_mlflow_ui_line_names_the_mlflow_beside_python_by_an_absolute_path(tmp_path, monkeypatch):
+    """launch/quickstart.py printed `.venv/bin/mlflow ui ...`, relative to the repository: from elsewhere it failed."""
+    from resnext_dist.config import load_config
+    from resnext_dist.tracking.mlflow_store import browse_hint
+
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "mlflow").write_text("")
+    monkeypatch.chdir(tmp_path)
+    hint = browse_hint(load_config(None, [f"run.root={tmp_path / 'runs'}"]), "venv/bin/python")
+    assert hint.startswith(f"{tmp_path}/venv/bin/mlflow ui --backend-store-uri sqlite:///{tmp_path}/runs/mlflow.db")
