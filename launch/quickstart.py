@@ -6,39 +6,43 @@ Makes the embedded digits data once per machine (FFCV .beton, 16x16 RGB, in ~/.c
 $RESNEXT_DIST_CACHE: resnext_dist/data/embedded.py), then runs
 `torchrun --standalone --nproc_per_node=N -m resnext_dist.train --config configs/quickstart.yaml` with N = the
 number of GPUs, or 2 CPU processes without one, and prints the run directory and the command that opens
-the MLflow UI on it. Each call is a new run (run.name=quickstart-<time>) unless you pass run.name=...
+the MLflow UI on it. Runs are named as the bare command names them (quickstart-<hash of the identity keys>: the
+same call continues or finds its finished run) and go to runs/ in the current directory, as the bare command's do.
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join("configs", "quickstart.yaml")
+CONFIG = os.path.join(REPO, "configs", "quickstart.yaml")  # found from any directory; runs/ go to the current one
+sys.path.insert(0, REPO)  # the package of this checkout, from any directory
+
+
+def load(overrides):
+    """The run's config, as the trainer will load it (fail fast, before any process starts); InputError."""
+    from resnext_dist.config import load_config
+    return load_config(CONFIG, overrides)
 
 
 def main(argv=None) -> int:
     overrides = list(sys.argv[1:] if argv is None else argv)
-    os.chdir(REPO)
     from resnext_dist.data.embedded import ensure_digits
     ensure_digits()  # here, once, before the processes start (the trainer would otherwise make it on first use)
-    if not any(o.startswith("run.name=") for o in overrides):
-        overrides.append(f"run.name=quickstart-{time.strftime('%Y%m%d-%H%M%S')}")
 
     import torch
     from resnext_dist.errors import InputError
-    from resnext_dist.config import load_config
     from resnext_dist.tracking import browse_hint
 
     try:
-        cfg = load_config(CONFIG, overrides)  # fail fast, before any process starts
+        cfg = load(overrides)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     nproc = torch.cuda.device_count() or 2
     env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (REPO, env.get("PYTHONPATH"))))  # the trainers import this checkout
     if not torch.cuda.is_available():
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // nproc)))  # no oversubscription
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
@@ -47,7 +51,7 @@ def main(argv=None) -> int:
     code = subprocess.call(cmd, env=env)
     print(f"\nrun directory: {os.path.abspath(cfg.run.dir)}  (config.yaml, log.jsonl, checkpoints/)")
     if cfg.tracking.enabled:
-        print(f"browse the runs: {browse_hint(cfg, sys.executable)}")
+        print(f"browse the runs: {browse_hint(cfg, os.path.abspath(sys.executable))}")
     return code
 
 

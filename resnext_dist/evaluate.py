@@ -29,7 +29,7 @@ import torch
 from resnext_dist import tracking
 from resnext_dist.commandline import exit_without_teardown, launcher_rank
 from resnext_dist.config.arguments import arg_parser
-from resnext_dist.config import TrainConfig, load_config, to_yaml
+from resnext_dist.config import TrainConfig, find_config, load_config, to_yaml
 from resnext_dist.data import build_val_loader
 from resnext_dist.dist import close_distributed, init_distributed
 from resnext_dist.errors import EXIT_BAD_INPUT, InputError
@@ -37,6 +37,7 @@ from resnext_dist.files import atomic_write, check_output_file
 from resnext_dist.models import build_model
 from resnext_dist.precision import PRECISIONS
 from resnext_dist.run.console import val_line
+from resnext_dist.runlog import within_classes
 from resnext_dist.run.step import evaluate
 from resnext_dist.weights import init_model
 
@@ -58,6 +59,7 @@ def resolve(config: Optional[str], args) -> Tuple[TrainConfig, str]:
     overrides = [a for a in args if "=" in a]
     if len(run_dirs) > 1:
         raise InputError(f"one run directory at most, got {' '.join(run_dirs)}")
+    config = find_config(config) if config else config  # a path, or a recipe's name (quickstart)
     init_given = any(o.split("=", 1)[0] == "model.init" for o in overrides)
     if run_dirs:
         run_dir = run_dirs[0]
@@ -89,7 +91,8 @@ def run(cfg: TrainConfig, weights: str, tta_flip: bool = False) -> dict:
         if dist.is_main:
             print(f"resnext_dist: evaluating {note} on {dist.world_size} process(es)", flush=True)
         with torch.no_grad():  # the numbers are the trainer's; only the autograd bookkeeping is skipped
-            result = evaluate(model, loader, dist, PRECISIONS[cfg.train.precision].autocast(dist.device), tta_flip)
+            result = within_classes(evaluate(model, loader, dist, PRECISIONS[cfg.train.precision].autocast(dist.device),
+                                             tta_flip), cfg.model.num_classes)  # no top-5 on 5 classes or fewer
         result.update(tta_flip=tta_flip, weights=weights, world_size=dist.world_size, is_main=dist.is_main)
         return result
     finally:
@@ -111,7 +114,8 @@ def main(argv=None) -> int:
             if args.json:
                 atomic_write(args.json, json.dumps(result, indent=2) + "\n")
             if args.mlflow_run_id:  # the figures as eval_loss, eval_top1, eval_top5, eval_images of that run
-                figures = {f"eval_{k[4:]}": result[k] for k in ("val_loss", "val_top1", "val_top5", "val_images")}
+                figures = {f"eval_{k[4:]}": result[k] for k in ("val_loss", "val_top1", "val_top5", "val_images")
+                           if k in result}
                 try:
                     tracking.log_metrics(cfg, args.mlflow_run_id, figures)
                 except InputError as e:  # an unknown run, a store that does not answer: named after the option

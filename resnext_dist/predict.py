@@ -1,4 +1,4 @@
-"""Classify images: `python -m resnext_dist.predict WEIGHTS IMAGE_OR_DIR ... [--top-k 5] [--json]`.
+"""Classify images: `python -m resnext_dist.predict WEIGHTS IMAGE_OR_DIR ... [key=value ...] [--top-k 5] [--json]`.
 
     python -m resnext_dist.predict runs/x/export photo.jpg more_photos/
     python -m resnext_dist.predict runs/x cat.png --top-k 3 --json
@@ -7,7 +7,7 @@
 WEIGHTS is an export (its directory, model.json or model.safetensors; weights/export.py), a run
 directory (its export/, else its config.yaml with final_weights.pt or its newest checkpoint), or any file
 model.init takes (a torchvision state dict, final weights, a checkpoint) with the architecture from --config
-and --set key=value (default: the config defaults, ResNeXt-50 32x4d with 1000 classes: torchvision's).
+NAME|PATH and key=value overrides, as every command takes them (default: the config defaults, ResNeXt-50 32x4d with 1000 classes: torchvision's).
 Each image gets the validation preprocessing the model was evaluated with (the export records it; otherwise
 data.val_res and data.val_crop_ratio), exactly as the validation loaders do.
 Class names come from the export, else from the run's data (resnext_dist.data.sources.class_names_for), else
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import List, Optional
@@ -30,7 +31,7 @@ from typing import List, Optional
 import torch
 from torchvision.transforms import v2
 
-from resnext_dist.config import load_config
+from resnext_dist.config import find_config, load_config
 from resnext_dist.data.normalize import IMAGENET_MEAN, IMAGENET_STD
 from resnext_dist.data.sources import IMAGE_EXTENSIONS, read_image
 from resnext_dist.data.torchvision import CenterCropRatio
@@ -42,6 +43,7 @@ from resnext_dist.weights.export import dataset_class_names, meta_path, model_fr
 from resnext_dist.weights.layout import WEIGHTS_FILE
 
 BATCH = 32
+OVERRIDE = re.compile(r"^[a-z_]+\.[a-z_0-9]+=")  # section.key=value: a config override, not an image path
 
 
 @dataclass
@@ -65,6 +67,7 @@ def load_predictor(path: str, config: Optional[str] = None, overrides=(), device
         return Predictor(model_from_meta(export, map_location=device), pre["size"], pre["crop_ratio"], pre["mean"],
                          pre["std"], export["class_names"], f"export {export['_path']}")
     run_config = os.path.join(path, "config.yaml") if os.path.isdir(path) else ""
+    config = find_config(config) if config else config  # a path, or a recipe's name (quickstart)
     cfg = load_config(config or (run_config if os.path.isfile(run_config) else None), list(overrides))
     model = build_model(cfg.model)
     try:
@@ -72,7 +75,7 @@ def load_predictor(path: str, config: Optional[str] = None, overrides=(), device
     except InputError as e:
         if config or run_config:
             raise
-        raise InputError(f"{e}; a plain weights file carries no architecture: give --config (and --set "
+        raise InputError(f"{e}; a plain weights file carries no architecture: give --config (and "
                          "model.KEY=VALUE) or an export or run directory") from None
     return Predictor(model.to(device).eval(), cfg.data.val_res, cfg.data.val_crop_ratio, list(IMAGENET_MEAN),
                      list(IMAGENET_STD), dataset_class_names(cfg), note)
@@ -140,23 +143,25 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m resnext_dist.predict", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("weights", help="export dir / model.json, run dir, or a weights file (with --config)")
-    p.add_argument("images", nargs="+", help="image files or directories of them")
     p.add_argument("--top-k", type=int, default=5, help="classes per image")
     p.add_argument("--json", action="store_true", help="print one JSON list instead of lines")
-    p.add_argument("--config", help="recipe for the architecture and preprocessing of a plain weights file")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for a plain weights file or run directory (repeatable)")
+    p.add_argument("--config", metavar="FILE|NAME", help="recipe for the architecture and preprocessing of a plain "
+                   "weights file: a path, or the name of one in configs/ (e.g. quickstart)")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR | key=value",
+                   help="image files or directories of them; key=value: config overrides for a plain weights file "
+                   "or a run directory (e.g. model.num_classes=3)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
     return p
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_intermixed_args(argv)  # images, options and key=value in any order
+    overrides = [a for a in args.images if OVERRIDE.match(a)]
     try:
         if args.top_k < 1:
             raise InputError(f"--top-k {args.top_k} must be >= 1")
-        paths = image_paths(args.images)
-        p = load_predictor(args.weights, args.config, args.set, args.device)
+        paths = image_paths([a for a in args.images if a not in overrides])
+        p = load_predictor(args.weights, args.config, overrides, args.device)
         results = predict(p, paths, args.top_k)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -42,6 +42,7 @@ def arg_parser(module: str, description: str, example: str,
     default = f"; without it the trainer runs {DEFAULT_RECIPE} on the embedded digits" if sections is None else ""
     parser = _KeysHelpParser(prog=command_name(module), description=description,
                              formatter_class=argparse.RawDescriptionHelpFormatter, sections=keep,
+                             bare_run=sections is None and module == "resnext_dist.train",
                              epilog=f"overrides are key=value pairs, e.g. {example}\n\nconfig keys:\n")
     parser.add_argument("--config", metavar="FILE|NAME",
                         help=f"YAML recipe: a path, or the name of one in configs/ (e.g. resnext50_imagenet){default}")
@@ -59,13 +60,13 @@ class _KeysHelpParser(argparse.ArgumentParser):
     """Lists the config keys at the end of --help, built only when the help is printed, and answers an unknown
     `--option` with the config key it most likely meant."""
 
-    def __init__(self, *args, sections: Sequence[str] = (), **kwargs):
-        self.sections = tuple(sections)
+    def __init__(self, *args, sections: Sequence[str] = (), bare_run: bool = False, **kwargs):
+        self.sections, self.bare_run = tuple(sections), bare_run
         super().__init__(*args, **kwargs)
 
     @property
     def epilog(self) -> str:
-        return self._epilog_head + describe_keys(self.sections)
+        return self._epilog_head + describe_keys(self.sections, bare_run=self.bare_run)
 
     @epilog.setter
     def epilog(self, head: str) -> None:
@@ -113,19 +114,33 @@ def closest_key(name: str, sections: Sequence[str]) -> Optional[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def describe_keys(sections: Tuple[str, ...], schema: type = TrainConfig) -> str:
+def describe_keys(sections: Tuple[str, ...], schema: type = TrainConfig, bare_run: bool = False) -> str:
     """Two lines per key of `sections`, its default and its doc, for --help."""
+    bare = _bare_run_values() if bare_run else {}  # the trainer's: what it runs without --config
     lines = []
     for name, f in declared_keys(schema):
         if name.split(".")[0] not in sections:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if default is MISSING:
-            default = "<the config file's name>"
-        elif default == "":
-            default = "''"
+            default = "<the recipe's name>-<a hash of the run's identity keys>"
+        shown = "''" if default == "" else default
+        if name in bare and bare[name] != default:
+            shown = f"{shown} (no --config: {bare[name]})"
+        default = shown
         lines.append(f"  {name} = {default}\n      {f.metadata['doc']}")
     return "\n".join(lines)
+
+
+def _bare_run_values() -> Dict[str, object]:
+    """What a run without --config uses, key by key (the quickstart recipe, its data following data.train), so
+    --help says what a bare command does and not only the schema's defaults; {} if the recipe does not load."""
+    from resnext_dist.config.schema import get_key
+    try:
+        cfg = load_config(find_config(DEFAULT_RECIPE), [])
+    except Exception:  # --help must answer even where the recipe is broken; its error shows when a run loads it
+        return {}
+    return {name: get_key(cfg, name) for name, _ in declared_keys()}
 
 
 def load_train_config(args: argparse.Namespace):
@@ -134,4 +149,8 @@ def load_train_config(args: argparse.Namespace):
     in that case, else None. Raises InputError."""
     if args.config:
         return load_config(find_config(args.config), args.overrides), None
-    return load_config(find_config(DEFAULT_RECIPE), args.overrides), DEFAULT_NOTE
+    cfg = load_config(find_config(DEFAULT_RECIPE), args.overrides)
+    if not cfg.data.train.startswith("embedded:"):  # your data on the quickstart's net: not "the embedded default"
+        return cfg, (f"no --config: the {DEFAULT_RECIPE} recipe's net and schedule on {cfg.data.train} "
+                     f"({cfg.model.num_classes} classes, data.loader={cfg.data.loader})")
+    return cfg, DEFAULT_NOTE

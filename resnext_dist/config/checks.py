@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Union, get_args, get_origin, get_t
 
 from resnext_dist.config.schema import TrainConfig, declared_keys, get_key, section_types
 from resnext_dist.data.batches import BatchSplit, split_for
-from resnext_dist.data.loaders import loader_for
+from resnext_dist.data.loaders import LOADERS, SYNTHETIC_CLASSES, Synthetic, data_class_names, loader_for, loader_name_for
 from resnext_dist.errors import InputError
 from resnext_dist.models.presets import size_estimate
 from resnext_dist.optim.optimizers import optimizer_for
@@ -33,9 +33,34 @@ def _show(value: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+def follow_data(cfg) -> None:
+    """Fill in the keys whose default follows the data (a TrainConfig, or the merged OmegaConf before the run is
+    named, so `auto` and the loader it picks name the same run): data.loader=auto becomes the loader data.train's
+    kind asks for, model.num_classes=0 the data's class count. An explicit num_classes the data's classes contradict
+    is refused, naming both: a 10-way head on 3 classes trains without a word otherwise."""
+    d, m = cfg.data, cfg.model
+    d.loader = loader_name_for(d)
+    names = data_class_names(d)
+    if m.num_classes == 0:
+        if names is None and d.loader != Synthetic.name:
+            if d.loader in LOADERS:  # its own word first (data.train is required, ...)
+                LOADERS[d.loader].check_config(d)
+            if not os.path.exists(d.train):
+                raise InputError(f"data.train={d.train!r}: no such file or folder (model.num_classes=0 takes the "
+                                 "data's class count)")
+            raise InputError(f"model.num_classes=0 (the data's): data.train={d.train!r} records no class names (a "
+                             ".beton's NAME.classes.json, which the writer makes); set model.num_classes")
+        m.num_classes = len(names) if names is not None else SYNTHETIC_CLASSES
+    elif names is not None and len(names) != m.num_classes:
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise InputError(f"model.num_classes={m.num_classes} but data.train={d.train!r} has {len(names)} classes "
+                         f"({shown}); leave model.num_classes out to take the data's")
+
+
 def validate(cfg: TrainConfig, world_size: int = 1) -> None:
     """Raise InputError for the first bad value; `world_size` enables the check that the global batch can be
-    shared among that many processes."""
+    shared among that many processes. The keys that follow the data are filled in first (follow_data)."""
+    follow_data(cfg)
     for name, f in declared_keys(cfg):
         problem = key_problem(name, get_key(cfg, name), f)
         if problem:
@@ -133,7 +158,7 @@ def check_size(model, batch_size: int = 0, res: int = 0) -> None:
 
 def _largest_key(model, params: int) -> str:
     """'model.KEY=VALUE' of the size key whose default shrinks the model most (the arch when none is set)."""
-    default = type(model)()
+    default = dataclasses.replace(type(model)(), num_classes=SYNTHETIC_CLASSES)  # 0 (the data's) is no size
     shrunk = {k: size_estimate(dataclasses.replace(model, **{k: getattr(default, k)}), 1)[0]
               for k in ("layers", "cardinality", "group_width", "base_channels", "num_classes")
               if getattr(model, k) != getattr(default, k)}

@@ -23,7 +23,7 @@ from typing import List, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from resnext_dist.config.checks import validate
+from resnext_dist.config.checks import follow_data, validate
 from resnext_dist.config.credentials import move_uri_credentials
 from resnext_dist.config.identity import identity_hash
 from resnext_dist.config.schema import TrainConfig, declared_keys, section_types
@@ -77,6 +77,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
     layers.append(cli)
     try:
         merged = OmegaConf.merge(*layers)
+        follow_data(merged)  # before the name: data.loader=auto and the loader it picks are one run
         if OmegaConf.is_missing(merged.run, "name"):
             # <recipe>-<hash of the identity keys> (identity.py: one directory per experiment, found again)
             merged.run.name = stem = os.path.splitext(os.path.basename(path))[0] if path else "run"

@@ -19,7 +19,7 @@ from resnext_dist.config.rules import (MAX_RES, MAX_SEED, MAX_TIMEOUT_S, Rule, a
                                        positive, resolution, resume_from, run_name, sbatch_job_name, sbatch_options,
                                        sbatch_value, text, tracking_uri)
 from resnext_dist.data.augment import POLICIES
-from resnext_dist.data.loaders import LOADERS, ORDERS
+from resnext_dist.data.loaders import CHOICES as LOADER_CHOICES, ORDERS, SYNTHETIC_CLASSES
 from resnext_dist.models.presets import PRESETS, STEMS, known_arch
 from resnext_dist.optim.losses import LOSSES
 from resnext_dist.optim.optimizers import OPTIMIZERS
@@ -40,7 +40,8 @@ def key(default: Any, rule: Optional[Rule], doc: str, identity: bool = True, zer
 class ModelConfig:
     arch: str = key("resnext50_32x4d", known_arch, f"preset: {' | '.join(PRESETS)}")
     stem: str = key("imagenet", one_of(STEMS), " or ".join(f"{name} ({what})" for name, what in STEMS.items()))
-    num_classes: int = key(1000, positive, "number of output classes")
+    num_classes: int = key(0, non_negative, "number of output classes; 0 = the data's (a .beton's classes.json, an "
+                           f"ImageFolder's class folders, the digits' 10; {SYNTHETIC_CLASSES} for synthetic data)")
     layers: Optional[List[int]] = key(None, optional(block_counts), "blocks per stage, overriding the preset (e.g. "
                                       "[1,1,1,1] for a tiny test net)")
     cardinality: Optional[int] = key(None, optional(at_least(1)), "groups in each 3x3 conv, overriding the preset")
@@ -61,7 +62,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    loader: str = key("synthetic", one_of(LOADERS), " | ".join(LOADERS))
+    loader: str = key("auto", one_of(LOADER_CHOICES), " | ".join(LOADER_CHOICES) + " (auto follows data.train: a "
+                      ".beton -> ffcv, a folder -> torchvision; synthetic where data.train is empty)")
     train: str = key("", data_path, "training data: a .beton file (ffcv), an ImageFolder directory (torchvision), or "
                      "embedded:digits/train")
     val: str = key("", data_path, "validation data, same kind as data.train (embedded:digits/val); empty = no "

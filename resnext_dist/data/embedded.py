@@ -83,6 +83,14 @@ def _write_digits(split: str, path: str) -> None:
             os.remove(staged)
 
 
+def class_names(path: str, key: str = "data path"):
+    """The class names of the embedded dataset `path`, known without writing its files; InputError naming `key`
+    for a name that is none of ours."""
+    if path not in NAMES:
+        raise InputError(f"{key}={path!r}: no such embedded dataset; known: {', '.join(NAMES)}")
+    return [str(k) for k in range(10)]
+
+
 def resolve(path: str, key: str = "data path") -> str:
     """The file behind `path`: an embedded dataset's cached file (made if needed), else `path` itself."""
     if not is_embedded(path):

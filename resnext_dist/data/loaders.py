@@ -9,6 +9,7 @@ imported when that loader is built, so a machine without FFCV can use the others
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
@@ -87,6 +88,15 @@ class Loader:
 class Ffcv(Loader):
     """FFCV .beton files: the fast path."""
     name, reads_embedded, decodes_on_device, has_pages = "ffcv", True, True, True
+
+    def check_config(self, d):
+        super().check_config(d)
+        for split in ("train", "val"):  # a folder is the torchvision loader's: say so before FFCV says "not a beton"
+            path = getattr(d, split)
+            if path and os.path.isdir(path):
+                raise InputError(f"data.{split}={path!r} is a folder, not an FFCV .beton: use data.loader=torchvision "
+                                 "(or auto, which follows data.train), or write a .beton (python -m "
+                                 "resnext_dist.data.write)")
 
     def staged(self, d):
         if not d.stage_dir:
@@ -176,6 +186,57 @@ class Synthetic(Loader):
 
 
 LOADERS = {entry.name: entry for entry in (Ffcv(), Torchvision(), Synthetic())}
+AUTO = "auto"  # data.loader's default: the loader data.train's kind asks for (loader_name_for)
+
+
+class _Choices:
+    """data.loader's values: auto, then the registry's as it is now (a loader added later is a choice at once)."""
+
+    def __iter__(self):
+        return iter((AUTO, *LOADERS))
+
+    def __contains__(self, name) -> bool:
+        return name == AUTO or name in LOADERS
+
+
+CHOICES = _Choices()
+# model.num_classes=0 (its default): the data's class count; random images have none, so ImageNet's
+SYNTHETIC_CLASSES = 1000
+
+
+def loader_name_for(d) -> str:
+    """data.loader, with `auto` made the loader data.train's kind asks for: a .beton or the embedded data -> ffcv,
+    a folder or digits[:SIZE] -> torchvision; synthetic only where data.train is empty (no data was given: a config
+    of defaults, a benchmark), never instead of the files a recipe names. InputError naming data.train when it is
+    none of these."""
+    if d.loader != AUTO:
+        return d.loader
+    path = d.train
+    if not path:  # nothing to follow (a config of defaults, a benchmark): random images, as the banner says
+        return Synthetic.name
+    if embedded.is_embedded(path) or path.endswith(".beton"):
+        return Ffcv.name
+    if os.path.isdir(path) or (not os.path.exists(path) and (path == "digits" or path.startswith("digits:"))):
+        return Torchvision.name
+    what = "no such file or folder" if not os.path.exists(path) else "neither a .beton file nor a folder"
+    raise InputError(f"data.train={path!r}: {what} (data.loader=auto follows data.train: a .beton -> ffcv, an "
+                     "ImageFolder or CIFAR folder -> torchvision, embedded:digits/train)")
+
+
+def data_class_names(d) -> Optional[List[str]]:
+    """The class names the data of the section `d` records (data.loader resolved), or None (synthetic data, a
+    .beton without its classes.json). Reads no image: the writer's classes.json, the folder's class folders."""
+    if d.loader == Synthetic.name:
+        return None
+    names = [embedded.class_names(path, f"data.{split}") for split, path in (("train", d.train), ("val", d.val))
+             if embedded.is_embedded(path)]
+    if names:  # known without writing the files
+        return names[0]
+    from resnext_dist.data.sources import class_names_for  # numpy, PIL: only where the data has files
+    try:
+        return class_names_for(d.train) or class_names_for(d.val)
+    except DataError as e:  # an unreadable classes.json: one line, exit 2
+        raise InputError(str(e)) from None
 
 
 def _pages(d, loader: Loader) -> bool:
@@ -202,9 +263,10 @@ def reads_by_page(d, loader: Optional[Loader] = None) -> bool:
 
 def loader_for(d) -> Loader:
     """The entry of the data section `d`'s data.loader."""
-    if d.loader not in LOADERS:
-        raise InputError(f"data.loader={d.loader!r}: must be one of {', '.join(LOADERS)}")
-    return LOADERS[d.loader]
+    name = loader_name_for(d)
+    if name not in LOADERS:
+        raise InputError(f"data.loader={d.loader!r}: must be one of {', '.join(CHOICES)}")
+    return LOADERS[name]
 
 
 def check_dataset(d, num_classes: int) -> CheckedData:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -113,8 +114,10 @@ def rebuild_schedule(state: TrainState, cfg: TrainConfig, steps_per_epoch: int) 
     for group in state.optimizer.param_groups:
         group["lr"] = group["initial_lr"]
     state.scheduler = build_scheduler(state.optimizer, cfg.optim, steps_per_epoch, cfg.train.epochs)
-    for _ in range(state.step):
-        state.scheduler.step()
+    with warnings.catch_warnings():  # a walk to the step reached, no training: torch's "step() before
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")  # optimizer"
+        for _ in range(state.step):
+            state.scheduler.step()
 
 
 def seed_everything(train_cfg) -> None:

@@ -12,6 +12,7 @@ record keeps raw facts and numbers: names, fractions, bytes, seconds); nothing h
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Dict, Optional
 
@@ -75,7 +76,9 @@ def step_line(r: Dict[str, Any], epochs: int, total_steps: int) -> str:
 
 
 def val_line(r: Dict[str, Any], prefix: str = "val") -> str:
-    return (f"{prefix} top-1 {100 * r[prefix + '_top1']:.2f}% | top-5 {100 * r[prefix + '_top5']:.2f}% | "
+    """Top-5 where the figures hold it (not on 5 classes or fewer: runlog.within_classes)."""
+    top5 = f" | top-5 {100 * r[prefix + '_top5']:.2f}%" if prefix + "_top5" in r else ""
+    return (f"{prefix} top-1 {100 * r[prefix + '_top1']:.2f}%{top5} | "
             f"loss {r[prefix + '_loss']:.3f} ({r[prefix + '_images']:,} images)")
 
 
@@ -90,13 +93,18 @@ def summary(s: Dict[str, Any], weights: Optional[str], log_path: str, mlflow: Op
     best = s.get("best_val_top1")
     quality = (f"best val top-1 {100 * best:.2f}% (epoch {s['best_epoch']}) | final {100 * s['final_val_top1']:.2f}%"
                if best is not None else "no validation set")
-    wall = f"done in {duration(s['wall_s'])} ({duration(s['train_hours'] * 3600)} of training)" if "wall_s" in s \
-        else f"done: {duration(s['train_hours'] * 3600)} of training"
+    training = s["train_hours"] * 3600
+    if "wall_s" not in s:
+        wall = f"done: {duration(training)} of training"
+    elif training > s["wall_s"]:  # resumed or extended: the training of every start, this start's wall time
+        wall = f"done in {duration(s['wall_s'])} this start ({duration(training)} of training over all starts)"
+    else:
+        wall = f"done in {duration(s['wall_s'])} ({duration(training)} of training)"
     lines = [f"{wall} | {quality} | {s['mean_img_per_s']:,.0f} img/s mean | "
              f"{s['epochs_done']} epochs, {s['step']} steps"]
-    if weights:
-        lines.append(f"  weights   {weights}")
-    lines.append(f"  log       {log_path}")
+    if weights:  # absolute: paths a user copies work from any directory
+        lines.append(f"  weights   {os.path.abspath(weights)}")
+    lines.append(f"  log       {os.path.abspath(log_path)}")
     if mlflow:
         lines.append(f"  MLflow    {mlflow}")
     return "\n".join(lines)

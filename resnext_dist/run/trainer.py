@@ -30,7 +30,7 @@ from resnext_dist.run import build as builder
 from resnext_dist.run import checkpoint as ckpt
 from resnext_dist.run import console, rundir
 from resnext_dist.run.lock import hold_run_dir
-from resnext_dist.runlog import RunLog, read_log, summarize
+from resnext_dist.runlog import RunLog, read_log, summarize, within_classes
 from resnext_dist.run.signals import StopFlag, StopRequested, launcher_alive
 from resnext_dist.run.agreement import LateAgreement
 from resnext_dist.run.step import Interval, StepContext, evaluate, non_finite_error, train_step
@@ -331,10 +331,11 @@ class Trainer:
         record = {"kind": "epoch", "step": state.step, "epoch": epoch, "epoch_time_s": epoch_time_s}
         is_last = epoch + 1 == cfg.train.epochs
         if parts.val_loader is not None and (is_last or (epoch + 1) % cfg.train.eval_every_epochs == 0):
-            record.update(evaluate(self.runner, parts.val_loader, dist, self.ctx.autocast, cfg.train.tta_flip))
+            figures = evaluate(self.runner, parts.val_loader, dist, self.ctx.autocast, cfg.train.tta_flip)
             if state.ema is not None:
                 ema = evaluate(state.ema, parts.val_loader, dist, self.ctx.autocast, cfg.train.tta_flip)
-                record.update({f"ema_{k}": v for k, v in ema.items()})
+                figures.update({f"ema_{k}": v for k, v in ema.items()})
+            record.update(within_classes(figures, cfg.model.num_classes))  # no top-5 on 5 classes or fewer
         state.epoch, state.samples_in_epoch = epoch + 1, 0
         self.emit(record)
         self.saver.save()

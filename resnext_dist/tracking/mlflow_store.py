@@ -11,6 +11,7 @@ import contextlib
 import errno
 import io
 import json
+import logging
 import os
 import re
 import shlex
@@ -43,7 +44,18 @@ def open_store(cfg) -> Tuple[str, Optional[str]]:
     uri = resolve_uri(cfg)
     if uri.startswith("sqlite:///"):
         os.makedirs(os.path.dirname(uri[len("sqlite:///"):]), exist_ok=True)
+    quiet_store_creation()
     return uri, None if cfg.tracking.uri else local_artifacts(uri)
+
+
+# The first run in a folder makes its sqlite store: MLflow and alembic say so in INFO lines ("Creating initial MLflow
+# database tables...", "Context impl SQLiteImpl") that are nothing a user must read; their warnings still show.
+STORE_CREATION_LOGGERS = ("mlflow.store.db.utils", "alembic.runtime.migration", "alembic")
+
+
+def quiet_store_creation() -> None:
+    for name in STORE_CREATION_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def local_artifacts(uri: str) -> Optional[str]:
@@ -63,7 +75,7 @@ def browse_hint(cfg, python: str) -> str:
     """ui_command as a person runs it here (with the mlflow beside `python`: a virtual environment not on PATH)."""
     ui, beside = ui_command(cfg), os.path.join(os.path.dirname(python), "mlflow")
     if ui.startswith("mlflow ") and os.path.exists(beside):
-        ui = os.path.relpath(beside) + ui[len("mlflow"):]
+        ui = os.path.abspath(beside) + ui[len("mlflow"):]  # absolute: the line works from any directory
     return f"{ui}   (then open http://127.0.0.1:5000)"
 
 

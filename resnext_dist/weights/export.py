@@ -188,6 +188,8 @@ def _model_problem(meta: dict) -> str:
     problem = next(filter(None, (key_problem(f"model.{k}", v) for k, v in model.items())), "")
     if problem:
         return problem
+    if model["num_classes"] < 1:  # 0 is a config's "the data's", resolved before any model is built or exported
+        return f"model.num_classes={model['num_classes']}: must be > 0"
     if meta.get("arch") != model["arch"]:
         return f"arch {meta.get('arch')!r} is not the model's ({model['arch']!r})"
     try:

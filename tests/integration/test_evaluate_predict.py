@@ -112,7 +112,11 @@ def test_evaluate_bad_input_exits_2_with_one_line(trained, tmp_path):
     r = evaluate(["--config", os.path.join(trained, "config.yaml")])
     assert r.returncode == 2 and r.stderr.strip() == ("error: nothing to evaluate: give model.init=PATH (weights, an "
                                                       "export, a run directory) or a run directory")
-    r = evaluate([trained, "model.num_classes=5"])  # the classifier must fit: no re-initialization here
+    r = evaluate([trained, "model.num_classes=5"])  # the data's 10 classes contradict it: refused at load
+    assert r.returncode == 2 and r.stderr.startswith("error: model.num_classes=5 but data.train='digits:16' has 10 "
+                                                     "classes (0, 1, 2, 3, 4, ...)")
+    # random images have no classes to contradict it: the classifier must fit: no re-initialization here
+    r = evaluate([trained, "model.num_classes=5", "data.loader=synthetic"])
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert r.stderr.startswith(f"error: {trained}/export/model.safetensors: weights do not fit this model")
     assert "fc.weight (10, 256) vs (5, 256)" in r.stderr

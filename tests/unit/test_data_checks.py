@@ -140,9 +140,9 @@ def test_a_new_loader_refuses_what_it_does_not_declare(monkeypatch):
         name = "mine"
 
     monkeypatch.setitem(LOADERS, "mine", Mine())
-    assert load_config(None, ["data.loader=mine", "data.train=/d/x"]).data.loader == "mine"
+    assert load_config(None, ["data.loader=mine", "data.train=/d/x", "model.num_classes=3"]).data.loader == "mine"
     with pytest.raises(InputError, match=r"^data.decode=gpu needs data.loader=ffcv .*\(got data.loader=mine,"):
-        load_config(None, ["data.loader=mine", "data.train=/d/x", "data.decode=gpu"])
+        load_config(None, ["data.loader=mine", "data.train=/d/x", "data.decode=gpu", "model.num_classes=3"])
     with pytest.raises(InputError, match=r"^data.train='embedded:digits/train' is an FFCV dataset"):
         load_config(None, ["data.loader=mine", "data.train=embedded:digits/train"])
     with pytest.raises(InputError, match=r"^data.train is required when data.loader=mine$"):

@@ -54,7 +54,8 @@ def test_embedded_names_resolve_to_the_cache_and_other_paths_stay(monkeypatch, t
     assert data.train == str(tmp_path / "digits16_raw_train.beton") and os.path.isfile(data.train)
     assert data.val == str(tmp_path / "digits16_raw_val.beton") and os.path.isfile(data.val)
     assert cfg.data.train == "embedded:digits/train"  # the config itself keeps the name (config.yaml is portable)
-    mine = load_config("configs/quickstart.yaml", ["data.train=d/t.beton", "data.val=''"]).data
+    mine = load_config("configs/quickstart.yaml", ["data.train=d/t.beton", "data.val=''",
+                                                       "model.num_classes=10"]).data
     assert (LOADERS["ffcv"].with_files(mine).train, LOADERS["ffcv"].with_files(mine).val) == ("d/t.beton", "")
 
 

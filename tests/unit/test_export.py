@@ -134,7 +134,9 @@ def test_dataset_class_names_of_a_config(tmp_path):
     make_image_folder(str(tmp_path / "folder"), classes=("b", "a"), per_class=1, size=(8, 8))
     folder = ["data.loader=torchvision", f"data.train={tmp_path / 'folder'}"]
     assert dataset_class_names(tiny_cfg(*folder, "model.num_classes=2")) == ["a", "b"]
-    assert dataset_class_names(tiny_cfg(*folder)) is None  # 2 names for 10 classes: not these weights' names
+    assert dataset_class_names(tiny_cfg(*folder, "model.num_classes=0")) == ["a", "b"]  # 0: the data's
+    with pytest.raises(InputError, match=r"^model.num_classes=10 but data.train='.*folder' has 2 classes \(a, b\)"):
+        tiny_cfg(*folder)  # 2 names for 10 classes: refused at load, naming both
     assert dataset_class_names(tiny_cfg()) is None  # synthetic
 
 

@@ -50,14 +50,31 @@ TRAIN = readme_commands("-m resnext_dist.train")
 SUBMIT = readme_commands("launch/submit.py")
 
 
+@pytest.fixture
+def readme_dir(tmp_path, monkeypatch):
+    """A working directory as the README's reader has it: the recipes (configs/), and the data the commands name
+    in it (a bench.beton with the class names its writer records, the own-data section's ImageFolder): the class
+    count is read from the data when the config loads."""
+    import os
+
+    from resnext_dist.data.sources import write_class_names
+    from tests.data_helpers import make_image_folder
+    os.symlink(ROOT / "configs", tmp_path / "configs")
+    (tmp_path / "bench.beton").write_bytes(b"")
+    write_class_names(str(tmp_path / "bench.beton"), [str(k) for k in range(10)])
+    for split in ("train", "val"):
+        make_image_folder(str(tmp_path / "shapes" / split), per_class=1, size=(8, 8))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 def test_the_readme_has_commands_to_check():
     # the extraction itself works
     assert len(BENCH) >= 5 and len(WRITE) >= 4 and len(TRAIN) >= 2 and len(SUBMIT) >= 1
 
 
 @pytest.mark.parametrize("argv", BENCH, ids=[" ".join(a)[:60] for a in BENCH])
-def test_bench_command_parses_and_loads_its_config(argv, monkeypatch):
-    monkeypatch.chdir(ROOT)
+def test_bench_command_parses_and_loads_its_config(argv, readme_dir):
     sub, rest = argv[0], argv[1:]
     args = importlib.import_module(f"resnext_dist.bench.{sub}").parser().parse_intermixed_args(rest)  # SystemExit(2)
     if sub != "report":  # the trainer's --config and key=value, checked as the trainer checks them
@@ -70,8 +87,7 @@ def test_data_write_command_parses(argv):
 
 
 @pytest.mark.parametrize("argv", TRAIN, ids=[" ".join(a)[:60] for a in TRAIN])
-def test_train_command_loads_its_config(argv, monkeypatch):
-    monkeypatch.chdir(ROOT)  # recipes are named relative to the repository, as in the README
+def test_train_command_loads_its_config(argv, readme_dir):  # recipes are named relative to the repository
     if "--help" in argv:
         with pytest.raises(SystemExit) as e:
             train.parse_args(argv)
