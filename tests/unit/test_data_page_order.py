@@ -113,11 +113,11 @@ def test_the_page_order_needs_a_loader_with_pages():
     from resnext_dist.errors import InputError
 
     with pytest.raises(InputError, match=r"^data.order=pages needs data.loader=ffcv \(got data.loader=torchvision\)"):
-        load_config(None, ["data.loader=torchvision", "data.train=/d", "data.order=pages"])
+        load_config(None, ["data.loader=torchvision", "data.train=/d", "model.num_classes=10", "data.order=pages"])
     with pytest.raises(InputError, match=r"^data.order='pages-ish': must be one of auto, random, pages$"):
         load_config(None, ["data.order=pages-ish"])
     # auto with os_cache=false is the plain order where there are no pages (torchvision reads files)
-    assert load_config(None, ["data.loader=torchvision", "data.train=/d", "data.os_cache=false"]).data.order == "auto"
+    assert load_config(None, ["data.loader=torchvision", "data.train=/d", "model.num_classes=10", "data.os_cache=false"]).data.order == "auto"
 
 
 def test_the_statistical_difference_the_readme_states():
