@@ -36,6 +36,7 @@ from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.state import State
 
 from resnext_dist.data.errors import CorruptImage, DataError
+from resnext_dist.data.keyed import mix as _mix
 from resnext_dist.data.normalize import scale_shift
 from resnext_dist.errors import one_line
 
@@ -110,17 +111,7 @@ def headers(stored: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(stored[:, :HEADER.itemsize]).view(HEADER).reshape(-1)
 
 
-# ---- crop boxes and flips, on the host
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's output function (a bijection of uint64 that scrambles every bit)."""
-    x = x + _GOLDEN
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+# ---- crop boxes and flips, on the host (keyed.py's SplitMix64 without its stream: crops stay as they were)
 
 
 def keyed_uniforms(seed: int, epoch: int, indices: np.ndarray, count: int = UNIFORMS) -> np.ndarray:
