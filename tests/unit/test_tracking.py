@@ -153,21 +153,31 @@ def test_plot_command_draws_several_runs(tmp_path):
 
 
 def test_no_module_outside_tracking_imports_mlflow():
-    """The seam: everything MLflow-specific is in resnext_dist/tracking/; the rest talks to its API."""
-    import ast
-    import glob
-    found = []
-    for path in sorted(glob.glob(os.path.join(REPO, "resnext_dist", "**", "*.py"), recursive=True) +
-                       glob.glob(os.path.join(REPO, "launch", "*.py"))):
-        if os.path.relpath(path, REPO).startswith(os.path.join("resnext_dist", "tracking") + os.sep):
-            continue
-        with open(path) as f:
-            tree = ast.parse(f.read(), path)
-        for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
-            found += [f"{os.path.relpath(path, REPO)}:{node.lineno} {n}" for n in names
-                      if n == "mlflow" or n.startswith("mlflow.")]
+    """The seam: everything MLflow-specific is in resnext_dist/tracking/; the rest talks to its API. The scan runs in
+    a fresh interpreter: CPython 3.11's ast.parse can fail with "AST constructor recursion depth mismatch" in a
+    process where an earlier test provoked a RecursionError (the readback tests' deeply nested JSON)."""
+    import json
+    import subprocess
+    import sys
+    scan = r"""
+import ast, glob, json, os, sys
+repo = sys.argv[1]
+found = []
+for path in sorted(glob.glob(os.path.join(repo, "resnext_dist", "**", "*.py"), recursive=True) +
+                   glob.glob(os.path.join(repo, "launch", "*.py"))):
+    if os.path.relpath(path, repo).startswith(os.path.join("resnext_dist", "tracking") + os.sep):
+        continue
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    for node in ast.walk(tree):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+        found += [f"{os.path.relpath(path, repo)}:{node.lineno} {n}" for n in names
+                  if n == "mlflow" or n.startswith("mlflow.")]
+print(json.dumps(found))
+"""
+    out = subprocess.run([sys.executable, "-c", scan, REPO], capture_output=True, text=True, check=True).stdout
+    found = json.loads(out)
     assert not found, found
 
 
