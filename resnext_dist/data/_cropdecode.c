@@ -109,7 +109,7 @@ static float *scratch_for(size_t floats) {
  * output d averages the input interval [d*scale, (d+1)*scale), scale = src/dst, each input sample weighted
  * by its overlap. Every output gets `taps` weights (zero-padded) starting at input first[d]; a window that
  * would run past the end is moved back (its weights shifted along). */
-static void area_weights(int src, int dst, int taps, int *first, float *weight) {
+static int area_weights(int src, int dst, int taps, int *first, float *weight) {
     double scale = (double)src / dst;
     memset(weight, 0, sizeof(float) * (size_t)dst * taps);
     for (int d = 0; d < dst; d++) {
@@ -126,11 +126,18 @@ static void area_weights(int src, int dst, int taps, int *first, float *weight) 
         for (int s = s1; s < s2; s++) w[k++] = (float)(1.0 / cell);
         if (end > s2) w[k++] = (float)(fmin(fmin(f2 - s2, 1.0), cell) / cell);
         first[d] = start - shift;
+        if (first[d] < 0 || first[d] + taps > src) return -1; /* a window outside the inputs: never read it */
     }
+    return 0;
 }
 
-/* Most inputs one output's window can touch: ceil(scale) + 1. */
-static int area_taps(int src, int dst) { return (src + dst - 1) / dst + 1; }
+/* Most inputs one output's window can touch: ceil(scale) + 1, and never more than there are inputs, so a
+ * window moved back from the end never starts before input 0 (a 1-pixel-wide source with 2 taps read the
+ * float before the buffer: weighted 0, but 0 x NaN is NaN). */
+static int area_taps(int src, int dst) {
+    int taps = (src + dst - 1) / dst + 1;
+    return taps < src ? taps : src;
+}
 
 /* Resize the h x w RGB pixels at src (row stride src_stride bytes) down to out_h x out_w at dst
  * (contiguous), as cv::resize(..., INTER_AREA) does. Needs h >= out_h and w >= out_w (FFCV's OpenCV call
@@ -146,8 +153,7 @@ int resnext_resize_area(const uint8_t *src, uint64_t src_stride, uint32_t h, uin
     if (!acc) return -1;
     float *wy = acc + row + 1, *wx = wy + (size_t)out_h * ty;
     int *first_y = (int *)(wx + (size_t)out_w * tx), *first_x = first_y + out_h;
-    area_weights(h, out_h, ty, first_y, wy);
-    area_weights(w, out_w, tx, first_x, wx);
+    if (area_weights(h, out_h, ty, first_y, wy) || area_weights(w, out_w, tx, first_x, wx)) return -2;
     acc[row] = 0.f;
     for (uint32_t oy = 0; oy < out_h; oy++) {
         /* rows: acc = the weighted sum of this output row's input rows, every channel of every column */

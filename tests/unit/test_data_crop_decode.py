@@ -101,6 +101,19 @@ def test_area_resize_equals_opencvs_inter_area_within_one_level():
     assert differing / total < 0.05  # float rounding only
 
 
+def test_area_resize_of_a_one_pixel_wide_or_high_source_reads_only_its_pixels():
+    """A 1-pixel-wide or -high crop (CI, 2026-12-07: channel 0 came out 0 on a 28x1 crop): its weight window
+    was moved back to start before the first input, a read outside the image weighted 0, and 0 x NaN is NaN.
+    The resize now refuses (-2) any window outside its inputs, so a regression fails here, not by chance."""
+    rng = np.random.default_rng(5)
+    for h, w, out_h, out_w in [(28, 1, 14, 1), (1, 28, 1, 14), (1, 1, 1, 1), (5, 1, 5, 1), (1, 7, 1, 3), (9, 1, 2, 1)]:
+        image = rng.integers(0, 256, (h + 2, w + 2, 3), dtype=np.uint8)
+        want, got = np.empty((out_h, out_w, 3), np.uint8), np.full((out_h, out_w, 3), 7, np.uint8)
+        resize_crop(image, 1, 1 + h, 1, 1 + w, want)
+        assert crop_decode.resize_area(image, 1, 1, h, w, got) == 0, (h, w, out_h, out_w)
+        assert np.abs(got.astype(int) - want).max() <= 1, (h, w, out_h, out_w)
+
+
 def test_area_resize_leaves_enlarging_to_opencv():
     image, out = np.zeros((5, 9, 3), np.uint8), np.zeros((6, 6, 3), np.uint8)
     assert crop_decode.resize_area(image, 0, 0, 5, 9, out) == -2  # taller output: FFCV's call does it
