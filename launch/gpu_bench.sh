@@ -8,13 +8,18 @@
 # Steps (ResNeXt-50 32x4d, batch 256, bf16 autocast, channels_last: the trainer's defaults; FFCV, 16 workers),
 # each a `python -m resnext_dist.bench` command in the trainer's words (key=value overrides):
 #   0. the data, once per host, in $GPU_BENCH_DIR (default /tmp/resnext_bench; kept, so a second run skips it):
-#      12,800 JPEGs of 300x400 px (quality 90; crops of scikit-learn's sample photos: real photographs, not
-#      synthetic pictures) and their .beton (jpg mode)
+#      16,384 ImageNet-like photos, 375x500 px (ImageNet's longest side), crops of scikit-learn's sample photos
+#      with noise that makes them ~110 KB JPEGs (ImageNet's mean), in a .beton of proportion mode (about half
+#      stored as JPEG, half as raw pixels, as FFCV writes ImageNet): 64 steps per epoch, so a timed window of the
+#      decode runs (steps 10-60) holds no loader restart
 #   0b. correctness first (bench decode_check): one fixed batch decoded again and again by data.decode=gpu's thread
 #      while ResNeXt-50 trains on each equals itself bit for bit and the CPU decode within the tests' tolerance
+#   0c. the host's and the device's part of data.decode=gpu apart (bench decode): host ms and device ms per batch
+#      of 256, JPEG-only and proportion mode, on the decode check's photos
 #   1. data.decode (issue 20), 224 px compiled, the process pinned to 6 cores (taskset; data.num_workers=6): the
 #      ceiling, the trainer with data.decode=gpu and with data.decode=cpu data.crop_decode=true, in one run
-#      (target: decode=gpu >= 0.97 of the ceiling and >= 5,000 img/s on an H200)
+#      (target: decode=gpu >= 0.97 of the ceiling and >= 5,000 img/s on an H200); then data.decode=gpu on all
+#      cores ($GPU_BENCH_WORKERS workers, no ceiling: the pinned run's serves, the bare step reads no data)
 #   2. the ImageNet recipes (configs/resnext{50,101,152}_imagenet.yaml) on synthetic input at their per-GPU batch
 #      (optim.global_batch_size=0: no accumulation), 30 timed steps each: peak memory and img/s
 #   3. the loader alone, data.decode=cpu vs gpu, at 2, 4, 6 and all cores (bench loader --cores: a child pinned
@@ -69,27 +74,34 @@ if [ "$SMOKE" = 1 ]; then
   BATCH=8
   COMMON=(data.batch_size=$BATCH --steps 4 --log-every 2 --ceiling-steps 4 --ceiling-warmup 1 --threads 1)
   RES_HI=32; RES_LO=24; IMAGES=128; PHOTO=40x48; WORKERS=${GPU_BENCH_WORKERS:-1}; LOADER_EPOCHS=1
+  DECODE_STEPS=(--steps 4 --log-every 2); DECODE_IMAGES=10
   CORES="1,all"; CORES_IMAGES=64; RECIPE=("${NET_50[@]}" data.batch_size=$BATCH data.train_res=$RES_HI
                                           train.precision=fp32 train.channels_last=false)
   RECIPE_STEPS=(--steps 4 --log-every 2 --threads 1)
   EST_EAGER=40; EST_COMPILED=150; EST_DEEP=40; EST_NOCHECK=30; EST_LOADER=60; EST_DECODE=200; EST_CORES=150
   EST_RECIPE=30; EST_CHECK=90; CHECK_ARGS=(--repeats 4 --photo-size 40x48 --threads 1 train.precision=fp32)
+  EST_DECODE_ALL=40; EST_HOSTDEV=40; HOSTDEV_ARGS=(--photo-size 40x48 --threads 1 --repeats 1 --device cpu)
 else
   NET_50=(model.arch=resnext50_32x4d); NET_101=(model.arch=resnext101_32x4d); NET_152=(model.arch=resnext152_32x4d)
   BATCH=256
   COMMON=(data.batch_size=$BATCH --steps 100 --log-every 20 --ceiling-steps 50 --ceiling-warmup 10)
-  RES_HI=224; RES_LO=176; IMAGES=12800; PHOTO=300x400; LOADER_EPOCHS=2
+  RES_HI=224; RES_LO=176; IMAGES=16384; PHOTO=375x500; LOADER_EPOCHS=2
+  DECODE_STEPS=(--steps 60 --log-every 10); DECODE_IMAGES=256
   CORES="2,4,6,all"; CORES_IMAGES=2560; RECIPE=(); RECIPE_STEPS=(--steps 30 --log-every 10)
   # Seconds per step on one H100/H200, with margin (compile: ~50 s for the ceiling, less for the trainer's
   # second compile of the same graph, which the inductor caches serve). Not yet run: EST_DECODE, EST_CORES
   # (4 children, each importing FFCV and compiling its pipelines), EST_RECIPE.
   EST_EAGER=75; EST_COMPILED=150; EST_DEEP=75; EST_NOCHECK=40; EST_LOADER=55; EST_DECODE=200; EST_CORES=180
   EST_RECIPE=45; EST_CHECK=60; CHECK_ARGS=()  # not yet run: 256 photos written, 30 decodes of 256 trained on
+  EST_DECODE_ALL=100; EST_HOSTDEV=45; HOSTDEV_ARGS=(--device cuda)  # not yet run either
 fi
 
 mkdir -p "$WORK" "$RESULTS" || { echo "gpu_bench: cannot create $WORK / $RESULTS" >&2; exit 2; }
 rm -f "$RESULTS"/*.json
-BETON=$WORK/photos_${IMAGES}_${PHOTO}_jpg.beton  # the name bench loader --prepare-only gives it
+# ImageNet-like photos (bench/photos.py: noise of 26 levels makes 375x500 JPEGs of ~110 KB), proportion mode
+TEXTURE=26; MODE=proportion
+PHOTOS=(--photo-size "$PHOTO" --texture "$TEXTURE" --write-mode "$MODE")
+BETON=$WORK/photos_${IMAGES}_${PHOTO}_t${TEXTURE}_${MODE}.beton  # the name bench loader --prepare-only gives it
 declare -a STATUS=() ORDER=()
 
 elapsed() { echo $((SECONDS - T0)); }
@@ -158,10 +170,10 @@ if [ -f "$BETON" ]; then
   note "beton: $BETON exists"
 elif [[ $BETON == */synthetic_* ]]; then
   run_step write_beton 60 "$PY" -m resnext_dist.data.write --source synthetic --num-images "$IMAGES" \
-    --num-classes 10 --size "${PHOTO%x*}" --write-mode jpg --jpeg-quality 90 --output "$BETON"
+    --num-classes 10 --size "${PHOTO%x*}" --write-mode "$MODE" --jpeg-quality 90 --output "$BETON"
 else
-  run_step write_beton 60 "$PY" -m resnext_dist.bench loader --prepare-only --workdir "$WORK" \
-    --images "$IMAGES" --photo-size "$PHOTO"
+  run_step write_beton 90 "$PY" -m resnext_dist.bench loader --prepare-only --workdir "$WORK" \
+    --images "$IMAGES" "${PHOTOS[@]}"
 fi
 [ -f "$BETON" ] || { echo "gpu_bench: writing $BETON failed (see $RESULTS/write_beton.log)" >&2; exit 1; }
 
@@ -173,6 +185,12 @@ fi
 run_step decode_check "$EST_CHECK" "$PY" -m resnext_dist.bench decode_check --workdir "$WORK/decode_check" \
   "${NET_50[@]}" data.batch_size=$BATCH data.train_res=$RES_HI "${CHECK_ARGS[@]}" --out "$RESULTS/decode_check.json"
 
+# --- 0c. host ms and device ms per batch of data.decode=gpu's preparation, apart (the decode check's photos: reused)
+ORDER+=("$RESULTS/decode_host_device.json")
+run_step decode_host_device "$EST_HOSTDEV" "$PY" -m resnext_dist.bench decode --workdir "$WORK/decode_check" \
+  --images "$DECODE_IMAGES" --batches 1 data.batch_size=$BATCH data.train_res=$RES_HI "${HOSTDEV_ARGS[@]}" \
+  --out "$RESULTS/decode_host_device.json"
+
 # --- 1-3. data.decode=gpu (issue 20): the trainer on 6 cores against the ceiling; the recipes; the loader per core
 # The first 6 cores this process may use (all of them where there are fewer), for the whole trainer process.
 read -r PIN6 N6 <<< "$("$PY" -c "import os; c = sorted(os.sched_getaffinity(0))[:6]; print(','.join(map(str, c)), len(c))")"
@@ -181,7 +199,14 @@ command -v taskset >/dev/null || { PIN=(); STATUS+=("r50_${RES_HI}_compiled_deco
 ORDER+=("$RESULTS/r50_${RES_HI}_compiled_decode.json")
 run_step r50_${RES_HI}_compiled_decode "$EST_DECODE" "${PIN[@]}" "$PY" -m resnext_dist.bench train "${COMMON[@]}" \
   data.loader=ffcv "data.train=$BETON" data.num_workers="$N6" "${NET_50[@]}" data.train_res=$RES_HI \
-  train.compile=true data.crop_decode=true --inputs ffcv-gpu,ffcv-cpu --out "$RESULTS/r50_${RES_HI}_compiled_decode.json"
+  train.compile=true data.crop_decode=true --inputs ffcv-gpu,ffcv-cpu "${DECODE_STEPS[@]}" \
+  --out "$RESULTS/r50_${RES_HI}_compiled_decode.json"
+# The same on every core the process may use: do more cores than 6 help data.decode=gpu?
+ORDER+=("$RESULTS/r50_${RES_HI}_compiled_decode_all.json")
+run_step r50_${RES_HI}_compiled_decode_all "$EST_DECODE_ALL" "$PY" -m resnext_dist.bench train "${COMMON[@]}" \
+  data.loader=ffcv "data.train=$BETON" data.num_workers="$WORKERS" "${NET_50[@]}" data.train_res=$RES_HI \
+  train.compile=true data.crop_decode=true --inputs ffcv-gpu --no-ceiling "${DECODE_STEPS[@]}" \
+  --out "$RESULTS/r50_${RES_HI}_compiled_decode_all.json"
 for depth in 50 101 152; do
   ORDER+=("$RESULTS/recipe_r$depth.json")
   run_step recipe_r$depth "$EST_RECIPE" "$PY" -m resnext_dist.bench train --config configs/resnext${depth}_imagenet.yaml \
@@ -190,7 +215,7 @@ for depth in 50 101 152; do
 done
 ORDER+=("$RESULTS/loader_cores.json")
 run_step loader_cores "$EST_CORES" "$PY" -m resnext_dist.bench loader --workdir "$WORK/loader_cores" \
-  --images "$CORES_IMAGES" --photo-size "$PHOTO" --loaders ffcv --decode cpu,gpu --cores "$CORES" \
+  --images "$CORES_IMAGES" "${PHOTOS[@]}" --loaders ffcv --decode cpu,gpu --cores "$CORES" \
   data.train_res=$RES_HI data.batch_size=$BATCH --epochs 1 --warmup 1 \
   --device "$([ "$SMOKE" = 1 ] && echo cpu || echo cuda)" --out "$RESULTS/loader_cores.json"
 
@@ -198,7 +223,7 @@ run_step loader_cores "$EST_CORES" "$PY" -m resnext_dist.bench loader --workdir 
 bench_train r50_${RES_HI}_eager "$EST_EAGER" "${NET_50[@]}" data.train_res=$RES_HI --inputs synthetic,ffcv
 ORDER+=("$RESULTS/ffcv_${RES_HI}.json")
 run_step ffcv_${RES_HI} "$EST_LOADER" "$PY" -m resnext_dist.bench loader --workdir "$WORK" --images "$IMAGES" \
-  --photo-size "$PHOTO" --loaders ffcv,ffcv-full --workers "$WORKERS" data.train_res=$RES_HI data.batch_size=$BATCH \
+  "${PHOTOS[@]}" --loaders ffcv,ffcv-full --workers "$WORKERS" data.train_res=$RES_HI data.batch_size=$BATCH \
   --epochs "$LOADER_EPOCHS" --device "$([ "$SMOKE" = 1 ] && echo cpu || echo cuda)" --out "$RESULTS/ffcv_${RES_HI}.json"
 bench_train r50_${RES_HI}_compiled "$EST_COMPILED" "${NET_50[@]}" data.train_res=$RES_HI train.compile=true \
   --inputs ffcv

@@ -164,11 +164,7 @@ def parser():
 
 
 def run(argv=None) -> int:
-    args = parser().parse_intermixed_args(argv)
-    device = workload.pick_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = workload.load(args, device.type, defaults=DEFAULTS, force=["data.loader=synthetic"])
+    args, device, cfg = workload.start(parser(), argv, defaults=DEFAULTS)
     modes = [m.strip() for m in args.write_modes.split(",") if m.strip()]
     if not modes or set(modes) - set(WRITE_MODES):
         raise InputError(f"--write-modes {args.write_modes!r}: choose from {', '.join(WRITE_MODES)}")

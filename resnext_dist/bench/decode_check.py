@@ -83,11 +83,7 @@ def parser():
 
 
 def run(argv=None) -> int:
-    args = parser().parse_intermixed_args(argv)
-    device = workload.pick_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = workload.load(args, device.type, defaults=DEFAULTS, force=["data.loader=synthetic"])
+    args, device, cfg = workload.start(parser(), argv, defaults=DEFAULTS)
     parts = args.photo_size.lower().split("x")
     if len(parts) != 2 or not all(v.isdigit() and 8 <= int(v) <= 1000 for v in parts):
         raise InputError(f"--photo-size {args.photo_size!r}: expected HxW between 8x8 and 1000x1000")

@@ -164,6 +164,8 @@ def parser():
                    help=f"HxW of the JPEGs, at most {MAX_PHOTO_SIZE[0]}x{MAX_PHOTO_SIZE[1]}")
     p.add_argument("--write-mode", default="jpg", choices=("jpg", "proportion"),
                    help="the .beton's storage: all JPEG, or proportion (a random half JPEG, half raw pixels)")
+    p.add_argument("--texture", type=float, default=0.0, help="noise (std, levels) added to each photo: 26 makes "
+                   "375x500 JPEGs of ~110 KB, ImageNet's size (bench/photos.py); 0: the smooth photos as they are")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where batches go")
     p.add_argument("--workdir", default="", help="keep the JPEGs and the .beton here (default: a temporary "
                    "directory, removed afterwards); reused when it already holds them")
@@ -201,6 +203,8 @@ def _check(args, cfg) -> None:
     if len(args.size) != 2 or not all(8 <= v <= m for v, m in zip(args.size, MAX_PHOTO_SIZE)):
         raise InputError(f"--photo-size {args.photo_size!r}: expected HxW between 8x8 and "
                          f"{MAX_PHOTO_SIZE[0]}x{MAX_PHOTO_SIZE[1]}, e.g. 300x400")
+    if args.texture < 0:
+        raise InputError(f"--texture {args.texture} must be >= 0")
     args.limit_bytes = parse_size(args.memory_limit) if args.memory_limit else 0
     if args.prepare_only and not args.workdir:
         raise InputError("--prepare-only needs --workdir (where the .beton is kept)")
@@ -288,7 +292,7 @@ def run_limited(args, argv: List[str], workdir: str, beton: str, device: torch.d
             summary[key + "_per_cpu_s"] = row["img_per_cpu_s"] / reference["img_per_cpu_s"]
         if row.get("read_mb_per_image") is not None:
             summary[f"read_mb_per_image_{row['loader']}_{row['workers']}_workers"] = row["read_mb_per_image"]
-    params = {"images": args.images, "photo_hw": list(args.size), "write_mode": args.write_mode,
+    params = {"images": args.images, "photo_hw": list(args.size), "write_mode": args.write_mode, "texture": args.texture,
               "beton_bytes": os.path.getsize(beton), "memory_limit_bytes": limit, "loaders": args.loader_list,
               "workers": args.worker_counts, "epochs": args.epochs, "warmup": args.warmup}
     notes = [f"each loader in its own process limited to {limit / 2**30:.2f} GiB (memory + page cache, a memory "
@@ -304,16 +308,14 @@ def run_limited(args, argv: List[str], workdir: str, beton: str, device: torch.d
 
 def run(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parser().parse_intermixed_args(argv)
-    device = workload.pick_device(args.device)
-    cfg = workload.load(args, device.type, defaults=DEFAULTS, force=["data.loader=synthetic"])
+    args, device, cfg = workload.start(parser(), argv, defaults=DEFAULTS)
     _check(args, cfg)
     res, batch = cfg.data.train_res, cfg.data.batch_size
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="bench_loader_")
     os.makedirs(workdir, exist_ok=True)
     try:
-        paths = prepare_data(workdir, args.images, args.size, args.write_mode)
+        paths = prepare_data(workdir, args.images, args.size, args.write_mode, texture=args.texture)
         if args.prepare_only:
             print(paths["ffcv"])
             return 0
@@ -367,7 +369,8 @@ def run(argv=None) -> int:
                 summary[f"crop_decode_speedup_{workers}_workers"] = \
                     timings["ffcv"]["img_per_s"] / timings["ffcv-full"]["img_per_s"]
         params = {**{k: v for k, v in workload.params(cfg).items() if k.startswith("data.")}, "images": args.images,
-                  "photo_hw": list(args.size), "write_mode": args.write_mode, "jpeg_quality": 90,
+                  "photo_hw": list(args.size), "write_mode": args.write_mode, "texture": args.texture,
+                  "jpeg_quality": 90,
                   "workers": args.worker_counts, "loaders": args.loader_list, "decode": args.decode_list,
                   "cores": len(os.sched_getaffinity(0)), "epochs": args.epochs,
                   "warmup": args.warmup}

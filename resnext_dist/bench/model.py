@@ -88,11 +88,7 @@ def parser():
 
 
 def run(argv=None) -> int:
-    args = parser().parse_intermixed_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = workload.pick_device(args.device)
-    cfg = workload.load(args, device.type, force=["data.loader=synthetic"])
+    args, device, cfg = workload.start(parser(), argv)
     m = measure_ceiling(cfg, device, steps=args.steps, warmup=args.warmup)
     return report.finish("model", device, args, argv, rows=[ceiling_row(cfg, m)],
                          title=f"bench model: {workload.label(cfg)} on {workload.device_label(device)}",

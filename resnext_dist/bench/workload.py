@@ -3,8 +3,8 @@ validated by resnext_dist.config.load_config, so a model, data or training knob 
 schema). Only what is the bench's own (steps, repeats, loaders, worker counts, device, output) is a flag.
 
     p = bench_parser("model", "the ceiling")    # --config, --print-config, key=value, --threads, --out, --mlflow
-    args = p.parse_intermixed_args(argv)         # options and overrides in any order
-    cfg = load(args, "cpu")                      # a bad key or value: InputError, one line, exit 2
+    args, device, cfg = start(p, argv)          # options and overrides in any order; a bad key or value:
+                                                # InputError, one line, exit 2
 """
 from __future__ import annotations
 
@@ -41,6 +41,17 @@ def bench_parser(name: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--mlflow", default="", metavar="URI", help="also log the result to this MLflow tracking URI")
     g.add_argument("--mlflow-experiment", default="resnext_dist-bench", help="MLflow experiment name")
     return p
+
+
+def start(parser: argparse.ArgumentParser, argv, defaults: Sequence[str] = (),
+          force: Sequence[str] = ("data.loader=synthetic",)):
+    """Every bench's start: (args, device, cfg) from the command line: options and overrides in any order, torch's
+    threads (--threads), the device (--device, where the bench has one), the validated config (load)."""
+    args = parser.parse_intermixed_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(getattr(args, "device", "auto"))
+    return args, device, load(args, device.type, defaults=defaults, force=force)
 
 
 def overrides(args, device_type: str, defaults: Sequence[str] = ()) -> List[str]:

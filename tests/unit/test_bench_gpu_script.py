@@ -36,4 +36,4 @@ def test_gpu_bench_smoke_runs_and_ends_with_the_table(tmp_path):
     check = json.loads((tmp_path / "results" / "decode_check.json").read_text())["rows"][0]
     assert check["ok"] and check["unequal_repeats"] == 0 and check["repeats"] == 4
     assert "partial JPEG decode (data.crop_decode) on" in proc.stdout
-    assert (tmp_path / "work" / "photos_128_40x48_jpg.beton").is_file()
+    assert (tmp_path / "work" / "photos_128_40x48_t26_proportion.beton").is_file()
