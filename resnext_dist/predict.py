@@ -5,8 +5,8 @@
     python -m resnext_dist.predict resnext50_32x4d-7cdf4587.pth cat.jpg       # torchvision's ImageNet weights
 
 WEIGHTS is an export (its directory, model.json or model.safetensors; weights/export.py), a run
-directory (its export/, else its config.yaml with final_weights.pt or its newest checkpoint), or any file
-model.init takes (a torchvision state dict, final weights, a checkpoint) with the architecture from --config
+directory (its export/, else its config.yaml with an earlier version's final_weights.pt or its newest
+checkpoint), or any file model.init takes (a torchvision state dict, final weights, a checkpoint) with the architecture from --config
 NAME|PATH and key=value overrides, as every command takes them (default: the config defaults, ResNeXt-50 32x4d with 1000 classes: torchvision's).
 Each image gets the validation preprocessing the model was evaluated with (the export records it; otherwise
 data.val_res and data.val_crop_ratio), exactly as the validation loaders do.

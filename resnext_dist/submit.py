@@ -49,7 +49,8 @@ def main(argv=None) -> int:
     if args.sweep:
         return main_sweep(args)
     try:
-        cfg = absolute_paths(load_config(find_config(args.config) if args.config else None, args.overrides))
+        cfg = absolute_paths(load_config(find_config(args.config) if args.config else None, args.overrides,
+                                          data_required=True))
         if args.print_config:
             print(to_yaml(cfg), end="")
             return 0

@@ -50,7 +50,8 @@ def run_train(run_dir, overrides=(), nproc=1, timeout=300, extra_torchrun=(), **
 
 def params(run_dir) -> dict:
     """Learned parameters of a finished run (BN running statistics left out)."""
-    sd = torch.load(os.path.join(run_dir, "final_weights.pt"), map_location="cpu")
+    from safetensors.torch import load_file
+    sd = load_file(os.path.join(run_dir, "export", "model.safetensors"))  # the run's one final-weights file
     return {k: v for k, v in sd.items() if "running_" not in k and "num_batches_tracked" not in k}
 
 

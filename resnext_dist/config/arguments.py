@@ -148,8 +148,8 @@ def load_train_config(args: argparse.Namespace):
     default recipe (configs/quickstart.yaml: digits, made on first use); `note` is the line to print first
     in that case, else None. Raises InputError."""
     if args.config:
-        return load_config(find_config(args.config), args.overrides), None
-    cfg = load_config(find_config(DEFAULT_RECIPE), args.overrides)
+        return load_config(find_config(args.config), args.overrides, data_required=True), None
+    cfg = load_config(find_config(DEFAULT_RECIPE), args.overrides, data_required=True)
     if not cfg.data.train.startswith("embedded:"):  # your data on the quickstart's net: not "the embedded default"
         return cfg, (f"no --config: the {DEFAULT_RECIPE} recipe's net and schedule on {cfg.data.train} "
                      f"({cfg.model.num_classes} classes, data.loader={cfg.data.loader})")

@@ -33,13 +33,14 @@ def _show(value: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def follow_data(cfg) -> None:
+def follow_data(cfg, data_required: bool = False) -> None:
     """Fill in the keys whose default follows the data (a TrainConfig, or the merged OmegaConf before the run is
     named, so `auto` and the loader it picks name the same run): data.loader=auto becomes the loader data.train's
     kind asks for, model.num_classes=0 the data's class count. An explicit num_classes the data's classes contradict
-    is refused, naming both: a 10-way head on 3 classes trains without a word otherwise."""
+    is refused, naming both: a 10-way head on 3 classes trains without a word otherwise. `data_required`: a config
+    that will train (loaders.loader_name_for: synthetic data only when asked for)."""
     d, m = cfg.data, cfg.model
-    d.loader = loader_name_for(d)
+    d.loader = loader_name_for(d, data_required)
     names = data_class_names(d)
     if m.num_classes == 0:
         if names is None and d.loader != Synthetic.name:

@@ -58,9 +58,10 @@ def find_config(name: str) -> str:
 
 
 def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = None,
-                schema: type = TrainConfig) -> TrainConfig:
+                schema: type = TrainConfig, data_required: bool = False) -> TrainConfig:
     """Defaults <- YAML recipe <- `key=value` overrides, validated; raises InputError. `schema`: TrainConfig, or
-    a subclass with more keys."""
+    a subclass with more keys. `data_required`: the config will train (the train and submit commands), so an empty
+    data.train with data.loader=auto is an error naming it, not random images (checks.follow_data)."""
     valid = set(section_types(schema)) | {name for name, _ in declared_keys(schema)}  # every section and key
     layers = [OmegaConf.structured(schema)]
     if path:
@@ -77,7 +78,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
     layers.append(cli)
     try:
         merged = OmegaConf.merge(*layers)
-        follow_data(merged)  # before the name: data.loader=auto and the loader it picks are one run
+        follow_data(merged, data_required)  # before the name: data.loader=auto and the loader it picks are one run
         if OmegaConf.is_missing(merged.run, "name"):
             # <recipe>-<hash of the identity keys> (identity.py: one directory per experiment, found again)
             merged.run.name = stem = os.path.splitext(os.path.basename(path))[0] if path else "run"

@@ -63,7 +63,8 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     loader: str = key("auto", one_of(LOADER_CHOICES), " | ".join(LOADER_CHOICES) + " (auto follows data.train: a "
-                      ".beton -> ffcv, a folder -> torchvision; synthetic where data.train is empty)")
+                      ".beton -> ffcv, a folder -> torchvision; training with data.train empty is an error: "
+                      "synthetic = random images, only when asked for)")
     train: str = key("", data_path, "training data: a .beton file (ffcv), an ImageFolder directory (torchvision), or "
                      "embedded:digits/train")
     val: str = key("", data_path, "validation data, same kind as data.train (embedded:digits/val); empty = no "

@@ -204,15 +204,18 @@ CHOICES = _Choices()
 SYNTHETIC_CLASSES = 1000
 
 
-def loader_name_for(d) -> str:
+def loader_name_for(d, data_required: bool = False) -> str:
     """data.loader, with `auto` made the loader data.train's kind asks for: a .beton or the embedded data -> ffcv,
-    a folder or digits[:SIZE] -> torchvision; synthetic only where data.train is empty (no data was given: a config
-    of defaults, a benchmark), never instead of the files a recipe names. InputError naming data.train when it is
-    none of these."""
+    a folder or digits[:SIZE] -> torchvision; where data.train is empty, synthetic for a config that trains nothing
+    (a library caller's defaults), an error naming data.train for one that trains (`data_required`: the train and
+    submit commands): random images are had only by asking, never instead of data forgotten. InputError naming
+    data.train when it is none of these."""
     if d.loader != AUTO:
         return d.loader
     path = d.train
-    if not path:  # nothing to follow (a config of defaults, a benchmark): random images, as the banner says
+    if not path and data_required:
+        raise InputError("data.train is empty: set data.train=PATH, or data.loader=synthetic for random images")
+    if not path:
         return Synthetic.name
     if embedded.is_embedded(path) or path.endswith(".beton"):
         return Ffcv.name

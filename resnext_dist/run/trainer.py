@@ -1,7 +1,7 @@
 """A run, top to bottom. `train(cfg)` trains a config to the end (the command line and a Slurm job call it): stop
 handlers, the process group, then a `Trainer`'s phases over what they share: open the run directory (one live
 trainer, one identity) -> restore (build; resume, start from given weights, or extend) -> begin (config.yaml,
-banner, tracker, start record) -> train (epochs of steps: log, checkpoint, evaluate) -> finish (final weights,
+banner, tracker, start record) -> train (epochs of steps: log, checkpoint, evaluate) -> finish (final weights:
 export, summary, DONE) -> close. Every report goes through log.jsonl (`RunLog`): the console prints the same
 records, the tracker reads them from the file in the background. Sync points of a step are in step.py; the ones
 here are named where they happen.
@@ -37,7 +37,7 @@ from resnext_dist.run.step import Interval, StepContext, evaluate, non_finite_er
 from resnext_dist.tracking.plot import write_curves
 from resnext_dist.weights import init_model
 from resnext_dist.weights.export import dataset_class_names, write_export
-from resnext_dist.weights.layout import CHECKPOINTS_DIR, EXPORT_DIR, FINAL_WEIGHTS, WEIGHTS_FILE
+from resnext_dist.weights.layout import CHECKPOINTS_DIR, EXPORT_DIR, WEIGHTS_FILE
 
 
 MAX_LINE_EVENTS = 100  # log_line_skipped events per attempt: a log of garbage must not grow by as much again
@@ -365,23 +365,19 @@ class Trainer:
         return records
 
     def finish(self) -> None:
-        """After every rank is through: the last checkpoint; then, on rank 0, the final weights, export/, the
+        """After every rank is through: the last checkpoint; then, on rank 0, the final weights (export/), the
         tracker's artifacts, the summary record and the DONE marker."""
         self.saver.save()
         if self.dist.is_main:
             state, tracker, log = self.state, self.tracker, self.log
             final = state.ema.module if state.ema is not None else state.model
-            weights = os.path.join(self.run_dir, FINAL_WEIGHTS)
             try:  # the work is done and saved: a disk that is full now is one line, and the same command finishes
-                ckpt.atomic_save(final.state_dict(), weights)
+                # export/ is the run's one final-weights file (weights/layout.py); the MLflow model holds it once
                 export_dir = write_export(final, self.cfg, os.path.join(self.run_dir, EXPORT_DIR),
                                           dataset_class_names(self.cfg), extra={
                                               "run_name": self.cfg.run.name, "step": state.step, "epoch": state.epoch})
                 tracker.log_artifact(rundir.config_path(self.run_dir))
-                tracker.log_artifact(weights)
-                tracker.log_artifact(export_dir, EXPORT_DIR)
-                val_res = self.cfg.data.val_res
-                tracker.log_model(weights, rundir.config_path(self.run_dir), (2, 3, val_res, val_res))
+                tracker.log_model(export_dir, (2, 3, self.cfg.data.val_res, self.cfg.data.val_res))
                 # the run as a whole, all its attempts; the state knows the epochs best (it may have resumed
                 # elsewhere)
                 summary = {**summarize(self.read_log()), "epochs_done": state.epoch}

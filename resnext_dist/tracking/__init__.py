@@ -7,7 +7,7 @@ would be one more module offering these names, imported here instead.
     line = describe(cfg, state.tracker)       # for the banner, before anything remote: "run <id> | mlflow ui ..."
     tracker = open_tracker(cfg, dist, run_dir, state.tracker)  # before this attempt writes to log.jsonl
     state.tracker = tracker.state             # plain values a checkpoint keeps, so a resume continues the same run
-    tracker.log_artifact(path), tracker.log_model(model, example_input)   # in the background
+    tracker.log_artifact(path), tracker.log_model(export_dir, input_shape)  # in the background
     tracker.close("FINISHED")                 # | "FAILED" | "KILLED": the rest of log.jsonl, artifacts, end the run
 
 and the runs made in one go: log_metrics (evaluate --mlflow-run-id), open_sweep / finish_sweep (a sweep's parent

@@ -57,17 +57,18 @@ def sync(run_dir: str, timeout_s: float = 30.0, uri: Optional[str] = None) -> st
 def _anew(run_dir: str, uri: str, cfg, home: Optional[dict], finished: bool) -> dict:
     """A cursor for the store at `uri` that sends the whole run: its records, every artifact the run directory
     holds and, for a finished run, the model (as the trainer asks for them)."""
-    from resnext_dist.weights.layout import FINAL_WEIGHTS  # a name: no torch
+    from resnext_dist.weights.layout import EXPORT_DIR, META_FILE  # names only: no torch
     run_id, start = run_start(run_dir, uri)
-    weights, config = os.path.join(run_dir, FINAL_WEIGHTS), os.path.join(run_dir, "config.yaml")
-    wants_model = finished and cfg is not None and cfg.tracking.log_model and os.path.exists(weights)
+    export = os.path.join(run_dir, EXPORT_DIR)
+    wants_model = finished and cfg is not None and cfg.tracking.log_model and \
+        os.path.exists(os.path.join(export, META_FILE))
     res = cfg.data.val_res if cfg is not None else 0
     return new_cursor(
         run_dir, uri, (home or {}).get("experiment") or (cfg.tracking.experiment if cfg else "resnext_dist"),
         cfg.run.name if cfg else os.path.basename(run_dir), run_id, start,
-        tags=(home or {}).get("tags") or {"run_dir": run_dir}, artifacts=run_artifacts(run_dir, finished),
+        tags=(home or {}).get("tags") or {"run_dir": run_dir}, artifacts=run_artifacts(run_dir, finished, wants_model),
         constants=(home or {}).get("constants") or ["val_images"], artifact_location=local_artifacts(uri),
-        model=model_request(weights, config, (2, 3, res, res)) if wants_model else None)
+        model=model_request(export, (2, 3, res, res)) if wants_model else None)
 
 
 def main(argv=None) -> int:

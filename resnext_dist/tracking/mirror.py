@@ -263,13 +263,15 @@ class Mirror:
         self.save(status=status)
 
 
-def run_artifacts(run_dir: str, finished: bool) -> List[list]:
+def run_artifacts(run_dir: str, finished: bool, model: bool) -> List[list]:
     """What the trainer logs as artifacts, as far as the run directory holds it (for a cursor made by `sync`): the
-    config, the curves, and for a finished run the final weights, export/ and log.jsonl."""
-    from resnext_dist.weights.layout import EXPORT_DIR, FINAL_WEIGHTS  # names only: no torch
+    config, the curves, and for a finished run log.jsonl and, unless it goes as the MLflow model (`model`), the
+    export. An old run's final_weights.pt is not sent: the export holds the same weights."""
+    from resnext_dist.weights.layout import EXPORT_DIR  # names only: no torch
     names = [("config.yaml", None), ("curves.png", None)]
     if finished:
-        names += [(FINAL_WEIGHTS, None), (EXPORT_DIR, EXPORT_DIR), ("log.jsonl", None)]
+        names += [] if model else [(EXPORT_DIR, EXPORT_DIR)]
+        names += [("log.jsonl", None)]
     return [[os.path.join(run_dir, n), a] for n, a in names if os.path.exists(os.path.join(run_dir, n))]
 
 

@@ -136,14 +136,19 @@ class Tracker:
             self._keep(self._mirror.add_artifact, os.path.abspath(path), artifact_path)
             self._wake.set()
 
-    def log_model(self, weights: str, config: str, input_shape: Sequence[int]) -> None:
-        """Log the model of `config` (the run's config.yaml) with the state dict in `weights` as the MLflow model
-        "model", a zero batch of `input_shape` (2 or more images) its example, in the background; until then the
-        request is in the cursor (so `sync` or the next attempt logs it, as the artifacts)."""
-        if self.enabled and self._t.log_model and not self._closed:
-            request = model_request(os.path.abspath(weights), os.path.abspath(config), input_shape)
-            self._keep(self._mirror.save, model=request)
-            self._wake.set()
+    def log_model(self, export_dir: str, input_shape: Sequence[int]) -> None:
+        """Log the run's export folder as the MLflow model "model" (mlflow_model.py: the model holds the export, so
+        the MLflow run holds the final weights once), a zero batch of `input_shape` (2 or more images) its example,
+        in the background; until then the request is in the cursor (so `sync` or the next attempt logs it, as the
+        artifacts). With tracking.log_model=false the export is logged as the plain artifact export/ instead."""
+        if not (self.enabled and not self._closed):
+            return
+        if not self._t.log_model:
+            from resnext_dist.weights.layout import EXPORT_DIR  # here: weights/ imports torch, the tracker need not
+            self.log_artifact(export_dir, EXPORT_DIR)
+            return
+        self._keep(self._mirror.save, model=model_request(os.path.abspath(export_dir), input_shape))
+        self._wake.set()
 
     def _keep(self, save: Callable, *args, **fields) -> None:
         """A cursor save from the trainer's thread: a disk that refuses it costs the record, never the run."""

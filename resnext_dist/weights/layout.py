@@ -2,13 +2,15 @@
 those who read them (model.init, evaluate, predict, a resume):
 
     an export folder   model.safetensors (the state dict) + model.json (how to rebuild and feed it: export.py)
-    a run directory    export/ (an export folder), final_weights.pt (a state dict),
+    a run directory    export/ (an export folder: the run's one final-weights file; a run of an earlier version
+                       may hold final_weights.pt, a state dict, instead or beside it),
                        checkpoints/step_NNNNNNNN.pt with `latest` naming the newest (run/checkpoint.py), and
                        checkpoints/abandoned-at-step_NNNNNNNN-TIME/: a trajectory left by a resume from an earlier
                        checkpoint (its later saves, kept)
 
 `find_weights(PATH)` is the file model.init=PATH reads: an export (its folder, model.json or a .safetensors file),
-a run directory (its export/, else final_weights.pt, else its newest checkpoint), or any other file.
+a run directory (its export/, else an earlier version's final_weights.pt, else its newest checkpoint), or any other
+file.
 """
 from __future__ import annotations
 

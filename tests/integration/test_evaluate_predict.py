@@ -89,7 +89,7 @@ def test_evaluate_an_export_with_config_tta_and_mlflow(trained, tmp_path):
     cfg = load_config(os.path.join(trained, "config.yaml"))
     model = models.build_model(cfg.model)
     from resnext_dist.weights import init_model
-    init_model(model, os.path.join(trained, "final_weights.pt"))
+    init_model(model, os.path.join(trained, "export"))
     export = write_export(model, cfg, str(tmp_path / "export"), class_names=class_names_for("digits:16"))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = mlflow.tracking.MlflowClient(uri)
@@ -183,7 +183,10 @@ def test_predict_bad_input(trained, tmp_path):
     bad.write_bytes(b"\x89PNG not really")
     r = predict([trained, str(bad)])
     assert r.returncode == 2 and r.stderr.startswith(f"error: {bad}: unreadable image") and r.stdout == ""
-    r = predict([os.path.join(trained, "final_weights.pt"), str(bad)])  # no architecture with plain weights
+    from safetensors.torch import load_file
+    plain = tmp_path / "plain.pt"
+    torch.save(load_file(os.path.join(trained, "export", "model.safetensors")), plain)
+    r = predict([str(plain), str(bad)])  # no architecture with plain weights
     assert r.returncode == 2 and "give --config" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 

@@ -347,8 +347,7 @@ def test_a_full_disk_at_the_final_export_is_one_line_and_the_same_command_finish
     import shutil
     src = tmp_path / "src"
     ok(run_train(src, ["train.epochs=1"]))
-    for leftover in ("DONE", "final_weights.pt"):
-        os.remove(src / leftover)
+    os.remove(src / "DONE")
     shutil.rmtree(src / "export")  # as if the run had stopped right after its last checkpoint
     used = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(src) for f in fs)
     with small_tmpfs(tmp_path / "disk", str(used + 96 * 1024)) as disk:
@@ -361,6 +360,10 @@ def test_a_full_disk_at_the_final_export_is_one_line_and_the_same_command_finish
         assert err == (f"error: could not write the final weights in {run}: no space left on device; the "
                        f"checkpoint of step 32 is kept: make room and run the same command again to finish the run")
         assert not os.path.exists(os.path.join(run, "DONE"))
+        # the export is written under a temporary name and renamed: nothing partial under its name, no leftover
+        export = os.path.join(run, "export")
+        assert not os.path.exists(os.path.join(export, "model.safetensors"))
+        assert not os.path.isdir(export) or os.listdir(export) == []
         assert ckpt.load_file(os.path.join(run, "checkpoints", "step_00000032.pt"))["step"] == 32
         subprocess.run(["mount", "-o", "remount,size=16m", disk], check=True)
         ok(run_train(run, ["train.epochs=1"]))

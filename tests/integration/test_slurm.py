@@ -126,7 +126,8 @@ def wait_job(cluster, job_id: str, timeout: float = 420) -> dict:
 
 
 def final_weights(run_dir: Path) -> dict:
-    return torch.load(run_dir / "final_weights.pt", map_location="cpu", weights_only=True)
+    from safetensors.torch import load_file
+    return load_file(run_dir / "export" / "model.safetensors")  # the run's one final-weights file
 
 
 def assert_same_weights(a: Path, b: Path) -> None:

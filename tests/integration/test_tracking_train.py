@@ -94,20 +94,19 @@ def test_two_rank_run_is_one_mlflow_run_mirroring_the_log(mlflow_server, tmp_pat
         assert data.tags.get(key), key
     assert_mirrors_log(client, info.run_id, run)
     assert sorted(a.path for a in client.list_artifacts(info.run_id)) == \
-        ["config.yaml", "curves.png", "export", "final_weights.pt", "log.jsonl"]
+        ["config.yaml", "curves.png", "log.jsonl"]  # the weights: once, in the logged model (test_weights_once.py)
     assert (run / "curves.png").stat().st_size > 10_000
-    # the final model, logged as an MLflow model: MLflow's own loader gives the logits of final_weights.pt
-    import mlflow.pytorch
+    # the final model, logged as an MLflow model: MLflow's own loader gives the logits of the run's export
+    import mlflow.pyfunc
     import torch
-    from resnext_dist.models import build_model
+    from resnext_dist.weights import load
     (output,) = client.get_run(info.run_id).outputs.model_outputs
     mlflow.set_tracking_uri(mlflow_server)
-    loaded = mlflow.pytorch.load_model(f"models:/{output.model_id}")
-    model = build_model(load_config(str(run / "config.yaml")).model).eval()
-    model.load_state_dict(torch.load(run / "final_weights.pt", weights_only=True))
+    loaded = mlflow.pyfunc.load_model(f"models:/{output.model_id}")
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
-        assert torch.allclose(loaded(x), model(x), atol=1e-5)
+        assert torch.allclose(torch.from_numpy(loaded.predict(x.numpy()).to_numpy()), load(str(run)).eval()(x),
+                              atol=1e-5)
     assert json.loads((run / RUN_FILE).read_text())["run_id"] == info.run_id
     from tests.tiny import last_checkpoint
     assert last_checkpoint(run)["tracker"] == {"mlflow_run_id": info.run_id,  # what a resume reopens

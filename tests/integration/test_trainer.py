@@ -82,7 +82,7 @@ def test_run_directory_contract_and_done_means_done(tmp_path):
     run = tmp_path / "run"
     r = ok(run_train(run, ["train.epochs=2"], nproc=2))
     assert sorted(p for p in os.listdir(run) if not p.startswith(".")) == [
-        "DONE", "checkpoints", "config.yaml", "curves.png", "export", "final_weights.pt", "log.jsonl"]
+        "DONE", "checkpoints", "config.yaml", "curves.png", "export", "log.jsonl"]
     records = read_log(run / "log.jsonl")
     epochs = [x for x in records if x["kind"] == "epoch"]
     assert [e["epoch"] for e in epochs] == [0, 1]

@@ -19,7 +19,7 @@ epoch 2/2 | step 4/4 | loss 0.011 | lr 0 | 217 img/s | data wait 2.1% | mem 1.4 
 epoch 2/2 done in 6 s
   val top-1 98.89% | top-5 100.00% | loss 0.053 (360 images)
 done in 12 s | best val top-1 98.89% (epoch 2) | final 98.89% | 141 img/s mean | 2 epochs, 4 steps
-  weights   runs/quickstart-1a2b3c4d/final_weights.pt
+  weights   runs/quickstart-1a2b3c4d/export/model.safetensors
   log       runs/quickstart-1a2b3c4d/log.jsonl
 """
 
@@ -32,7 +32,7 @@ epoch 2/2 | step 4/4 | loss 0.011 | lr 0 | 217 img/s | data wait 2.1% | mem 1.4 
 epoch 2/2 done in 6 s
   val top-1 98.89% | top-5 100.00% | loss 0.053 (360 images)
 done in 12 s | best val top-1 98.89% (epoch 2) | final 98.89% | 141 img/s mean | 2 epochs, 4 steps
-  weights   runs/quickstart-1a2b3c4d/final_weights.pt
+  weights   runs/quickstart-1a2b3c4d/export/model.safetensors
   log       runs/quickstart-1a2b3c4d/log.jsonl
 """
 

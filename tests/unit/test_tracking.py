@@ -99,7 +99,7 @@ off = Tracker(load_config(None, ["tracking.enabled=false", f"run.root={root}"]),
 rank1 = Tracker(load_config(None, [f"run.root={root}"]), DistInfo(rank=1, world_size=2), root + "/b")
 for t in (off, rank1):
     assert t.run_id is None and not t.enabled
-    t.log_artifact(root + "/x"); t.log_model(root + "/w.pt", root + "/config.yaml", (2, 3, 8, 8)); t.close("FINISHED")
+    t.log_artifact(root + "/x"); t.log_model(root + "/export", (2, 3, 8, 8)); t.close("FINISHED")
 assert "mlflow" not in sys.modules, "mlflow imported although tracking is off"
 print("ok")
 """
@@ -186,7 +186,7 @@ def _cursor(**changes):
            "run_name": "tiny", "launch_id": "ab" * 16, "start": 0, "offset": 10, "hwm": {"loss": 3},
            "artifacts": [["/x/config.yaml", None], ["/x/export", "export"]], "tags": {"host": "h"},
            "constants": ["val_images"], "stale": None, "status": None, "artifact_location": None,
-           "model": {"weights": "/x/w.pt", "config": "/x/config.yaml", "input_shape": [2, 3, 16, 16]}}
+           "model": {"export": "/x/export", "input_shape": [2, 3, 16, 16]}}
     rec.update(changes)
     return json.dumps(rec)
 
@@ -202,7 +202,7 @@ def _cursor(**changes):
     (_cursor(hwm={"loss": "3"}), "hwm: loss is '3', not an integer"),
     (_cursor(artifacts=[["/x", None, 1]]), "artifacts: item 0 is"),
     (_cursor(status="DONE"), "status is 'DONE', not one of FINISHED, FAILED, KILLED"),
-    (_cursor(model={"weights": "/x"}), "model: no config"),
+    (_cursor(model={"export": "/x"}), "model: no input_shape"),
     (_cursor(tracking_uri=None), "tracking_uri is None"),
     (json.dumps({"run_id": None}), "no tracking_uri"),
 ])

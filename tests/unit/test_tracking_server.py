@@ -68,15 +68,21 @@ def cursor(run_dir) -> dict:
 
 
 def final_files(run_dir, cfg, model):
-    """What a finished run leaves for its MLflow model: final_weights.pt and config.yaml."""
-    import torch
-
+    """What a finished run leaves for its MLflow model: export/ (its final weights) and config.yaml."""
     from resnext_dist.config import to_yaml
+    from resnext_dist.weights.export import write_export
     os.makedirs(run_dir, exist_ok=True)
-    torch.save(model.state_dict(), os.path.join(run_dir, "final_weights.pt"))
+    export = write_export(model, cfg, os.path.join(run_dir, "export"))
     with open(os.path.join(run_dir, "config.yaml"), "w") as f:
         f.write(to_yaml(cfg))
-    return os.path.join(run_dir, "final_weights.pt"), os.path.join(run_dir, "config.yaml")
+    return export, os.path.join(run_dir, "config.yaml")
+
+
+def logits(model_uri, x):
+    """What MLflow's own loader serves for a logged model: its predictions, one column per class."""
+    import mlflow.pyfunc
+    import torch
+    return torch.from_numpy(mlflow.pyfunc.load_model(model_uri).predict(x.numpy()).to_numpy())
 
 
 def all_sent(run_dir) -> bool:
@@ -164,22 +170,24 @@ def test_logged_model_loads_back_with_the_same_logits(mlflow_server, tmp_path):
     model = build_model(cfg.model).eval()
     tracker = Tracker(cfg, DistInfo(), str(tmp_path / "run"))
     weights, config = final_files(tmp_path / "run", cfg, model)
-    tracker.log_model(weights, config, (2, 3, 16, 16))
+    tracker.log_model(weights, (2, 3, 16, 16))
     tracker.close("FINISHED")
     run = client_for(mlflow_server).get_run(tracker.run_id)
     (output,) = run.outputs.model_outputs
     mlflow.set_tracking_uri(mlflow_server)
     info = mlflow.models.get_model_info(f"models:/{output.model_id}")
     assert info.signature is not None and info.saved_input_example_info is not None
-    loaded = mlflow.pytorch.load_model(f"models:/{output.model_id}")
     x = torch.randn(5, 3, 16, 16)
     with torch.no_grad():
-        assert torch.allclose(loaded(x), model(x), atol=1e-5)
+        assert torch.allclose(logits(f"models:/{output.model_id}", x), model(x), atol=1e-5)
 
     off = Tracker(make_cfg(tmp_path, mlflow_server, "tracking.log_model=false"), DistInfo(), str(tmp_path / "off"))
-    off.log_model(weights, config, (2, 3, 16, 16))
+    off.log_model(weights, (2, 3, 16, 16))
     off.close("FINISHED")
     assert not client_for(mlflow_server).get_run(off.run_id).outputs.model_outputs
+    # no model: the export goes as the plain artifact export/ (the final weights in MLflow once either way)
+    assert [a.path for a in client_for(mlflow_server).list_artifacts(off.run_id, "export")] == \
+        ["export/model.json", "export/model.safetensors"]
 
 
 def test_failed_and_killed_statuses(mlflow_server, tmp_path):
@@ -539,10 +547,10 @@ def test_the_model_asked_for_during_an_outage_is_logged_by_sync(mlflow_server_fa
     model = build_model(cfg.model).eval()
     weights, config = final_files(run_dir, cfg, model)
     tracker.log_artifact(config)
-    tracker.log_model(weights, config, (2, 3, 16, 16))
+    tracker.log_model(weights, (2, 3, 16, 16))
     tracker.close("FINISHED")
     left = cursor(run_dir)
-    assert left["run_id"] is None and left["model"]["weights"] == weights and left["artifacts"]
+    assert left["run_id"] is None and left["model"]["export"] == weights and left["artifacts"]
 
     server.start()
     assert "; status FINISHED" in sync_to(run_dir)
@@ -551,11 +559,11 @@ def test_the_model_asked_for_during_an_outage_is_logged_by_sync(mlflow_server_fa
     assert run.info.status == "FINISHED" and [a.path for a in client.list_artifacts(run.info.run_id)] == \
         ["config.yaml"]
     (output,) = client.get_run(run.info.run_id).outputs.model_outputs
-    import mlflow.pytorch
+    import mlflow
     mlflow.set_tracking_uri(server.uri)
     x = torch.randn(3, 3, 16, 16)
     with torch.no_grad():
-        assert torch.allclose(mlflow.pytorch.load_model(f"models:/{output.model_id}")(x), model(x), atol=1e-5)
+        assert torch.allclose(logits(f"models:/{output.model_id}", x), model(x), atol=1e-5)
     assert cursor(run_dir)["model"] is None and history(client, run.info.run_id, "loss")[-1] == (5, 5.0)
 
 
@@ -585,8 +593,7 @@ def test_sync_uri_sends_the_whole_run_to_another_store_once(mlflow_server, mlflo
     assert run.info.status == "FINISHED" and run.info.run_name == "tiny" and run.data.params == config_params(cfg)
     assert history(client, run.info.run_id, "loss") == [(s, float(s)) for s in range(1, 11)]
     assert history(client, run.info.run_id, "val_top1") == [(10, 0.5)] and run.data.tags["val_images"] == "50"
-    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ["config.yaml", "final_weights.pt",
-                                                                            "log.jsonl"]
+    assert sorted(a.path for a in client.list_artifacts(run.info.run_id)) == ["config.yaml", "log.jsonl"]
     assert len(client.get_run(run.info.run_id).outputs.model_outputs) == 1
     assert sync_to(run_dir, "--uri", other.uri).startswith("sent 0 metric points")  # once: its own cursor goes on
     assert len(runs_in(client, cfg.tracking.experiment)) == 1
