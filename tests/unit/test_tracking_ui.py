@@ -77,6 +77,7 @@ def ui_command(*args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # the server's start: ~25 s on a busy 2-core machine
 def test_ui_serves_the_runs_store_links_the_run_page_and_ends_cleanly_on_sigint(mlflow_server_handle, tmp_path,
                                                                              capsys):
     root = tmp_path / "runs"
