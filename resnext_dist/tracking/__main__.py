@@ -73,7 +73,7 @@ def _anew(run_dir: str, uri: str, cfg, home: Optional[dict], finished: bool) -> 
         model=model_request(weights, config, (2, 3, res, res)) if wants_model else None)
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m resnext_dist.tracking",
                                      description="MLflow sync and learning curves of resnext_dist run directories")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -89,7 +89,11 @@ def main(argv=None) -> int:
                                   "link to the run; Ctrl-C stops it")
     p.add_argument("run_dir", nargs="?", help="a run directory: its store, and the link to its page")
     p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     if args.cmd == "ui":
         return ui(args.run_dir, args.port)
     try:

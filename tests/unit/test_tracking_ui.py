@@ -149,3 +149,12 @@ def test_ui_refuses_what_it_cannot_show_in_one_line_exit_2(case, tmp_path, monke
     assert {"missing": "no such run directory", "untracked": "tracking.enabled=false", "not a run": "no config.yaml",
             "no store": "runs/mlflow.db does not exist"}[case] in err
     assert not (tmp_path / "runs").exists()  # nothing made
+
+
+def test_the_readmes_tracking_commands_parse():
+    from resnext_dist.tracking.__main__ import parser
+    from tests.unit.test_readme_commands import readme_commands
+    commands = readme_commands("-m resnext_dist.tracking")
+    assert ["ui", "runs/quickstart-996f84c3"] in commands
+    for argv in commands:
+        parser().parse_args(argv)
