@@ -20,7 +20,7 @@ from resnext_dist.config import load_config, to_yaml
 from resnext_dist.dist import DistInfo
 from resnext_dist.runlog import RunLog
 from resnext_dist.tracking.__main__ import main
-from resnext_dist.tracking.mlflow_store import LOCAL_UI, experiment_url, run_url
+from resnext_dist.tracking.mlflow_store import LOCAL_UI, browse_hint, experiment_url, run_url, runs_table
 from resnext_dist.tracking.mlflow_tracker import Tracker
 from tests.plugins.mlflow_server import client_for, free_port
 
@@ -42,7 +42,7 @@ def tracked_run(root, uri="", name="demo"):
     log.write("summary", 1, best_val_top1=0.5, final_val_top1=0.5, epochs_done=1, train_hours=0.001)
     log.close()
     tracker.close("FINISHED")
-    return tracker, run_dir
+    return tracker, run_dir, cfg
 
 
 def children(pid):
@@ -83,8 +83,10 @@ def test_ui_serves_the_runs_store_links_the_run_page_and_ends_cleanly_on_sigint(
     root = tmp_path / "runs"
     root.mkdir()
     shutil.copyfile(mlflow_server_handle.template, root / "mlflow.db")  # migrated: no 15 s of schema creation
-    tracker, run_dir = tracked_run(root)
+    tracker, run_dir, cfg = tracked_run(root)
     exp_id = client_for(tracker.uri).get_run(tracker.run_id).info.experiment_id
+    # launch/quickstart.py's last line: the command that opens the UI, then the runs table to open there
+    assert browse_hint(cfg, sys.executable, runs_table(cfg)).endswith(f"(then open {experiment_url(LOCAL_UI, exp_id)})")
     # The console's line (banner and summary): the runs table at the UI's address, and how to start the UI there.
     assert tracker.describe() == (f"run {tracker.run_id} | {experiment_url(LOCAL_UI, exp_id)}  "
                                   f"(start the UI: python -m resnext_dist.tracking ui {run_dir})")
@@ -123,7 +125,7 @@ def test_ui_serves_the_runs_store_links_the_run_page_and_ends_cleanly_on_sigint(
 
 
 def test_ui_on_a_tracking_server_prints_the_run_page_and_starts_nothing(mlflow_server, tmp_path, capsys):
-    tracker, run_dir = tracked_run(tmp_path, uri=mlflow_server)
+    tracker, run_dir, _ = tracked_run(tmp_path, uri=mlflow_server)
     exp_id = client_for(mlflow_server).get_run(tracker.run_id).info.experiment_id
     assert tracker.describe() == f"run {tracker.run_id} | {experiment_url(mlflow_server, exp_id)}"
     capsys.readouterr()  # what closing the run printed
