@@ -32,13 +32,20 @@ START_TIMEOUT_S = 180.0  # a busy 2-core machine: the server's first start impor
 
 def store_of(run_dir: Optional[str]) -> Tuple[str, Optional[str], str]:
     """(tracking URI, run id or None, experiment name) of `run_dir`, or of the current directory's default store;
-    InputError for a directory that is no tracked run or a store that does not exist."""
+    InputError for a directory that is no tracked run, or a local store that does not exist (a server would make
+    an empty one)."""
+    uri, run_id, experiment = _store_of(run_dir)
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        where = "here" if run_dir is None else f"of {run_dir}"
+        raise InputError(f"no MLflow store {where}: {uri[len('sqlite:///'):]} does not exist"
+                         + (" (give a RUN_DIR)" if run_dir is None else ""))
+    return uri, run_id, experiment
+
+
+def _store_of(run_dir: Optional[str]) -> Tuple[str, Optional[str], str]:
     if run_dir is None:
         cfg = load_config(None)
-        uri = resolve_uri(cfg)
-        if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
-            raise InputError(f"no MLflow store here: {uri[len('sqlite:///'):]} does not exist (give a RUN_DIR)")
-        return uri, None, cfg.tracking.experiment
+        return resolve_uri(cfg), None, cfg.tracking.experiment
     if not os.path.isdir(run_dir):
         raise InputError(f"{run_dir}: no such run directory")
     rec, problem = read_cursor(run_dir)

@@ -136,20 +136,23 @@ def test_ui_on_a_tracking_server_prints_the_run_page_and_starts_nothing(mlflow_s
     assert capsys.readouterr().out.strip() == experiment_url(mlflow_server, exp_id)
 
 
-@pytest.mark.parametrize("case", ["missing", "untracked", "not a run", "no store"])
+@pytest.mark.parametrize("case", ["missing", "untracked", "not a run", "no store", "store gone"])
 def test_ui_refuses_what_it_cannot_show_in_one_line_exit_2(case, tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
-    if case in ("untracked", "not a run"):
+    if case == "not a run":
         run_dir.mkdir()
-    if case == "untracked":
-        cfg = load_config(None, [f"run.root={tmp_path}", "run.name=run", "tracking.enabled=false"])
+    if case in ("untracked", "store gone"):  # gone: a tracked run whose sqlite store was deleted
+        run_dir.mkdir()
+        cfg = load_config(None, [f"run.root={tmp_path / 'runs'}", "run.name=run",
+                                 f"tracking.enabled={case == 'store gone'}"])
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     monkeypatch.chdir(tmp_path)  # "no store": no runs/mlflow.db here
     assert main(["ui"] + ([] if case == "no store" else [str(run_dir)])) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
     assert {"missing": "no such run directory", "untracked": "tracking.enabled=false", "not a run": "no config.yaml",
-            "no store": "runs/mlflow.db does not exist"}[case] in err
+            "no store": "runs/mlflow.db does not exist",
+            "store gone": f"of {run_dir}: {tmp_path}/runs/mlflow.db does not exist"}[case] in err
     assert not (tmp_path / "runs").exists()  # nothing made
 
 
