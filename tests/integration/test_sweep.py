@@ -151,7 +151,7 @@ def test_a_preempted_element_requeues_alone_and_a_resubmission_resumes_only_the_
     args = ["data.synthetic_size=320", "train.epochs=1", "slurm.cpus_per_task=3", "--sweep", "train.seed=0:2"]
     sub = Sweep(recipe, tmp_path, "pre", *args, RESNEXT_DIST_FAULT="slow@0:2")
     array_id = sub.array_id()
-    victim, other = sub.dir / "seed=0", sub.dir / "seed=1"
+    victim, other = sub.dir / "seed0", sub.dir / "seed1"
     wait_for_step(other, 4)
     slurm_cluster.run("scancel", f"{array_id}_1")  # a plain cancel: checkpoint, stop, no requeue
     wait_for_step(victim, 8)
@@ -166,7 +166,7 @@ def test_a_preempted_element_requeues_alone_and_a_resubmission_resumes_only_the_
     resumed = [r for r in records(victim) if r.get("event") == "resumed"]
     assert len(resumed) == 1 and resumed[0]["step"] >= 8 and (victim / "DONE").exists()
     assert not (other / "DONE").exists()
-    assert re.search(r"^1\s+-\s+-\s+0\s+CANCELLED$", sub.output, re.M), sub.output  # the table's row of seed=1
+    assert re.search(r"^1\s+-\s+-\s+0\s+CANCELLED$", sub.output, re.M), sub.output  # the table's row of seed1
 
     done_log = (victim / "log.jsonl").read_bytes()
     again = Sweep(recipe, tmp_path, "pre", *args)
