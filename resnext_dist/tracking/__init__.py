@@ -4,8 +4,9 @@ specific to the backend, MLflow, is in its modules: mlflow_tracker.py (the track
 (log.jsonl -> an MLflow run), mlflow_store.py (the store and its UI, the runs made in one go). Another backend
 would be one more module offering these names, imported here instead.
 
-    line = describe(cfg, state.tracker)       # for the banner, before anything remote: "run <id> | mlflow ui ..."
+    line = describe(cfg, state.tracker)       # before anything remote: "run <id> | mlflow ui ..."
     tracker = open_tracker(cfg, dist, run_dir, state.tracker)  # before this attempt writes to log.jsonl
+    line = tracker.describe()                 # the banner's and summary's: "run <id> | <its runs table's URL> ..."
     state.tracker = tracker.state             # plain values a checkpoint keeps, so a resume continues the same run
     tracker.log_artifact(path), tracker.log_model(model, example_input)   # in the background
     tracker.close("FINISHED")                 # | "FAILED" | "KILLED": the rest of log.jsonl, artifacts, end the run
