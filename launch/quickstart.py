@@ -5,8 +5,8 @@
 Makes the embedded digits data once per machine (FFCV .beton, 16x16 RGB, in ~/.cache/resnext_dist or
 $RESNEXT_DIST_CACHE: resnext_dist/data/embedded.py), then runs
 `torchrun --standalone --nproc_per_node=N -m resnext_dist.train --config configs/quickstart.yaml` with N = the
-number of GPUs, or 2 CPU processes without one, and prints the run directory and the command that opens
-the MLflow UI on it. Runs are named as the bare command names them (quickstart-<hash of the identity keys>: the
+number of GPUs, or 2 CPU processes without one, and prints the run directory, the command that opens
+the MLflow UI on it and the page to open there (the experiment's runs table). Runs are named as the bare command names them (quickstart-<hash of the identity keys>: the
 same call continues or finds its finished run) and go to runs/ in the current directory, as the bare command's do.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
 
     import torch
     from resnext_dist.errors import InputError
-    from resnext_dist.tracking import browse_hint
+    from resnext_dist.tracking import browse_hint, runs_table
 
     try:
         cfg = load(overrides)
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     code = subprocess.call(cmd, env=env)
     print(f"\nrun directory: {os.path.abspath(cfg.run.dir)}  (config.yaml, log.jsonl, checkpoints/)")
     if cfg.tracking.enabled:
-        print(f"browse the runs: {browse_hint(cfg, os.path.abspath(sys.executable))}")
+        print(f"browse the runs: {browse_hint(cfg, os.path.abspath(sys.executable), runs_table(cfg))}")
     return code
 
 

@@ -123,7 +123,7 @@ def describe_keys(sections: Tuple[str, ...], schema: type = TrainConfig, bare_ru
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if default is MISSING:
-            default = "<the recipe's name>-<a hash of the run's identity keys>"
+            default = "<the recipe's name>-<the identity keys set otherwise, e.g. lr0.2>-<a hash of the identity keys>"
         shown = "''" if default == "" else default
         if name in bare and bare[name] != default:
             shown = f"{shown} (no --config: {bare[name]})"

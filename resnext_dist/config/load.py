@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from resnext_dist.config.checks import follow_data, validate
 from resnext_dist.config.credentials import move_uri_credentials
-from resnext_dist.config.identity import identity_hash
+from resnext_dist.config.naming import run_name_for
 from resnext_dist.config.schema import TrainConfig, declared_keys, section_types
 from resnext_dist.errors import InputError, one_line
 from resnext_dist.files import open_regular
@@ -78,11 +78,13 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
     layers.append(cli)
     try:
         merged = OmegaConf.merge(*layers)
-        follow_data(merged, data_required)  # before the name: data.loader=auto and the loader it picks are one run
         if OmegaConf.is_missing(merged.run, "name"):
-            # <recipe>-<hash of the identity keys> (identity.py: one directory per experiment, found again)
-            merged.run.name = stem = os.path.splitext(os.path.basename(path))[0] if path else "run"
-            merged.run.name = f"{stem}-{identity_hash(OmegaConf.to_object(merged))}"
+            # <recipe>-<what differs from it>-<hash of the identity keys> (naming.py: one directory per
+            # experiment, found again; the data followed there, so data.loader=auto and its pick are one run)
+            recipe = OmegaConf.merge(*layers[:-1])
+            merged.run.name = recipe.run.name = stem = os.path.splitext(os.path.basename(path))[0] if path else "run"
+            merged.run.name = run_name_for(stem, OmegaConf.to_object(recipe), OmegaConf.to_object(merged))
+        follow_data(merged, data_required)
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise InputError(_explain(e)) from None

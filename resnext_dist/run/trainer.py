@@ -191,12 +191,12 @@ class Trainer:
             os.path.abspath(self.resume_from).startswith(os.path.abspath(self.ckpt_dir) + os.sep)
         tracked = state.tracker if own else None  # a checkpoint of another run directory continues no tracked run
         start = self._start_record(tracking.describe(cfg, tracked))
-        self.say(console.banner(start))
 
         # The tracker's reader first (its cursor starts where this attempt starts writing), then log.jsonl.
         self.tracker = tracking.open_tracker(cfg, dist, self.run_dir, tracked)
         state.tracker = self.tracker.state
         start["mlflow"] = self.tracker.describe()
+        self.say(console.banner(start))  # after the tracker opened: the banner links to the run's runs table
         self.log = log = RunLog(os.path.join(self.run_dir, "log.jsonl"), enabled=dist.is_main)
         for key, was, now in self.changes:
             log.write("event", state.step, event="config_changed", key=key, old=was, new=now)

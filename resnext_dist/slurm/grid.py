@@ -2,15 +2,18 @@
 
     grid = parse_grid(["optim.lr=0.05,0.1", "train.seed=0:3"])   # [("optim.lr", ["0.05", "0.1"]), ("train.seed", ...)]
     points = expand(grid)                                       # [{"optim.lr": "0.05", "train.seed": "0"}, ...]
-    name = run_name(points[0])                                  # "lr=0.05,seed=0": the run's directory and MLflow name
+    name = run_name(points[0])                                  # "lr0.05-seed0": the run's directory and MLflow name
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 import re
 from typing import Dict, Iterable, List, Tuple, Union
 
+from resnext_dist.config.naming import cut_label
 from resnext_dist.errors import InputError
 
 NOT_SWEPT = ("run", "slurm")  # one job array: the same resources and one sweep directory for every run
@@ -103,11 +106,12 @@ def describe_grid(grid) -> str:
 
 
 def run_name(values: Dict[str, str]) -> str:
-    """A run's name from its values: `lr=0.05,weight_decay=5e-5` (the keys' last part, unless two share it)."""
-    short = [k.rsplit(".", 1)[-1] for k in values]
-    names = short if len(set(short)) == len(short) else list(values)
-    text = ",".join(f"{n}={v}" for n, v in zip(names, values.values()))
-    return re.sub(r"[^\w.,=+-]", "_", text)
+    """A run's name from its values, by the rule of every default run name (config/naming.py's label):
+    `lr0.05-wd5e-5`; a label cut to its length ends with a hash of all the values, so it stays the run's own."""
+    text, cut = cut_label(values)
+    if cut:
+        text += "-" + hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
+    return text
 
 
 def run_names(points: List[Dict[str, str]]) -> List[str]:

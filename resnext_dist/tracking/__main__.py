@@ -1,4 +1,5 @@
-"""`python -m resnext_dist.tracking sync RUN_DIR [--uri URI]` | `plot RUN_DIR [RUN_DIR ...] [-o out.png]`.
+"""`python -m resnext_dist.tracking sync RUN_DIR [--uri URI]` | `plot RUN_DIR [RUN_DIR ...] [-o out.png]` |
+`ui [RUN_DIR] [--port N]`.
 
 sync: the Tracker's reader run once to the end of log.jsonl (for a run whose server was away), then the artifacts and
 the model not sent yet and the final status (FINISHED with a DONE marker, else the one close() recorded, else
@@ -6,6 +7,7 @@ KILLED). A cursor that is broken or lost is made anew from log.jsonl (mirror.py)
 store: a run of its own there, with the whole log, every artifact the run directory holds and, for a finished run,
 the model; a second sync to the same URI goes on from where the first stopped.
 plot: learning curves (plot.py). Exit 0, or 1 with a one-line error.
+ui: the MLflow UI on a run's store and the link to the run (ui.py); exit 2 for bad input.
 """
 import argparse
 import contextlib
@@ -21,6 +23,7 @@ from resnext_dist.tracking.mirror import (Mirror, cursor_file, new_cursor, read_
 from resnext_dist.tracking.mlflow_model import model_request
 from resnext_dist.tracking.mlflow_store import config_params, configure_http, local_artifacts, resolve_uri
 from resnext_dist.tracking.plot import draw
+from resnext_dist.tracking.ui import ui
 
 
 def sync(run_dir: str, timeout_s: float = 30.0, uri: Optional[str] = None) -> str:
@@ -71,7 +74,7 @@ def _anew(run_dir: str, uri: str, cfg, home: Optional[dict], finished: bool) -> 
         model=model_request(export, (2, 3, res, res)) if wants_model else None)
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m resnext_dist.tracking",
                                      description="MLflow sync and learning curves of resnext_dist run directories")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -83,7 +86,17 @@ def main(argv=None) -> int:
     p = sub.add_parser("plot", help="learning curves of one or several runs, from their log.jsonl")
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("-o", "--out", default="curves.png")
-    args = parser.parse_args(argv)
+    p = sub.add_parser("ui", help="start the MLflow UI on a run's store (default: ./runs/mlflow.db) and print the "
+                                  "link to the run; Ctrl-C stops it")
+    p.add_argument("run_dir", nargs="?", help="a run directory: its store, and the link to its page")
+    p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    if args.cmd == "ui":
+        return ui(args.run_dir, args.port)
     try:
         if args.cmd == "sync":  # credentials in --uri go where MLflow reads them, never into the cursor or the log
             print(sync(args.run_dir, args.timeout_s, move_uri_credentials(args.uri) if args.uri else None))

@@ -1,5 +1,5 @@
 """MLflow, all but the live tracker: where runs are kept (open_store: tracking.uri, or sqlite at
-<run.root>/mlflow.db) and shown (ui_command, experiment_link), MLflow's names and limits, and the runs made in one
+<run.root>/mlflow.db) and shown (ui_command, runs_table, experiment_link; tracking/ui.py starts the UI), MLflow's names and limits, and the runs made in one
 go (tracking's API: figures added to a run, a sweep's parent run, a bench result).
 
 mlflow itself is imported only inside the functions that talk to a store: its import takes seconds, and a run that
@@ -71,12 +71,29 @@ def ui_command(cfg) -> str:
     return uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
 
 
-def browse_hint(cfg, python: str) -> str:
-    """ui_command as a person runs it here (with the mlflow beside `python`: a virtual environment not on PATH)."""
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` and `python -m resnext_dist.tracking ui` serve by default
+
+
+def ui_address(uri: str, port: int = 5000) -> str:
+    """The address of the UI that shows the store at `uri`: a tracking server is its own UI; a local store's UI is
+    started on 127.0.0.1 (tracking/ui.py)."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
+
+
+def ui_start_line(run_dir: str) -> str:
+    """The command that starts the UI on a run's local store and prints its link (tracking/ui.py)."""
+    return f"python -m resnext_dist.tracking ui {shlex.quote(os.path.abspath(run_dir))}"
+
+
+def browse_hint(cfg, python: str, link: Optional[str] = None) -> str:
+    """ui_command as a person runs it here (with the mlflow beside `python`: a virtual environment not on PATH),
+    and the page to open then (`link`: the experiment's runs table, else the UI's address)."""
     ui, beside = ui_command(cfg), os.path.join(os.path.dirname(python), "mlflow")
     if ui.startswith("mlflow ") and os.path.exists(beside):
         ui = os.path.abspath(beside) + ui[len("mlflow"):]  # absolute: the line works from any directory
-    return f"{ui}   (then open http://127.0.0.1:5000)"
+    if ui.startswith(("http://", "https://")):
+        return link or ui  # a server's UI is up already
+    return f"{ui}   (then open {link or LOCAL_UI})"
 
 
 def experiment_url(ui: str, experiment_id: str) -> str:
@@ -85,18 +102,48 @@ def experiment_url(ui: str, experiment_id: str) -> str:
     return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{view}"
 
 
+def run_url(ui: str, experiment_id: str, run_id: str) -> str:
+    """A run's own page in the MLflow UI at `ui`."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def page_link(ui: str, run_id: Optional[str], experiment: str) -> str:
+    """The run's own page when its id is known, else the runs table of `experiment`, at the tracking server `ui`
+    (looked up with a short timeout); the server's address when it does not say."""
+    try:
+        configure_http(5)
+        from mlflow import MlflowClient  # seconds: only where a link is asked for
+        client = MlflowClient(ui)
+        if run_id:
+            return run_url(ui, client.get_run(run_id).info.experiment_id, run_id)
+        found = client.get_experiment_by_name(experiment)
+    except Exception:  # a run deleted, a server that does not answer: the address still helps
+        return ui
+    return experiment_url(ui, found.experiment_id) if found else ui
+
+
+def runs_table(cfg, port: int = 5000) -> Optional[str]:
+    """The runs table of cfg's experiment (experiment_url at ui_address), looked up in its store with a short
+    timeout; None when the experiment does not exist (yet) or the store does not answer."""
+    uri = resolve_uri(cfg)
+    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
+        return None  # no store yet: looking would create one
+    try:
+        configure_http(5)
+        quiet_store_creation()
+        from mlflow import MlflowClient  # seconds: only where a link is asked for
+        found = MlflowClient(uri).get_experiment_by_name(cfg.tracking.experiment)
+    except Exception:  # an unreachable server must not stop what asked for a link
+        return None
+    return experiment_url(ui_address(uri, port), found.experiment_id) if found else None
+
+
 def experiment_link(cfg) -> str:
     """Where a run of `cfg` appears: the experiment's runs table on a tracking server (looked up with a short
     timeout; the experiment may not exist before the first run), else the command that opens the UI."""
-    ui, found = ui_command(cfg), None
-    if ui.startswith(("http://", "https://")):
-        try:
-            configure_http(5)
-            from mlflow import MlflowClient  # seconds: only for a tracking server
-            found = MlflowClient(ui).get_experiment_by_name(cfg.tracking.experiment)
-        except Exception:  # an unreachable server must not stop a submission
-            pass
-    return experiment_url(ui, found.experiment_id) if found else f"{ui}  (experiment {cfg.tracking.experiment})"
+    ui = ui_command(cfg)
+    found = runs_table(cfg) if ui.startswith(("http://", "https://")) else None
+    return found or f"{ui}  (experiment {cfg.tracking.experiment})"
 
 
 def metric_key(key: str) -> str:

@@ -22,8 +22,8 @@ from resnext_dist.files import atomic_write
 from resnext_dist.tracking.mirror import (STATUSES, Mirror, cursor_file, log_path, new_cursor, read_cursor,
                                           run_id_rule, run_start)
 from resnext_dist.tracking.mlflow_model import model_request
-from resnext_dist.tracking.mlflow_store import (config_params, configure_http, is_full, open_store, resolve_uri,
-                                                ui_command)
+from resnext_dist.tracking.mlflow_store import (config_params, configure_http, experiment_url, is_full, open_store,
+                                                resolve_uri, ui_address, ui_command, ui_start_line)
 from resnext_dist.tracking.provenance import provenance_tags
 
 log = logging.getLogger(__package__)
@@ -125,10 +125,27 @@ class Tracker:
         not exist: before the store answered, what happens to the records."""
         if not self.enabled:
             return None
+        if self.run_id:
+            link = self._link()
+            if link:
+                return f"run {self.run_id} | {link}"
         if self.run_id or not self._tried:
             return describe(self._cfg, self.state)
         return (f"not created yet: {self.uri} has not answered; log.jsonl is sent when it does, or by: "
                 f"python -m resnext_dist.tracking sync {self.run_dir}")
+
+    def _link(self) -> Optional[str]:
+        """The runs table of this run's experiment (the page to compare it with the others, best first), and for a
+        local store the command that starts the UI there; None if the store does not say (then: the UI command)."""
+        if getattr(self, "_runs_table", None) is None:
+            try:
+                exp_id = self._mirror.client.get_run(self.run_id).info.experiment_id
+            except Exception:  # a link is no reason to fail; describe() falls back to the UI command
+                return None
+            self._runs_table = experiment_url(ui_address(self.uri), exp_id)
+        if self.uri.startswith(("http://", "https://")):
+            return self._runs_table
+        return f"{self._runs_table}  (start the UI: {ui_start_line(self.run_dir)})"
 
     def log_artifact(self, path: str, artifact_path: Optional[str] = None) -> None:
         """Upload a file or folder (read when sent), in the background; until then it is listed in the cursor."""

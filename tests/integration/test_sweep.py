@@ -77,7 +77,9 @@ def grid_sweep(slurm_cluster, mlflow_server, recipe, tmp_path_factory):
                 uri=mlflow_server)
 
 
-NAMES = ["lr=0.05,weight_decay=0", "lr=0.05,weight_decay=1e-3", "lr=0.2,weight_decay=0", "lr=0.2,weight_decay=1e-3"]
+VALUES = {"lr0.05-wd0": ("0.05", "0"), "lr0.05-wd1e-3": ("0.05", "1e-3"), "lr0.2-wd0": ("0.2", "0"),
+          "lr0.2-wd1e-3": ("0.2", "1e-3")}  # run name (config/naming.py's label) -> its values
+NAMES = list(VALUES)
 
 
 def test_a_2x2_sweep_trains_four_runs_to_done_best_first(grid_sweep, recipe, capsys):
@@ -92,7 +94,7 @@ def test_a_2x2_sweep_trains_four_runs_to_done_best_first(grid_sweep, recipe, cap
     best = {n: best_top1(sub.dir / n) for n in NAMES}
     expected = sorted(NAMES, key=lambda n: (-best[n], NAMES.index(n)))
     shown = table_runs(sub.output, 2)
-    assert shown == [tuple(v.split("=")[1] for v in n.split(",")) for n in expected], sub.output
+    assert shown == [VALUES[n] for n in expected], sub.output
     summary = json.loads((sub.dir / "summary.json").read_text())
     assert [r["run"] for r in summary] == expected and {r["state"] for r in summary} == {"DONE"}
     # `report` prints the same table again, from the files
@@ -149,7 +151,7 @@ def test_a_preempted_element_requeues_alone_and_a_resubmission_resumes_only_the_
     args = ["data.synthetic_size=320", "train.epochs=1", "slurm.cpus_per_task=3", "--sweep", "train.seed=0:2"]
     sub = Sweep(recipe, tmp_path, "pre", *args, RESNEXT_DIST_FAULT="slow@0:2")
     array_id = sub.array_id()
-    victim, other = sub.dir / "seed=0", sub.dir / "seed=1"
+    victim, other = sub.dir / "seed0", sub.dir / "seed1"
     wait_for_step(other, 4)
     slurm_cluster.run("scancel", f"{array_id}_1")  # a plain cancel: checkpoint, stop, no requeue
     wait_for_step(victim, 8)
@@ -164,7 +166,7 @@ def test_a_preempted_element_requeues_alone_and_a_resubmission_resumes_only_the_
     resumed = [r for r in records(victim) if r.get("event") == "resumed"]
     assert len(resumed) == 1 and resumed[0]["step"] >= 8 and (victim / "DONE").exists()
     assert not (other / "DONE").exists()
-    assert re.search(r"^1\s+-\s+-\s+0\s+CANCELLED$", sub.output, re.M), sub.output  # the table's row of seed=1
+    assert re.search(r"^1\s+-\s+-\s+0\s+CANCELLED$", sub.output, re.M), sub.output  # the table's row of seed1
 
     done_log = (victim / "log.jsonl").read_bytes()
     again = Sweep(recipe, tmp_path, "pre", *args)
@@ -184,7 +186,7 @@ def test_a_bad_value_in_one_element_submits_nothing(slurm_cluster, recipe, tmp_p
                           "run.name=bad", "--sweep", "optim.lr=0.1,0.2", "--sweep", "data.batch_size=8,0"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stdout + out.stderr
-    assert out.stderr.startswith("error: sweep run 2/4 (lr=0.1,batch_size=0): data.batch_size") and \
+    assert out.stderr.startswith("error: sweep run 2/4 (lr0.1-bs0): data.batch_size") and \
         len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert slurm_cluster.run("squeue", "-h", "-o", "%A").stdout == before
     assert not (tmp_path / "bad").exists()

@@ -128,7 +128,8 @@ def test_the_trainers_help_lists_its_keys_and_the_submitters_adds_slurm():
 
 def test_run_name_reads_as_the_config_files_name():
     text = trainer_parser().format_help()
-    assert "run.name = <the recipe's name>-<a hash of the run's identity keys> (no --config: quickstart-" in text
+    assert ("run.name = <the recipe's name>-<the identity keys set otherwise, e.g. lr0.2>-<a hash of the identity "
+            "keys> (no --config: quickstart-") in text
     assert "(required)" not in text
 
 

@@ -49,12 +49,18 @@ def test_grid_expands_first_key_slowest_and_says_its_size():
 
 
 def test_run_names_carry_the_values():
-    assert sweep_grid.run_name({"optim.lr": "0.05", "optim.weight_decay": "5e-5"}) == "lr=0.05,weight_decay=5e-5"
+    """The label of every default run name (config/naming.py): short names, values, '-' between."""
+    assert sweep_grid.run_name({"optim.lr": "0.05", "optim.weight_decay": "5e-5"}) == "lr0.05-wd5e-5"
     # two keys ending alike: the full keys
-    assert sweep_grid.run_name({"data.train_res": "16", "model.train_res": "8"}) == "data.train_res=16,model.train_res=8"
-    assert sweep_grid.run_name({"data.train": "/a/b.beton"}) == "train=_a_b.beton"  # no '/' in a directory name
+    assert sweep_grid.run_name({"data.train_res": "16", "model.train_res": "8"}) == "data_train_res16-model_train_res8"
+    assert sweep_grid.run_name({"data.train": "/a/b.beton"}) == "train_b"  # a path by its last part: no '/'
+    # a label cut to its length ends with a hash of all the values: two runs that differ only in what was cut
+    many = {"model.arch": "resnext101_32x8d", "data.train": "/x/imagenet_train.beton", "optim.lr": "0.1",
+            "optim.weight_decay": "5e-5", "train.seed": "1"}
+    cut = [sweep_grid.run_name(many), sweep_grid.run_name(dict(many, **{"train.seed": "2"}))]
+    assert cut[0] != cut[1] and all(len(n) <= 48 + 9 and "+" in n for n in cut)
     with pytest.raises(InputError, match="would both be named"):
-        sweep_grid.run_names([{"data.train": "a/b"}, {"data.train": "a_b"}])
+        sweep_grid.run_names([{"data.train": "x/b"}, {"data.train": "y/b"}])  # both train_b
 
 
 # ---- the report, from the run directories alone
@@ -117,7 +123,7 @@ def test_dry_run_lists_the_runs_their_directories_and_the_array(tmp_path, capsys
                                "--sweep", "optim.lr=0.05,0.1", "slurm.array_parallelism=1", "--sweep", "train.seed=0:2")
     assert rc == 0, err
     assert f"sweep lrs: 4 runs (optim.lr x train.seed = 2 x 2) in {tmp_path}/lrs" in out
-    for i, name in enumerate(["lr=0.05,seed=0", "lr=0.05,seed=1", "lr=0.1,seed=0", "lr=0.1,seed=1"]):
+    for i, name in enumerate(["lr0.05-seed0", "lr0.05-seed1", "lr0.1-seed0", "lr0.1-seed1"]):
         assert f"  {i + 1}  {tmp_path}/lrs/{name}\n" in out
     assert "#SBATCH --array=0-3%1" in out and f"#SBATCH --output={tmp_path}/lrs/slurm/%A_%a_0_log.out" in out
     assert not (tmp_path / "lrs").exists()
@@ -137,7 +143,7 @@ def test_a_bad_value_in_one_run_exits_2_naming_it_and_submits_nothing(tmp_path, 
     rc, out, err = submit_main(capsys, *TINY, *CPU, f"run.root={tmp_path}", "run.name=bad",
                                "--sweep", "optim.lr=0.1,-1", "--sweep", "train.seed=0:2")
     assert rc == 2 and out == ""
-    assert err == "error: sweep run 3/4 (lr=-1,seed=0): optim.lr=-1.0: must be > 0\n"
+    assert err == "error: sweep run 3/4 (lr-1-seed0): optim.lr=-1.0: must be > 0\n"
     assert not (tmp_path / "bad").exists()
 
 
@@ -181,14 +187,14 @@ def test_array_parallelism_must_be_positive(tmp_path, capsys):
 
 def test_done_runs_are_listed_as_not_submitted(tmp_path, capsys):
     args = ["--dry-run", *TINY, *CPU, f"run.root={tmp_path}", "run.name=s", "--sweep", "optim.lr=0.1,0.2"]
-    done = tmp_path / "s" / "lr=0.1"
+    done = tmp_path / "s" / "lr0.1"
     done.mkdir(parents=True)
     (done / "DONE").write_text(json.dumps({"step": 64, "epochs_done": 2}))
     rc, out, _ = submit_main(capsys, *args)
     assert rc == 0
     assert f"{done}  (DONE: not submitted)" in out and "# one job array of 1 run(s)" in out
     assert "#SBATCH --array" not in out  # one run left: a plain job
-    assert os.listdir(tmp_path / "s") == ["lr=0.1"]
+    assert os.listdir(tmp_path / "s") == ["lr0.1"]
 
 
 def test_a_named_sweep_refuses_another_grid_in_its_directory(tmp_path, capsys):
