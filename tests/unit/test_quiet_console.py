@@ -52,7 +52,8 @@ def test_the_trainers_help_says_what_a_run_without_config_does(capsys):
     out = capsys.readouterr().out
     for line in ("  data.loader = auto (no --config: ffcv)", "  train.epochs = 90 (no --config: 8)",
                  "  data.train = '' (no --config: embedded:digits/train)", "  model.num_classes = 0 (no --config: 10)",
-                 "  run.name = <the recipe's name>-<a hash of the run's identity keys> (no --config: quickstart-"):
+                 ("  run.name = <the recipe's name>-<the identity keys set otherwise, e.g. lr0.2>-<a hash of the identity keys> "
+                  "(no --config: quickstart-")):
         assert line in out
     with pytest.raises(SystemExit):
         evaluate.parser().parse_args(["--help"])
