@@ -58,7 +58,7 @@ def run_in_process(tmp_path, monkeypatch, overrides, watch=None):
 
 def test_a_step_between_log_lines_reads_nothing_from_the_device(tmp_path, monkeypatch):
     """train.nan_check on (the default): between two log lines the only host read of a step is the previous
-    step's agreement, from its host buffer (on CUDA: pinned, behind an event that has fired)."""
+    step's agreement, from its host buffer (on CUDA: pinned, behind an event that has fired); with the EMA on."""
     counts = {}
 
     @contextlib.contextmanager
@@ -68,7 +68,9 @@ def test_a_step_between_log_lines_reads_nothing_from_the_device(tmp_path, monkey
             yield
         counts[step_in_epoch] = mode.reads
 
-    run_in_process(tmp_path, monkeypatch, ["train.max_steps=7", "train.log_every_steps=100"], watch)
+    # train.ema_decay on: the EMA's update is in the step too (optim/ema.py)
+    run_in_process(tmp_path, monkeypatch, ["train.max_steps=7", "train.log_every_steps=100", "train.ema_decay=0.9"],
+                   watch)
     # step 0 logs (the first) and step 6 is the last: both settle (read their own flags at once), so step 1 has
     # nothing in flight; steps 2-5 read their predecessor's, late
     assert [counts[i] for i in range(1, 6)] == [[]] + [[("tolist", True)]] * 4, counts
