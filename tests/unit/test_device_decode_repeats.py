@@ -53,12 +53,15 @@ def beton(tmp_path_factory):
     return str(root / "r.beton")
 
 
-def crops_by_copy(path, rank, world, start=0):
-    """{(image, copy): its decoded crop} for one rank's epoch 0 from global position `start`."""
+def train_loader(path, rank, world):
     cfg = data_cfg(loader="ffcv", train=path, val=path, batch_size=BATCH, decode="gpu", random_crop=True,
                    train_res=16, ra_reps=REPS)
-    train = build_loaders(cfg, DistInfo(rank=rank, world_size=world), seed=SEED, num_classes=N,
-                          channels_last=False)[0]
+    return build_loaders(cfg, DistInfo(rank=rank, world_size=world), seed=SEED, num_classes=N,
+                         channels_last=False)[0]
+
+
+def crops_by_copy(train, rank, world, start=0):
+    """{(image, copy): its decoded crop} for one rank's epoch 0 from global position `start`."""
     batches = list(train.epoch(0, 16, start=start))
     images, labels = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]).tolist()
     shard = dict(rank=rank, world_size=world, batch_size=BATCH, start=start, reps=REPS)
@@ -69,13 +72,14 @@ def crops_by_copy(path, rank, world, start=0):
 
 
 def test_each_copy_has_its_own_crop_on_any_world_size_and_after_a_resume(beton):
-    one = crops_by_copy(beton, 0, 1)
+    single = train_loader(beton, 0, 1)
+    one = crops_by_copy(single, 0, 1)
     assert sorted(one) == [(i, c) for i in range(N) for c in range(REPS)]  # every copy once
     for i in range(N):
         copies = [one[i, c] for c in range(REPS)]
         assert not any(torch.equal(copies[a], copies[b]) for a in range(REPS) for b in range(a + 1, REPS)), i
-    two = {**crops_by_copy(beton, 0, 2), **crops_by_copy(beton, 1, 2)}
-    resumed = crops_by_copy(beton, 0, 1, start=9)
+    two = {**crops_by_copy(train_loader(beton, 0, 2), 0, 2), **crops_by_copy(train_loader(beton, 1, 2), 1, 2)}
+    resumed = crops_by_copy(single, 0, 1, start=9)  # 3 steps in: the copy numbers of the rest of the epoch
     assert sorted(two) == sorted(one) and len(resumed) == N * REPS - 9
     assert all(torch.equal(two[k], one[k]) for k in one)
     assert all(torch.equal(resumed[k], one[k]) for k in resumed)
