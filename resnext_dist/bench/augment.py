@@ -1,6 +1,7 @@
 """`python -m resnext_dist.bench augment`: what the training augmentations cost per batch on the device
 (data/augment*.py), each part alone and the V2 recipe's set together, against the plain alternative of calling
-torchvision's v2.TrivialAugmentWide once per image (what a per-sample CPU pipeline does, here on the same device).
+torchvision's v2.TrivialAugmentWide once per image (what a per-sample CPU pipeline does, here on the same device),
+and kornia's batched candidates when kornia is installed (bench/augment_kornia.py).
 The batch is data.batch_size images of data.train_res px (the bench's defaults: 256 at 176 px)."""
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from resnext_dist.bench import report, workload
+from resnext_dist.bench import augment_kornia, report, workload
 from resnext_dist.data.augment_batch import BatchAugment
 from resnext_dist.data.normalize import DeviceNormalize
 
@@ -67,10 +68,17 @@ def run(argv=None) -> int:
     ms = measure(lambda k: [tv(pixels[i]) for i in range(n)], device, args.repeats)
     rows.append({"measure": "torchvision TrivialAugmentWide, one call per image", "ms_per_batch": ms,
                  "img_per_s": 1000.0 * n / ms})
-    for row in rows:
-        row["vs_per_image_call"] = rows[-1]["ms_per_batch"] / row["ms_per_batch"]
-    return report.finish("augment", device, args, argv, rows=rows,
+    per_image, v2_set = rows[-1]["ms_per_batch"], rows[4]["ms_per_batch"]
+    kornia = augment_kornia.rows(pixels, labels, lambda fn: measure(fn, device, args.repeats))
+    notes = ["kornia not installed: its candidates were not measured"] if kornia is None else []
+    for row in rows + (kornia or []):
+        row["img_per_s"] = 1000.0 * n / row["ms_per_batch"]
+        row["vs_per_image_call"] = per_image / row["ms_per_batch"]
+    summary = {"v2_set_ms_per_batch": v2_set}
+    if kornia:
+        summary["kornia_v2_set_vs_ours"] = kornia[-1]["ms_per_batch"] / v2_set  # > 1: kornia's is slower
+    return report.finish("augment", device, args, argv, rows=rows + (kornia or []), notes=notes,
                          title=f"bench augment: batch {n} x {res} px on {workload.device_label(device)}",
                          params={"batch": n, "res": res, "device": device.type, "repeats": args.repeats,
                                  "threads": torch.get_num_threads()},
-                         summary={"v2_set_ms_per_batch": rows[4]["ms_per_batch"]})
+                         summary=summary)

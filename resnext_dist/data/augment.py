@@ -20,6 +20,17 @@ def wanted(d) -> bool:
     return POLICIES[d.auto_augment] is not None or d.random_erasing > 0 or d.mixup_alpha > 0 or d.cutmix_alpha > 0
 
 
+def describe(d) -> str:
+    """The training augmentations of the data section `d` in a few words, for the banner: e.g. "trivialaugment,
+    erasing 0.1, mixup 0.2 | cutmix 1.0, ra x4" (mixup | cutmix: one of the two per micro-batch); "" for none."""
+    mixes = [f"{name} {float(alpha)}" for name, alpha in (("mixup", d.mixup_alpha), ("cutmix", d.cutmix_alpha))
+             if alpha > 0]
+    parts = [d.auto_augment if POLICIES[d.auto_augment] else "",
+             f"erasing {float(d.random_erasing)}" if d.random_erasing > 0 else "", " | ".join(mixes),
+             f"ra x{d.ra_reps}" if d.ra_reps > 1 else ""]
+    return ", ".join(p for p in parts if p)
+
+
 def build_augment(d, *, seed: int, num_classes: int, device) -> Optional[object]:
     """The run's BatchAugment, or None when the data section `d` asks for none (nothing changes in the step)."""
     if not wanted(d):

@@ -9,8 +9,11 @@ crop to the epoch's resolution, the flips, and the normalization into channels-l
 cost per image is a memcpy, and the kernels per batch are one copy per image plus a handful.
 
 Crop boxes and flips are drawn on the host, before decoding, from a counter-based generator keyed by
-(seed, epoch, dataset index) (`keyed_uniforms`): image k of epoch e gets the same crop whichever rank
-reads it, however many workers there are, and whether or not the run was resumed. The boxes follow
+(seed, epoch, dataset index, copy) (`keyed_uniforms`): image k of epoch e gets the same crop whichever rank
+reads it, however many workers there are, and whether or not the run was resumed. The copy is 0 but with
+repeated augmentation (data.ra_reps = R: each image R times per epoch, sharding.py), where copy c of an image
+(its epoch position modulo R) gets its own crop and flip; copy 0's key is the image's index alone, so the crops
+without repeats are those of before. The boxes follow
 torchvision's / FFCV's RandomResizedCrop exactly (FFCV's get_random_crop, vectorized: scale 0.08-1,
 log-uniform ratio 3/4-4/3, 10 tries, then the same center-crop fallback); validation uses FFCV's center
 crop (side = data.val_crop_ratio x the shorter side). The resize is roi_align with as many bilinear samples
@@ -25,7 +28,7 @@ as whatever their buffer held, silently.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -47,6 +50,8 @@ JPEG, RAW = int(IMAGE_MODES["jpg"]), int(IMAGE_MODES["raw"])
 SCALE, RATIO = (0.08, 1.0), (3 / 4, 4 / 3)  # RandomResizedCrop's defaults (torchvision, FFCV)
 TRIES = 10
 UNIFORMS = 2 * TRIES + 3  # per image: 10 tries x (scale, ratio), top, left, flip
+# Copy c of image k draws with key k + c x COPY_STRIDE: distinct for any .beton under 2^40 images.
+COPY_STRIDE = np.uint64(1 << 40)
 
 
 def stored_capacity(path: str, field: str = "image") -> int:
@@ -159,12 +164,16 @@ def center_crops(heights: np.ndarray, widths: np.ndarray, ratio: float) -> np.nd
 
 
 def train_boxes(records: np.ndarray, *, seed: int, epoch: int, random_crop: bool,
-                val_crop_ratio: float) -> Tuple[np.ndarray, np.ndarray]:
-    """(boxes, flips) of a training batch: random-resized crops and coin flips keyed by (seed, epoch, index),
-    or (data.random_crop=false) center crops and no flips."""
+                val_crop_ratio: float, copies: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """(boxes, flips) of a training batch: random-resized crops and coin flips keyed by (seed, epoch, index,
+    copy) (`copies`: each image's copy number under repeated augmentation; None: all 0), or
+    (data.random_crop=false) center crops and no flips."""
     if not random_crop:
         return center_crops(records["height"], records["width"], val_crop_ratio), np.zeros(len(records), bool)
-    u = keyed_uniforms(seed, epoch, records["index"])
+    keys = records["index"].astype(np.uint64)
+    if copies is not None:
+        keys = keys + np.asarray(copies, np.uint64) * COPY_STRIDE
+    u = keyed_uniforms(seed, epoch, keys)
     return random_crops(records["height"], records["width"], u), u[:, -1] < 0.5
 
 

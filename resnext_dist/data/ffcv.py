@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ from resnext_dist.data import crop_decode, device_decode
 from resnext_dist.data.decode_ahead import decode_ahead
 from resnext_dist.data.normalize import DeviceNormalize
 from resnext_dist.data.batches import split_for
-from resnext_dist.data.sharding import batches_per_epoch, eval_shard, steps_per_epoch, train_shard
+from resnext_dist.data.sharding import batches_per_epoch, eval_shard, steps_per_epoch, train_positions, train_shard
 
 
 def ffcv_workers(num_workers: int) -> int:
@@ -158,14 +158,32 @@ class FfcvTrain:
             self.decoder.output_size = (res, res)
         self.order.start = start
         self.loader.next_epoch = epoch  # the order is a function of (seed, epoch) only
-        decode = functools.partial(self._decode, epoch, res) if self.on_device is not None else None
+        decode = None
+        if self.on_device is not None:
+            decode = functools.partial(self._decode, epoch, res, self._copies(start))
         batches = _hand_out(self.loader, self.normalize, decode, self.device, self.data_cfg.decode_ahead)
         return batches if len(set(self.micro_sizes)) == 1 else _micro_batches(batches, self.micro_sizes)
 
-    def _decode(self, epoch: int, res: int, images: torch.Tensor) -> torch.Tensor:
+    def _copies(self, start: int) -> Optional[Iterator[np.ndarray]]:
+        """data.decode=gpu with repeated augmentation: per FFCV batch, in order, each image's copy number (its
+        place in the epoch's order modulo data.ra_reps, sharding.py), so the copies get different crops; None
+        without repeats. FFCV's batches are consecutive slices of this rank's order, of the largest micro-batch."""
+        if self.reps == 1:
+            return None
+        where = train_positions(len(self.order.indices), start=start, **self.order.shard)
+        copies = np.concatenate(where) % self.reps if where else np.zeros(0, np.int64)
+        size = max(self.micro_sizes)
+        return (copies[i:i + size] for i in range(0, len(copies), size))
+
+    def _decode(self, epoch: int, res: int, copies: Optional[Iterator[np.ndarray]], images: torch.Tensor) \
+            -> torch.Tensor:
+        records = device_decode.headers(images)
+        copy = next(copies) if copies is not None else None
+        if copy is not None and len(copy) != len(records):
+            raise RuntimeError(f"{len(records)} images in FFCV's batch, {len(copy)} copy numbers: out of step")
         boxes, flips = device_decode.train_boxes(
-            device_decode.headers(images), seed=self.seed, epoch=epoch,
-            random_crop=self.data_cfg.random_crop, val_crop_ratio=self.data_cfg.val_crop_ratio)
+            records, seed=self.seed, epoch=epoch, random_crop=self.data_cfg.random_crop,
+            val_crop_ratio=self.data_cfg.val_crop_ratio, copies=copy)
         return self.on_device(images, boxes, flips, res)
 
 

@@ -3,7 +3,10 @@
 `optim.optimizer`: SGD with (Nesterov) momentum, or AdamW (torch's; timm's and DeiT-style recipes). BN parameters and
 biases get no weight decay (they are scale/shift parameters, and decaying them only hurts, as the NVIDIA and FFCV
 recipes note). The peak learning rate is `optim.lr x global_batch / 256` when `optim.scale_lr` (Goyal et al. 2017's
-linear scaling rule). Importing it imports no torch (the config checks run the entries').
+linear scaling rule). Both are torch's fused implementations (one kernel per parameter group and device, on CPU and
+CUDA): they take a `found_inf` flag on the device and then skip the whole update, step counts included, which is
+how run/step.py skips a non-finite step exactly without reading anything back. Importing it imports no torch (the
+config checks run the entries').
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ class Sgd:
     @staticmethod
     def build(groups, cfg, lr: float):
         import torch  # only when a run is built: the config checks import this module
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               fused=True)
 
 
 class AdamW:
@@ -31,7 +35,7 @@ class AdamW:
     @staticmethod
     def build(groups, cfg, lr: float):
         import torch  # only when a run is built: the config checks import this module
-        return torch.optim.AdamW(groups, lr=lr)  # each group's weight_decay: decoupled, as AdamW defines it
+        return torch.optim.AdamW(groups, lr=lr, fused=True)  # each group's weight_decay: decoupled, as AdamW's
 
 
 OPTIMIZERS = {"sgd": Sgd, "adamw": AdamW}

@@ -17,8 +17,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from resnext_dist.optim.ema import Ema
 from resnext_dist.run.checkpoint import CheckpointError, TrainState
 from resnext_dist.config import TrainConfig, batch_split
 from resnext_dist.data.batches import BatchSplit
@@ -90,7 +90,7 @@ def build(cfg: TrainConfig, dist) -> Parts:
     scaler = PRECISIONS[cfg.train.precision].grad_scaler(dist.device)
     ema = None
     if cfg.train.ema_decay:
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.train.ema_decay), use_buffers=True)
+        ema = Ema(model, cfg.train.ema_decay)  # AveragedModel without its per-step host read (optim/ema.py)
     state = TrainState(model, optimizer, scheduler, scaler, ema,
                        extra={"global_batch_size": global_batch, "world_size": dist.world_size})
     augment = build_augment(cfg.data, seed=cfg.train.seed, num_classes=cfg.model.num_classes, device=dist.device)

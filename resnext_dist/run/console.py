@@ -48,6 +48,7 @@ def banner(start: Dict[str, Any]) -> str:
         ("data", f"{s['loader']} | {s['train_images']:,} train / {s['val_images']:,} val images | "
                  f"{s['train_res']} px train, {s['val_res']} px val"),
         *([("reading", _reading(s["reading"]))] if s.get("reading") else []),
+        *([("augment", s["augment"])] if s.get("augment") else []),  # data/augment.py's describe
         ("batch", f"{s.get('micro_batch', s['batch_size'])} per process x {s['world_size']} x {s['accum_steps']} "
                   f"accumulation = {s['global_batch']} global | {s['steps_per_epoch']} steps/epoch x {s['epochs']} "
                   f"epochs = {s['total_steps']} steps"),

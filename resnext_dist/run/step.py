@@ -4,7 +4,7 @@ evaluation. The epoch loop that calls them is trainer.py.
 The step, top to bottom, with no host read (no sync): fetch a micro-batch (timed: that is the data wait) ->
 forward under autocast -> backward (DDP all-reduces gradients on the last micro-step only) -> clip -> when asked,
 agree with every rank on (a non-finite loss, a non-finite gradient, a stop request, a log line now) in one tiny
-all-reduce on the device -> optimizer step, skipped on the device where the agreement says non-finite ->
+all-reduce on the device -> optimizer step, skipped exactly on the device where the agreement says non-finite ->
 schedule -> EMA. The host reads the agreement one step later (agreement.py). Each micro-batch's loss is
 weighed by its images (micro-batches differ by one image where the global batch does not divide evenly:
 data/batches.py), so the update is that of one process taking the whole global batch, on any world size.
@@ -129,28 +129,49 @@ def _grad_nonfinite(state, norm: Optional[torch.Tensor]) -> torch.Tensor:
 
 
 def _step_unless(optimizer, tripped: Optional[torch.Tensor]) -> None:
-    """The optimizer step, skipped on the device where `tripped` (no host read)."""
+    """The optimizer step, skipped exactly on the device where `tripped` (no host read): the parameters and the
+    optimizer's state (momentum, moments, step counts) stay bit for bit as they were."""
     if tripped is None:
         optimizer.step()
         return
-    _skip_on_device(optimizer, tripped)
-    optimizer.step()
-    if getattr(optimizer, "_step_supports_amp_scaling", False):
-        del optimizer.found_inf, optimizer.grad_scale
-
-
-def _skip_on_device(optimizer, tripped: torch.Tensor) -> None:
-    """Fused optimizers (torch's `fused=True`) skip their whole update where `found_inf` is set, exactly as under
-    GradScaler. Others get zero gradients there (masked_fill: NaN x 0 would stay NaN): nothing non-finite is
-    applied, though momentum and weight decay still move the weights once, finitely."""
-    if getattr(optimizer, "_step_supports_amp_scaling", False):
-        optimizer.found_inf, optimizer.grad_scale = tripped.float(), None
+    if not getattr(optimizer, "_step_supports_amp_scaling", False):
+        _step_or_restore(optimizer, tripped)
         return
+    # torch's fused optimizers (optim/optimizers.py builds them) skip their whole update where `found_inf` is set,
+    # as under GradScaler, step counts included. A first step has no state yet: fused SGD then makes its momentum
+    # buffers with empty_like and leaves them unwritten when it skips, so those are zeroed there, which is the
+    # state a first step starts from (momentum x 0 + gradient = the gradient, as a first step takes it).
+    fresh = [p for group in optimizer.param_groups for p in group["params"] if not optimizer.state.get(p)]
+    optimizer.found_inf, optimizer.grad_scale = tripped.float(), None
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.found_inf, optimizer.grad_scale
     bad = tripped.bool()
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if p.grad is not None:
-                p.grad.masked_fill_(bad, 0.0)
+    for p in fresh:
+        for value in optimizer.state.get(p, {}).values():
+            if torch.is_tensor(value) and value.device == bad.device:
+                value.masked_fill_(bad, 0)
+
+
+def _step_or_restore(optimizer, tripped: torch.Tensor) -> None:
+    """An optimizer without found_inf: a copy of the parameters and state tensors, the step, then the copy back
+    where `tripped` (one more copy of the weights and state for the step; the registered optimizers are fused)."""
+    def tensors():
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                yield p
+                yield from (v for v in optimizer.state.get(p, {}).values() if torch.is_tensor(v))
+
+    saved = [(t, t.detach().clone()) for t in tensors()]
+    optimizer.step()
+    known = {id(t) for t, _ in saved}
+    bad = tripped.bool()
+    for t, old in saved:
+        t.detach().copy_(torch.where(bad.to(t.device), old, t.detach()))
+    for t in tensors():  # state made by this step (a first step): as if never made
+        if id(t) not in known:
+            t.detach().masked_fill_(bad.to(t.device), 0)
 
 
 def _agree(nonfinite: torch.Tensor, grad_nonfinite: torch.Tensor, stop_signal: int, log_now: bool, device) \

@@ -20,6 +20,7 @@ from resnext_dist import __version__, tracking
 from resnext_dist.config import TrainConfig, to_yaml, validate
 from resnext_dist.config.identity import identity_hash
 from resnext_dist.data import train_res_for_epoch
+from resnext_dist.data.augment import describe as describe_augment
 from resnext_dist.data.sharding import train_positions
 from resnext_dist.dist import DistInfo, close_distributed, init_distributed
 from resnext_dist.errors import InputError
@@ -260,6 +261,7 @@ class Trainer:
             "weight_decay": o.weight_decay, "label_smoothing": o.label_smoothing, "mlflow": mlflow,
             "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""), "restart": _restart_count(),
             "reading": getattr(loader, "reading", None),  # data/loaders.py: the files read (staged?), the order
+            "augment": describe_augment(cfg.data),  # data/augment.py: the training augmentations, in words
         }
 
     def train(self) -> None:

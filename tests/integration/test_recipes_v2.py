@@ -39,6 +39,7 @@ def test_the_resnext101_v2_recipe_runs_a_few_steps_at_a_tiny_size(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     losses = [x["loss"] for x in read_log(tmp_path / "run" / "log.jsonl") if x["kind"] == "step"]
     assert len(losses) == 3 and all(0 < loss < 100 for loss in losses)
+    assert "  augment   trivialaugment, erasing 0.1, mixup 0.2 | cutmix 1.0, ra x4\n" in r.stdout  # the banner
 
 
 @pytest.mark.parametrize("epochs, published", [(16, "73.8%"), (88, "78.4%")])
