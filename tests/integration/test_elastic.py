@@ -130,12 +130,14 @@ def test_a_lost_node_leaves_the_other_going_on_from_the_last_checkpoint(mlflow_s
     (checkpoint.every_steps=4), saying in log.jsonl how many logged steps it trains again."""
     run, port, experiment = tmp_path / "run", free_port(), f"elastic-{uuid.uuid4().hex[:8]}"
     overrides = overrides_for(mlflow_server, experiment)
-    first = agent(port, run, overrides, tmp_path / "first.out", last_call_s=60)
+    # last call 20 s: room for the second agent to start and join (a few seconds); it is also what the first,
+    # alone after the loss, waits for another node before it goes on (60 s cost 40 s of idling)
+    first = agent(port, run, overrides, tmp_path / "first.out", last_call_s=20)
     second = lost = None
     try:
         wait_for(lambda: listening(port), "the first agent's rendezvous store", 120)
         # within the first's last call: both start together (world size 2, global batch 16)
-        second = agent(port, run, overrides, tmp_path / "second.out", last_call_s=60)
+        second = agent(port, run, overrides, tmp_path / "second.out", last_call_s=20)
         wait_for(lambda: [s["world_size"] for s in steps(run)][-6:] == [2] * 6, "training on two nodes")
         lost = children(second.pid)
         for pid in [second.pid, *lost]:
