@@ -6,7 +6,8 @@ Off unless RESNEXT_DIST_FAULT is set; then it is a comma-separated list of `KIND
   kill@1:5:0   rank 1 SIGKILLs itself after step 5, on the first attempt only
   hang@1:4     rank 1 sleeps forever after step 4 (its peers then time out in the next collective); SIGTERM
                ends it (the default action), so torchrun's stop of the job takes no 30 s SIGKILL grace
-  slow@0:2     rank 0 sleeps 0.3 s after every step from step 2 on (a slow step, for the console's timed lines)
+  slow@0:2     rank 0 sleeps 0.3 s after every step from step 2 on (a slow step, for the console's timed lines);
+  slow@0:1:0   the same on the first attempt only (a test's pacing that need not outlast a restart)
 Costs nothing when unset: the spec is parsed once at import.
 """
 from __future__ import annotations
@@ -53,5 +54,6 @@ def maybe_fail(rank: int, step: int) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         while True:
             time.sleep(3600)
-    if any(k == "slow" and r == rank and step >= s for k, r, s, _ in _FAULTS):
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if any(k == "slow" and r == rank and step >= s and (a < 0 or a == attempt) for k, r, s, a in _FAULTS):
         time.sleep(0.3)

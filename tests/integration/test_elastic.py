@@ -3,9 +3,11 @@ a node's agent dies, keeping its global batch and its one MLflow run.
 
 Two torchrun agents on this machine, each its own "node" of one CPU process, meet on 127.0.0.1 (the first one
 started hosts the rendezvous store, as a job's first node does). Rank 0 is paced (0.3 s a step, the fault hook)
-so that the run is still training while agents come and go, whatever the machine's speed. The agents run with
-TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, as the README says: with torch's shared store, a node that joins waits for
-a MASTER_ADDR that a rank 0 kept from the previous round never writes (torch 2.14's dynamic_rendezvous.py).
+so that the run is still training while agents come and go, whatever the machine's speed; only on torchrun's first
+attempt (`slow@0:1:0`): the restart after a node is lost (a failure: attempt 1) is the last change, and its steps
+need no pacing. The agents run with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, as the README says: with torch's shared
+store, a node that joins waits for a MASTER_ADDR that a rank 0 kept from the previous round never writes (torch
+2.14's dynamic_rendezvous.py).
 """
 import os
 import signal
@@ -32,7 +34,8 @@ def agent(port, run_dir, overrides, log_path, last_call_s=5):
            "join_timeout=300",
            "-m", "resnext_dist.train", *TINY, f"run.dir={run_dir}", *overrides]
     out = open(log_path, "w")
-    return subprocess.Popen(cmd, cwd=REPO, env=env(RESNEXT_DIST_FAULT="slow@0:1", TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1),
+    return subprocess.Popen(cmd, cwd=REPO, env=env(RESNEXT_DIST_FAULT="slow@0:1:0",
+                                                   TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1),
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
