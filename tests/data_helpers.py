@@ -4,8 +4,8 @@
 
 runs `probe` on each rank: it builds the loaders with the given DataConfig fields (and `global_batch`, images
 per step over all ranks, 0 = batch_size x ranks), records the labels of every training batch of epochs 0 and 1,
-of epoch 1 started SKIP steps in (or at global position `start` when given), and of the validation share,
-all-reduces the validation count, and writes OUT_DIR/rank<R>.json.
+of epoch 1 started SKIP steps in, and of the validation share, all-reduces the validation count, and writes
+OUT_DIR/rank<R>.json. With `start` (a global position), only epoch 1 from `start` is read (`epoch1_skip`).
 """
 import json
 import os
@@ -113,9 +113,15 @@ def probe(cfg_fields: dict, out_dir: str) -> None:
                                global_batch=global_batch)
     record = {"rank": dist.rank, "batches_per_epoch": train.batches_per_epoch, "val_num_images": val.num_images,
               "val_batches": len(val), "reading": getattr(train, "reading", None), "val_path": getattr(val, "path", "")}
+    if start is not None:  # a resume at `start` (the world-size change test): only epoch 1 from there is read
+        record["epoch1_skip"] = [y.tolist() for _, y in train.epoch(1, res=16, start=start)]
+        with open(os.path.join(out_dir, f"rank{dist.rank}.json"), "w") as f:
+            json.dump(record, f)
+        close_distributed()
+        return
     for epoch in (0, 1):
         record[f"epoch{epoch}"] = [y.tolist() for _, y in train.epoch(epoch, res=cfg_fields.get("train_res", 16))]
-    start = SKIP * (global_batch or train.global_batch) if start is None else start
+    start = SKIP * (global_batch or train.global_batch)
     record["epoch1_skip"] = [y.tolist() for _, y in train.epoch(1, res=16, start=start)]
     record["val"] = [y.tolist() for _, y in val]
     count = torch.tensor([sum(len(b) for b in record["val"])])

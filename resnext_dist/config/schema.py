@@ -199,7 +199,9 @@ class TrackingConfig:
     system_metrics: bool = key(False, None, "log CPU/memory/GPU usage through MLflow's system-metrics monitor",
                                identity=False)
     timeout_s: float = key(5.0, positive, "HTTP timeout of one MLflow request; unsent records are retried with "
-                           "backoff (1 s doubling to 30 s)", identity=False)
+                           "backoff (1 s doubling to tracking.retry_max_s)", identity=False)
+    retry_max_s: float = key(30.0, at_least(1), "longest wait between two tries while MLflow does not answer (so "
+                             "also how late a backlog may start once it is back)", identity=False)
     close_timeout_s: float = key(30.0, non_negative, "at the end, wait this long for what is unsent; the rest: next "
                                  "attempt or `python -m resnext_dist.tracking sync`", identity=False)
     system_metrics_interval_s: float = key(10.0, positive, "seconds between two samples of the system metrics",

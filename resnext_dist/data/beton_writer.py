@@ -190,6 +190,7 @@ class _WholeWrites:
 
 
 def _guarded_allocator(failure: Failure, output: str):
+    from resnext_dist.data import ffcv_cache  # noqa: F401  before FFCV: numba's compile from its disk cache
     from ffcv.memory_allocator import MemoryAllocator
 
     class GuardedAllocator(MemoryAllocator):

@@ -23,6 +23,7 @@ def check_beton(path: str, num_classes: int, key: str = "data.train") -> int:
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file ({key})")
     try:  # FFCV is optional (launch/setup.sh): without it, a one-line answer
+        from resnext_dist.data import ffcv_cache  # noqa: F401  before FFCV: numba's compile from its disk cache
         from ffcv.fields import IntField, RGBImageField
         from ffcv.reader import Reader
     except ImportError as e:

@@ -20,6 +20,7 @@ from functools import lru_cache
 from typing import Callable, Optional
 
 import numpy as np
+from resnext_dist.data import ffcv_cache  # noqa: F401  before FFCV: numba's compile from its disk cache
 from ffcv.fields.rgb_image import IMAGE_MODES, CenterCropRGBImageDecoder, RandomResizedCropRGBImageDecoder
 from ffcv.libffcv import imdecode, resize_crop
 from ffcv.pipeline.compiler import Compiler

@@ -37,6 +37,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
+from resnext_dist.data import ffcv_cache  # noqa: F401  before FFCV: numba's compile from its disk cache
 from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, RandomResizedCropRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.traversal_order.base import TraversalOrder

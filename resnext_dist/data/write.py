@@ -105,6 +105,7 @@ class BetonLock(ExclusiveLock):
 def _write(source: Source, output: str, indices: np.ndarray, workers: int, page_size: int, chunk_size: int,
            **image_options) -> None:
     """The FFCV write itself, to a temporary file renamed onto `output` at the end (beton_writer.py guards it)."""
+    from resnext_dist.data import ffcv_cache  # noqa: F401  before FFCV: numba's compile from its disk cache
     from ffcv.fields import IntField, RGBImageField
 
     tmp = os.path.join(os.path.dirname(output), f".{os.path.basename(output)}.{os.getpid()}.tmp")

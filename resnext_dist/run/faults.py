@@ -4,8 +4,10 @@ Off unless RESNEXT_DIST_FAULT is set; then it is a comma-separated list of `KIND
 `:RESTART` (only on that torchrun restart attempt, TORCHELASTIC_RESTART_COUNT):
   nan@1:3      rank 1's loss becomes NaN at optimizer step 3
   kill@1:5:0   rank 1 SIGKILLs itself after step 5, on the first attempt only
-  hang@1:4     rank 1 sleeps forever after step 4 (its peers then time out in the next collective)
-  slow@0:2     rank 0 sleeps 0.3 s after every step from step 2 on (a slow step, for the console's timed lines)
+  hang@1:4     rank 1 sleeps forever after step 4 (its peers then time out in the next collective); SIGTERM
+               ends it (the default action), so torchrun's stop of the job takes no 30 s SIGKILL grace
+  slow@0:2     rank 0 sleeps 0.3 s after every step from step 2 on (a slow step, for the console's timed lines);
+  slow@0:1:0   the same on the first attempt only (a test's pacing that need not outlast a restart)
 Costs nothing when unset: the spec is parsed once at import.
 """
 from __future__ import annotations
@@ -47,7 +49,11 @@ def maybe_fail(rank: int, step: int) -> None:
     if _active("kill", rank, step):
         os.kill(os.getpid(), signal.SIGKILL)
     if _active("hang", rank, step):
+        # The trainer's SIGTERM handler only sets a flag that a stuck rank never reads: torchrun would wait its 30 s
+        # grace before SIGKILL. What is tested is the peers' timeout, not that grace: let SIGTERM end this rank.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         while True:
             time.sleep(3600)
-    if any(k == "slow" and r == rank and step >= s for k, r, s, _ in _FAULTS):
+    attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if any(k == "slow" and r == rank and step >= s and (a < 0 or a == attempt) for k, r, s, a in _FAULTS):
         time.sleep(0.3)

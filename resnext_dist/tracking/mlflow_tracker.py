@@ -27,7 +27,7 @@ from resnext_dist.tracking.mlflow_store import (config_params, configure_http, e
 from resnext_dist.tracking.provenance import provenance_tags
 
 log = logging.getLogger(__package__)
-POLL_S, BACKOFF_MIN_S, BACKOFF_MAX_S = 1.0, 1.0, 30.0
+POLL_S, BACKOFF_MIN_S = 1.0, 1.0  # the longest wait: tracking.retry_max_s
 
 
 def _run_id(cfg, state: Optional[dict]) -> Optional[str]:
@@ -228,6 +228,7 @@ class Tracker:
                     else:
                         log.warning("MLflow at %s is not answering (%s); training goes on, log.jsonl is complete "
                                     "and is sent when it is back", self.uri, one_line(e, 300))
-                down, wait, backoff = True, min(backoff, 2.0) if status else backoff, min(2 * backoff, BACKOFF_MAX_S)
+                longer = min(2 * backoff, self._t.retry_max_s)
+                down, wait, backoff = True, min(backoff, 2.0) if status else backoff, longer
             self._wake.wait(wait)
             self._wake.clear()

@@ -32,9 +32,10 @@ def ok(result):
 
 
 def tracked(uri, *more):
-    """Overrides that turn tracking on, into a fresh experiment, with a short HTTP timeout."""
+    """Overrides that turn tracking on, into a fresh experiment, with a short HTTP timeout and, after an outage,
+    a next try within 2 s (the default backoff grows to 30 s: seconds of waiting in every outage test)."""
     return ["tracking.enabled=true", f"tracking.uri={uri}", f"tracking.experiment=train-{uuid.uuid4().hex[:8]}",
-            "tracking.timeout_s=1", *more]
+            "tracking.timeout_s=1", "tracking.retry_max_s=2", *more]
 
 
 def experiment_of(overrides):

@@ -31,6 +31,7 @@ def make_cfg(tmp_path, uri, *overrides):
     experiment = f"test-{uuid.uuid4().hex[:8]}"
     return load_config(None, [f"tracking.uri={uri}", f"tracking.experiment={experiment}", f"run.root={tmp_path}",
                               "run.name=tiny", "tracking.timeout_s=1", "tracking.close_timeout_s=20",
+                              "tracking.retry_max_s=2",  # an outage test waits 2 s at most for the next try
                               *overrides])
 
 
@@ -677,3 +678,41 @@ def test_a_close_gives_up_at_once_when_asked_and_the_summary_names_no_run(tmp_pa
         assert t < BLOCK_BOUND_S
         assert any("stopped waiting on a signal" in r.getMessage() for r in tracker_warnings(caplog))
         assert cursor(tmp_path / "run")["status"] == "FINISHED"
+
+
+def test_tries_while_mlflow_does_not_answer_are_at_most_retry_max_s_apart(tmp_path):
+    """tracking.retry_max_s=1: a server that closes every connection is tried about every second (the default
+    backoff, 1 s doubling, would try at 0, 1, 3, 7 s: 3 times in the first 6 s)."""
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.2)
+    tries, stop = [], threading.Event()
+
+    def refuse():  # accepts and closes at once: every request of a try fails, and one connection is one try
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                continue
+            tries.append(time.monotonic())
+            conn.close()
+
+    thread = threading.Thread(target=refuse, daemon=True)
+    thread.start()
+    cfg = make_cfg(tmp_path, f"http://127.0.0.1:{listener.getsockname()[1]}", "tracking.retry_max_s=1",
+                   "tracking.close_timeout_s=0")
+    tracker = Tracker(cfg, DistInfo(), str(tmp_path / "run"))
+    try:
+        assert wait_for(lambda: tries, 10)
+        t0 = tries[0]
+        time.sleep(6.5)
+        gaps = [b - a for a, b in zip(tries, tries[1:]) if b - t0 < 6.5]
+        assert len(gaps) >= 4 and max(gaps) < 1 + BLOCK_BOUND_S, gaps
+    finally:
+        tracker.close("KILLED")
+        stop.set()
+        thread.join()
+        listener.close()
