@@ -4,7 +4,6 @@ import socket
 import subprocess
 import sys
 
-import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = sys.executable

@@ -5,7 +5,6 @@ import os
 
 import mlflow
 import numpy as np
-import pytest
 import torch
 from mlflow import MlflowClient
 
