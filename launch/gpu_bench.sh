@@ -19,7 +19,8 @@
 #   1. data.decode (issue 20), 224 px compiled, the process pinned to 6 cores (taskset; data.num_workers=6): the
 #      ceiling, the trainer with data.decode=gpu and with data.decode=cpu data.crop_decode=true, in one run
 #      (target: decode=gpu >= 0.97 of the ceiling and >= 5,000 img/s on an H200); then data.decode=gpu on all
-#      cores ($GPU_BENCH_WORKERS workers, no ceiling: the pinned run's serves, the bare step reads no data)
+#      cores ($GPU_BENCH_WORKERS workers, no ceiling: the pinned run's serves, the bare step reads no data); then
+#      CUDA graphs (train.compile_mode=reduce-overhead, synthetic input) for comparison with step 6's plain compile
 #   2. the ImageNet recipes (configs/resnext{50,101,152}_imagenet.yaml) on synthetic input at their per-GPU batch
 #      (optim.global_batch_size=0: no accumulation), 30 timed steps each: peak memory and img/s
 #   3. the loader alone, data.decode=cpu vs gpu, at 2, 4, 6 and all cores (bench loader --cores: a child pinned
@@ -207,6 +208,10 @@ run_step r50_${RES_HI}_compiled_decode_all "$EST_DECODE_ALL" "$PY" -m resnext_di
   data.loader=ffcv "data.train=$BETON" data.num_workers="$WORKERS" "${NET_50[@]}" data.train_res=$RES_HI \
   train.compile=true data.crop_decode=true --inputs ffcv-gpu --no-ceiling "${DECODE_STEPS[@]}" \
   --out "$RESULTS/r50_${RES_HI}_compiled_decode_all.json"
+# CUDA graphs of the compiled step (train.compile_mode=reduce-overhead) against plain compile, synthetic input: the
+# bare step and the trainer both graphed; compare with r50_${RES_HI}_compiled's ceiling (plain compile)
+bench_train r50_${RES_HI}_compiled_graphs "$EST_COMPILED" "${NET_50[@]}" data.train_res=$RES_HI train.compile=true \
+  train.compile_mode=reduce-overhead --inputs synthetic
 for depth in 50 101 152; do
   ORDER+=("$RESULTS/recipe_r$depth.json")
   run_step recipe_r$depth "$EST_RECIPE" "$PY" -m resnext_dist.bench train --config configs/resnext${depth}_imagenet.yaml \

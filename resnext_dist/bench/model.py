@@ -13,6 +13,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from resnext_dist.compiling import compile_module
 from resnext_dist.bench import report, workload
 from resnext_dist.config import TrainConfig
 from resnext_dist.errors import InputError
@@ -33,7 +34,7 @@ def measure_ceiling(cfg: TrainConfig, device: torch.device, *, steps: int, warmu
     fmt = torch.channels_last if t.channels_last else torch.contiguous_format
     model = build_model(cfg.model).to(device, memory_format=fmt)
     optimizer = build_optimizer(model, cfg.optim, batch)
-    runner = torch.compile(model) if t.compile else model
+    runner = compile_module(model, t.compile_mode) if t.compile else model  # as the trainer does (run/build.py)
     scaler = torch.amp.GradScaler(device.type, enabled=PRECISIONS[t.precision].scaled)  # off: a pass-through
     autocast = PRECISIONS[t.precision].autocast(device)
     images = torch.randn(batch, 3, res, res, device=device).contiguous(memory_format=fmt)

@@ -186,6 +186,8 @@ def _check_together(cfg: TrainConfig) -> None:
     if d.pad_crop and d.pad_crop >= d.train_res:
         raise InputError(f"data.pad_crop={d.pad_crop} must be smaller than data.train_res={d.train_res}")
     optimizer_for(cfg.optim).check(cfg.optim)
+    if cfg.train.compile_mode != "default" and not cfg.train.compile:
+        raise InputError(f"train.compile_mode={cfg.train.compile_mode} needs train.compile=true")
     if s.gpus_per_node and s.tasks_per_node and s.tasks_per_node != s.gpus_per_node:
         raise InputError(
             f"slurm.tasks_per_node={s.tasks_per_node} with slurm.gpus_per_node={s.gpus_per_node}: jobs run one task "

@@ -24,6 +24,7 @@ from resnext_dist.models.presets import PRESETS, STEMS, known_arch
 from resnext_dist.optim.losses import LOSSES
 from resnext_dist.optim.optimizers import OPTIMIZERS
 from resnext_dist.optim.schedules import SCHEDULES
+from resnext_dist.compiling import COMPILE_MODES
 from resnext_dist.precision import PRECISIONS
 
 
@@ -125,6 +126,9 @@ class TrainingConfig:
     channels_last: bool = key(True, None, "NHWC memory format for the model and inputs (faster convolutions on "
                               "tensor cores)")
     compile: bool = key(False, None, "torch.compile the model", identity=False)
+    compile_mode: str = key("default", one_of(COMPILE_MODES), f"{' | '.join(COMPILE_MODES)}: torch.compile's mode "
+                            "when train.compile=true (reduce-overhead: CUDA graphs of the compiled step)",
+                            identity=False)
     seed: int = key(0, between(0, MAX_SEED), "seed for weights, data order and augmentation")
     grad_clip_norm: float = key(0.0, non_negative, "clip the gradient norm to this value (0 = off)")
     ema_decay: float = key(0.0, between(0, 1, hi_open=True), "exponential moving average of the weights per "

@@ -27,6 +27,7 @@ from resnext_dist.data.augment import build_augment
 from resnext_dist.errors import InputError
 from resnext_dist.models import build_model
 from resnext_dist.optim import build_optimizer, build_scheduler
+from resnext_dist.compiling import compile_module
 from resnext_dist.precision import PRECISIONS
 
 
@@ -104,7 +105,7 @@ def runner(model: torch.nn.Module, cfg: TrainConfig, dist) -> torch.nn.Module:
         out = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None,
                   bucket_cap_mb=cfg.dist.bucket_cap_mb, gradient_as_bucket_view=cfg.dist.gradient_as_bucket_view)
     if cfg.train.compile:
-        out = torch.compile(out)
+        out = compile_module(out, cfg.train.compile_mode)
     return out
 
 

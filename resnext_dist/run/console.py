@@ -53,13 +53,19 @@ def banner(start: Dict[str, Any]) -> str:
                   f"accumulation = {s['global_batch']} global | {s['steps_per_epoch']} steps/epoch x {s['epochs']} "
                   f"epochs = {s['total_steps']} steps"),
         ("speed", f"{s['precision']} | channels-last {'on' if s['channels_last'] else 'off'} | "
-                  f"compile {'on' if s['compile'] else 'off'}"),
+                  f"compile {_compile(s)}"),
         ("schedule", schedule),
         ("run dir", s["run_dir"]),
         ("MLflow", s.get("mlflow") or "off (tracking.enabled=false)"),
     ]
     lines += [f"  {k:<9} {v}" for k, v in rows]
     return "\n".join(lines)
+
+
+def _compile(s: dict) -> str:
+    """`on`, `on (reduce-overhead)` for a mode other than torch's default, or `off`."""
+    mode = s.get("compile_mode", "default")
+    return ("on" if mode == "default" else f"on ({mode})") if s["compile"] else "off"
 
 
 def _reading(r: Dict[str, Any]) -> str:

@@ -256,6 +256,7 @@ class Trainer:
             "accum_steps": parts.accum_steps, "global_batch": parts.global_batch,
             "steps_per_epoch": parts.steps_per_epoch, "epochs": cfg.train.epochs, "total_steps": self.total_steps,
             "precision": cfg.train.precision, "channels_last": cfg.train.channels_last, "compile": cfg.train.compile,
+            "compile_mode": cfg.train.compile_mode,
             "optimizer": type(self.state.optimizer).__name__, "peak_lr": peak_lr(o, parts.global_batch),
             "lr": o.lr, "scale_lr": o.scale_lr, "warmup_epochs": o.warmup_epochs, "schedule": o.schedule,
             "weight_decay": o.weight_decay, "label_smoothing": o.label_smoothing, "mlflow": mlflow,

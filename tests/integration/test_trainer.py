@@ -136,7 +136,7 @@ def test_srun_style_environment_without_torchrun(tmp_path):
 @pytest.mark.parametrize("extra", [
     ["train.precision=bf16", "train.channels_last=true"],
     ["train.precision=fp16"],
-    ["train.compile=true"],
+    ["train.compile=true", "train.compile_mode=reduce-overhead"],  # CUDA graphs where there is a GPU
     ["train.ema_decay=0.9", "train.tta_flip=true", "model.blurpool=true", "optim.global_batch_size=16",
      "data.min_train_res=8", "data.ramp_start_epoch=0", "data.ramp_end_epoch=1", "optim.schedule=step",
      "optim.milestones=[1]", "train.grad_clip_norm=1.0"],
@@ -146,6 +146,8 @@ def test_precision_and_features_run_on_cpu(tmp_path, extra):
     records = read_log(tmp_path / "run" / "log.jsonl")
     losses = [x["loss"] for x in records if x["kind"] == "step"]
     assert losses and all(l == l and l < 100 for l in losses), r.stdout
+    if "train.compile=true" in extra:  # the mode reaches the banner (and torch.compile: build.runner)
+        assert "compile on (reduce-overhead)" in r.stdout, r.stdout
 
 
 def test_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
