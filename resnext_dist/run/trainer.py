@@ -13,24 +13,20 @@ import os
 import signal
 import time
 
-import torch
-import torch.distributed as tdist
-
-from resnext_dist import __version__, tracking
+from resnext_dist import tracking
 from resnext_dist.config import TrainConfig, to_yaml, validate
 from resnext_dist.config.identity import identity_hash
 from resnext_dist.data import train_res_for_epoch
-from resnext_dist.data.augment import describe as describe_augment
 from resnext_dist.data.sharding import train_positions
 from resnext_dist.dist import DistInfo, close_distributed, init_distributed
 from resnext_dist.errors import InputError
-from resnext_dist.optim import peak_lr
 from resnext_dist.optim.losses import LOSSES
 from resnext_dist.precision import PRECISIONS
 from resnext_dist.run import build as builder
 from resnext_dist.run import checkpoint as ckpt
 from resnext_dist.run import console, rundir
 from resnext_dist.run.lock import hold_run_dir
+from resnext_dist.run.start_record import restart_count, start_record
 from resnext_dist.runlog import RunLog, read_log, summarize, within_classes
 from resnext_dist.run.signals import StopFlag, StopRequested, launcher_alive
 from resnext_dist.run.agreement import LateAgreement
@@ -143,7 +139,7 @@ class Trainer:
     def restore(self) -> None:
         """Build the parts (InputError for data that does not fit), then resume (rank 0 picks the newest checkpoint
         that reads, every rank loads it) or start from model.init's weights; a larger train.epochs extends."""
-        if _restart_count() and self.cfg.checkpoint.resume != "auto":
+        if restart_count() and self.cfg.checkpoint.resume != "auto":
             # resume=PATH or never is the first attempt's: a restart (torchrun, a requeue) goes on from where the
             # run got, the branch it started, never back to PATH (nor over again)
             self.cfg = dataclasses.replace(self.cfg, checkpoint=dataclasses.replace(self.cfg.checkpoint,
@@ -191,7 +187,7 @@ class Trainer:
         own = self.resume_from and \
             os.path.abspath(self.resume_from).startswith(os.path.abspath(self.ckpt_dir) + os.sep)
         tracked = state.tracker if own else None  # a checkpoint of another run directory continues no tracked run
-        start = self._start_record(tracking.describe(cfg, tracked))
+        start = start_record(self, tracking.describe(cfg, tracked))
 
         # The tracker's reader first (its cursor starts where this attempt starts writing), then log.jsonl.
         self.tracker = tracking.open_tracker(cfg, dist, self.run_dir, tracked)
@@ -218,7 +214,7 @@ class Trainer:
         if dist.is_main:
             self.read_log()
         if self.resume_from:
-            log.write("event", state.step, event="resumed", checkpoint=self.resume_from, restart=_restart_count())
+            log.write("event", state.step, event="resumed", checkpoint=self.resume_from, restart=restart_count())
         if self.resume_from and self.world_was != dist.world_size and log.enabled:
             # said, with the steps after the checkpoint that are trained again (checkpoint.every_steps bounds them)
             log.write("event", state.step, event="world_size_changed", old=self.world_was, new=dist.world_size,
@@ -234,36 +230,6 @@ class Trainer:
         self.progress = console.Progress(dist.is_main and cfg.train.progress_bar, parts.steps_per_epoch)
         if cfg.train.compile:
             self.say("compiling the model (torch.compile): the first steps take longer")
-
-    def _start_record(self, mlflow: str) -> dict:
-        """The facts of this attempt, raw (config values, counts, names); the console's banner words them."""
-        cfg, dist, parts = self.cfg, self.dist, self.parts
-        model, o, loader = cfg.model, cfg.optim, parts.train_loader
-        return {
-            "version": __version__, "run_name": cfg.run.name, "run_dir": os.path.abspath(cfg.run.dir),
-            "resumed_from": self.resume_from, "resumed_step": self.state.step, "world_size_was": self.world_was,
-            "world_size": dist.world_size, "nodes": dist.num_nodes,
-            "backend": tdist.get_backend() if tdist.is_initialized() else "none (one process)",
-            "device": str(dist.device) if dist.device.type == "cpu" else torch.cuda.get_device_name(dist.device),
-            "arch": model.arch, "stem": model.stem, "layers": list(model.layers) if model.layers else None,
-            "cardinality": model.cardinality, "group_width": model.group_width,
-            "parameters": sum(p.numel() for p in self.state.model.parameters()),
-            "num_classes": model.num_classes, "init": self.init_note, "loader": cfg.data.loader,
-            "train_images": loader.num_images,
-            "val_images": getattr(parts.val_loader, "num_images", 0) if parts.val_loader else 0,
-            "train_res": cfg.data.train_res, "val_res": cfg.data.val_res,
-            "batch_size": cfg.data.batch_size, "micro_batch": parts.split.sizes_text(),
-            "accum_steps": parts.accum_steps, "global_batch": parts.global_batch,
-            "steps_per_epoch": parts.steps_per_epoch, "epochs": cfg.train.epochs, "total_steps": self.total_steps,
-            "precision": cfg.train.precision, "channels_last": cfg.train.channels_last, "compile": cfg.train.compile,
-            "compile_mode": cfg.train.compile_mode,
-            "optimizer": type(self.state.optimizer).__name__, "peak_lr": peak_lr(o, parts.global_batch),
-            "lr": o.lr, "scale_lr": o.scale_lr, "warmup_epochs": o.warmup_epochs, "schedule": o.schedule,
-            "weight_decay": o.weight_decay, "label_smoothing": o.label_smoothing, "mlflow": mlflow,
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID", ""), "restart": _restart_count(),
-            "reading": getattr(loader, "reading", None),  # data/loaders.py: the files read (staged?), the order
-            "augment": describe_augment(cfg.data),  # data/augment.py: the training augmentations, in words
-        }
 
     def train(self) -> None:
         """Epochs of steps, each epoch from wherever the state says it stopped, up to the last step."""
@@ -416,9 +382,3 @@ class Trainer:
 def _logged_after(log_path: str, step: int) -> int:
     """Steps an earlier attempt logged after `step` (the checkpoint resumed from): trained again, not lost unsaid."""
     return max([r["step"] - step for r in read_log(log_path) if r["kind"] == "step"] + [0])
-
-
-def _restart_count() -> int:
-    """Attempts before this one: torchrun's restarts plus Slurm's requeues."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) + \
-        int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0)
