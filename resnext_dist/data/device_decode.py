@@ -4,9 +4,12 @@ FFCV still reads the .beton (memory-mapped, the sharded order and skip-on-resume
 threads only copy each sample's stored bytes (`StoredBytes`, an FFCV decoder): the JPEG as written, or the
 pixels of an image stored raw (`proportion`/`raw` write modes). Everything costly then runs on the device
 in `DeviceDecoder`: one batched `torchvision.io.decode_jpeg(list, device=...)` (nvJPEG on a GPU, libjpeg-turbo
-on a CPU: the same call), the crops copied into one padded float batch, one `roi_align` that resizes every
-crop to the epoch's resolution, the flips, and the normalization into channels-last memory. So the CPU
-cost per image is a memcpy, and the kernels per batch are one copy per image plus a handful.
+on a CPU: the same call), the raw images' rows copied to the device once, as FFCV holds them (no host copy), and
+then, on a CUDA device, one kernel for the whole batch (resize_kernel.py: crop, resize to the epoch's resolution,
+flip and normalize into channels-last memory, reading each image where its decode left it). So the CPU cost
+per image is a memcpy in FFCV's worker, and the device's per batch is the decode, a copy and one launch.
+Elsewhere (a CPU: the tests' device) the same resize runs as the reference it was built from: the crops copied
+into one padded float batch and one `roi_align`.
 
 Crop boxes and flips are drawn on the host, before decoding, from a counter-based generator keyed by
 (seed, epoch, dataset index, copy) (`keyed_uniforms`): image k of epoch e gets the same crop whichever rank
@@ -16,9 +19,9 @@ repeated augmentation (data.ra_reps = R: each image R times per epoch, sharding.
 without repeats are those of before. The boxes follow
 torchvision's / FFCV's RandomResizedCrop exactly (FFCV's get_random_crop, vectorized: scale 0.08-1,
 log-uniform ratio 3/4-4/3, 10 tries, then the same center-crop fallback); validation uses FFCV's center
-crop (side = data.val_crop_ratio x the shorter side). The resize is roi_align with as many bilinear samples
-per output pixel as the shrink factor (an area average, like the CPU path's INTER_AREA; bilinear when
-enlarging), over each crop alone (its edge pixels repeated, as OpenCV sees a crop): pixels within a few
+crop (side = data.val_crop_ratio x the shorter side). The resize (the kernel's and the reference's alike) is
+roi_align with as many bilinear samples per output pixel as the shrink factor (an area average, like the CPU
+path's INTER_AREA; bilinear when enlarging), over each crop alone (its edge pixels repeated, as OpenCV sees a crop): pixels within a few
 levels of the CPU path's for the same box.
 
 A stored JPEG that does not decode (the file was damaged after it was written: the writer encodes every JPEG
@@ -181,26 +184,80 @@ def train_boxes(records: np.ndarray, *, seed: int, epoch: int, random_crop: bool
 
 
 class DeviceDecoder:
-    """`(stored rows, boxes, flips, res) -> float32 (N, 3, res, res) normalized, channels-last if asked`."""
+    """`(stored rows, boxes, flips, res) -> float32 (N, 3, res, res) normalized, channels-last if asked`.
 
-    def __init__(self, device: torch.device, channels_last: bool, path: str = ""):
+    `kernel`: resize with resize_kernel.py's one launch (None: on a CUDA device; the tests ask for it on the CPU
+    under Triton's interpreter) or with the reference (roi_align over a padded batch of crops)."""
+
+    def __init__(self, device: torch.device, channels_last: bool, path: str = "", kernel: Optional[bool] = None):
         self.device, self.path = torch.device(device), path
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.scale, self.shift = scale_shift(self.device)
+        self.channel_scale, self.channel_shift = self.scale.reshape(3), self.shift.reshape(3)  # the kernel's
+        self.kernel = self.device.type == "cuda" if kernel is None else bool(kernel)
+        self._done: Optional[torch.cuda.Event] = None  # recorded after the last batch's kernel (CUDA)
 
     def __call__(self, stored: np.ndarray, boxes: np.ndarray, flips: np.ndarray, res: int) -> torch.Tensor:
+        records = headers(stored)
+        if self.kernel:
+            return self._in_one_launch(np.ascontiguousarray(stored), records, boxes, flips, res)
+        return self._reference(stored, records, boxes, flips, res)
+
+    def _in_one_launch(self, stored: np.ndarray, records: np.ndarray, boxes: np.ndarray, flips: np.ndarray,
+                       res: int) -> torch.Tensor:
+        from resnext_dist.data import resize_kernel  # Triton: imported only when the kernel is used
+
+        cuda = self.device.type == "cuda"
+        if self._done is not None:
+            # nvJPEG writes its outputs from a stream of its own that waits for nobody, into memory the caching
+            # allocator may just have taken back from the last batch's images, which that batch's kernel (queued
+            # on this stream) may still be reading (pytorch/vision#9606): let it finish first.
+            self._done.synchronize()
+        n, header = len(records), HEADER.itemsize
+        addresses, strides = np.zeros(n, np.int64), np.zeros((n, 3), np.int64)
+        raw = np.flatnonzero(records["mode"] != JPEG)
+        copied = None
+        if len(raw):
+            # The rows from the first raw image to the last, as FFCV holds them (in pinned memory on a GPU host):
+            # one asynchronous copy, no host copy. Channels last: strides (1, 3 x width, 3).
+            first = int(raw[0])
+            block = torch.from_numpy(stored[first:int(raw[-1]) + 1]).to(self.device, non_blocking=cuda)
+            if cuda:
+                copied = torch.cuda.Event()
+                copied.record()
+            addresses[raw] = block.data_ptr() + (raw - first) * stored.shape[1] + header
+            widths = records["width"][raw].astype(np.int64)
+            strides[raw] = np.stack([np.ones_like(widths), 3 * widths, np.full_like(widths, 3)], 1)
+        jpegs = np.flatnonzero(records["mode"] == JPEG)
+        if len(jpegs):
+            data = [torch.from_numpy(stored[k, header:header + int(records["length"][k])]) for k in jpegs]
+            decoded = self._decode_jpegs(data, records["index"][jpegs])
+            for k, image in zip(jpegs.tolist(), decoded):
+                self._check_size(records[k], image.shape[1:])
+                addresses[k], strides[k] = image.data_ptr(), image.stride()  # uint8: strides are bytes
+        table = self._to_device(resize_kernel.table_rows(addresses, strides, boxes, flips))
+        out = torch.empty((n, 3, res, res), dtype=torch.float32, device=self.device, memory_format=self.memory_format)
+        resize_kernel.crop_resize_normalize(table, out, self.channel_scale, self.channel_shift)
+        if cuda:
+            self._done = torch.cuda.Event()
+            self._done.record()
+            if copied is not None:
+                copied.synchronize()  # FFCV refills its rows once this batch is handed on
+        return out
+
+    def _reference(self, stored: np.ndarray, records: np.ndarray, boxes: np.ndarray, flips: np.ndarray,
+                   res: int) -> torch.Tensor:
         from torchvision.ops import roi_align
 
-        records = headers(stored)
         images = self.decode(stored, records)
         n = len(records)
         # Every crop into one padded float batch, one row and one column more than the tallest / widest crop:
         # roi_align's bilinear samples near a crop's far edges read that row / column, which repeats the edge.
-        # Cost: n x 3 x hb x wb float32 (256 crops of up to 500 px: up to 770 MB, reused by the caching allocator).
+        # Cost: n x 3 x hb x wb float32 (256 crops of up to 500 px: up to 770 MB), a copy kernel per crop.
         hb, wb = int(boxes[:, 2].max()) + 1, int(boxes[:, 3].max()) + 1
         crops = torch.empty((n, 3, hb, wb), dtype=torch.float32, device=self.device)
         for k, (image, (top, left, h, w)) in enumerate(zip(images, boxes.tolist())):
-            crops[k, :, :h, :w].copy_(image[:, top:top + h, left:left + w])  # one small copy kernel each
+            crops[k, :, :h, :w].copy_(image[:, top:top + h, left:left + w])
         # One small copy to the device: per crop its row, height, width and flip.
         meta = self._to_device(np.stack([np.arange(n), boxes[:, 2], boxes[:, 3], flips]).astype(np.int64))
         rows, hs, ws = meta[0], meta[1], meta[2]
@@ -232,10 +289,13 @@ class DeviceDecoder:
                 h, w = int(records["height"][k]), int(records["width"][k])
                 images[k] = row[header:header + h * w * 3].view(h, w, 3).permute(2, 0, 1)
         for k, image in enumerate(images):
-            if tuple(image.shape[1:]) != (int(records["height"][k]), int(records["width"][k])):
-                raise self._error(records["index"][k], f"decodes to {tuple(image.shape[1:])}, the .beton says "
-                                                       f"{int(records['height'][k])}x{int(records['width'][k])}")
+            self._check_size(records[k], image.shape[1:])
         return images
+
+    def _check_size(self, record, size) -> None:
+        if tuple(size) != (int(record["height"]), int(record["width"])):
+            raise self._error(record["index"], f"decodes to {tuple(size)}, the .beton says "
+                                               f"{int(record['height'])}x{int(record['width'])}")
 
     def _raw_rows(self, stored: np.ndarray, raw: List[int], width: int) -> torch.Tensor:
         """Rows `raw` of FFCV's buffer, cut to `width` bytes (a row's capacity is the largest image of the file),

@@ -23,6 +23,7 @@ from resnext_dist.data.sources import ImageFolderSource
 from resnext_dist.dist import DistInfo
 from resnext_dist.errors import InputError
 from tests.data_helpers import data_cfg, unnormalize, write
+from tests.stored_rows import rows_of
 from tests.tiny import params, run_train
 
 H, W = 75, 101  # not multiples of the JPEG blocks
@@ -69,20 +70,6 @@ def stored(path):
         out.append((blob[field["data_ptr"]:field["data_ptr"] + size], int(field["mode"]), int(field["height"]),
                     int(field["width"])))
     return out
-
-
-def rows_of(samples, indices):
-    """StoredBytes rows built by hand (what FFCV's workers hand over)."""
-    capacity = max(len(s[0]) for s in samples)
-    rows = np.zeros((len(indices), device_decode.HEADER.itemsize + capacity), np.uint8)
-    for k, i in enumerate(indices):
-        data, mode, h, w = samples[i]
-        header = np.zeros(1, device_decode.HEADER)
-        header[0]["index"], header[0]["length"], header[0]["height"], header[0]["width"] = i, len(data), h, w
-        header[0]["mode"] = mode
-        rows[k, :device_decode.HEADER.itemsize] = header.view(np.uint8)
-        rows[k, device_decode.HEADER.itemsize:device_decode.HEADER.itemsize + len(data)] = data
-    return rows
 
 
 def cpu_path_crop(sample, box, res) -> np.ndarray:
