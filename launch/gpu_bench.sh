@@ -15,7 +15,8 @@
 #   0b. correctness first (bench decode_check): one fixed batch decoded again and again by data.decode=gpu's thread
 #      while ResNeXt-50 trains on each equals itself bit for bit and the CPU decode within the tests' tolerance
 #   0c. the host's and the device's part of data.decode=gpu apart (bench decode): host ms and device ms per batch
-#      of 256, JPEG-only and proportion mode, on the decode check's photos
+#      of 256, JPEG-only and proportion mode, the one-launch resize kernel against the reference (a copy per crop,
+#      roi_align), on the decode check's photos
 #   1. data.decode (issue 20), 224 px compiled, the process pinned to 6 cores (taskset; data.num_workers=6): the
 #      ceiling, the trainer with data.decode=gpu and with data.decode=cpu data.crop_decode=true, in one run
 #      (target: decode=gpu >= 0.97 of the ceiling and >= 5,000 img/s on an H200); then data.decode=gpu on all
@@ -94,7 +95,7 @@ else
   # (4 children, each importing FFCV and compiling its pipelines), EST_RECIPE.
   EST_EAGER=75; EST_COMPILED=150; EST_DEEP=75; EST_NOCHECK=40; EST_LOADER=55; EST_DECODE=200; EST_CORES=180
   EST_RECIPE=45; EST_CHECK=60; CHECK_ARGS=()  # not yet run: 256 photos written, 30 decodes of 256 trained on
-  EST_DECODE_ALL=100; EST_HOSTDEV=45; HOSTDEV_ARGS=(--device cuda)  # not yet run either
+  EST_DECODE_ALL=100; EST_HOSTDEV=60; HOSTDEV_ARGS=(--device cuda)  # not yet run either (+ Triton's compile)
 fi
 
 mkdir -p "$WORK" "$RESULTS" || { echo "gpu_bench: cannot create $WORK / $RESULTS" >&2; exit 2; }

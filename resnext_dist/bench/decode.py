@@ -2,6 +2,7 @@
 
     python -m resnext_dist.bench decode                     # 256 ImageNet-like photos (375x500), jpg and proportion
     python -m resnext_dist.bench decode --write-modes jpg data.batch_size=64 --images 256
+    python -m resnext_dist.bench decode --resize kernel       # only the one-launch path (the default times both)
 
 It reads batches of stored bytes from a .beton of bench photos with FFCV (what data.decode=gpu's workers hand
 over), keeps copies of them, then times the device decoder (device_decode.DeviceDecoder, with the crop boxes and
@@ -10,13 +11,21 @@ flips drawn as the loader draws them) on each batch, in this thread. Per batch i
   torch ops (timed by a TorchDispatchMode; on a CPU the device's work runs inside them), minus the mode's own cost
   per op (measured first). It keeps what a GPU would not take off the host: numpy (headers, boxes, tables),
   Python, building the decode's inputs, host copies.
-- ops: torch ops dispatched per batch (on a GPU each is a kernel launch or a copy, or a view costing host time).
-- decode_ms: inside the JPEG decode op; device_ms: inside every other op (on a CPU: the device work done there;
-  on a GPU: CUDA events around the batch, decode excluded).
+- ops: torch ops dispatched per batch (on a GPU each is a kernel launch or a copy, or a wrapper or view costing
+  host time only: torch.from_numpy of each stored JPEG is one); the JPEG decode call counts as one.
+- decode_ms: inside the JPEG decode call (one torchvision call per batch); device_ms: inside every other op (on a
+  CPU: the device work done there; on a GPU: CUDA events around the batch, decode excluded).
 The JPEGs' mean stored size is reported too (ImageNet's are ~110 KB at ~400x350). See docs/performance.md.
+
+Each batch is prepared both ways (`--resize reference,kernel`): the reference (a copy per crop into a padded float
+batch, roi_align: what data.decode=gpu did on a GPU before resize_kernel.py) and the kernel path (one Triton launch
+for the batch: what it does on a GPU now). Without a CUDA device the kernel's launch is not run (Triton compiles
+for GPUs; its interpreter is far slower than a launch): the kernel row's host_ms is the preparation up to the
+launch, which on a GPU adds the launch's own host cost (tens of microseconds).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -34,26 +43,37 @@ from resnext_dist.errors import InputError
 DEFAULTS = ["data.train_res=224", "data.batch_size=256"]
 IMAGENET_TEXTURE = 26.0  # bench/photos.py's noise for 375x500 JPEGs of ~110 KB in the .beton (quality 90)
 WRITE_MODES = ("jpg", "proportion")
-DECODE_OPS = ("decode_jpeg", "decode_jpegs")  # torchvision's JPEG decode ops (CPU: decode_jpeg; CUDA: decode_jpegs_cuda)
+RESIZES = ("reference", "kernel")
 
 
 class OpClock(TorchDispatchMode):
-    """Counts the torch ops dispatched while active and adds up the time spent inside them (the decode apart)."""
+    """Counts the torch ops dispatched while active and adds up the time spent inside them; the JPEG decode
+    apart: the whole call of the decoder's `_decode_jpegs` (`decoding`) counts as one op and its wall time as
+    decode time (on CUDA it is one torchvision op; on a CPU torchvision loops over the images in Python)."""
 
     def __init__(self):
         super().__init__()
-        self.ops, self.op_s, self.decode_s = 0, 0.0, 0.0
+        self.ops, self.op_s, self.decode_s, self.inside_decode = 0, 0.0, 0.0, False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.inside_decode:
+            return func(*args, **(kwargs or {}))
         t0 = time.perf_counter()
         out = func(*args, **(kwargs or {}))
-        spent = time.perf_counter() - t0
         self.ops += 1
-        if any(name in str(func) for name in DECODE_OPS):
-            self.decode_s += spent
-        else:
-            self.op_s += spent
+        self.op_s += time.perf_counter() - t0
         return out
+
+    def decoding(self, decode):
+        def timed(*args):
+            t0, self.inside_decode = time.perf_counter(), True
+            try:
+                return decode(*args)
+            finally:
+                self.inside_decode = False
+                self.ops += 1
+                self.decode_s += time.perf_counter() - t0
+        return timed
 
 
 def mode_cost_s(n: int = 3000) -> float:
@@ -95,22 +115,41 @@ def stored_batches(path: str, batch: int, count: int) -> List[np.ndarray]:
     return out
 
 
-def time_batches(batches: List[np.ndarray], device: torch.device, res: int, repeats: int, warmup: int) -> Dict:
+@contextlib.contextmanager
+def launch_left_out(kernel: bool, device: torch.device):
+    """Without a CUDA device, the kernel path's launch does nothing (see the module's text)."""
+    if not kernel or device.type == "cuda":
+        yield
+        return
+    from resnext_dist.data import resize_kernel
+
+    real = resize_kernel.crop_resize_normalize
+    resize_kernel.crop_resize_normalize = lambda *args: None
+    try:
+        yield
+    finally:
+        resize_kernel.crop_resize_normalize = real
+
+
+def time_batches(batches: List[np.ndarray], device: torch.device, res: int, repeats: int, warmup: int,
+                 resize: str = "reference") -> Dict:
     """Per batch: host ms, ops, decode ms and device ms (medians over `repeats` passes after `warmup`)."""
     from resnext_dist.data import device_decode
 
-    decoder = device_decode.DeviceDecoder(device, channels_last=True)
+    decoder = device_decode.DeviceDecoder(device, channels_last=True, kernel=resize == "kernel")
+    decode_jpegs = decoder._decode_jpegs
     per_op = mode_cost_s()
     host, ops, decode, dev = [], [], [], []
     for rep in range(warmup + repeats):
         for epoch, stored in enumerate(batches):
             clock = OpClock()
+            decoder._decode_jpegs = clock.decoding(decode_jpegs)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
             t0 = time.perf_counter()
-            with clock:
+            with launch_left_out(decoder.kernel, device), clock:
                 boxes, flips = device_decode.train_boxes(device_decode.headers(stored), seed=0, epoch=epoch,
                                                          random_crop=True, val_crop_ratio=0.875)
                 out = decoder(stored, boxes, flips, res)
@@ -129,7 +168,7 @@ def time_batches(batches: List[np.ndarray], device: torch.device, res: int, repe
                 dev.append(device_s)
     return {"host_ms": 1e3 * float(np.median(host)), "ops": int(np.median(ops)),
             "decode_ms": 1e3 * float(np.median(decode)), "device_ms": 1e3 * float(np.median(dev)),
-            "mode_cost_us_per_op": 1e6 * per_op}
+            "mode_cost_us_per_op": 1e6 * per_op, "launch_run": not decoder.kernel or device.type == "cuda"}
 
 
 def jpeg_kb(path: str) -> float:
@@ -158,6 +197,8 @@ def parser():
     p.add_argument("--batches", type=int, default=2, help="distinct batches timed")
     p.add_argument("--repeats", type=int, default=3, help="timed passes over them (the median counts)")
     p.add_argument("--warmup", type=int, default=1, help="untimed passes first")
+    p.add_argument("--resize", default=",".join(RESIZES), help="comma-separated, of reference (a copy per crop, "
+                   "roi_align: before) and kernel (one Triton launch per batch: now)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the decode runs")
     p.add_argument("--workdir", default="", help="keep the photos and .betons here (default: a temporary folder)")
     return p
@@ -168,6 +209,9 @@ def run(argv=None) -> int:
     modes = [m.strip() for m in args.write_modes.split(",") if m.strip()]
     if not modes or set(modes) - set(WRITE_MODES):
         raise InputError(f"--write-modes {args.write_modes!r}: choose from {', '.join(WRITE_MODES)}")
+    resizes = [m.strip() for m in args.resize.split(",") if m.strip()]
+    if not resizes or set(resizes) - set(RESIZES):
+        raise InputError(f"--resize {args.resize!r}: choose from {', '.join(RESIZES)}")
     size = tuple(int(v) for v in args.photo_size.lower().split("x")) if args.photo_size.count("x") == 1 and \
         all(v.isdigit() for v in args.photo_size.lower().split("x")) else ()
     if len(size) != 2 or not all(8 <= v <= m for v, m in zip(size, MAX_PHOTO_SIZE)):
@@ -187,22 +231,31 @@ def run(argv=None) -> int:
     try:
         for mode in modes:
             path = prepare_data(workdir, args.images, size, mode, texture=args.texture)["ffcv"]
-            timing = time_batches(stored_batches(path, batch, args.batches), device, res, args.repeats,
-                                  args.warmup)
+            batches = stored_batches(path, batch, args.batches)
             kb = jpeg_kb(path)
-            rows.append({"measure": f"{mode}, {batch} images", "res": res, "batch": batch, "write_mode": mode,
-                         "jpeg_kb": kb, **timing})
-            print(f"{mode}: host {timing['host_ms']:.2f} ms, {timing['ops']} ops, decode {timing['decode_ms']:.1f} "
-                  f"ms, device {timing['device_ms']:.1f} ms per batch; JPEGs {kb:.1f} KB", flush=True)
-            summary.update({f"host_ms_per_batch_{mode}": timing["host_ms"], f"ops_per_batch_{mode}": timing["ops"]})
+            for resize in resizes:
+                timing = time_batches(batches, device, res, args.repeats, args.warmup, resize)
+                rows.append({"measure": f"{mode}, {resize}, {batch} images", "res": res, "batch": batch,
+                             "write_mode": mode, "resize": resize, "jpeg_kb": kb, **timing})
+                print(f"{mode}, {resize}: host {timing['host_ms']:.2f} ms, {timing['ops']} ops, decode "
+                      f"{timing['decode_ms']:.1f} ms, device {timing['device_ms']:.1f} ms per batch"
+                      f"{'' if timing['launch_run'] else ' (launch not run: no CUDA)'}; JPEGs {kb:.1f} KB", flush=True)
+                summary.update({f"host_ms_per_batch_{mode}_{resize}": timing["host_ms"],
+                                f"ops_per_batch_{mode}_{resize}": timing["ops"]})
+            if set(RESIZES) <= set(resizes):
+                summary[f"host_ms_kernel_vs_reference_{mode}"] = \
+                    summary[f"host_ms_per_batch_{mode}_kernel"] / summary[f"host_ms_per_batch_{mode}_reference"]
     finally:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     notes = ["host_ms: wall time of a batch's preparation minus the time inside torch ops and the timer's own cost "
-             "per op; ops: torch ops dispatched per batch; decode_ms: inside the JPEG decode; device_ms: inside the "
-             "other ops (a CPU) or CUDA events (a GPU); medians over the timed passes"]
+             "per op; ops: torch ops dispatched per batch; decode_ms: inside the JPEG decode call; device_ms: inside "
+             "the other ops (a CPU) or CUDA events (a GPU); medians over the timed passes",
+             "resize: reference = a copy per crop into a padded float batch + roi_align (before); kernel = one "
+             "Triton launch per batch (now; without CUDA its launch is not run and its device work is left out)"]
     params = {"images": args.images, "photo_hw": list(size), "texture": args.texture, "write_modes": modes,
               "batches": args.batches, "repeats": args.repeats, "warmup": args.warmup, "device": device.type,
+              "resize": resizes,
               "threads": torch.get_num_threads(), "batch": batch, "res": res}
     return report.finish("decode", device, args, argv, title=title, params=params, rows=rows, summary=summary,
                          notes=notes)

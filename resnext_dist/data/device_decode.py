@@ -21,8 +21,8 @@ torchvision's / FFCV's RandomResizedCrop exactly (FFCV's get_random_crop, vector
 log-uniform ratio 3/4-4/3, 10 tries, then the same center-crop fallback); validation uses FFCV's center
 crop (side = data.val_crop_ratio x the shorter side). The resize (the kernel's and the reference's alike) is
 roi_align with as many bilinear samples per output pixel as the shrink factor (an area average, like the CPU
-path's INTER_AREA; bilinear when enlarging), over each crop alone (its edge pixels repeated, as OpenCV sees a crop): pixels within a few
-levels of the CPU path's for the same box.
+path's INTER_AREA; bilinear when enlarging), over each crop alone (its edge pixels repeated, as OpenCV sees a
+crop): pixels within a few levels of the CPU path's for the same box.
 
 A stored JPEG that does not decode (the file was damaged after it was written: the writer encodes every JPEG
 itself) raises DataError naming the file and the dataset index; the CPU path's decoders hand such an image on
