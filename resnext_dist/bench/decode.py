@@ -109,7 +109,10 @@ def stored_batches(path: str, batch: int, count: int) -> List[np.ndarray]:
                                "label": [IntDecoder()]})
     out = []
     for images, _ in loader:
-        out.append(np.array(images, copy=True))
+        # pinned on a GPU host, as FFCV's own buffers are there (a copy from pageable memory would wait)
+        copy = torch.empty(images.shape, dtype=torch.uint8, pin_memory=torch.cuda.is_available()).numpy()
+        copy[...] = images
+        out.append(copy)
         if len(out) == count:
             break
     return out
