@@ -38,3 +38,19 @@ def test_a_batch_is_a_handful_of_ops_however_many_images_it_holds(interpreted):
 def test_a_corrupt_stored_jpeg_is_named_on_the_kernel_path_too(interpreted):
     assert interpreted["corrupt"] is not None
     assert "x.beton: image 2: its stored JPEG does not decode" in interpreted["corrupt"]
+
+
+def test_the_kernel_compiles_for_an_h100_without_one():
+    """Triton's interpreter forgives what its compiler may not (pointer casts, loops over loaded bounds): compile
+    the kernel here, as a CUDA host would at its first batch, down to an sm_90 binary."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from resnext_dist.data import resize_kernel
+
+    signature = {"table": "*i64", "out": "*fp32", "scale": "*fp32", "shift": "*fp32", "res": "i32",
+                 "out_sn": "i32", "out_sc": "i32", "out_sy": "i32", "out_sx": "i32", "BLOCK": "constexpr"}
+    source = ASTSource(triton.jit(resize_kernel._body), signature, constexprs={"BLOCK": 256})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    assert ".target sm_90" in compiled.asm["ptx"] and len(compiled.asm["cubin"]) > 1000
