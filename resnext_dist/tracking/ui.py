@@ -2,9 +2,9 @@
 
 The store is the run's (its cursor, else its config.yaml's tracking.uri; with no RUN_DIR the default store of the
 current directory, <run.root>/mlflow.db). A local store gets `mlflow server` on 127.0.0.1:N (in a process group of
-its own, so a Ctrl-C or SIGTERM here ends it and every worker it forked, and nothing else); once it answers, the link
-is printed: the run's own page with RUN_DIR, else its experiment's runs table. A tracking server is its own UI: its
-link is printed and nothing is started. Bad input (no such run directory, a run without tracking, no store, a port in
+its own, so a Ctrl-C or SIGTERM here ends it and every worker it forked, and nothing else; server_guard.py ends it
+if this command is SIGKILLed); once it answers, the link is printed: the run's own page with RUN_DIR, else its
+experiment's runs table. A tracking server is its own UI: its link is printed and nothing is started. Bad input (no such run directory, a run without tracking, no store, a port in
 use) is one line and exit 2.
 """
 from __future__ import annotations
@@ -95,8 +95,15 @@ def serve(uri: str, port: int, log_path: str) -> subprocess.Popen:
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")  # GenAI jobs: not needed to browse runs
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
            "--port", str(port), "--workers", "1", "--default-artifact-root", local_artifacts(uri) or "./mlruns"]
+    return spawn(cmd, log_path, env)
+
+
+def spawn(cmd: list, log_path: str, env: dict) -> subprocess.Popen:
+    """`cmd` under server_guard.py, in a session of its own: ended with all it started when this process stops it
+    (stop()) or dies, a SIGKILL included."""
+    guarded = [sys.executable, "-m", "resnext_dist.tracking.server_guard", str(os.getpid()), *cmd]
     with open(log_path, "ab") as log:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        return subprocess.Popen(guarded, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
 
 

@@ -163,3 +163,45 @@ def test_the_readmes_tracking_commands_parse():
     assert ["ui", "runs/quickstart-996f84c3"] in commands
     for argv in commands:
         parser().parse_args(argv)
+
+
+def group_members(pgid):
+    """Live processes whose process group is `pgid` (from /proc)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(entry))
+    return members
+
+
+def test_a_sigkilled_ui_leaves_no_server_behind(tmp_path):
+    """The server's guard (tracking/server_guard.py) ends its whole group, grandchildren included (mlflow runs
+    uvicorn as its child), when the command that started it is SIGKILLed."""
+    script = ("import sys, time; from resnext_dist.tracking.ui import spawn; "
+              "p = spawn(['sh', '-c', 'sleep 300 & sleep 300'], sys.argv[1], {}); print(p.pid, flush=True); "
+              "time.sleep(300)")
+    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "log")], cwd=REPO,
+                              env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.PIPE, text=True)
+    try:
+        guard = int(read_line(parent, 60))
+        deadline = time.monotonic() + 30
+        while len(group_members(guard)) < 4 and time.monotonic() < deadline:  # guard, sh, two sleeps
+            time.sleep(0.1)
+        assert len(group_members(guard)) == 4, group_members(guard)
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 20
+        while group_members(guard) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert group_members(guard) == []
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+        for pid in group_members(guard) if "guard" in locals() else []:
+            os.kill(pid, signal.SIGKILL)
