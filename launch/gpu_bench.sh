@@ -13,7 +13,8 @@
 #      stored as JPEG, half as raw pixels, as FFCV writes ImageNet): 64 steps per epoch, so a timed window of the
 #      decode runs (steps 10-60) holds no loader restart
 #   0b. correctness first (bench decode_check): one fixed batch decoded again and again by data.decode=gpu's thread
-#      while ResNeXt-50 trains on each equals itself bit for bit and the CPU decode within the tests' tolerance
+#      while ResNeXt-50 trains on each equals itself bit for bit and the CPU decode within the tests' tolerance,
+#      and its one-launch resize kernel equals the reference resize of the same decode to float rounding
 #   0c. the host's and the device's part of data.decode=gpu apart (bench decode): host ms and device ms per batch
 #      of 256, JPEG-only and proportion mode, the one-launch resize kernel against the reference (a copy per crop,
 #      roi_align), on the decode check's photos

@@ -9,7 +9,9 @@ record_stream hand-over), while the main thread trains the model on each decoded
 training stream reads decode output while the next decode runs: the memory race of pytorch/vision#9606, if the
 pipeline had one, would corrupt batches here). Each decoded batch must equal the first bit for bit, and the
 first must match the same decode on the CPU (libjpeg-turbo) within the tests' tolerance (unnormalized pixels:
-mean |diff| < 1.5 levels, max <= 12). Exit 1 when either fails: launch/gpu_bench.sh runs it before any timing.
+mean |diff| < 1.5 levels, max <= 12) and, on a CUDA device, where the resize is resize_kernel.py's one launch, the
+reference resize (roi_align) of the same decode on the same device to float rounding (KERNEL_MAX, normalized
+units). Exit 1 when any fails: launch/gpu_bench.sh runs it before any timing.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from resnext_dist.errors import InputError
 
 DEFAULTS = ["data.train_res=224", "data.batch_size=256"]
 MEAN_LEVELS, MAX_LEVELS = 1.5, 12  # tests/unit/test_device_decode.py's tolerance against the CPU path
+KERNEL_MAX = 1e-3  # the kernel against the reference resize, same pixels in: float rounding (2e-7 on a CPU)
 
 
 def pixels(images: torch.Tensor) -> np.ndarray:
@@ -66,9 +69,13 @@ def check(stored: np.ndarray, cfg, device: torch.device, repeats: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
         unequal += int(not torch.equal(images, first))  # a read: this check waits, the trainer does not
     diff = np.abs(pixels(first) - pixels(reference))
-    ok = unequal == 0 and diff.mean() < MEAN_LEVELS and diff.max() <= MAX_LEVELS
+    # the same decode on the same device, resized by the reference: the kernel's own error, apart from nvJPEG's
+    same_device = device_decode.DeviceDecoder(device, channels_last=True, kernel=False)(stored, boxes, flips, res)
+    kernel_max = float((first - same_device).abs().max())
+    ok = unequal == 0 and diff.mean() < MEAN_LEVELS and diff.max() <= MAX_LEVELS and kernel_max <= KERNEL_MAX
     return {"repeats": repeats, "unequal_repeats": unequal, "cpu_mean_levels": float(diff.mean()),
-            "cpu_max_levels": int(diff.max()), "ok": bool(ok)}
+            "cpu_max_levels": int(diff.max()), "resize": "kernel" if decoder.kernel else "reference",
+            "vs_reference_resize_max": kernel_max, "ok": bool(ok)}
 
 
 def parser():
@@ -101,7 +108,9 @@ def run(argv=None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     print(f"decode check: {'ok' if result['ok'] else 'FAILED'}: {result['unequal_repeats']} of {args.repeats} "
           f"decodes differ from the first; against the CPU decode: mean {result['cpu_mean_levels']:.2f}, max "
-          f"{result['cpu_max_levels']} levels (allowed < {MEAN_LEVELS}, <= {MAX_LEVELS})", flush=True)
+          f"{result['cpu_max_levels']} levels (allowed < {MEAN_LEVELS}, <= {MAX_LEVELS}); {result['resize']} resize "
+          f"against the reference on the same decode: max {result['vs_reference_resize_max']:.2g} (allowed <= "
+          f"{KERNEL_MAX:g})", flush=True)
     title = (f"bench decode_check: {batch} photos {size[0]}x{size[1]} (proportion) -> {cfg.data.train_res} px, "
              f"decoded {args.repeats} times while training, on {workload.device_label(device)}")
     rows = [{"measure": "decode while training", "res": cfg.data.train_res, "batch": batch, **result}]

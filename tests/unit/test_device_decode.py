@@ -360,7 +360,8 @@ def test_the_gpu_scripts_decode_check_passes_and_would_catch_a_changing_decode(b
     cfg = load_config(None, [*TINY, "data.train_res=32"])
     batch = stored_batches(betons["mixed"], BATCH, 1)[0]
     assert check(batch, cfg, torch.device("cpu"), 3) == {"repeats": 3, "unequal_repeats": 0, "cpu_mean_levels": 0.0,
-                                                        "cpu_max_levels": 0, "ok": True}
+                                                        "cpu_max_levels": 0, "resize": "reference",
+                                                        "vs_reference_resize_max": 0.0, "ok": True}
     real, calls = device_decode.DeviceDecoder.__call__, []
 
     def racy(self, *args):
@@ -371,3 +372,14 @@ def test_the_gpu_scripts_decode_check_passes_and_would_catch_a_changing_decode(b
     monkeypatch.setattr(device_decode.DeviceDecoder, "__call__", racy)
     result = check(batch, cfg, torch.device("cpu"), 3)
     assert result["unequal_repeats"] == 1 and not result["ok"]
+
+    calls.clear()
+
+    def stray(self, *args):  # the checked resize strays from the reference resize of the same decode
+        out = real(self, *args)
+        calls.append(1)
+        return out + 1e-2 if len(calls) == 5 else out  # call 5: the same device's reference resize
+
+    monkeypatch.setattr(device_decode.DeviceDecoder, "__call__", stray)
+    result = check(batch, cfg, torch.device("cpu"), 3)
+    assert result["unequal_repeats"] == 0 and result["vs_reference_resize_max"] > 1e-3 and not result["ok"]
