@@ -109,6 +109,16 @@ def main() -> None:
         result["corrupt"] = None
     except CorruptImage as e:
         result["corrupt"] = str(e)
+    lying = list(data)
+    lying[1] = (lying[1][0], device_decode.RAW, lying[1][2] + 5, lying[1][3])  # more rows than it stores
+    batch = rows_of(lying, [0, 1, 2, 3])
+    result["raw_too_short"] = {}
+    for kernel in (True, False):
+        try:
+            decode(kernel, batch, np.array([(0, 0, 4, 4)] * 4), np.zeros(4, bool), 4)
+            result["raw_too_short"][str(kernel)] = None
+        except CorruptImage as e:
+            result["raw_too_short"][str(kernel)] = str(e)
     print(json.dumps(result))
 
 

@@ -218,6 +218,7 @@ class DeviceDecoder:
         raw = np.flatnonzero(records["mode"] != JPEG)
         copied = None
         if len(raw):
+            self._check_raw(records[raw])
             # The rows from the first raw image to the last, as FFCV holds them (in pinned memory on a GPU host):
             # one asynchronous copy, no host copy. Channels last: strides (1, 3 x width, 3).
             first = int(raw[0])
@@ -284,6 +285,7 @@ class DeviceDecoder:
                 images[k] = image
         raw = [k for k in range(len(records)) if records["mode"][k] != JPEG]
         if raw:  # stored raw (height x width x 3, RGB): their rows to the device in one copy
+            self._check_raw(records[raw])
             rows = self._raw_rows(stored, raw, header + int((records["height"][raw] * records["width"][raw]).max()) * 3)
             for row, k in zip(rows, raw):
                 h, w = int(records["height"][k]), int(records["width"][k])
@@ -291,6 +293,15 @@ class DeviceDecoder:
         for k, image in enumerate(images):
             self._check_size(records[k], image.shape[1:])
         return images
+
+    def _check_raw(self, records: np.ndarray) -> None:
+        """Each raw image's stored length is its height x width x 3 (else the resize would read past its row)."""
+        sizes = records["height"].astype(np.int64) * records["width"].astype(np.int64) * 3
+        bad = np.flatnonzero(records["length"].astype(np.int64) != sizes)
+        if len(bad):
+            k = bad[0]
+            raise self._error(records["index"][k], f"its raw pixels are {int(records['length'][k])} bytes, the .beton "
+                                                   f"says {int(records['height'][k])}x{int(records['width'][k])}x3")
 
     def _check_size(self, record, size) -> None:
         if tuple(size) != (int(record["height"]), int(record["width"])):

@@ -54,3 +54,8 @@ def test_the_kernel_compiles_for_an_h100_without_one():
     source = ASTSource(triton.jit(resize_kernel._body), signature, constexprs={"BLOCK": 256})
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
     assert ".target sm_90" in compiled.asm["ptx"] and len(compiled.asm["cubin"]) > 1000
+
+
+def test_a_raw_image_shorter_than_its_header_says_is_named_not_read_past(interpreted):
+    for kernel, error in interpreted["raw_too_short"].items():
+        assert error is not None and "x.beton: image 1: its raw pixels are" in error, kernel
