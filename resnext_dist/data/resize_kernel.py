@@ -29,7 +29,7 @@ COLUMNS = ("address", "stride_c", "stride_y", "stride_x", "top", "left", "height
 
 def _body(table, out, scale, shift, res, out_sn, out_sc, out_sy, out_sx, BLOCK: tl.constexpr):
     n, ph = tl.program_id(0), tl.program_id(1)
-    row = table + n * 9
+    row = table + n * 9  # len(COLUMNS)
     base = tl.load(row).to(tl.pointer_type(tl.uint8))
     sc, sy, sx = tl.load(row + 1), tl.load(row + 2), tl.load(row + 3)
     top, left, h, w, flip = tl.load(row + 4), tl.load(row + 5), tl.load(row + 6), tl.load(row + 7), tl.load(row + 8)
@@ -101,8 +101,8 @@ def crop_resize_normalize(table: torch.Tensor, out: torch.Tensor, scale: torch.T
     sn, sc, sy, sx = out.stride()
     if out.device.type != "cuda" and not triton.knobs.runtime.interpret:
         raise RuntimeError("the resize kernel runs on a CUDA device, or on the CPU with TRITON_INTERPRET=1")
-    _kernel()[(n, res)](table, out, scale, shift, res, sn, sc, sy, sx, BLOCK=block,
-                                                  **({"num_warps": 4} if out.device.type == "cuda" else {}))
+    options = {"num_warps": 4} if out.device.type == "cuda" else {}
+    _kernel()[(n, res)](table, out, scale, shift, res, sn, sc, sy, sx, BLOCK=block, **options)
 
 
 def table_rows(addresses: np.ndarray, strides: np.ndarray, boxes: np.ndarray, flips: np.ndarray) -> np.ndarray:

@@ -1,10 +1,10 @@
-"""`python -m resnext_dist.tracking.server_guard PARENT_PID CMD...`: CMD, ended with everything it started when
+"""`python .../tracking/server_guard.py PARENT_PID CMD...`: CMD, ended with everything it started when
 the process PARENT_PID dies, however it dies (a SIGKILL included), or when this guard gets SIGTERM or SIGINT.
 
 Why: `tracking ui` starts `mlflow server` in a process group of its own and ends that group when it stops; but a
 SIGKILLed `ui` ends nothing, and mlflow's command runs uvicorn as a child it does not pass signals on to. The guard
 is the group's leader: Linux sends it SIGTERM when its parent dies (PR_SET_PDEATHSIG), and it ends its group.
-Standard library only: it starts before the server and stays small.
+Standard library only, run as a file (tracking/ui.py's spawn): it starts before the server and stays small.
 """
 import ctypes
 import os

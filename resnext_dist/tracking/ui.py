@@ -4,8 +4,8 @@ The store is the run's (its cursor, else its config.yaml's tracking.uri; with no
 current directory, <run.root>/mlflow.db). A local store gets `mlflow server` on 127.0.0.1:N (in a process group of
 its own, so a Ctrl-C or SIGTERM here ends it and every worker it forked, and nothing else; server_guard.py ends it
 if this command is SIGKILLed); once it answers, the link is printed: the run's own page with RUN_DIR, else its
-experiment's runs table. A tracking server is its own UI: its link is printed and nothing is started. Bad input (no such run directory, a run without tracking, no store, a port in
-use) is one line and exit 2.
+experiment's runs table. A tracking server is its own UI: its link is printed and nothing is started. Bad input (no
+such run directory, a run without tracking, no store, a port in use) is one line and exit 2.
 """
 from __future__ import annotations
 
@@ -101,7 +101,8 @@ def serve(uri: str, port: int, log_path: str) -> subprocess.Popen:
 def spawn(cmd: list, log_path: str, env: dict) -> subprocess.Popen:
     """`cmd` under server_guard.py, in a session of its own: ended with all it started when this process stops it
     (stop()) or dies, a SIGKILL included."""
-    guarded = [sys.executable, "-m", "resnext_dist.tracking.server_guard", str(os.getpid()), *cmd]
+    guard = os.path.join(os.path.dirname(os.path.abspath(__file__)), "server_guard.py")  # run as a file: no imports
+    guarded = [sys.executable, guard, str(os.getpid()), *cmd]
     with open(log_path, "ab") as log:
         return subprocess.Popen(guarded, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)
